@@ -1,0 +1,175 @@
+"""Reading, checking and writing checkpoints.
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint can hold tensors and plain containers, never
+code. Loading reports every missing, unexpected and shape-mismatched key in one error. Writing is atomic: the file
+is written next to its destination and moved into place, so an interrupted save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "save_checkpoint"]
+
+_STATE_DICT_KEYS = ("state_dict", "model_state", "model", "module")
+# buffers that mmaction2 / mmengine may store but that carry nothing a lateral model needs
+_IGNORABLE_PREFIXES = ("data_preprocessor.",)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message lists every problem."""
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain containers, so it was not loaded "
+            f"(weights_only=True): {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
+    return obj
+
+
+def extract_state_dict(obj: dict[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint dict (mmaction2 ``state_dict``, PySlowFast ``model_state``, ...)."""
+    for key in _STATE_DICT_KEYS:
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    state = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
+    if not state:
+        raise CheckpointError(f"{source} contains no tensors (top-level keys: {sorted(obj)[:10]})")
+    if all(k.startswith("module.") for k in state):  # saved from a DataParallel / DDP wrapper
+        state = OrderedDict((k[len("module.") :], v) for k, v in state.items())
+    return state
+
+
+def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load the state dict of a checkpoint file, unwrapping ``state_dict`` / ``model_state`` / ``module.``."""
+    return extract_state_dict(read_checkpoint(path, map_location), str(path))
+
+
+def _is_head_key(key: str) -> bool:
+    return key.startswith(("cls_head.", "fc_cls.", "head.", "roi_heads.box_predictor."))
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | dict,
+    strict: bool = True,
+    map_location: str | torch.device = "cpu",
+    drop_mismatched_head: bool = False,
+    strip_prefix: str | None = None,
+) -> dict[str, Any]:
+    """Load a checkpoint into ``model``.
+
+    Args:
+        model: the module to fill.
+        checkpoint: a file path, a checkpoint dict (``{'state_dict': ..., 'meta': ...}``) or a bare state dict.
+        strict: raise if any key is missing or unexpected (shape mismatches always raise).
+        map_location: where tensors are loaded.
+        drop_mismatched_head: skip classifier tensors whose shape differs (fine-tuning to another number of
+            classes) with a warning instead of raising; the model keeps its own initialisation for them.
+        strip_prefix: remove this prefix from checkpoint keys that have it (e.g. ``'backbone.'`` to load a
+            recognizer checkpoint into a bare backbone).
+
+    Returns:
+        ``{'missing': [...], 'unexpected': [...], 'dropped': [...], 'meta': checkpoint meta or {}}``.
+
+    Raises:
+        CheckpointError: one error listing every missing, unexpected and shape-mismatched key.
+    """
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint dict"
+    obj = read_checkpoint(checkpoint, map_location) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    meta = obj.get("meta", {}) if isinstance(obj.get("meta"), dict) else {}
+    state = extract_state_dict(obj, source)
+    own = model.state_dict()
+    if strip_prefix:
+        stripped = OrderedDict(
+            (k[len(strip_prefix) :] if k.startswith(strip_prefix) else k, v) for k, v in state.items()
+        )
+        if not any(k.startswith(strip_prefix) for k in own):
+            state = stripped
+    state = OrderedDict((k, v) for k, v in state.items() if not (k.startswith(_IGNORABLE_PREFIXES) and k not in own))
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched, dropped = [], []
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            if drop_mismatched_head and _is_head_key(key):
+                dropped.append(key)
+            else:
+                mismatched.append(f"{key}: checkpoint {list(value.shape)}, model {list(own[key].shape)}")
+    for key in dropped:
+        del state[key]
+    if dropped:
+        warnings.warn(
+            f"dropped {len(dropped)} head tensors whose shape differs from the model ({', '.join(dropped)}); "
+            "they keep the model's initialisation",
+            stacklevel=2,
+        )
+    if mismatched or (strict and (missing or unexpected)):
+        raise CheckpointError(_mismatch_message(source, model, missing if strict else [], unexpected if strict else [], mismatched))
+    result = model.load_state_dict(state, strict=False)
+    return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys), "dropped": dropped, "meta": meta}
+
+
+def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: list, mismatched: list) -> str:
+    def block(title: str, items: list) -> str:
+        shown = items[:20]
+        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+        return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in shown) + more
+
+    parts = [f"{source} does not fit {type(model).__name__}:"]
+    if missing:
+        parts.append(block("missing in the checkpoint", missing))
+    if unexpected:
+        parts.append(block("unexpected in the checkpoint", unexpected))
+    if mismatched:
+        parts.append(block("shape mismatch", mismatched))
+    hint = []
+    if any(k.startswith("backbone.") for k in unexpected) and not any(k.startswith("backbone.") for k in missing):
+        hint.append("the checkpoint is a whole recognizer: pass strip_prefix='backbone.' to load a bare backbone")
+    if mismatched and all(_is_head_key(m.split(":")[0]) for m in mismatched):
+        hint.append("only the classifier differs: use drop_mismatched_head=True to fine-tune to another class count")
+    if any(k.startswith(("blocks.", "s1.", "model_state")) for k in unexpected):
+        hint.append("this looks like a PyTorchVideo / PySlowFast checkpoint: convert it with 'lateral convert'")
+    if hint:
+        parts.append("  hint: " + "; ".join(hint))
+    return "\n".join(parts)
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``obj`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise

@@ -1,0 +1,304 @@
+"""Config files in mmaction2's Python-dict syntax, read as data.
+
+A config file is parsed with :mod:`ast` and evaluated by a small interpreter that understands only literals,
+``dict()`` / ``list()`` / ``tuple()`` calls, names assigned earlier in the same file, f-strings, subscripts and
+simple arithmetic. Nothing in the file is executed, so a config downloaded from anywhere is safe to read.
+
+``_base_ = [...]`` inheritance merges dicts recursively (a child's ``_delete_=True`` replaces instead of merging),
+as mmengine does.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import operator
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "load_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest"]
+
+
+class ConfigError(ValueError):
+    """A config file or config dict that cannot be used, with the place and the reason."""
+
+
+def suggest(name: str, candidates) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest candidate, or an empty string."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+_BINARY_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY_OPS = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_CONSTRUCTORS = {"dict": dict, "list": list, "tuple": tuple}
+
+
+class _Evaluator:
+    """Evaluates the expression nodes allowed in a config file against the names defined so far."""
+
+    def __init__(self, path: str, names: dict[str, Any]):
+        self.path = path
+        self.names = names
+
+    def fail(self, node: ast.AST, what: str) -> ConfigError:
+        line = getattr(node, "lineno", "?")
+        return ConfigError(
+            f"{self.path}:{line}: {what} is not allowed in a config file (configs are data: literals, "
+            f"dict()/list()/tuple(), names defined earlier, f-strings and simple arithmetic)"
+        )
+
+    def eval(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id in self.names:
+                return copy.deepcopy(self.names[node.id])
+            if node.id in ("True", "False", "None"):
+                return {"True": True, "False": False, "None": None}[node.id]
+            raise ConfigError(
+                f"{self.path}:{node.lineno}: name '{node.id}' is used before it is defined."
+                + suggest(node.id, self.names)
+            )
+        if isinstance(node, ast.Dict):
+            out = {}
+            for key, value in zip(node.keys, node.values):
+                if key is None:  # {**other}
+                    out.update(self._mapping(value))
+                else:
+                    out[self.eval(key)] = self.eval(value)
+            return out
+        if isinstance(node, ast.List):
+            return [self.eval(e) for e in node.elts]
+        if isinstance(node, ast.Tuple):
+            return tuple(self.eval(e) for e in node.elts)
+        if isinstance(node, ast.Set):
+            return {self.eval(e) for e in node.elts}
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
+            left, right = self.eval(node.left), self.eval(node.right)
+            try:
+                return _BINARY_OPS[type(node.op)](left, right)
+            except Exception as err:  # e.g. 'a' - 1
+                raise ConfigError(f"{self.path}:{node.lineno}: cannot compute this expression: {err}") from None
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
+            return _UNARY_OPS[type(node.op)](self.eval(node.operand))
+        if isinstance(node, ast.JoinedStr):
+            parts = []
+            for value in node.values:
+                if isinstance(value, ast.Constant):
+                    parts.append(str(value.value))
+                elif isinstance(value, ast.FormattedValue):
+                    spec = self.eval(value.format_spec) if value.format_spec is not None else ""
+                    parts.append(format(self.eval(value.value), spec))
+                else:
+                    raise self.fail(value, "this f-string part")
+            return "".join(parts)
+        if isinstance(node, ast.Subscript):
+            container = self.eval(node.value)
+            index = self.eval(node.slice)
+            try:
+                return container[index]
+            except (KeyError, IndexError, TypeError) as err:
+                raise ConfigError(f"{self.path}:{node.lineno}: bad subscript: {err!r}") from None
+        if isinstance(node, ast.Slice):
+            return slice(
+                None if node.lower is None else self.eval(node.lower),
+                None if node.upper is None else self.eval(node.upper),
+                None if node.step is None else self.eval(node.step),
+            )
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id in _CONSTRUCTORS:
+                kind = node.func.id
+                args = [self.eval(a) for a in node.args]
+                kwargs = {}
+                for kw in node.keywords:
+                    if kw.arg is None:
+                        kwargs.update(self._mapping(kw.value))
+                    else:
+                        kwargs[kw.arg] = self.eval(kw.value)
+                if kind == "dict":
+                    return dict(*args, **kwargs)
+                if kwargs:
+                    raise self.fail(node, f"keyword arguments to {kind}()")
+                return _CONSTRUCTORS[kind](*args)
+            func = ast.unparse(node.func)
+            raise self.fail(node, f"the call '{func}(...)'")
+        if isinstance(node, ast.Attribute):
+            raise self.fail(node, f"the attribute access '{ast.unparse(node)}'")
+        raise self.fail(node, f"the construct '{type(node).__name__}'")
+
+    def _mapping(self, node: ast.AST) -> dict:
+        value = self.eval(node)
+        if not isinstance(value, dict):
+            raise self.fail(node, "'**' on something that is not a dict")
+        return value
+
+
+def _parse_file(path: Path) -> dict[str, Any]:
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as err:
+        raise ConfigError(f"{path}:{err.lineno}: not valid Python syntax: {err.msg}") from None
+    names: dict[str, Any] = {}
+    evaluator = _Evaluator(str(path), names)
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+            continue  # a docstring
+        if isinstance(stmt, ast.Assign):
+            value = evaluator.eval(stmt.value)
+            for target in stmt.targets:
+                _assign(evaluator, target, value, names)
+            continue
+        if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and isinstance(stmt.target, ast.Name):
+            names[stmt.target.id] = evaluator.eval(stmt.value)
+            continue
+        if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and type(stmt.op) in _BINARY_OPS:
+            current = evaluator.eval(stmt.target)
+            names[stmt.target.id] = _BINARY_OPS[type(stmt.op)](current, evaluator.eval(stmt.value))
+            continue
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            raise evaluator.fail(stmt, "an import (new-style mmengine configs with read_base() are not supported)")
+        raise evaluator.fail(stmt, f"the statement '{type(stmt).__name__}'")
+    return names
+
+
+def _assign(evaluator: _Evaluator, target: ast.AST, value: Any, names: dict[str, Any]) -> None:
+    if isinstance(target, ast.Name):
+        names[target.id] = value
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        values = list(value)
+        if len(values) != len(target.elts):
+            raise evaluator.fail(target, "unpacking with a different number of values")
+        for t, v in zip(target.elts, values):
+            _assign(evaluator, t, v, names)
+    else:
+        raise evaluator.fail(target, f"assigning to '{ast.unparse(target)}'")
+
+
+def merge_dicts(base: dict, child: dict) -> dict:
+    """Merge ``child`` into a copy of ``base`` recursively; ``_delete_=True`` in a child dict replaces it whole."""
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict):
+            value = dict(value)
+            delete = value.pop("_delete_", False)
+            if not delete and isinstance(merged.get(key), dict):
+                merged[key] = merge_dicts(merged[key], value)
+            else:
+                merged[key] = _strip_delete(value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _strip_delete(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_delete(v) for k, v in value.items() if k != "_delete_"}
+    if isinstance(value, list):
+        return [_strip_delete(v) for v in value]
+    return value
+
+
+def load_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file (and its ``_base_`` files) into a plain dict of its top-level names.
+
+    Args:
+        path: the ``.py`` config file.
+
+    Returns:
+        A dict such as ``{'model': {...}, 'train_pipeline': [...], ...}``; ``_base_`` is resolved and removed.
+
+    Raises:
+        ConfigError: for a missing file, a cycle in ``_base_``, or any construct that is not data.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
+    if path.suffix != ".py":
+        raise ConfigError(f"config files are Python-dict files ending in .py, got {path}")
+    names = _parse_file(path)
+    bases = names.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, (list, tuple)):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    cfg: dict[str, Any] = {}
+    for base in bases:
+        base_cfg = load_config(path.parent / base, _seen + (path,))
+        overlap = set(cfg) & set(base_cfg)
+        if overlap:
+            raise ConfigError(f"{path}: the _base_ files define {sorted(overlap)} more than once")
+        cfg.update(base_cfg)
+    cfg = merge_dicts(cfg, names)
+    return cfg
+
+
+def parse_cfg_value(text: str) -> Any:
+    """Read the value of a ``--cfg-options key=value`` pair: a Python literal if it is one, else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if "," in text:
+            return [parse_cfg_value(t) for t in text.split(",")]
+        return text
+
+
+def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
+    """Apply ``a.b.c=value`` overrides (list indices allowed: ``train_pipeline.1.clip_len=16``) to a copy of cfg."""
+    cfg = copy.deepcopy(cfg)
+    if isinstance(options, dict):
+        items = list(options.items())
+    else:
+        items = []
+        for option in options:
+            if "=" not in option:
+                raise ConfigError(f"--cfg-options expects key=value, got '{option}'")
+            key, text = option.split("=", 1)
+            items.append((key, parse_cfg_value(text)))
+    for key, value in items:
+        parts = key.split(".")
+        node = cfg
+        for i, part in enumerate(parts[:-1]):
+            node = _step(node, part, ".".join(parts[: i + 1]), create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, key)] = value
+        else:
+            node[last] = value
+    return cfg
+
+
+def _index(node: list, part: str, key: str) -> int:
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"--cfg-options {key}: '{part}' indexes a list and must be a number") from None
+    if not -len(node) <= index < len(node):
+        raise ConfigError(f"--cfg-options {key}: index {index} out of range for a list of {len(node)}")
+    return index
+
+
+def _step(node: Any, part: str, key: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, key)]
+    if isinstance(node, dict):
+        if part not in node:
+            if not create:
+                raise ConfigError(f"no config key '{key}'." + suggest(part, node))
+            node[part] = {}
+        return node[part]
+    raise ConfigError(f"--cfg-options: '{key}' is not a dict or list")

@@ -1,0 +1,132 @@
+"""``Recognizer3D``: backbone + classification head, with multi-view testing as mmaction2 does it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lateral.config import ConfigError
+from lateral.models.heads import average_clips
+
+__all__ = ["Recognizer3D"]
+
+_TEST_CFG_KEYS = {"average_clips", "max_testing_views", "feature_extraction", "fcn_test"}
+
+
+class Recognizer3D(nn.Module):
+    """A 3D-conv video classifier.
+
+    Args:
+        backbone: backbone config dict (e.g. ``dict(type='ResNet3dSlowFast', ...)``) or module.
+        cls_head: head config dict (e.g. ``dict(type='SlowFastHead', ...)``) or module.
+        neck: not supported (kept so that configs naming ``neck=None`` load).
+        train_cfg: training options (kept for compatibility; mixup/cutmix live in the engine).
+        test_cfg: ``average_clips`` ('prob' | 'score' | None) and ``max_testing_views`` (views per backbone call
+            at test time, bounding memory).
+        data_preprocessor: mmaction2 1.x ``ActionDataPreprocessor`` settings (``mean``, ``std``,
+            ``format_shape``); the data pipeline reads them, ``forward`` does not normalise.
+    """
+
+    def __init__(
+        self,
+        backbone: dict | nn.Module,
+        cls_head: dict | nn.Module | None = None,
+        neck: dict | None = None,
+        train_cfg: dict | None = None,
+        test_cfg: dict | None = None,
+        data_preprocessor: dict | None = None,
+    ):
+        super().__init__()
+        from lateral.registry import build_model
+
+        if neck is not None:
+            raise ConfigError("Recognizer3D: necks are not supported; remove 'neck' from the config")
+        self.backbone = build_model(backbone) if isinstance(backbone, dict) else backbone
+        if cls_head is None:
+            raise ConfigError("Recognizer3D needs a cls_head (e.g. dict(type='SlowFastHead', ...))")
+        self.cls_head = build_model(cls_head) if isinstance(cls_head, dict) else cls_head
+        self.train_cfg = dict(train_cfg or {})
+        self.test_cfg = dict(test_cfg or {})
+        unknown = set(self.test_cfg) - _TEST_CFG_KEYS
+        if unknown:
+            raise ConfigError(f"test_cfg: unknown keys {sorted(unknown)}; accepted: {sorted(_TEST_CFG_KEYS)}")
+        self.data_preprocessor = dict(data_preprocessor or {})
+        if "average_clips" in self.test_cfg:
+            self.average_clips = self.test_cfg["average_clips"]
+        else:
+            self.average_clips = getattr(self.cls_head, "average_clips", None)
+        average_clips(torch.zeros(1, 1), 1, self.average_clips)  # validates the mode
+        max_views = self.test_cfg.get("max_testing_views")
+        if max_views is not None and (not isinstance(max_views, int) or max_views < 1):
+            raise ConfigError(f"test_cfg.max_testing_views must be a positive int, got {max_views!r}")
+        self.max_testing_views = max_views
+        self.init_weights()
+
+    @property
+    def num_classes(self) -> int:
+        return self.cls_head.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        backbone = self.backbone
+        return backbone.slow_path.in_channels if hasattr(backbone, "slow_path") else backbone.in_channels
+
+    def init_weights(self) -> dict | None:
+        """Initialise backbone and head as mmaction2 does (loading/inflating ``pretrained`` files if set)."""
+        report = self.backbone.init_weights() if hasattr(self.backbone, "init_weights") else None
+        if hasattr(self.cls_head, "init_weights"):
+            self.cls_head.init_weights()
+        return report
+
+    def extract_feat(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """x: [N, C, T, H, W] -> backbone features (``(slow, fast)`` for SlowFast)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C, T, H, W] -> logits [N, num_classes]."""
+        if isinstance(x, torch.Tensor) and x.dim() == 6:
+            raise ValueError(
+                f"Recognizer3D.forward takes [N, C, T, H, W]; got 6-D {list(x.shape)}: use model.predict() for "
+                "multi-view input [N, V, C, T, H, W]"
+            )
+        return self.cls_head(self.extract_feat(x))
+
+    def _scores_in_chunks(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips: [M, C, T, H, W] -> raw scores [M, K], at most ``max_testing_views`` clips per backbone call."""
+        if self.max_testing_views is None or clips.shape[0] <= self.max_testing_views:
+            return self(clips)
+        chunks = [self(part) for part in clips.split(self.max_testing_views)]
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Average the class scores of every view of every sample.
+
+        Args:
+            x: [N, V, C, T, H, W] (V views per sample), or [N, C, T, H, W] (one view).
+
+        Returns:
+            [N, num_classes] averaged per ``average_clips`` ('prob': softmax then mean; 'score': mean of logits), or
+            [N, V, num_classes] when ``average_clips`` is None.
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() not in (5, 6):
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"predict expects [N, V, C, T, H, W] or [N, C, T, H, W], got {shape}")
+        if x.dim() == 5:
+            x = x.unsqueeze(1)
+        num_samples, num_views = x.shape[:2]
+        clips = x.reshape(num_samples * num_views, *x.shape[2:])
+        scores = self._scores_in_chunks(clips)
+        return average_clips(scores, num_views, self.average_clips, getattr(self.cls_head, "multi_class", False))
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
+        """x: [N, C, T, H, W] (or [N, V, C, T, H, W], labels repeated per view); labels: [N] -> losses dict."""
+        labels = torch.as_tensor(labels)
+        if x.dim() == 6:
+            num_views = x.shape[1]
+            x = x.reshape(-1, *x.shape[2:])
+            labels = labels.repeat_interleave(num_views, dim=0)
+        scores = self(x)
+        return self.cls_head.loss(scores, labels.to(scores.device))
