@@ -1,0 +1,59 @@
+"""The ``lateral`` command: a thin argparse layer over the engine.
+
+Each command group lives next to the code it runs and contributes its sub-parser through an ``add_cli(subparsers)``
+function; this file only lists those modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module -> provides add_cli(subparsers); each sub-parser sets ``func`` to the function that runs the command
+COMMAND_MODULES = [
+    "lateral.summary",  # summary
+    "lateral.engine.commands",  # train, test, predict, demo
+    "lateral.data.check",  # data check
+    "lateral.engine.detection",  # detect train / test / predict
+    "lateral.convert",  # convert
+    "lateral.export",  # export, bench
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lateral",
+        description="SlowFast video recognition and FPN detection (mmaction2 / torchvision compatible).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:  # that command group is not part of this build
+                continue
+            raise
+        module.add_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from lateral.config import ConfigError
+    from lateral.checkpoint import CheckpointError
+
+    try:
+        result = args.func(args)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"lateral {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
