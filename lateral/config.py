@@ -50,6 +50,7 @@ class _Evaluator:
     def __init__(self, path: str, names: dict[str, Any]):
         self.path = path
         self.names = names
+        self.own_names: set[str] = set()  # names the file assigns itself (the rest came from _base_)
 
     def fail(self, node: ast.AST, what: str) -> ConfigError:
         line = getattr(node, "lineno", "?")
@@ -144,7 +145,8 @@ class _Evaluator:
         return value
 
 
-def _parse_file(path: Path) -> dict[str, Any]:
+def _parse_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (merged base config, names the file itself assigns); base names are readable in the file."""
     try:
         source = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -154,6 +156,7 @@ def _parse_file(path: Path) -> dict[str, Any]:
     except SyntaxError as err:
         raise ConfigError(f"{path}:{err.lineno}: not valid Python syntax: {err.msg}") from None
     names: dict[str, Any] = {}
+    base_cfg: dict[str, Any] = {}
     evaluator = _Evaluator(str(path), names)
     for stmt in tree.body:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
@@ -162,18 +165,46 @@ def _parse_file(path: Path) -> dict[str, Any]:
             value = evaluator.eval(stmt.value)
             for target in stmt.targets:
                 _assign(evaluator, target, value, names)
+            if any(isinstance(t, ast.Name) and t.id == "_base_" for t in stmt.targets):
+                base_cfg = _load_bases(path, names.pop("_base_"), seen)
+                own = dict(names)
+                names.clear()
+                names.update(copy.deepcopy(base_cfg))
+                names.update(own)
+                evaluator.own_names = set(own)
+            else:
+                for t in stmt.targets:
+                    if isinstance(t, ast.Name):
+                        evaluator.own_names.add(t.id)
             continue
         if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and isinstance(stmt.target, ast.Name):
             names[stmt.target.id] = evaluator.eval(stmt.value)
+            evaluator.own_names.add(stmt.target.id)
             continue
         if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and type(stmt.op) in _BINARY_OPS:
             current = evaluator.eval(stmt.target)
             names[stmt.target.id] = _BINARY_OPS[type(stmt.op)](current, evaluator.eval(stmt.value))
+            evaluator.own_names.add(stmt.target.id)
             continue
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             raise evaluator.fail(stmt, "an import (new-style mmengine configs with read_base() are not supported)")
         raise evaluator.fail(stmt, f"the statement '{type(stmt).__name__}'")
-    return names
+    return base_cfg, {k: v for k, v in names.items() if k in evaluator.own_names}
+
+
+def _load_bases(path: Path, bases: Any, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, (list, tuple)):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    cfg: dict[str, Any] = {}
+    for base in bases:
+        base_cfg = load_config(path.parent / base, seen + (path,))
+        overlap = set(cfg) & set(base_cfg)
+        if overlap:
+            raise ConfigError(f"{path}: the _base_ files define {sorted(overlap)} more than once")
+        cfg.update(base_cfg)
+    return cfg
 
 
 def _assign(evaluator: _Evaluator, target: ast.AST, value: Any, names: dict[str, Any]) -> None:
@@ -230,21 +261,8 @@ def load_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
     if path.suffix != ".py":
         raise ConfigError(f"config files are Python-dict files ending in .py, got {path}")
-    names = _parse_file(path)
-    bases = names.pop("_base_", [])
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, (list, tuple)):
-        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
-    cfg: dict[str, Any] = {}
-    for base in bases:
-        base_cfg = load_config(path.parent / base, _seen + (path,))
-        overlap = set(cfg) & set(base_cfg)
-        if overlap:
-            raise ConfigError(f"{path}: the _base_ files define {sorted(overlap)} more than once")
-        cfg.update(base_cfg)
-    cfg = merge_dicts(cfg, names)
-    return cfg
+    base_cfg, own = _parse_file(path, _seen)
+    return merge_dicts(base_cfg, own)
 
 
 def parse_cfg_value(text: str) -> Any:

@@ -525,6 +525,7 @@ class ResNet3d(nn.Module):
                     constant_init(m.conv3.bn, 0.0)
                 elif isinstance(m, BasicBlock3d) and m.conv2.bn is not None:
                     constant_init(m.conv2.bn, 0.0)
+        self._freeze_stages()
         if self.pretrained is None:
             return None
         if not isinstance(self.pretrained, str):

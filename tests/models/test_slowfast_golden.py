@@ -1,0 +1,128 @@
+"""Numerical parity with mmaction2 1.2.0 on the golden cases (weights synthesised from key names)."""
+
+import pytest
+import torch
+
+import lateral
+from golden import GoldenCase, synth_state_dict
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _model(case: GoldenCase) -> torch.nn.Module:
+    model = lateral.build_model(case.config).eval()
+    lateral.load_checkpoint(model, {"state_dict": case.state_dict()}, strict=True)
+    return model
+
+
+@pytest.mark.parametrize("name", ["slowfast_r50_4x16_seed", "slowfast_r50_8x8"])
+def test_slowfast_features_and_logits_match_mmaction2(name):
+    case = GoldenCase(name)
+    model = _model(case)
+    with torch.no_grad():
+        slow, fast = model.backbone(case.input())
+        logits = model(case.input())
+    torch.testing.assert_close(slow, case.expected["slow"], **TOL)
+    torch.testing.assert_close(fast, case.expected["fast"], **TOL)
+    torch.testing.assert_close(logits, case.expected["logits"], **TOL)
+    torch.testing.assert_close(model.predict(case.input()), case.expected["prob"], **TOL)
+
+
+def test_state_dict_keys_equal_mmaction2_checkpoint_in_order_and_shape():
+    case = GoldenCase("slowfast_r50_4x16_seed")
+    model = lateral.build_model(case.config)
+    own = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    assert own == [(k["name"], k["shape"]) for k in case.keys]
+
+
+def test_parameter_counts_match_mmaction2():
+    model = lateral.build_model("configs/recognition/slowfast/slowfast_r50_4x16x1_kinetics400.py")
+    assert sum(p.numel() for p in model.backbone.parameters()) == 33_557_288
+    assert sum(p.numel() for p in model.parameters()) == 34_479_288
+
+
+def test_slowonly_matches_mmaction2():
+    case = GoldenCase("slowonly_r50_8x8")
+    model = _model(case)
+    with torch.no_grad():
+        features = model.backbone(case.input())
+        logits = model(case.input())
+    torch.testing.assert_close(features, case.expected["features"], **TOL)
+    torch.testing.assert_close(logits, case.expected["logits"], **TOL)
+    torch.testing.assert_close(model.predict(case.input()), case.expected["prob"], **TOL)
+
+
+def test_multiview_prob_and_score_averaging_match_mmaction2():
+    case = GoldenCase("slowfast_r50_multiview")
+    model = _model(case)
+    clips = case.input()  # [N=2, V=3, C, T, H, W]
+    with torch.no_grad():
+        clip_logits = model(clips.flatten(0, 1))
+    torch.testing.assert_close(clip_logits, case.expected["clip_logits"], **TOL)
+    model.average_clips = "prob"
+    torch.testing.assert_close(model.predict(clips), case.expected["average_prob"], **TOL)
+    model.average_clips = "score"
+    torch.testing.assert_close(model.predict(clips), case.expected["average_score"], **TOL)
+    model.average_clips = None
+    per_view = model.predict(clips)
+    assert per_view.shape == (2, 3, 400)
+    torch.testing.assert_close(per_view.flatten(0, 1), case.expected["clip_logits"], **TOL)
+
+
+def test_max_testing_views_gives_the_same_answer_in_chunks():
+    case = GoldenCase("slowfast_r50_multiview")
+    model = _model(case)
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    model.max_testing_views = 4
+    torch.testing.assert_close(model.predict(case.input()), case.expected["average_prob"], **TOL)
+    assert calls == [4, 2]  # 6 clips in chunks of at most 4
+
+
+def test_inflating_a_2d_resnet_matches_mmaction2(tmp_path):
+    case = GoldenCase("inflate_slowfast_r50_seed")
+    resnet2d = synth_state_dict(case.keys)
+    path = tmp_path / "resnet50.pth"
+    torch.save(resnet2d, path)
+    backbone_cfg = dict(case.config["backbone"])
+    backbone_cfg["slow_pathway"] = dict(backbone_cfg["slow_pathway"], pretrained=str(path))
+    backbone = lateral.build_model(backbone_cfg)
+    report = backbone.init_weights()["slow_path"]
+    assert report["unused"] == ["fc.bias", "fc.weight"]
+    assert report["skipped"] == []
+    digest = torch.load(case.dir / "inflated_digest.pt", weights_only=True)
+    own = backbone.state_dict()
+    assert len(report["loaded"]) == len(digest) == 318
+    for name, expected in digest.items():
+        t = own[name].double()
+        got = torch.cat([torch.stack([t.sum(), (t * t).sum()]), t.flatten()[:8]])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+    # everything that was not inflated (fast pathway, lateral convs) is synthesised from its own name
+    rest = [
+        {"name": k, "shape": list(v.shape), "dtype": "int64" if v.dtype == torch.int64 else "float32"}
+        for k, v in own.items()
+        if k not in digest
+    ]
+    backbone.load_state_dict(synth_state_dict(rest), strict=False)
+    backbone.eval()
+    with torch.no_grad():
+        slow, fast = backbone(case.input())
+    torch.testing.assert_close(slow, case.expected["slow"], **TOL)
+    torch.testing.assert_close(fast, case.expected["fast"], **TOL)
+
+
+def test_inflated_kernel_is_2d_kernel_spread_over_time(tmp_path):
+    case = GoldenCase("inflate_slowfast_r50_seed")
+    resnet2d = synth_state_dict(case.keys)
+    torch.save({"state_dict": resnet2d}, tmp_path / "r50.pth")  # mmcv-style wrapper is unwrapped too
+    cfg = dict(case.config["backbone"])
+    cfg["slow_pathway"] = dict(cfg["slow_pathway"], pretrained=str(tmp_path / "r50.pth"))
+    backbone = lateral.build_model(cfg)
+    backbone.init_weights()
+    w3d = backbone.slow_path.layer3[0].conv1.conv.weight  # [256, 512 + 128 lateral, 3, 1, 1]
+    w2d = resnet2d["layer3.0.conv1.weight"]  # [256, 512, 1, 1]
+    assert w3d.shape == (256, 640, 3, 1, 1)
+    torch.testing.assert_close(w3d[:, :512].sum(dim=2), w2d)
+    assert torch.count_nonzero(w3d[:, 512:]) == 0  # lateral channels start at zero
+    # lateral convs were not touched by inflation: still Kaiming-initialised, not zero, not 2D weights
+    assert backbone.slow_path.layer1_lateral.conv.weight.abs().sum() > 0

@@ -1,0 +1,100 @@
+"""Checkpoint loading: strict reports, head dropping, safe loading, atomic saving."""
+
+import os
+
+import pytest
+import torch
+
+import lateral
+from lateral.checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
+
+
+def small_model(num_classes=5):
+    return lateral.build_model(dict(
+        type="Recognizer3D",
+        backbone=dict(type="ResNet3dSlowOnly", depth=18, base_channels=4),
+        cls_head=dict(type="I3DHead", in_channels=32, num_classes=num_classes),
+        test_cfg=dict(average_clips="prob")))
+
+
+def test_mmaction2_checkpoint_file_loads_strict(tmp_path):
+    src = small_model()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": src.state_dict(), "meta": {"epoch": 3}}, path)
+    dst = small_model()
+    report = lateral.load_checkpoint(dst, path)
+    assert report["meta"] == {"epoch": 3}
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k])
+
+
+def test_mismatch_lists_missing_unexpected_and_shapes_in_one_error():
+    state = small_model().state_dict()
+    state.pop("backbone.conv1.conv.weight")
+    state["backbone.extra.weight"] = torch.zeros(1)
+    state["cls_head.fc_cls.weight"] = torch.zeros(7, 32)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(small_model(), state)
+    text = str(info.value)
+    assert "missing in the checkpoint (1)" in text and "backbone.conv1.conv.weight" in text
+    assert "unexpected in the checkpoint (1)" in text and "backbone.extra.weight" in text
+    assert "cls_head.fc_cls.weight: checkpoint [7, 32], model [5, 32]" in text
+
+
+def test_drop_mismatched_head_fine_tunes_to_another_class_count():
+    src = small_model(num_classes=400)
+    dst = small_model(num_classes=5)
+    with pytest.warns(UserWarning, match="dropped 2 head tensors"):
+        report = load_checkpoint(dst, {"state_dict": src.state_dict()}, drop_mismatched_head=True)
+    assert sorted(report["dropped"]) == ["cls_head.fc_cls.bias", "cls_head.fc_cls.weight"]
+    assert torch.equal(dst.backbone.conv1.conv.weight, src.backbone.conv1.conv.weight)
+    assert dst.cls_head.fc_cls.weight.shape == (5, 32)
+
+
+def test_ddp_module_prefix_and_backbone_prefix_are_handled():
+    src = small_model()
+    wrapped = {f"module.{k}": v for k, v in src.state_dict().items()}
+    load_checkpoint(small_model(), wrapped)
+    backbone = lateral.build_model(dict(type="ResNet3dSlowOnly", depth=18, base_channels=4))
+    load_checkpoint(backbone, src.state_dict(), strict=False, strip_prefix="backbone.")
+    assert torch.equal(backbone.conv1.conv.weight, src.backbone.conv1.conv.weight)
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_checkpoint",))
+
+
+def test_pickled_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned_by_checkpoint").exists()
+
+
+def test_truncated_and_missing_files_give_clear_errors(tmp_path):
+    path = tmp_path / "ok.pth"
+    torch.save({"state_dict": small_model().state_dict()}, path)
+    data = path.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "cut.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "nope.pth")
+
+
+def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pth"
+    save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(read_state_dict(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]  # no temp file left behind

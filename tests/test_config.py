@@ -1,0 +1,87 @@
+"""Config files are parsed as data: inheritance, merging, overrides, and refusal of anything executable."""
+
+import pytest
+
+from lateral.config import ConfigError, apply_cfg_options, load_config
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_base_inheritance_merges_dicts_and_reads_base_names(tmp_path):
+    write(tmp_path, "base.py", "dataset_type = 'VideoDataset'\nmodel = dict(type='R', backbone=dict(depth=50, lateral=True), head=dict(n=400))\n")
+    child = write(tmp_path, "child.py", "_base_ = ['base.py']\nmodel = dict(backbone=dict(depth=101))\ndata = dict(type=dataset_type)\n")
+    cfg = load_config(child)
+    assert cfg["model"] == {"type": "R", "backbone": {"depth": 101, "lateral": True}, "head": {"n": 400}}
+    assert cfg["data"] == {"type": "VideoDataset"}
+    assert "_base_" not in cfg
+
+
+def test_delete_replaces_instead_of_merging(tmp_path):
+    write(tmp_path, "base.py", "optim = dict(type='SGD', lr=0.1, momentum=0.9)\n")
+    child = write(tmp_path, "child.py", "_base_ = 'base.py'\noptim = dict(_delete_=True, type='AdamW', lr=1e-3)\n")
+    assert load_config(child)["optim"] == {"type": "AdamW", "lr": 1e-3}
+
+
+def test_arithmetic_fstrings_and_names(tmp_path):
+    path = write(tmp_path, "c.py", "root = 'data/k400'\nclip_len = 8 * 4\nann = f'{root}/train_{clip_len}.txt'\nsize = (clip_len // 2, -1)\nitems = [1, 2] + [3]\n")
+    cfg = load_config(path)
+    assert cfg["ann"] == "data/k400/train_32.txt" and cfg["size"] == (16, -1) and cfg["items"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "source,what",
+    [
+        ("import os\n", "import"),
+        ("x = __import__('os').system('touch pwned')\n", "call '__import__"),
+        ("x = open('/etc/passwd').read()\n", "attribute access|call"),
+        ("def f():\n    pass\n", "FunctionDef"),
+        ("x = [i for i in range(3)]\n", "ListComp"),
+        ("x = lambda: 1\n", "Lambda"),
+    ],
+)
+def test_code_is_refused_with_file_and_line(tmp_path, source, what):
+    path = write(tmp_path, "evil.py", "a = 1\n" + source)
+    with pytest.raises(ConfigError, match=what) as info:
+        load_config(path)
+    assert "evil.py:2" in str(info.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_undefined_name_suggests_the_close_one(tmp_path):
+    path = write(tmp_path, "c.py", "clip_len = 32\nx = dict(n=clip_lem)\n")
+    with pytest.raises(ConfigError, match="Did you mean 'clip_len'"):
+        load_config(path)
+
+
+def test_missing_file_and_base_cycle(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.py")
+    write(tmp_path, "a.py", "_base_ = 'b.py'\n")
+    write(tmp_path, "b.py", "_base_ = 'a.py'\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.py")
+
+
+def test_cfg_options_override_nested_keys_and_list_items():
+    cfg = {"model": {"cls_head": {"num_classes": 400}}, "pipeline": [{"type": "A"}, {"type": "B", "n": 1}]}
+    out = apply_cfg_options(cfg, ["model.cls_head.num_classes=10", "pipeline.1.n=8", "lr=0.01", "name=run1", "sizes=1,2"])
+    assert out["model"]["cls_head"]["num_classes"] == 10 and out["pipeline"][1]["n"] == 8
+    assert out["lr"] == 0.01 and out["name"] == "run1" and out["sizes"] == (1, 2)
+    assert cfg["model"]["cls_head"]["num_classes"] == 400  # the input is not modified
+    with pytest.raises(ConfigError, match="out of range"):
+        apply_cfg_options(cfg, ["pipeline.5.n=1"])
+
+
+def test_shipped_configs_load_and_build():
+    import lateral
+
+    for name in ["slowfast_r50_4x16x1", "slowfast_r50_8x8x1", "slowfast_r101_8x8x1", "slowonly_r50_8x8x1"]:
+        cfg = load_config(f"configs/recognition/slowfast/{name}_kinetics400.py")
+        assert cfg["test_pipeline"][1]["num_clips"] == 10
+        assert cfg["model"]["type"] == "Recognizer3D"
+    model = lateral.build_model("configs/recognition/slowfast/slowfast_r101_8x8x1_kinetics400.py")
+    assert len(model.backbone.slow_path.layer3) == 23 and model.backbone.resample_rate == 4

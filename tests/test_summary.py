@@ -1,0 +1,37 @@
+"""`lateral summary`: per-layer rows and totals."""
+
+import subprocess
+import sys
+
+from lateral.summary import default_input_shape, parse_shape, summarize
+
+
+def test_summary_totals_for_the_seed_config():
+    import lateral
+
+    cfg = lateral.load_config("configs/recognition/slowfast/slowfast_r50_4x16x1_kinetics400.py")
+    model = lateral.build_model(cfg["model"])
+    summary = summarize(model, (1, 3, 32, 64, 64), max_depth=3)
+    assert summary.total_params == 34_479_288
+    names = [r.name for r in summary.rows]
+    assert "backbone.slow_path.layer1_lateral" in names and "cls_head.fc_cls" in names
+    row = summary.rows[names.index("backbone.slow_path.layer4")]
+    assert row.output_shape == "[-1, 2048, 4, 2, 2]"
+    # the slow stem conv: 64 out channels x 4 x 32 x 32 outputs, each 3 * 1 * 7 * 7 multiply-adds
+    stem = summary.rows[names.index("backbone.slow_path.conv1")]
+    assert stem.macs == 64 * 4 * 32 * 32 * 3 * 49
+    assert summary.total_macs == sum(r.macs for r in summary.rows)
+    assert default_input_shape(cfg) == (1, 3, 32, 224, 224)
+
+
+def test_cli_prints_table(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "lateral", "summary", "configs/recognition/slowfast/slowonly_r50_8x8x1_kinetics400.py",
+         "--input", "1x3x8x32x32", "--depth", "2"],
+        capture_output=True, text=True, check=True)
+    assert "Total params: 32,454,096" in out.stdout
+    assert "backbone.layer4" in out.stdout
+
+
+def test_parse_shape():
+    assert parse_shape("1x3x32x224x224") == (1, 3, 32, 224, 224)
