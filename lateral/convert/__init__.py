@@ -1,0 +1,655 @@
+"""Convert SlowFast checkpoints between PyTorchVideo, PySlowFast (PyTorch and Caffe2) and lateral (mmaction2 layout).
+
+Every layout is described by the same skeleton of the SlowFast architecture (:func:`slowfast_units`): a list of
+conv+BN units and one classifier, each named by where it sits (pathway, stage, block, part). A layout module
+(:mod:`lateral.convert.pytorchvideo`, :mod:`lateral.convert.pyslowfast`) only says how it spells each unit, so the
+key map is generated from the architecture numbers (depth, alpha, beta, fusion kernel), never guessed from
+suffixes. :func:`apply_key_map` then asserts the shape of every tensor, and checks at the end that every source
+tensor was used exactly once and every target tensor was filled.
+
+The converted file is ``{'state_dict': ..., 'meta': ...}``; ``meta`` carries the model config, the input
+normalisation and the frame sampling of the source ecosystem (schema in ``docs/convert.md``), and
+:func:`config_from_meta` turns it back into a model config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lateral.checkpoint import CheckpointError
+from lateral.config import ConfigError
+
+__all__ = [
+    "ConversionError",
+    "SlowFastArch",
+    "ConvBN",
+    "LoadedCheckpoint",
+    "TensorMapping",
+    "slowfast_units",
+    "build_key_map",
+    "infer_arch",
+    "apply_key_map",
+    "invert_key_map",
+    "lateral_shapes",
+    "build_meta",
+    "config_from_meta",
+    "convert_checkpoint",
+    "add_cli",
+    "SAMPLING_PRESETS",
+    "META_FORMAT",
+]
+
+META_FORMAT = "lateral.convert/1"
+BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+# depth -> residual blocks per stage; the only depths whose SlowFast uses bottleneck blocks in all three layouts
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+BOTTLENECK_EXPANSION = 4
+# 'TxS' (slow frames x slow interval) -> (alpha, clip_len, frame_interval) of the fast clip, as in the model zoos
+SAMPLING_PRESETS = {"4x16": (8, 32, 2), "8x8": (4, 32, 2), "16x8": (4, 64, 2)}
+# PyTorchVideo and PySlowFast divide frames by 255, then normalise with these (Caffe2: 114.75 / 57.375 on 0-255)
+SOURCE_MEAN = (0.45, 0.45, 0.45)
+SOURCE_STD = (0.225, 0.225, 0.225)
+
+
+class ConversionError(CheckpointError):
+    """A checkpoint that does not fit the layout it was declared as; the message names the first offending tensor."""
+
+
+@dataclass(frozen=True)
+class SlowFastArch:
+    """The numbers that fix every tensor name and shape of a SlowFast ResNet.
+
+    Args:
+        depth: 50, 101 or 152 (residual blocks per stage from :data:`STAGE_BLOCKS`).
+        speed_ratio: frame-rate ratio fast / slow (alpha in the paper); the fusion convs stride time by it.
+        channel_ratio: channel ratio slow / fast (1 / beta in the paper; 8 in every model zoo).
+        fusion_kernel: temporal kernel of the fast-to-slow fusion convs (7 for 8x8 / 16x8, 5 for 4x16 in PySlowFast).
+        lateral_infl: a fusion conv outputs ``lateral_infl * C_fast`` channels (2 in the paper).
+        num_classes: classifier outputs.
+        base_channels: width of the slow stem (64).
+    """
+
+    depth: int
+    speed_ratio: int = 4
+    channel_ratio: int = 8
+    fusion_kernel: int = 7
+    lateral_infl: int = 2
+    num_classes: int = 400
+    base_channels: int = 64
+
+    def __post_init__(self) -> None:
+        if self.depth not in STAGE_BLOCKS:
+            raise ConversionError(f"SlowFast depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}")
+        if self.base_channels % self.channel_ratio != 0:
+            raise ConversionError(
+                f"slow stem width {self.base_channels} is not a multiple of channel_ratio {self.channel_ratio}"
+            )
+        for name in ("speed_ratio", "channel_ratio", "fusion_kernel", "lateral_infl", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ConversionError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def stage_blocks(self) -> tuple[int, ...]:
+        return STAGE_BLOCKS[self.depth]
+
+    @property
+    def fast_base_channels(self) -> int:
+        return self.base_channels // self.channel_ratio
+
+    @property
+    def slow_feat_dim(self) -> int:
+        """Channels of the slow pathway's last stage (2048 for R50)."""
+        return self.base_channels * 2 ** (len(self.stage_blocks) - 1) * BOTTLENECK_EXPANSION
+
+    @property
+    def fast_feat_dim(self) -> int:
+        """Channels of the fast pathway's last stage (256 for R50 with beta = 1/8)."""
+        return self.fast_base_channels * 2 ** (len(self.stage_blocks) - 1) * BOTTLENECK_EXPANSION
+
+    def describe(self) -> str:
+        return (
+            f"SlowFast R{self.depth} (alpha={self.speed_ratio}, beta=1/{self.channel_ratio}, "
+            f"fusion kernel {self.fusion_kernel}, {self.num_classes} classes)"
+        )
+
+    def model_config(self, slow_frame_sampling: str = "linspace", dropout_ratio: float = 0.5) -> dict[str, Any]:
+        """The lateral ``Recognizer3D`` config of this architecture, fed the fast clip (the slow path subsamples it).
+
+        The fusion of PyTorchVideo / PySlowFast (time-strided conv, BN, ReLU) is ``lateral_norm=True``;
+        ``resample_rate == speed_ratio`` because the input clip is the fast pathway's clip.
+        """
+        return dict(
+            type="Recognizer3D",
+            backbone=dict(
+                type="ResNet3dSlowFast",
+                pretrained=None,
+                resample_rate=self.speed_ratio,
+                speed_ratio=self.speed_ratio,
+                channel_ratio=self.channel_ratio,
+                slow_frame_sampling=slow_frame_sampling,
+                slow_pathway=dict(
+                    type="resnet3d",
+                    depth=self.depth,
+                    pretrained=None,
+                    lateral=True,
+                    lateral_norm=True,
+                    fusion_kernel=self.fusion_kernel,
+                    lateral_infl=self.lateral_infl,
+                    base_channels=self.base_channels,
+                    conv1_kernel=[1, 7, 7],
+                    dilations=[1, 1, 1, 1],
+                    conv1_stride_t=1,
+                    pool1_stride_t=1,
+                    inflate=[0, 0, 1, 1],
+                ),
+                fast_pathway=dict(
+                    type="resnet3d",
+                    depth=self.depth,
+                    pretrained=None,
+                    lateral=False,
+                    base_channels=self.fast_base_channels,
+                    conv1_kernel=[5, 7, 7],
+                    conv1_stride_t=1,
+                    pool1_stride_t=1,
+                ),
+            ),
+            cls_head=dict(
+                type="SlowFastHead",
+                in_channels=self.slow_feat_dim + self.fast_feat_dim,
+                num_classes=self.num_classes,
+                spatial_type="avg",
+                dropout_ratio=dropout_ratio,
+                average_clips="prob",
+            ),
+            data_preprocessor=dict(
+                type="ActionDataPreprocessor",
+                mean=[round(m * 255, 4) for m in SOURCE_MEAN],
+                std=[round(s * 255, 4) for s in SOURCE_STD],
+                format_shape="NCTHW",
+            ),
+        )
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What a layout module's ``read`` returns.
+
+    Attributes:
+        state: source name -> tensor or numpy array.
+        kind: the layout variant ('pytorchvideo', 'pyslowfast' for .pyth, 'caffe2' for .pkl).
+        hints: sampling / architecture numbers found in the file (a PySlowFast cfg): ``speed_ratio``,
+            ``clip_len``, ``frame_interval``, ``num_clips``, ``test_scale``, ``crop_size``, ``num_crops``.
+        ignored: source names that hold no weights (optimizer state) and are skipped on purpose.
+    """
+
+    state: dict[str, Any]
+    kind: str
+    hints: dict[str, int] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ConvBN:
+    """One conv + BN unit of the SlowFast skeleton, named by its place in the architecture.
+
+    Attributes:
+        target: the lateral ``ConvModule`` prefix, e.g. ``'backbone.slow_path.layer1.0.conv1'``.
+        pathway: 0 slow, 1 fast (fusion convs read the fast pathway: 1).
+        stage: 0 for the stem and the fusion after it, 1..4 for the residual stages and the fusion after each.
+        block: residual block index within the stage; None for stems and fusions.
+        part: 'stem', 'fuse', 'branch1' (projection shortcut), or 'a' / 'b' / 'c' (the bottleneck's three convs).
+    """
+
+    target: str
+    pathway: int
+    stage: int
+    block: int | None
+    part: str
+
+
+@dataclass(frozen=True)
+class TensorMapping:
+    """One tensor: its name in the source layout, its name in the target, and how it is rearranged.
+
+    Attributes:
+        source: source name, or None for a tensor the source layout lacks (Caffe2 has no ``num_batches_tracked``)
+            and that is filled with zeros.
+        target: target name.
+        columns: for the classifier weight, the widths of the two pathway blocks of its input columns in the
+            source order; the target holds them in the opposite order (PyTorchVideo / PySlowFast concatenate
+            slow then fast, lateral's ``SlowFastHead`` fast then slow).
+    """
+
+    source: str | None
+    target: str
+    columns: tuple[int, int] | None = None
+
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rearrange a source tensor into the target layout (columns ``[A | B]`` -> ``[B | A]``)."""
+        if self.columns is None:
+            return tensor
+        first, second = self.columns
+        if tensor.dim() != 2 or tensor.shape[1] != first + second:
+            raise ConversionError(
+                f"tensor '{self.source}' has shape {list(tensor.shape)}; expected [num_classes, {first + second}] "
+                f"(pooled features of both pathways, {first} + {second}) for '{self.target}'"
+            )
+        return torch.cat((tensor[:, first:], tensor[:, :first]), dim=1)
+
+
+def slowfast_units(arch: SlowFastArch) -> Iterator[ConvBN]:
+    """Every conv + BN unit of a SlowFast ResNet, in the order of PyTorchVideo's and PySlowFast's state dicts.
+
+    Stems (slow, fast), the fusion after the stem, then per stage: the slow blocks, the fast blocks and (except
+    after the last stage) the fusion. The classifier is not a unit; layouts name it themselves.
+    """
+    paths = ((0, "slow_path"), (1, "fast_path"))
+    for pathway, path in paths:
+        yield ConvBN(f"backbone.{path}.conv1", pathway, 0, None, "stem")
+    yield ConvBN("backbone.slow_path.conv1_lateral", 1, 0, None, "fuse")
+    num_stages = len(arch.stage_blocks)
+    for stage, num_blocks in enumerate(arch.stage_blocks, start=1):
+        for pathway, path in paths:
+            for block in range(num_blocks):
+                prefix = f"backbone.{path}.layer{stage}.{block}"
+                if block == 0:  # every first block changes width or stride, so it projects its shortcut
+                    yield ConvBN(f"{prefix}.downsample", pathway, stage, block, "branch1")
+                for part, conv in (("a", "conv1"), ("b", "conv2"), ("c", "conv3")):
+                    yield ConvBN(f"{prefix}.{conv}", pathway, stage, block, part)
+        if stage < num_stages:
+            yield ConvBN(f"backbone.slow_path.layer{stage}_lateral", 1, stage, None, "fuse")
+
+
+def build_key_map(arch: SlowFastArch, layout: Any, kind: str) -> list[TensorMapping]:
+    """The full key map of ``layout`` (a module with ``conv_bn_names`` and ``head_names``) -> lateral.
+
+    One :class:`TensorMapping` per tensor: for every unit of :func:`slowfast_units` its conv weight and the five BN
+    tensors, then the classifier weight (columns reordered, see :class:`TensorMapping`) and bias.
+    """
+    mappings = []
+    for unit in slowfast_units(arch):
+        conv_name, bn_names = layout.conv_bn_names(unit, arch.stage_blocks, kind)
+        mappings.append(TensorMapping(conv_name, f"{unit.target}.conv.weight"))
+        for param in BN_PARAMS:
+            mappings.append(TensorMapping(bn_names[param], f"{unit.target}.bn.{param}"))
+    weight_name, bias_name = layout.head_names(len(arch.stage_blocks), kind)
+    mappings.append(
+        TensorMapping(weight_name, "cls_head.fc_cls.weight", columns=(arch.slow_feat_dim, arch.fast_feat_dim))
+    )
+    mappings.append(TensorMapping(bias_name, "cls_head.fc_cls.bias"))
+    return mappings
+
+
+def infer_arch(state: Mapping[str, Any], layout: Any, kind: str, speed_ratio: int, source: str) -> SlowFastArch:
+    """Read the architecture numbers off the named tensors of a source state dict.
+
+    The stem widths give beta, the first fusion conv its kernel and width factor, the number of blocks per stage
+    the depth, the classifier the class count. Alpha is not stored in any weight and comes from ``speed_ratio``.
+    """
+
+    def shape(unit: ConvBN) -> tuple[int, ...]:
+        name = layout.conv_bn_names(unit, (), kind)[0]
+        if name not in state:
+            raise ConversionError(
+                f"{source} is not a {kind} SlowFast checkpoint: it has no '{name}' (first keys: {list(state)[:3]})"
+            )
+        return tuple(torch.as_tensor(state[name]).shape)
+
+    slow_stem = shape(ConvBN("", 0, 0, None, "stem"))
+    fast_stem = shape(ConvBN("", 1, 0, None, "stem"))
+    fusion = shape(ConvBN("", 1, 0, None, "fuse"))
+    if len(slow_stem) != 5 or len(fast_stem) != 5 or len(fusion) != 5 or fast_stem[0] == 0:
+        raise ConversionError(f"{source}: stem / fusion conv weights are not 5-D [C_out, C_in, T, H, W]")
+    stage_blocks = []
+    for stage in range(1, 5):
+        count = 0
+        while layout.conv_bn_names(ConvBN("", 0, stage, count, "a"), (), kind)[0] in state:
+            count += 1
+        stage_blocks.append(count)
+    depths = {blocks: depth for depth, blocks in STAGE_BLOCKS.items()}
+    if tuple(stage_blocks) not in depths:
+        raise ConversionError(
+            f"{source}: slow pathway has {stage_blocks} blocks per stage; SlowFast R50/R101/R152 have "
+            f"{', '.join(str(list(b)) for b in STAGE_BLOCKS.values())}"
+        )
+    head_weight = layout.head_names(len(stage_blocks), kind)[0]
+    if head_weight not in state:
+        raise ConversionError(f"{source}: no classifier '{head_weight}'")
+    return SlowFastArch(
+        depth=depths[tuple(stage_blocks)],
+        speed_ratio=speed_ratio,
+        channel_ratio=slow_stem[0] // fast_stem[0],
+        fusion_kernel=fusion[2],
+        lateral_infl=max(fusion[0] // fast_stem[0], 1),
+        num_classes=torch.as_tensor(state[head_weight]).shape[0],
+        base_channels=slow_stem[0],
+    )
+
+
+def lateral_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of the lateral model ``config``, built on the meta device (no memory, no init)."""
+    from lateral.registry import build_model
+
+    with torch.device("meta"):
+        model = build_model(copy.deepcopy(config))
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def apply_key_map(
+    state: Mapping[str, Any],
+    mappings: Sequence[TensorMapping],
+    target_shapes: Mapping[str, tuple[int, ...]],
+    source: str,
+    ignored: Sequence[str] = (),
+) -> OrderedDict[str, torch.Tensor]:
+    """Rename and check every tensor of ``state``.
+
+    Args:
+        state: source name -> tensor (numpy arrays are turned into tensors).
+        mappings: the key map, in the order the result should have.
+        target_shapes: target name -> expected shape; the map must fill exactly these names.
+        source: what ``state`` is, for error messages (a file name and its layout).
+        ignored: source names that are known to carry no weights (optimizer state) and are skipped.
+
+    Returns:
+        target name -> tensor, in the order of ``target_shapes``.
+
+    Raises:
+        ConversionError: naming the first tensor whose shape does not fit, the first one missing, or the first one
+            left over.
+    """
+    sources = [m.source for m in mappings if m.source is not None]
+    targets = [m.target for m in mappings]
+    if len(set(sources)) != len(sources) or len(set(targets)) != len(targets):
+        raise ConversionError(f"key map for {source} uses a name twice (this is a bug in lateral.convert)")
+    unfilled = [name for name in target_shapes if name not in set(targets)]
+    foreign = [name for name in targets if name not in target_shapes]
+    if unfilled or foreign:
+        first = unfilled[0] if unfilled else foreign[0]
+        raise ConversionError(
+            f"key map for {source} does not match the target model: {len(unfilled)} target tensors unfilled, "
+            f"{len(foreign)} unknown; first: '{first}' (this is a bug in lateral.convert)"
+        )
+
+    missing = [m for m in mappings if m.source is not None and m.source not in state]
+    result: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for mapping in mappings:
+        expected = tuple(target_shapes[mapping.target])
+        if mapping.source is None:
+            result[mapping.target] = torch.zeros(expected, dtype=torch.int64)
+            continue
+        if mapping.source not in state:
+            continue  # reported below, after every present tensor has had its shape checked
+        value = state[mapping.source]
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        tensor = mapping.apply(tensor)
+        if tuple(tensor.shape) != expected:
+            raise ConversionError(
+                f"{source}: tensor '{mapping.source}' has shape {list(tensor.shape)}, but '{mapping.target}' "
+                f"needs {list(expected)}"
+            )
+        result[mapping.target] = tensor
+    if missing:
+        names = ", ".join(f"'{m.source}'" for m in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConversionError(f"{source}: {len(missing)} tensors are missing: {names}{more} (first needed for "
+                              f"'{missing[0].target}')")
+    result = OrderedDict((name, result[name]) for name in target_shapes)
+    used = set(sources) | set(ignored)
+    leftover = [name for name in state if name not in used]
+    if leftover:
+        raise ConversionError(
+            f"{source}: {len(leftover)} tensors have no place in the target model; the first is '{leftover[0]}' "
+            f"(shape {list(torch.as_tensor(state[leftover[0]]).shape)})"
+        )
+    return result
+
+
+def invert_key_map(mappings: Sequence[TensorMapping]) -> list[TensorMapping]:
+    """The map of the opposite direction (target -> source), in the same order."""
+    inverted = []
+    for mapping in mappings:
+        if mapping.source is None:
+            raise ConversionError(
+                f"'{mapping.target}' has no counterpart in the source layout, so this layout cannot be written"
+            )
+        columns = None if mapping.columns is None else (mapping.columns[1], mapping.columns[0])
+        inverted.append(TensorMapping(mapping.target, mapping.source, columns))
+    return inverted
+
+
+def build_meta(
+    arch: SlowFastArch,
+    source: dict[str, Any],
+    clip_len: int,
+    frame_interval: int,
+    num_clips: int = 10,
+    test_scale: int = 256,
+    crop_size: int = 256,
+    num_crops: int = 3,
+) -> dict[str, Any]:
+    """The ``meta`` of a converted checkpoint: what ``lateral predict`` needs to reproduce the source model.
+
+    Args:
+        arch: the architecture numbers.
+        source: where the weights came from (``ecosystem``, ``layout``, ``file``, ...).
+        clip_len: frames of the clip fed to the model (the fast pathway's clip).
+        frame_interval: source frames between two clip frames.
+        num_clips: temporal clips averaged at test time.
+        test_scale: short side the frames are resized to.
+        crop_size: side of the square crops.
+        num_crops: spatial crops per clip at test time (3 in the model zoos, 1 for a center crop).
+    """
+    if clip_len % arch.speed_ratio != 0:
+        raise ConversionError(f"clip_len {clip_len} must be a multiple of alpha={arch.speed_ratio}")
+    return {
+        "format": META_FORMAT,
+        "source": dict(source),
+        "arch": asdict(arch),
+        "config": arch.model_config("linspace"),
+        "normalization": {
+            "mean": list(SOURCE_MEAN),
+            "std": list(SOURCE_STD),
+            "value_range": [0.0, 1.0],
+            "channel_order": "RGB",
+        },
+        "sampling": {
+            "clip_len": clip_len,
+            "frame_interval": frame_interval,
+            "num_clips": num_clips,
+            "slow_frames": clip_len // arch.speed_ratio,
+            "slow_frame_sampling": "linspace",
+            "test_scale": test_scale,
+            "crop_size": crop_size,
+            "num_crops": num_crops,
+        },
+    }
+
+
+def config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The lateral model config stored in a converted checkpoint's ``meta`` (a fresh copy, safe to modify).
+
+    Raises:
+        ConfigError: if ``meta`` was not written by ``lateral convert`` (e.g. a native mmaction2 checkpoint, whose
+            config must come from its config file).
+    """
+    if not isinstance(meta, Mapping) or meta.get("format") != META_FORMAT:
+        found = meta.get("format") if isinstance(meta, Mapping) else type(meta).__name__
+        raise ConfigError(
+            f"checkpoint meta was not written by 'lateral convert' (format {found!r}, expected {META_FORMAT!r}); "
+            "pass the model config file explicitly"
+        )
+    config = meta.get("config")
+    if not isinstance(config, Mapping) or config.get("type") != "Recognizer3D":
+        raise ConfigError("checkpoint meta has no model config ('config' with type 'Recognizer3D')")
+    return copy.deepcopy(dict(config))
+
+
+def arch_from_meta(meta: Mapping[str, Any]) -> SlowFastArch:
+    """The :class:`SlowFastArch` recorded in a converted checkpoint's ``meta``."""
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("arch"), Mapping):
+        raise ConversionError("checkpoint meta has no 'arch' entry; only files written by 'lateral convert' have one")
+    try:
+        return SlowFastArch(**meta["arch"])
+    except TypeError as err:
+        raise ConversionError(f"checkpoint meta 'arch' is not understood: {err}") from None
+
+
+def _check_expected(arch: SlowFastArch, depth: int | None, num_classes: int | None, source: str) -> None:
+    """Compare what the user asked for with what the checkpoint holds."""
+    if depth is not None and depth != arch.depth:
+        raise ConversionError(
+            f"{source} holds a SlowFast R{arch.depth} (blocks per stage {arch.stage_blocks}), not R{depth}"
+        )
+    if num_classes is not None and num_classes != arch.num_classes:
+        raise ConversionError(f"{source} classifies {arch.num_classes} classes, not {num_classes}")
+
+
+def convert_checkpoint(
+    path: str | os.PathLike,
+    source_format: str,
+    target_format: str = "lateral",
+    depth: int | None = None,
+    num_classes: int | None = None,
+    speed_ratio: int | None = None,
+    clip_len: int | None = None,
+    frame_interval: int | None = None,
+) -> dict[str, Any]:
+    """Read a checkpoint file and return the converted checkpoint dict (not yet written).
+
+    Args:
+        path: the source file (PyTorchVideo ``.pyth``/``.pt``, PySlowFast ``.pyth`` or Caffe2 ``.pkl``, or a
+            ``lateral convert`` output when ``source_format='lateral'``).
+        source_format: 'pytorchvideo', 'pyslowfast' or 'lateral'.
+        target_format: 'lateral' (``{'state_dict', 'meta'}``), 'pytorchvideo' or 'pyslowfast'
+            (``{'model_state'}``).
+        depth, num_classes: what the checkpoint is expected to hold; a different one is an error.
+        speed_ratio: alpha; not stored in the weights (default: the file's PySlowFast cfg, else 4).
+        clip_len, frame_interval: the fast clip of the source model (default: PySlowFast cfg, else 32 and 2).
+    """
+    from lateral.convert import pyslowfast, pytorchvideo
+
+    layouts = {"pytorchvideo": pytorchvideo, "pyslowfast": pyslowfast}
+    if source_format not in (*layouts, "lateral"):
+        raise ConfigError(f"--from must be 'pytorchvideo', 'pyslowfast' or 'lateral', got '{source_format}'")
+    if target_format not in (*layouts, "lateral"):
+        raise ConfigError(f"--to must be 'lateral', 'pytorchvideo' or 'pyslowfast', got '{target_format}'")
+    if source_format == target_format:
+        raise ConfigError(f"--from and --to are both '{source_format}'; nothing to convert")
+    path = Path(path)
+
+    if source_format == "lateral":
+        from lateral.checkpoint import extract_state_dict, read_checkpoint
+
+        obj = read_checkpoint(path)
+        meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
+        arch = arch_from_meta(meta)
+        _check_expected(arch, depth, num_classes, str(path))
+        lateral_state = extract_state_dict(obj, str(path))
+    else:
+        layout = layouts[source_format]
+        loaded = layout.read(path)
+        hints = dict(loaded.hints)
+        for name, value in (("speed_ratio", speed_ratio), ("clip_len", clip_len), ("frame_interval", frame_interval)):
+            if value is not None:
+                hints[name] = value
+        arch = infer_arch(loaded.state, layout, loaded.kind, hints.get("speed_ratio", 4), str(path))
+        _check_expected(arch, depth, num_classes, str(path))
+        mappings = build_key_map(arch, layout, loaded.kind)
+        desc = f"{path} ({loaded.kind} layout, {arch.describe()})"
+        config = arch.model_config("linspace")
+        lateral_state = apply_key_map(loaded.state, mappings, lateral_shapes(config), desc, loaded.ignored)
+        meta = build_meta(
+            arch,
+            {"ecosystem": source_format, "layout": loaded.kind, "file": path.name, "num_tensors": len(loaded.state)},
+            clip_len=hints.get("clip_len", 32),
+            frame_interval=hints.get("frame_interval", 2),
+            num_clips=hints.get("num_clips", 10),
+            test_scale=hints.get("test_scale", 256),
+            crop_size=hints.get("crop_size", 256),
+            num_crops=hints.get("num_crops", 3),
+        )
+
+    if target_format == "lateral":
+        return {"state_dict": lateral_state, "meta": meta}
+    layout = layouts[target_format]
+    mappings = invert_key_map(build_key_map(arch, layout, layout.WRITABLE_KIND))
+    # the column swap keeps shapes, so each target tensor has the shape of its lateral counterpart
+    model_shapes = lateral_shapes(arch.model_config("linspace"))
+    shapes = {m.target: model_shapes[m.source] for m in mappings}
+    desc = f"{path} (lateral layout, {arch.describe()})"
+    return {"model_state": apply_key_map(lateral_state, mappings, shapes, desc)}
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``lateral convert``."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a PyTorchVideo / PySlowFast SlowFast checkpoint into lateral (and back)",
+        description=(
+            "Convert SlowFast weights between PyTorchVideo, PySlowFast (.pyth, Caffe2 .pkl) and lateral. The "
+            "lateral file carries the model config, input normalisation and frame sampling of the source, so "
+            "'lateral predict OUT video.mp4' needs nothing else. See docs/convert.md."
+        ),
+    )
+    parser.add_argument("src", metavar="SRC", help="checkpoint to convert (Caffe2 pickles must end in .pkl)")
+    parser.add_argument(
+        "--from", dest="source_format", required=True, choices=["pytorchvideo", "pyslowfast", "lateral"],
+        help="layout of SRC",
+    )
+    parser.add_argument(
+        "--to", dest="target_format", default="lateral", choices=["lateral", "pytorchvideo", "pyslowfast"],
+        help="layout to write (default: lateral)",
+    )
+    parser.add_argument("--out", required=True, help="file to write")
+    parser.add_argument("--num-classes", type=int, help="classes the checkpoint must have (checked)")
+    parser.add_argument("--depth", type=int, choices=sorted(STAGE_BLOCKS), help="ResNet depth SRC must have (checked)")
+    parser.add_argument(
+        "--preset", choices=sorted(SAMPLING_PRESETS),
+        help="model-zoo sampling TxS: sets alpha, clip length and frame interval (4x16: 8/32/2, 8x8: 4/32/2, "
+        "16x8: 4/64/2)",
+    )
+    parser.add_argument("--alpha", type=int, help="speed ratio fast/slow (not stored in the weights; default 4)")
+    parser.add_argument("--clip-len", type=int, help="frames per clip fed to the fast pathway (default 32)")
+    parser.add_argument("--frame-interval", type=int, help="source frames between clip frames (default 2)")
+    parser.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``lateral convert``: convert ``args.src`` and write ``args.out`` atomically."""
+    from lateral.checkpoint import save_checkpoint
+
+    alpha, clip_len, frame_interval = args.alpha, args.clip_len, args.frame_interval
+    if args.preset is not None:
+        preset_alpha, preset_clip_len, preset_interval = SAMPLING_PRESETS[args.preset]
+        alpha = preset_alpha if alpha is None else alpha
+        clip_len = preset_clip_len if clip_len is None else clip_len
+        frame_interval = preset_interval if frame_interval is None else frame_interval
+    converted = convert_checkpoint(
+        args.src,
+        args.source_format,
+        args.target_format,
+        depth=args.depth,
+        num_classes=args.num_classes,
+        speed_ratio=alpha,
+        clip_len=clip_len,
+        frame_interval=frame_interval,
+    )
+    save_checkpoint(converted, args.out)
+    state = converted.get("state_dict", converted.get("model_state"))
+    line = f"wrote {args.out}: {len(state)} tensors in {args.target_format} layout"
+    if "meta" in converted:
+        arch = SlowFastArch(**converted["meta"]["arch"])
+        sampling = converted["meta"]["sampling"]
+        line += f", {arch.describe()}, clip {sampling['clip_len']}x{sampling['frame_interval']}"
+    print(line)
+    return 0
