@@ -1,0 +1,108 @@
+"""Process-group helpers for ``torchrun`` (DDP): gloo on CPU, NCCL on GPU, rank-0-only writing."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "init_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main_process",
+    "barrier",
+    "all_gather_objects",
+    "broadcast_object",
+    "InferenceSampler",
+    "cleanup",
+]
+
+
+def init_distributed(device: torch.device | None = None) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment; return whether one exists.
+
+    Uses NCCL when the process drives a GPU and gloo otherwise. A no-op when ``WORLD_SIZE`` is unset or 1.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    use_cuda = device is not None and device.type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a one-item list without a process group)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not is_distributed():
+        return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+class InferenceSampler(torch.utils.data.Sampler):
+    """Contiguous, unpadded shards of the dataset, one per rank, so that gathered results hold each sample once.
+
+    (``DistributedSampler`` pads the last shard by repeating samples, which would count them twice.)
+    """
+
+    def __init__(self, dataset_size: int, num_replicas: int | None = None, rank_id: int | None = None):
+        self.dataset_size = dataset_size
+        num_replicas = world_size() if num_replicas is None else num_replicas
+        rank_id = rank() if rank_id is None else rank_id
+        per_rank = (dataset_size + num_replicas - 1) // num_replicas
+        self.start = min(rank_id * per_rank, dataset_size)
+        self.stop = min(self.start + per_rank, dataset_size)
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def object_size(obj: Any) -> int:
+    """Bytes an object takes when gathered (for logging how much evaluation moves between ranks)."""
+    return len(pickle.dumps(obj))

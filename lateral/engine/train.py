@@ -1,0 +1,390 @@
+"""Training loop for recognizers: mmaction2 config keys, AMP, DDP, atomic checkpoints, ``--resume auto``.
+
+A run writes into ``work_dir``: ``epoch_N.pth`` and ``latest.pth`` after every epoch (atomically, the previous
+file intact if the write fails), ``best.pth`` when validation improves, ``log.jsonl`` (one JSON object per log
+line) and optionally TensorBoard events. A killed run continues with ``resume='auto'`` from the last finished
+epoch, with the same optimizer, schedule, gradient scaler and random-number state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lateral.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from lateral.config import ConfigError
+from lateral.engine import distributed as dist_utils
+from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
+from lateral.engine.metrics import classification_metrics
+from lateral.engine.optim import build_lr_factor, build_optimizer, clip_gradients
+from lateral.registry import build_model
+
+__all__ = ["NonFiniteLossError", "Trainer", "train", "resolve_amp", "build_loader"]
+
+logger = logging.getLogger("lateral.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration and the checkpoint saved before it."""
+
+
+def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """'bf16' | 'fp16' | None -> the autocast dtype (fp16 only on GPU)."""
+    if amp in (None, "", "none", "fp32"):
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("--amp fp16 needs a GPU; on CPU use --amp bf16")
+        return torch.float16
+    raise ConfigError(f"--amp must be bf16, fp16 or none, got '{amp}'")
+
+
+def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool):
+    """A DataLoader from an mmaction2 ``*_dataloader`` dict (``dataset``, ``batch_size``, ``num_workers``)."""
+    from lateral.data import build_dataloader, build_dataset
+
+    if "dataset" not in loader_cfg:
+        raise ConfigError("a *_dataloader config needs a 'dataset' entry")
+    dataset = build_dataset(loader_cfg["dataset"])
+    if len(dataset) == 0:
+        raise ConfigError(f"the dataset of {loader_cfg['dataset'].get('ann_file', 'the config')} is empty")
+    sampler = None
+    if distributed:
+        if train:
+            sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
+        else:
+            sampler = dist_utils.InferenceSampler(len(dataset))
+    shuffle = train and sampler is None and loader_cfg.get("sampler", {}).get("shuffle", True)
+    return build_dataloader(
+        dataset,
+        batch_size=loader_cfg.get("batch_size", 1),
+        num_workers=loader_cfg.get("num_workers", 0),
+        shuffle=shuffle,
+        sampler=sampler,
+        drop_last=False,
+        seed=seed,
+    )
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"])
+    )
+    random.setstate(_as_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    if isinstance(value, list):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+class Trainer:
+    """Runs training (and periodic validation) from a full config dict.
+
+    Config keys read (mmaction2 1.x names): ``model``, ``train_dataloader``, ``val_dataloader``,
+    ``train_cfg`` (``max_epochs``, ``val_interval``, ``val_begin``), ``optim_wrapper`` (``optimizer``,
+    ``paramwise_cfg``, ``clip_grad``), ``param_scheduler``, ``default_hooks`` (``logger.interval``,
+    ``checkpoint.interval`` / ``max_keep_ckpts``), ``load_from``, ``randomness.seed``, and lateral's own
+    ``sync_bn`` (bool), ``precise_bn`` (``dict(num_iters=...)``) and ``tensorboard`` (bool).
+    """
+
+    def __init__(
+        self,
+        cfg: dict,
+        work_dir: str | Path,
+        resume: str | None = None,
+        amp: str | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.progress = progress
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.distributed = dist_utils.init_distributed(self.device)
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.amp_dtype = resolve_amp(amp, self.device)
+        train_cfg = dict(cfg.get("train_cfg") or {})
+        self.max_epochs = int(train_cfg.get("max_epochs", 1))
+        self.val_interval = int(train_cfg.get("val_interval", 1))
+        self.val_begin = int(train_cfg.get("val_begin", 1))
+        hooks = cfg.get("default_hooks") or {}
+        self.log_interval = int((hooks.get("logger") or {}).get("interval", 20))
+        ckpt_hook = hooks.get("checkpoint") or {}
+        self.ckpt_interval = int(ckpt_hook.get("interval", 1))
+        self.max_keep_ckpts = int(ckpt_hook.get("max_keep_ckpts", -1))
+        self.seed = int((cfg.get("randomness") or {}).get("seed", 0))
+
+        for key in ("model", "train_dataloader", "optim_wrapper"):
+            if key not in cfg:
+                raise ConfigError(f"the config has no '{key}', which training needs")
+        # data first: a missing dataset path fails here, before any model is built or file written
+        self.train_loader = build_loader(cfg["train_dataloader"], True, self.seed, self.distributed)
+        self.val_loader = (
+            build_loader(cfg["val_dataloader"], False, self.seed, self.distributed) if cfg.get("val_dataloader") else None
+        )
+
+        random.seed(self.seed + dist_utils.rank())
+        np.random.seed(self.seed + dist_utils.rank())
+        torch.manual_seed(self.seed + dist_utils.rank())
+        model = build_model(cfg["model"])
+        if cfg.get("load_from"):
+            load_checkpoint(model, cfg["load_from"], strict=False, drop_mismatched_head=True)
+        if cfg.get("sync_bn") and self.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device)
+        self.model = model
+        self.optimizer = build_optimizer(model, cfg["optim_wrapper"])
+        self.clip_grad = cfg["optim_wrapper"].get("clip_grad")
+        iters_per_epoch = len(self.train_loader)
+        self.base_lr = self.optimizer.param_groups[0]["lr"]
+        lr_factor = build_lr_factor(cfg.get("param_scheduler"), iters_per_epoch, self.max_epochs, self.base_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        else:
+            self.ddp_model = model
+        self.start_epoch = 0
+        self.iteration = 0
+        self.best_top1 = -1.0
+        self.history: list[dict] = []
+        if dist_utils.is_main_process():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._resume(resume)
+        self.tb_writer = None
+        if cfg.get("tensorboard") and dist_utils.is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb_writer = SummaryWriter(str(self.work_dir / "tensorboard"))
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _resume(self, resume: str | None) -> None:
+        if not resume:
+            return
+        path = self.work_dir / "latest.pth" if resume == "auto" else Path(resume)
+        if not path.is_file():
+            if resume == "auto":
+                logger.info("no checkpoint in %s to resume from; starting from scratch", self.work_dir)
+                return
+            raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
+        ckpt = read_checkpoint(path, map_location="cpu")
+        load_checkpoint(self.model, ckpt, strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        meta = ckpt["meta"]
+        self.start_epoch = int(meta["epoch"])
+        self.iteration = int(meta["iter"])
+        self.best_top1 = float(meta.get("best_top1", -1.0))
+        self.history = list(meta.get("history", []))
+        if "rng" in ckpt:
+            _set_rng_state(ckpt["rng"])
+        self._log({"event": "resume", "checkpoint": str(path), "epoch": self.start_epoch, "iter": self.iteration})
+
+    def checkpoint_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "state_dict": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "meta": {
+                "epoch": epoch,
+                "iter": self.iteration,
+                "best_top1": self.best_top1,
+                "history": self.history,
+                "config": self.cfg,
+                "lateral_version": __import__("lateral").__version__,
+            },
+        }
+
+    def save(self, epoch: int, name: str | None = None) -> Path | None:
+        """Write ``epoch_N.pth`` (or ``name``) and ``latest.pth`` atomically; rank 0 only."""
+        if not dist_utils.is_main_process():
+            return None
+        state = self.checkpoint_dict(epoch)
+        path = self.work_dir / (name or f"epoch_{epoch}.pth")
+        save_checkpoint(state, path)
+        if name is None:
+            save_checkpoint(state, self.work_dir / "latest.pth")
+            self._prune()
+        return path
+
+    def _prune(self) -> None:
+        if self.max_keep_ckpts <= 0:
+            return
+        epochs = sorted(self.work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+        for old in epochs[: -self.max_keep_ckpts]:
+            old.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ logging
+
+    def _log(self, record: dict) -> None:
+        if not dist_utils.is_main_process():
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.work_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.tb_writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("time", "iter", "epoch"):
+                    self.tb_writer.add_scalar(key, value, self.iteration)
+
+    # ------------------------------------------------------------ loop
+
+    def _train_step(self, batch: dict) -> dict[str, float]:
+        recognizer = unwrap(self.model)
+        inputs = prepare_inputs(
+            batch["inputs"], recognizer.data_preprocessor.get("mean"), recognizer.data_preprocessor.get("std"), self.device
+        )
+        labels = torch.as_tensor(batch["label"]).to(self.device)
+        num_views = inputs.shape[1]
+        clips = inputs.flatten(0, 1)  # [B * V, C, T, H, W]
+        if num_views > 1:
+            labels = labels.repeat_interleave(num_views, dim=0)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            scores = self.ddp_model(clips)  # through DDP so that gradients are all-reduced
+        losses = recognizer.cls_head.loss(scores.float(), labels)
+        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        if not torch.isfinite(loss):
+            path = self.save(self._epoch, name=f"nonfinite_iter{self.iteration}.pth")
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at iteration {self.iteration} (epoch {self._epoch + 1}); the weights "
+                f"before this step are saved in {path}. Lower the learning rate or enable clip_grad."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.model, self.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration += 1
+        return {k: float(v) for k, v in losses.items()} | {"loss": float(loss)}
+
+    def precise_bn(self, num_iters: int) -> None:
+        """Recompute BatchNorm statistics as true averages over ``num_iters`` training batches."""
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not bns:
+            return
+        recognizer = unwrap(self.model)
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average
+        self.model.train()
+        with torch.no_grad():
+            for i, batch in enumerate(self.train_loader):
+                if i >= num_iters:
+                    break
+                if batch is None:
+                    continue
+                inputs = prepare_inputs(
+                    batch["inputs"], recognizer.data_preprocessor.get("mean"), recognizer.data_preprocessor.get("std"), self.device
+                )
+                self.ddp_model(inputs.flatten(0, 1))
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+
+    def validate(self) -> dict:
+        scores, labels = collect_scores(self.model, self.val_loader, self.device, self.amp_dtype, self.progress, "val")
+        if len(labels) == 0:
+            return {"num_samples": 0}
+        metrics = classification_metrics(scores, labels)
+        metrics.pop("confusion_matrix")
+        return metrics
+
+    def run(self) -> dict:
+        """Train to ``max_epochs``; return a summary with the last validation metrics and checkpoint paths."""
+        last_val: dict = {}
+        if self.start_epoch >= self.max_epochs:
+            self._log({"event": "done", "note": "already trained to max_epochs"})
+        for epoch in range(self.start_epoch, self.max_epochs):
+            self._epoch = epoch
+            sampler = getattr(self.train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            self.model.train()
+            started = time.time()
+            running: dict[str, float] = {}
+            seen = 0
+            show = self.progress and dist_utils.is_main_process()
+            bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.max_epochs}", disable=not show, leave=False)
+            for batch in bar:
+                if batch is None:
+                    continue
+                step = self._train_step(batch)
+                seen += 1
+                for k, v in step.items():
+                    running[k] = running.get(k, 0.0) + v
+                if show:
+                    bar.set_postfix(loss=f"{step['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                if self.iteration % self.log_interval == 0:
+                    self._log({"event": "train", "epoch": epoch + 1, "iter": self.iteration,
+                               "lr": self.optimizer.param_groups[0]["lr"], **step})
+            epoch_record = {k: v / max(seen, 1) for k, v in running.items()}
+            epoch_record.update(epoch=epoch + 1, seconds=round(time.time() - started, 2), iters=seen)
+            precise = self.cfg.get("precise_bn")
+            if precise:
+                self.precise_bn(int(precise.get("num_iters", 200)))
+            if self.val_loader is not None and (epoch + 1) >= self.val_begin and (epoch + 1) % self.val_interval == 0:
+                last_val = self.validate()
+                epoch_record.update({f"val_{k}": v for k, v in last_val.items()})
+                if last_val.get("top1_acc", -1) > self.best_top1:
+                    self.best_top1 = last_val["top1_acc"]
+                    self.save(epoch + 1, name="best.pth")
+            self.history.append(epoch_record)
+            self._log({"event": "epoch", **epoch_record})
+            if (epoch + 1) % self.ckpt_interval == 0 or epoch + 1 == self.max_epochs:
+                self.save(epoch + 1)
+            dist_utils.barrier()
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+        return {
+            "epochs": self.max_epochs,
+            "history": self.history,
+            "val": last_val,
+            "latest": str(self.work_dir / "latest.pth"),
+            "best": str(self.work_dir / "best.pth") if (self.work_dir / "best.pth").exists() else None,
+        }
+
+
+def train(cfg: dict, work_dir: str | Path, resume: str | None = None, amp: str | None = None,
+          device: str | None = None, progress: bool = True) -> dict:
+    """Build a :class:`Trainer` from ``cfg`` and run it; see the class for the keys read."""
+    return Trainer(cfg, work_dir, resume=resume, amp=amp, device=device, progress=progress).run()
+
