@@ -1,0 +1,249 @@
+"""``lateral train | test | predict | demo``: argument parsing only; the work is in the engine modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lateral.config import ConfigError, apply_cfg_options, load_config
+
+__all__ = ["add_cli", "load_run_config", "parse_views", "read_label_names"]
+
+
+def load_run_config(path: str, cfg_options: list[str] | None = None) -> dict:
+    """A config file (``.py``), or a checkpoint whose ``meta`` carries its config, with overrides applied."""
+    if path.endswith(".py"):
+        cfg = load_config(path)
+    else:
+        cfg = config_from_checkpoint(path)
+    if cfg_options:
+        cfg = apply_cfg_options(cfg, cfg_options)
+    return cfg
+
+
+def config_from_checkpoint(path: str) -> dict:
+    """The run config stored in a checkpoint's ``meta`` (lateral training runs and converted checkpoints)."""
+    from lateral.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(path).get("meta") or {}
+    config = meta.get("config")
+    if isinstance(config, dict) and "model" in config:
+        return config
+    if isinstance(config, dict) or "source" in meta:
+        from lateral.convert import run_config_from_meta
+
+        return run_config_from_meta(meta)
+    raise ConfigError(f"{path} carries no config in its meta; pass the config file too: CONFIG CKPT VIDEO")
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """``'3x10'`` -> (3 crops, 10 clips)."""
+    try:
+        crops, clips = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--views is written CROPSxCLIPS, e.g. 3x10, got '{text}'") from None
+    if crops < 1 or clips < 1:
+        raise ConfigError(f"--views needs positive numbers, got '{text}'")
+    return crops, clips
+
+
+def read_label_names(path: str | None, cfg: dict, num_classes: int) -> list[str]:
+    """Class names from ``--labels`` (one per line), the config's ``label_map`` file or list, else indices."""
+    source = path or cfg.get("label_map")
+    if isinstance(source, (list, tuple)):
+        names = [str(n) for n in source]
+    elif source:
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"label map not found: {source}")
+        names = [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+    else:
+        return [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ConfigError(f"the label map has {len(names)} names but the model has {num_classes} classes")
+    return names
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from lateral.engine.train import train
+
+    cfg = load_run_config(args.config, args.cfg_options)
+    work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
+    resume = args.resume if args.resume else ("auto" if cfg.get("resume") is True else None)
+    result = train(cfg, work_dir, resume=resume, amp=args.amp, device=args.device, progress=not args.no_progress)
+    from lateral.engine import distributed as dist_utils
+
+    if dist_utils.is_main_process():
+        last = result["history"][-1] if result["history"] else {}
+        print(json.dumps({"work_dir": work_dir, "last_epoch": last, "best": result["best"]}, indent=1))
+    dist_utils.cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------------------- test
+
+
+def run_test(args: argparse.Namespace) -> int:
+    from lateral.engine import distributed as dist_utils
+    from lateral.engine.evaluate import collect_scores
+    from lateral.engine.metrics import classification_metrics, save_confusion
+    from lateral.engine.predict import set_test_views
+    from lateral.engine.train import build_loader, resolve_amp
+    from lateral.registry import build_model
+
+    cfg = load_run_config(args.config, args.cfg_options)
+    loader_cfg = dict(cfg.get("test_dataloader") or {})
+    if not loader_cfg:
+        raise ConfigError("the config has no test_dataloader")
+    dataset_cfg = dict(loader_cfg["dataset"])
+    if args.views:
+        crops, clips = parse_views(args.views)
+        dataset_cfg["pipeline"] = set_test_views(dataset_cfg["pipeline"], crops, clips)
+    loader_cfg["dataset"] = dataset_cfg
+    if args.batch_size:
+        loader_cfg["batch_size"] = args.batch_size
+    device = _device(args.device)
+    distributed = dist_utils.init_distributed(device)
+    loader = build_loader(loader_cfg, train=False, seed=0, distributed=distributed)
+    model = build_model(cfg["model"])
+    from lateral.checkpoint import load_checkpoint
+
+    load_checkpoint(model, args.checkpoint, strict=True)
+    if args.max_testing_views:
+        model.max_testing_views = args.max_testing_views
+    model.to(device).eval()
+    scores, labels = collect_scores(model, loader, device, resolve_amp(args.amp, device), not args.no_progress)
+    if dist_utils.is_main_process():
+        if len(labels) == 0:
+            raise ValueError("no test sample could be decoded")
+        metrics = classification_metrics(scores, labels)
+        names = read_label_names(args.labels, cfg, model.num_classes)
+        out_dir = Path(args.out or Path(args.checkpoint).parent / "test")
+        save_confusion(metrics["confusion_matrix"], names, out_dir)
+        failures = getattr(loader.dataset, "failures", [])
+        metrics["failed_samples"] = len(failures)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        printable = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+        print(json.dumps(printable, indent=1))
+        print(f"confusion matrix and metrics written to {out_dir}")
+    dist_utils.cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from lateral.checkpoint import load_checkpoint
+    from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
+    from lateral.registry import build_model
+
+    if len(args.paths) == 3:
+        config_path, checkpoint, video = args.paths
+    elif len(args.paths) == 2:
+        checkpoint, video = args.paths
+        config_path = checkpoint
+    else:
+        raise ConfigError("predict takes CONFIG CKPT VIDEO, or CKPT VIDEO for a checkpoint that carries its config")
+    cfg = load_run_config(config_path, args.cfg_options)
+    model = build_model(cfg["model"])
+    if checkpoint.lower() != "none":
+        load_checkpoint(model, checkpoint, strict=True)
+    device = _device(args.device)
+    model.to(device).eval()
+    if args.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision must be fp32 or bf16, got '{args.precision}'")
+    if args.compile or args.precision == "bf16":
+        import lateral
+
+        model = lateral.optimize(model, precision=args.precision, compile=args.compile)
+    pipeline = video_pipeline(cfg)
+    names = read_label_names(args.labels, cfg, model.num_classes)
+    if args.window:
+        stride = parse_seconds(args.stride) if args.stride else parse_seconds(args.window) / 2
+        rows = predict_timeline(model, pipeline, video, parse_seconds(args.window), stride, device, args.precision)
+        out_dir = Path(args.out or Path(video).stem + "_timeline")
+        paths = write_timeline(rows, names, out_dir, args.topk)
+        for r in rows:
+            top = int(r.probs.argmax())
+            print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {names[top]:<30} {float(r.probs[top]):.3f}")
+        print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
+        return 0
+    probs = predict_video(model, pipeline, video, device, args.precision)
+    top = probs.topk(min(args.topk, len(probs)))
+    result = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)} for p, i in zip(top.values, top.indices)]
+    for r in result:
+        print(f"{r['prob']:.4f}  {r['label']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"video": str(video), "top": result}, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from lateral.engine.demo import run_demo as demo
+
+    report = demo(out_dir=args.out, epochs=args.epochs, quick=args.quick, progress=not args.no_progress)
+    print(json.dumps(report["summary"], indent=1))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a recognizer from a config (torchrun -m lateral train for DDP)")
+    p.add_argument("config")
+    p.add_argument("--work-dir", help="where checkpoints and logs go (default work_dirs/CONFIG_NAME)")
+    p.add_argument("--resume", nargs="?", const="auto", help="'auto' (latest.pth in work dir) or a checkpoint path")
+    p.add_argument("--amp", choices=["bf16", "fp16", "none"], help="mixed precision (bf16 on CPU; fp16/bf16 on GPU)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("test", help="evaluate a checkpoint: top-1/top-5, mean class accuracy, confusion matrix")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--views", help="CROPSxCLIPS, e.g. 3x10 (3 crops of 10 clips)")
+    p.add_argument("--out", help="folder for metrics.json and the confusion matrix (default: next to the checkpoint)")
+    p.add_argument("--labels", help="label map text file, one class name per line")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-testing-views", type=int, help="views per backbone call (bounds memory)")
+    p.add_argument("--amp", choices=["bf16", "fp16", "none"])
+    p.add_argument("--device")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_test)
+
+    p = subparsers.add_parser("predict", help="top-k classes of a video, or a timeline over a long video")
+    p.add_argument("paths", nargs="+", metavar="CONFIG CKPT VIDEO", help="CONFIG CKPT VIDEO, or CKPT VIDEO")
+    p.add_argument("--labels", help="label map text file, one class name per line")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--window", help="window length for a timeline, e.g. 2s")
+    p.add_argument("--stride", help="step between windows, e.g. 1s (default: half the window)")
+    p.add_argument("--out", help="JSON file for the top-k (or folder for the timeline)")
+    p.add_argument("--precision", default="fp32", help="fp32 or bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the inference copy")
+    p.add_argument("--device")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=run_predict)
+
+    p = subparsers.add_parser("demo", help="generate motion videos, train a small SlowFast on CPU, test, predict, report")
+    p.add_argument("--out", default="lateral_demo", help="folder for the data, checkpoints and the report")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (seconds), for smoke tests")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_demo)
+
+

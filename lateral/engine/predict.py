@@ -1,0 +1,201 @@
+"""Prediction on video files: top-k classes for a whole video, or a timeline over sliding windows."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lateral.config import ConfigError
+from lateral.engine.evaluate import prepare_inputs
+
+__all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "parse_seconds"]
+
+_CROP_STEPS = {"CenterCrop": 1, "ThreeCrop": 3, "TenCrop": 10}
+
+
+def set_test_views(pipeline: list[dict], num_crops: int, num_clips: int) -> list[dict]:
+    """A copy of a test pipeline that takes ``num_clips`` clips and ``num_crops`` (1, 3 or 10) crops of each."""
+    if num_crops not in (1, 3, 10):
+        raise ConfigError(f"--views CROPSxCLIPS: crops must be 1, 3 or 10, got {num_crops}")
+    pipeline = copy.deepcopy(pipeline)
+    sample = [s for s in pipeline if s.get("type") in ("SampleFrames", "DenseSampleFrames", "UniformSample")]
+    if not sample:
+        raise ConfigError("the test pipeline has no SampleFrames step to set the number of clips on")
+    sample[0]["num_clips"] = num_clips
+    sample[0]["test_mode"] = True
+    crop_type = {1: "CenterCrop", 3: "ThreeCrop", 10: "TenCrop"}[num_crops]
+    for step in pipeline:
+        if step.get("type") in _CROP_STEPS:
+            size = step.get("crop_size", 224)
+            step.clear()
+            step.update(type=crop_type, crop_size=size)
+            break
+    else:
+        raise ConfigError("the test pipeline has no CenterCrop/ThreeCrop/TenCrop step to set the number of crops on")
+    return pipeline
+
+
+def video_pipeline(cfg: dict) -> list[dict]:
+    """The pipeline used for prediction: the config's ``test_pipeline``, else ``val_pipeline``."""
+    for key in ("test_pipeline", "val_pipeline"):
+        if cfg.get(key):
+            return list(cfg[key])
+    for key in ("test_dataloader", "val_dataloader"):
+        dataset = (cfg.get(key) or {}).get("dataset") or {}
+        if dataset.get("pipeline"):
+            return list(dataset["pipeline"])
+    raise ConfigError("the config has no test_pipeline / val_pipeline to preprocess a video with")
+
+
+def _split_init(pipeline: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(decoder init steps, the rest): windows need ``total_frames`` known before sampling."""
+    for i, step in enumerate(pipeline):
+        if step.get("type", "").endswith("Init"):
+            return pipeline[: i + 1], pipeline[i + 1 :]
+    return [], pipeline
+
+
+def _clips_for(results: dict, steps) -> torch.Tensor:
+    results = steps(results)
+    inputs = results.get("inputs", results.get("imgs"))
+    inputs = torch.as_tensor(inputs)
+    if inputs.dim() != 5:
+        raise ValueError(f"the pipeline must end with clips [V, C, T, H, W] (FormatShape + PackActionInputs), got {list(inputs.shape)}")
+    return inputs
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, clips: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    inputs = prepare_inputs(
+        clips.unsqueeze(0), model.data_preprocessor.get("mean"), model.data_preprocessor.get("std"), device
+    )
+    amp = torch.bfloat16 if precision == "bf16" else None
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        scores = model.predict(inputs)
+    if scores.dim() == 3:
+        scores = scores.mean(dim=1)
+    scores = scores.float()[0]
+    if model.average_clips != "prob":  # report probabilities whatever the averaging
+        scores = torch.sigmoid(scores) if getattr(model.cls_head, "multi_class", False) else scores.softmax(0)
+    return scores.cpu()
+
+
+def predict_video(
+    model: nn.Module,
+    pipeline: list[dict],
+    video: str | Path,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Class probabilities [K] for a whole video, averaged over the pipeline's views."""
+    from lateral.data import build_pipeline
+
+    device = device or torch.device("cpu")
+    if not Path(video).is_file():
+        raise FileNotFoundError(f"video not found: {video}")
+    steps = build_pipeline(pipeline)
+    clips = _clips_for({"filename": str(video), "start_index": 0, "modality": "RGB", "label": -1}, steps)
+    return _probabilities(model, clips, device, precision)
+
+
+@dataclass
+class TimelineRow:
+    start_s: float
+    end_s: float
+    probs: torch.Tensor
+
+
+def parse_seconds(text: str) -> float:
+    """``'2s'``, ``'1.5'``, ``'500ms'`` -> seconds."""
+    text = text.strip().lower()
+    try:
+        if text.endswith("ms"):
+            return float(text[:-2]) / 1000
+        return float(text[:-1]) if text.endswith("s") else float(text)
+    except ValueError:
+        raise ConfigError(f"a duration is written like 2s, 1.5 or 500ms, got '{text}'") from None
+
+
+def predict_timeline(
+    model: nn.Module,
+    pipeline: list[dict],
+    video: str | Path,
+    window_s: float,
+    stride_s: float,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> list[TimelineRow]:
+    """Probabilities for windows of ``window_s`` seconds every ``stride_s`` seconds over a long video."""
+    from lateral.data import build_pipeline
+
+    if window_s <= 0 or stride_s <= 0:
+        raise ConfigError("--window and --stride must be positive")
+    device = device or torch.device("cpu")
+    if not Path(video).is_file():
+        raise FileNotFoundError(f"video not found: {video}")
+    init_steps, rest = _split_init(pipeline)
+    init = build_pipeline(init_steps)
+    rest_steps = build_pipeline(rest)
+    base = init({"filename": str(video), "start_index": 0, "modality": "RGB", "label": -1})
+    total = int(base["total_frames"])
+    fps = float(base.get("avg_fps") or base.get("fps") or 30.0)
+    window = max(1, round(window_s * fps))
+    stride = max(1, round(stride_s * fps))
+    rows = []
+    start = 0
+    while True:
+        length = min(window, total - start)
+        results = dict(base, total_frames=length, start_index=base.get("start_index", 0) + start)
+        clips = _clips_for(results, rest_steps)
+        rows.append(TimelineRow(start / fps, (start + length) / fps, _probabilities(model, clips, device, precision)))
+        if start + window >= total:
+            break
+        start += stride
+    return rows
+
+
+def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str | Path, topk: int = 5) -> dict:
+    """Write ``timeline.csv``, ``timeline.json`` and ``timeline.png`` (probability of the top classes over time)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = class_names or [str(i) for i in range(len(rows[0].probs))]
+    with open(out_dir / "timeline.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["start_s", "end_s", "top1", "top1_prob"] + names)
+        for r in rows:
+            top = int(r.probs.argmax())
+            writer.writerow([f"{r.start_s:.3f}", f"{r.end_s:.3f}", names[top], f"{float(r.probs[top]):.4f}"]
+                            + [f"{float(p):.4f}" for p in r.probs])
+    records = [
+        {"start_s": r.start_s, "end_s": r.end_s,
+         "top": [{"label": names[int(i)], "prob": float(r.probs[i])} for i in r.probs.topk(min(topk, len(names))).indices]}
+        for r in rows
+    ]
+    (out_dir / "timeline.json").write_text(json.dumps(records, indent=1))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = torch.stack([r.probs for r in rows])  # [W, K]
+    best = probs.max(dim=0).values.topk(min(topk, probs.shape[1])).indices
+    centres = [(r.start_s + r.end_s) / 2 for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for k in best.tolist():
+        ax.plot(centres, probs[:, k].numpy(), marker="o", markersize=3, label=names[k])
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("class probability over time")
+    fig.tight_layout()
+    fig.savefig(out_dir / "timeline.png", dpi=100)
+    plt.close(fig)
+    return {"csv": str(out_dir / "timeline.csv"), "json": str(out_dir / "timeline.json"), "png": str(out_dir / "timeline.png")}
