@@ -153,6 +153,8 @@ class ResNetFPN(nn.Module):
     Attributes:
         out_channels: channels of every output, read by torchvision's detection models.
         feature_info: :class:`FeatureSpec` (name, channels, stride) of every output, in output order.
+        pyramid_info: the part of ``feature_info`` built from backbone stages (no extra levels): the maps that
+            RoI pooling reads.
     """
 
     def __init__(
@@ -202,10 +204,12 @@ class ResNetFPN(nn.Module):
         )
         self.style = style
         self.out_channels = out_channels
-        self.feature_info = [FeatureSpec(name, out_channels, spec.stride) for name, spec in zip(level_names, in_specs)]
+        self.pyramid_info = [FeatureSpec(name, out_channels, spec.stride) for name, spec in zip(level_names, in_specs)]
         top_stride = in_specs[-1].stride
-        for i, name in enumerate(extra.names if extra is not None else ()):
-            self.feature_info.append(FeatureSpec(name, out_channels, top_stride * 2 ** (i + 1)))
+        extra_names = extra.names if extra is not None else ()
+        self.feature_info = self.pyramid_info + [
+            FeatureSpec(name, out_channels, top_stride * 2 ** (i + 1)) for i, name in enumerate(extra_names)
+        ]
 
     def output_shape(self) -> dict[str, FeatureSpec]:
         """Name -> :class:`FeatureSpec` of every output, finest level first."""
