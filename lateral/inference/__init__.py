@@ -1,0 +1,19 @@
+"""Fast inference and export: the optimised inference copy, ONNX / TorchScript / OpenVINO, and timing helpers.
+
+- :mod:`lateral.inference.optimize`: :func:`optimize` (BatchNorm folding, channels-last, bf16, torch.compile).
+- :mod:`lateral.inference.exporters`: ONNX and TorchScript files, onnxruntime and OpenVINO runners, parity checks.
+- :mod:`lateral.inference.timing`: MAC counting, peak GFLOP/s probes and interleaved timing (``lateral bench``).
+
+The command-line front end (``lateral export``, ``lateral bench``) is :mod:`lateral.export`.
+"""
+
+from lateral.inference.optimize import (
+    InferenceModule,
+    PrecisionError,
+    bf16_supported,
+    fold_batchnorm,
+    optimize,
+    resolve_precision,
+)
+
+__all__ = ["InferenceModule", "PrecisionError", "bf16_supported", "fold_batchnorm", "optimize", "resolve_precision"]
