@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "apply_key_map",
     "invert_key_map",
     "lateral_shapes",
+    "arch_shapes",
     "build_meta",
     "config_from_meta",
     "convert_checkpoint",
@@ -344,6 +346,13 @@ def lateral_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
+@functools.lru_cache(maxsize=8)
+def arch_shapes(arch: SlowFastArch) -> dict[str, tuple[int, ...]]:
+    """:func:`lateral_shapes` of ``arch.model_config()``, cached (do not modify the returned dict)."""
+    # building even a meta model takes a while for R101 / R152, and converting both ways needs it twice
+    return lateral_shapes(arch.model_config("linspace"))
+
+
 def apply_key_map(
     state: Mapping[str, Any],
     mappings: Sequence[TensorMapping],
@@ -566,8 +575,7 @@ def convert_checkpoint(
         _check_expected(arch, depth, num_classes, str(path))
         mappings = build_key_map(arch, layout, loaded.kind)
         desc = f"{path} ({loaded.kind} layout, {arch.describe()})"
-        config = arch.model_config("linspace")
-        lateral_state = apply_key_map(loaded.state, mappings, lateral_shapes(config), desc, loaded.ignored)
+        lateral_state = apply_key_map(loaded.state, mappings, arch_shapes(arch), desc, loaded.ignored)
         meta = build_meta(
             arch,
             {"ecosystem": source_format, "layout": loaded.kind, "file": path.name, "num_tensors": len(loaded.state)},
@@ -584,7 +592,7 @@ def convert_checkpoint(
     layout = layouts[target_format]
     mappings = invert_key_map(build_key_map(arch, layout, layout.WRITABLE_KIND))
     # the column swap keeps shapes, so each target tensor has the shape of its lateral counterpart
-    model_shapes = lateral_shapes(arch.model_config("linspace"))
+    model_shapes = arch_shapes(arch)
     shapes = {m.target: model_shapes[m.source] for m in mappings}
     desc = f"{path} (lateral layout, {arch.describe()})"
     return {"model_state": apply_key_map(lateral_state, mappings, shapes, desc)}

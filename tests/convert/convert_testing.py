@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from golden import synth_tensor
 
-from lateral.convert import SlowFastArch, build_key_map, lateral_shapes
+from lateral.convert import SlowFastArch, arch_shapes, build_key_map
 
 # a SlowFast R50 a quarter as wide (slow stem 16, fast stem 2): every name of R50, ~16x fewer weights
 SMALL_ARCH = SlowFastArch(depth=50, speed_ratio=4, channel_ratio=8, fusion_kernel=7, num_classes=10, base_channels=16)
@@ -20,7 +20,7 @@ def synth_source_state(arch: SlowFastArch, layout: Any, kind: str, as_numpy: boo
 
     Values are synthesised from the *source* name (as the golden fixtures are), so each tensor is distinct.
     """
-    shapes = lateral_shapes(arch.model_config())
+    shapes = arch_shapes(arch)
     state: OrderedDict[str, Any] = OrderedDict()
     for mapping in build_key_map(arch, layout, kind):
         if mapping.source is None:

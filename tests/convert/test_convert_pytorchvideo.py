@@ -142,7 +142,7 @@ def test_missing_and_leftover_tensors_are_named(tmp_path):
 
 
 def test_key_map_covers_every_tensor_once(golden_case):
-    from lateral.convert import SlowFastArch, lateral_shapes
+    from lateral.convert import SlowFastArch, arch_shapes
 
     arch = SlowFastArch(depth=50)
     mappings = build_key_map(arch, pytorchvideo, "pytorchvideo")
@@ -150,7 +150,7 @@ def test_key_map_covers_every_tensor_once(golden_case):
     targets = [m.target for m in mappings]
     # the map generated from the numbers spells exactly PyTorchVideo's own key list, in its order
     assert sources == [k["name"] for k in golden_case.keys]
-    assert sorted(targets) == sorted(lateral_shapes(arch.model_config()))
+    assert sorted(targets) == sorted(arch_shapes(arch))
     assert len(set(targets)) == len(targets)
     # R101: same spelling, 23 blocks in stage 3
     r101 = build_key_map(SlowFastArch(depth=101), pytorchvideo, "pytorchvideo")
