@@ -33,11 +33,41 @@ def config_from_checkpoint(path: str) -> dict:
     config = meta.get("config")
     if isinstance(config, dict) and "model" in config:
         return config
-    if isinstance(config, dict) or "source" in meta:
-        from lateral.convert import run_config_from_meta
-
-        return run_config_from_meta(meta)
+    if isinstance(config, dict) and "sampling" in meta:
+        return run_config_from_converted_meta(meta)
     raise ConfigError(f"{path} carries no config in its meta; pass the config file too: CONFIG CKPT VIDEO")
+
+
+def run_config_from_converted_meta(meta: dict) -> dict:
+    """A run config (model + test pipeline) for a checkpoint written by ``lateral convert``.
+
+    The source ecosystem's normalisation (0-1 values, mean 0.45, std 0.225 for PyTorchVideo / PySlowFast) is
+    expressed on the 0-255 scale the data preprocessor works on, and its frame sampling becomes the test pipeline.
+    """
+    from lateral.convert import config_from_meta
+
+    model = config_from_meta(meta)
+    norm = meta.get("normalization") or {}
+    scale = 255.0 if list(norm.get("value_range", [0.0, 255.0]))[-1] <= 1.0 else 1.0
+    model["data_preprocessor"] = dict(
+        type="ActionDataPreprocessor",
+        mean=[m * scale for m in norm.get("mean", [0.45, 0.45, 0.45])],
+        std=[s * scale for s in norm.get("std", [0.225, 0.225, 0.225])],
+        format_shape="NCTHW",
+    )
+    sampling = meta["sampling"]
+    crop_type = {1: "CenterCrop", 3: "ThreeCrop", 10: "TenCrop"}.get(int(sampling.get("num_crops", 1)), "CenterCrop")
+    test_pipeline = [
+        dict(type="PyAVInit"),
+        dict(type="SampleFrames", clip_len=sampling["clip_len"], frame_interval=sampling["frame_interval"],
+             num_clips=sampling.get("num_clips", 1), test_mode=True),
+        dict(type="PyAVDecode"),
+        dict(type="Resize", scale=(-1, sampling.get("test_scale", 256))),
+        dict(type=crop_type, crop_size=sampling.get("crop_size", 256)),
+        dict(type="FormatShape", input_format="NCTHW"),
+        dict(type="PackActionInputs"),
+    ]
+    return {"model": model, "test_pipeline": test_pipeline}
 
 
 def parse_views(text: str) -> tuple[int, int]:
