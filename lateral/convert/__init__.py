@@ -338,11 +338,11 @@ def infer_arch(state: Mapping[str, Any], layout: Any, kind: str, speed_ratio: in
 
 
 def lateral_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor of the lateral model ``config``, built on the meta device (no memory, no init)."""
+    """Name -> shape of every tensor of the lateral model ``config``, read off the model itself."""
     from lateral.registry import build_model
 
-    with torch.device("meta"):
-        model = build_model(copy.deepcopy(config))
+    # a CPU build (~1 s for R50) beats the meta device, whose first use imports and traces Python decompositions
+    model = build_model(copy.deepcopy(config))
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
