@@ -1,0 +1,23 @@
+"""Numbered frames for the data tests: a frame's grey level tells its index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MEDIA = Path(__file__).resolve().parents[2] / ".." / "shared" / "media"
+
+
+def numbered_frames(num_frames: int, height: int = 32, width: int = 48, step: int = 5) -> np.ndarray:
+    """Frame ``t`` is the flat grey level ``(t * step) % 250``, so its intensity identifies it (within codec error):
+    ``[T, H, W, 3]`` uint8."""
+    frames = np.zeros((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        frames[t] = (t * step) % 250
+    return frames
+
+
+def frame_numbers(frames: np.ndarray, step: int = 5) -> np.ndarray:
+    """Invert :func:`numbered_frames` (valid while ``t * step < 250``): ``[T, H, W, 3] -> [T]``."""
+    return np.round(np.asarray(frames).reshape(len(frames), -1).mean(axis=1) / step).astype(np.int64)

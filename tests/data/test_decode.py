@@ -1,0 +1,129 @@
+"""Decoding real files written on the fly: exact counts, right frames, seeking, bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_helpers import MEDIA, frame_numbers, numbered_frames
+from lateral.data import DecodeError, PyAVReader, build_pipeline, probe_video, write_video
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.webm", "clip.avi", "clip.mkv"])
+def test_exact_frame_count_and_frames(make_video, name):
+    path = make_video(name, num_frames=40)
+    with PyAVReader(path, num_threads=1) as reader:
+        assert reader.num_frames == 40
+        assert reader.fps == pytest.approx(25.0)
+        indices = [0, 1, 7, 20, 39, 3, 3]
+        frames = reader.get_frames(indices)
+    assert frames.shape == (7, 32, 48, 3) and frames.dtype == np.uint8
+    assert frame_numbers(frames).tolist() == indices
+
+
+def test_header_count_may_be_missing_but_counting_is_exact(make_video):
+    path = make_video("clip.webm", num_frames=30)
+    assert probe_video(path).num_frames == 0  # webm headers carry no frame count
+    info = probe_video(path, count_frames=True)
+    assert (info.num_frames, info.width, info.height, info.exact) == (30, 48, 32, True)
+    assert info.duration == pytest.approx(1.2, abs=0.05)
+
+
+def test_seek_gives_the_same_frames_as_a_full_decode_and_decodes_less(tmp_path):
+    # B-frames and a keyframe every 16 frames: the wanted clip sits far from the start
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(96, 32, 32, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)  # blocky, codec-friendly content
+    path = write_video(tmp_path / "gop.mp4", frames, gop_size=16, bframes=2)
+    with PyAVReader(path, num_threads=1) as reader:
+        full = reader.decode_all()
+        assert len(full) == 96
+        reader.frames_decoded = 0
+        wanted = np.arange(70, 86, 2)
+        clip = reader.get_frames(wanted)
+        np.testing.assert_array_equal(clip, full[wanted])
+        assert reader.frames_decoded < 30  # from the keyframe at 64, not from frame 0
+        # two clips far apart: the reader re-seeks between them
+        reader.frames_decoded = 0
+        wanted = np.concatenate([np.arange(2, 10), np.arange(80, 88)])
+        np.testing.assert_array_equal(reader.get_frames(wanted), full[wanted])
+        assert reader.frames_decoded < 50
+
+
+@pytest.mark.skipif(not (MEDIA / "bikes.mp4").is_file(), reason="shared media not present")
+def test_seek_matches_full_decode_on_a_real_h264_file():
+    with PyAVReader(MEDIA / "bikes.mp4", num_threads=1) as reader:
+        assert reader.num_frames == 250
+        wanted = np.arange(180, 244, 2)
+        clip = reader.get_frames(wanted)
+        decoded_for_clip = reader.frames_decoded
+        full = reader.decode_all()
+    np.testing.assert_array_equal(clip, full[wanted])
+    assert decoded_for_clip < 150
+
+
+def test_decode_steps_of_all_three_mmaction2_names(make_video):
+    path = make_video("clip.mp4", num_frames=24)
+    for init, decode in (("DecordInit", "DecordDecode"), ("PyAVInit", "PyAVDecode"), ("OpenCVInit", "OpenCVDecode")):
+        pipeline = build_pipeline([dict(type=init), dict(type="SampleFrames", clip_len=4, frame_interval=3,
+                                                         num_clips=2, test_mode=True), dict(type=decode)])
+        results = pipeline(dict(filename=str(path), start_index=0))
+        assert results["total_frames"] == 24
+        assert "video_reader" not in results
+        assert results["imgs"].shape == (8, 32, 48, 3)
+        assert frame_numbers(results["imgs"]).tolist() == results["frame_inds"].tolist()
+        assert results["original_shape"] == results["img_shape"] == (32, 48)
+
+
+def test_out_of_range_index_is_a_decode_error(make_video):
+    with PyAVReader(make_video(num_frames=10)) as reader:
+        with pytest.raises(DecodeError, match="out of range: the video has 10 frames"):
+            reader.get_frames([3, 10])
+
+
+def _bad_files(tmp_path, make_video):
+    good = make_video("good.mp4", num_frames=24).read_bytes()
+    files = {
+        "empty.mp4": (b"", "empty file"),
+        "truncated.mp4": (good[: len(good) // 2], "cannot open"),
+        "text.mp4": (b"this is not a video\n" * 50, "cannot open"),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {tmp_path / name: reason for name, (_, reason) in files.items()}
+
+
+def test_bad_files_raise_decode_errors_with_reasons(tmp_path, make_video):
+    for path, reason in _bad_files(tmp_path, make_video).items():
+        with pytest.raises(DecodeError, match=reason) as info:
+            PyAVReader(path)
+        assert info.value.path == str(path)
+    with pytest.raises(DecodeError, match="file not found"):
+        PyAVReader(tmp_path / "missing.mp4")
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path):
+    import av
+
+    path = tmp_path / "audio.mka"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with pytest.raises(DecodeError, match="no video stream"):
+        PyAVReader(path)
+
+
+def test_truncated_webm_keeps_the_frames_before_the_damage(tmp_path):
+    frames = numbered_frames(40)
+    data = write_video(tmp_path / "full.webm", frames).read_bytes()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with PyAVReader(cut, num_threads=1) as reader:
+        assert 0 < reader.num_frames < 40  # counted from what is there, not from any header
+        first = reader.get_frames([0, 1])
+    assert frame_numbers(first).tolist() == [0, 1]
