@@ -445,6 +445,7 @@ def build_meta(
     test_scale: int = 256,
     crop_size: int = 256,
     num_crops: int = 3,
+    train_crop_size: int = 224,
 ) -> dict[str, Any]:
     """The ``meta`` of a converted checkpoint: what ``lateral predict`` needs to reproduce the source model.
 
@@ -457,6 +458,8 @@ def build_meta(
         test_scale: short side the frames are resized to.
         crop_size: side of the square crops.
         num_crops: spatial crops per clip at test time (3 in the model zoos, 1 for a center crop).
+        train_crop_size: crop the source head's pooling window was sized for (``head_pool``: slow
+            ``[clip_len / alpha, 7, 7]``, fast ``[clip_len, 7, 7]`` at 224).
     """
     if clip_len % arch.speed_ratio != 0:
         raise ConversionError(f"clip_len {clip_len} must be a multiple of alpha={arch.speed_ratio}")
@@ -480,6 +483,15 @@ def build_meta(
             "test_scale": test_scale,
             "crop_size": crop_size,
             "num_crops": num_crops,
+        },
+        # the source heads average-pool with these fixed windows (stride 1), then average the class scores over
+        # window positions; lateral's global average equals that when the feature map is the window (224 crops)
+        "head_pool": {
+            "kernel_size": [
+                [clip_len // arch.speed_ratio, train_crop_size // 32, train_crop_size // 32],
+                [clip_len, train_crop_size // 32, train_crop_size // 32],
+            ],
+            "stride": [1, 1, 1],
         },
     }
 
