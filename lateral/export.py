@@ -1,7 +1,186 @@
-"""Inference and export front end: :func:`optimize`, and the ``lateral export`` / ``lateral bench`` commands."""
+"""Inference front end: :func:`optimize`, and the ``lateral export`` and ``lateral bench`` commands.
+
+::
+
+    lateral export CONFIG CKPT --format onnx|torchscript --out model.onnx [--check] [--input 1x3x32x224x224]
+    lateral bench CONFIG [CKPT] [--input 1x3x32x224x224] [--precision fp32,bf16] [--compile] [--threads 2]
+
+The work is in :mod:`lateral.inference`; this file only parses arguments and builds the model.
+"""
 
 from __future__ import annotations
 
-from lateral.inference.optimize import optimize
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
 
-__all__ = ["optimize"]
+import torch
+from torch import nn
+
+from lateral.config import ConfigError
+from lateral.inference.exporters import EXPORT_FORMATS, MissingDependencyError, check_export, export_model
+from lateral.inference.optimize import PRECISIONS, PrecisionError, optimize, resolve_precision
+from lateral.inference.timing import VARIANTS, benchmark, parse_input_shape
+
+__all__ = ["add_cli", "exportable_module", "optimize", "run_bench", "run_export"]
+
+# parity bound of ``export --check``: |exported - eager| <= ATOL + RTOL * max|eager|
+CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
+
+
+def exportable_module(model: nn.Module) -> tuple[nn.Module, str]:
+    """The part of a built config that exports: a recognizer or a bare backbone as is, a detector's backbone.
+
+    Returns:
+        (module, note) where note says what was picked when it is not the whole model.
+    """
+    if hasattr(model, "cls_head") or not isinstance(getattr(model, "backbone", None), nn.Module):
+        return model, ""
+    return model.backbone, f"exporting the backbone of {type(model).__name__} (its detection heads are not exported)"
+
+
+def default_input_shape(module: nn.Module, cfg: dict) -> tuple[int, ...]:
+    """1x3xTx224x224 for a 3D model (T = the config's ``clip_len``, else 32); 1x3x800x1216 for a 2D one."""
+    if any(isinstance(m, nn.Conv3d) for m in module.modules()):
+        return (1, 3, int(cfg.get("clip_len", 32)), 224, 224)
+    return (1, 3, 800, 1216)
+
+
+def _build(config: str, checkpoint: str | None, cfg_options: list[str] | None) -> tuple[nn.Module, dict]:
+    from lateral.checkpoint import load_checkpoint
+    from lateral.engine.commands import load_run_config
+    from lateral.registry import build_model
+
+    cfg = load_run_config(config, cfg_options)
+    if "model" not in cfg:
+        raise ConfigError(f"{config} defines no 'model'")
+    model = build_model(cfg["model"])
+    if checkpoint and checkpoint.lower() != "none":
+        load_checkpoint(model, checkpoint, strict=True)
+    return model.eval(), cfg
+
+
+def _input(args: argparse.Namespace, module: nn.Module, cfg: dict) -> torch.Tensor:
+    shape = parse_input_shape(args.input) if args.input else default_input_shape(module, cfg)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``lateral export``: write ONNX / TorchScript and, with ``--check``, compare it with PyTorch."""
+    if args.checkpoint is None or args.checkpoint.lower() == "none":
+        warnings.warn("no checkpoint given: exporting randomly initialised weights", stacklevel=1)
+    model, cfg = _build(args.config, args.checkpoint, args.cfg_options)
+    module, note = exportable_module(model)
+    if note:
+        print(note)
+    x = _input(args, module, cfg)
+    try:
+        path = export_model(module, args.out, x, args.format)
+        print(f"wrote {path} ({args.format}, input {'x'.join(map(str, x.shape))}, dynamic batch)")
+        if not args.check:
+            return 0
+        # a second batch size exercises the dynamic batch dimension
+        bigger = torch.randn((x.shape[0] + 1, *x.shape[1:]), generator=torch.Generator().manual_seed(1))
+        result = check_export(module, path, args.format, [x, bigger], threads=args.threads)
+    except MissingDependencyError as err:
+        print(f"lateral export: error: {err}", file=sys.stderr)
+        return 1
+    bound = CHECK_ATOL + CHECK_RTOL * result["max_abs_reference"]
+    ok = result["max_abs_diff"] <= bound
+    print(
+        f"check ({args.format} vs PyTorch eager, batch {x.shape[0]} and {bigger.shape[0]}): "
+        f"max abs diff {result['max_abs_diff']:.3e}, max rel diff {result['max_rel_diff']:.3e} "
+        f"-> {'OK' if ok else 'MISMATCH'} (bound {bound:.1e})"
+    )
+    return 0 if ok else 1
+
+
+# ------------------------------------------------------------------------------------------------------- bench
+
+
+def bench_variants(precisions: list[str], compile: bool, onnx: bool, openvino: bool) -> list[str]:
+    """Variant names for the bench options: eager fp32, fused per precision, compiled, onnxruntime, OpenVINO."""
+    names = ["eager-fp32"] + [f"fused-{p}" for p in precisions]
+    if compile:
+        names += [f"compiled-{p}" for p in precisions]
+    if onnx:
+        names.append("onnxruntime")
+    if openvino:
+        names += [f"openvino-{p}" for p in precisions]
+    return names
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``lateral bench``: time the inference variants of a config's model, interleaved, and print a table."""
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision takes a comma-separated list of {sorted(PRECISIONS)}, got '{args.precision}'")
+    if "bf16" in precisions and not args.force_bf16:
+        on_unsupported = "fp32" if args.fallback_fp32 else "error"
+        try:
+            if resolve_precision("bf16", "cpu", on_unsupported) == "fp32":
+                precisions = [p for p in precisions if p != "bf16"] or ["fp32"]
+        except PrecisionError as err:
+            print(f"lateral bench: error: {err}", file=sys.stderr)
+            return 1
+    if args.variants:
+        names = [n.strip() for n in args.variants.split(",") if n.strip()]
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    else:
+        names = bench_variants(precisions, args.compile, args.onnx, args.openvino)
+    model, cfg = _build(args.config, args.checkpoint, args.cfg_options)
+    module, note = exportable_module(model)
+    if note:
+        print(note.replace("exporting", "timing"))
+    x = _input(args, module, cfg)
+    result = benchmark(
+        module, x, names, threads=args.threads, repeats=args.repeats, warmup=args.warmup, force_bf16=args.force_bf16
+    )
+    print(result.table(f"lateral bench {args.config}"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=1))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``export`` and ``bench``."""
+    p = subparsers.add_parser("export", help="export a recognizer or FPN backbone to ONNX or TorchScript")
+    p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx (needs the 'onnx' extra to check) or torchscript (trace)")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    p.add_argument("--check", action="store_true", help="run the exported file and PyTorch on the same input and print the max difference")
+    p.add_argument("--input", help="example input NxCxTxHxW (default 1x3x32x224x224; 1x3x800x1216 for 2D)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for --check")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser("bench", help="time eager / fused / bf16 / compiled / ONNX / OpenVINO inference, interleaved")
+    p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
+    p.add_argument("--input", help="input NxCxTxHxW (default 1x3x32x224x224; 1x3x800x1216 for 2D)")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 (default fp32)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor, freezing)")
+    p.add_argument("--onnx", action="store_true", help="also time onnxruntime (the 'onnx' extra)")
+    p.add_argument("--openvino", action="store_true", help="also time OpenVINO (the 'openvino' extra)")
+    p.add_argument("--variants", help=f"explicit comma-separated list instead of the flags above: {', '.join(VARIANTS)}")
+    p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and the runtimes (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions of each variant (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls of each variant first (default 1)")
+    p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, drop bf16 instead of failing")
+    p.add_argument("--force-bf16", action="store_true", help="time bf16 even without native bf16 (very slow)")
+    p.add_argument("--json", help="also write the measurements to this JSON file")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
+    p.set_defaults(func=run_bench)

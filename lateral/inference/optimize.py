@@ -162,6 +162,8 @@ def _sibling_pairs(module: nn.Module) -> list[tuple[str, str]]:
     cls = type(module)
     if cls.__module__ == "torchvision.models.resnet" and cls.__name__ in ("BasicBlock", "Bottleneck", "ResNet"):
         return [(f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+    if cls.__module__ == "lateral.models.resnet" and cls.__name__ == "ResNetTrunk":  # FPN bottom-up stem
+        return [("conv1", "bn1")]
     return []
 
 
@@ -169,7 +171,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     """Fold, in place, every BatchNorm of ``model`` that directly follows a conv; ``model`` must be in eval mode.
 
     Recognised patterns: mmcv-style ``ConvModule`` (``conv`` then ``bn``; the ``bn`` slot becomes None),
-    torchvision ResNet blocks (``convK`` then ``bnK``) and consecutive ``conv, bn`` children of an
+    torchvision ResNet blocks and the FPN trunk stem (``convK`` then ``bnK``) and consecutive ``conv, bn`` children of an
     ``nn.Sequential`` (the norm becomes ``nn.Identity``). Other norms are left as they are.
 
     Returns:

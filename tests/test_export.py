@@ -1,0 +1,420 @@
+"""lateral.optimize (BN folding, channels-last, bf16, torch.compile), ONNX / TorchScript export and the CLI.
+
+Parity is checked on the golden SlowFast / SlowOnly cases (synthesised weights, fixed inputs) and on a thin
+SlowFast (base_channels 16 / 2) whose BatchNorm statistics are randomised, so that folding is not a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import lateral
+from golden import GoldenCase
+from lateral.cli import main as cli_main
+from lateral.inference import optimize as optimize_module
+from lateral.inference.exporters import check_export, export_onnx, export_torchscript
+from lateral.inference.optimize import PrecisionError, bf16_supported, compile_available, fold_batchnorm
+from lateral.inference.timing import count_macs, flop_counter_macs, parse_input_shape
+
+GOLDEN_RECOGNIZERS = ["slowfast_r50_4x16_seed", "slowfast_r50_8x8", "slowonly_r50_8x8", "slowfast_r50_multiview"]
+THIN_INPUT = (1, 3, 8, 32, 32)
+ATOL = RTOL = 1e-4
+
+try:
+    import onnxruntime  # noqa: F401
+
+    HAVE_ORT = True
+except ImportError:
+    HAVE_ORT = False
+needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed (pip install 'lateral-vision[onnx]')")
+
+
+def thin_config(num_classes: int = 10) -> dict:
+    """A SlowFast R50 with 1/4 of the slow channels (16) and fast base 2: the real blocks at a tiny cost."""
+    return {
+        "type": "Recognizer3D",
+        "backbone": {
+            "type": "ResNet3dSlowFast",
+            "resample_rate": 4,
+            "speed_ratio": 4,
+            "channel_ratio": 8,
+            "slow_pathway": {
+                "type": "resnet3d",
+                "depth": 50,
+                "lateral": True,
+                "base_channels": 16,
+                "conv1_kernel": (1, 7, 7),
+                "conv1_stride_t": 1,
+                "pool1_stride_t": 1,
+                "inflate": (0, 0, 1, 1),
+            },
+            "fast_pathway": {
+                "type": "resnet3d",
+                "depth": 50,
+                "lateral": False,
+                "base_channels": 2,
+                "conv1_kernel": (5, 7, 7),
+                "conv1_stride_t": 1,
+                "pool1_stride_t": 1,
+            },
+        },
+        "cls_head": {"type": "SlowFastHead", "in_channels": 16 * 32 + 2 * 32, "num_classes": num_classes},
+        "test_cfg": {"average_clips": "prob"},
+    }
+
+
+def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters (the init has mean 0, var 1, beta 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                size = module.num_features
+                module.running_mean.copy_(torch.randn(size, generator=gen) * 0.2)
+                module.running_var.copy_(torch.rand(size, generator=gen) + 0.5)
+                module.weight.copy_(torch.rand(size, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(size, generator=gen) * 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def thin_model() -> nn.Module:
+    torch.manual_seed(0)
+    return randomise_norms(lateral.build_model(thin_config())).eval()
+
+
+def thin_input(batch: int = 1, seed: int = 0) -> torch.Tensor:
+    return torch.randn((batch, *THIN_INPUT[1:]), generator=torch.Generator().manual_seed(seed))
+
+
+def golden_model(name: str) -> tuple[nn.Module, GoldenCase]:
+    case = GoldenCase(name)
+    model = lateral.build_model(case.config)
+    model.load_state_dict(case.state_dict())
+    return model.eval(), case
+
+
+def count_norms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------------------------- optimize
+
+
+def test_optimize_leaves_the_original_untouched(thin_model):
+    thin_model.train()
+    before = {k: v.clone() for k, v in thin_model.state_dict().items()}
+    norms = count_norms(thin_model)
+    opt = lateral.optimize(thin_model)
+    assert thin_model.training, "optimize must not switch the original to eval mode"
+    thin_model.eval()
+    after = thin_model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert count_norms(thin_model) == norms > 0
+    assert not thin_model.backbone.slow_path.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+    assert count_norms(opt) == 0, "every BatchNorm of the SlowFast should be folded"
+    assert not opt.training
+    assert all(not p.requires_grad for p in opt.parameters())
+    conv = opt.backbone.module.slow_path.layer1[0].conv1.conv
+    assert conv.bias is not None and conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_fused_fp32_matches_eager_with_nontrivial_norms(thin_model):
+    x = thin_input(batch=2)
+    opt = lateral.optimize(thin_model)
+    with torch.no_grad():
+        expected = thin_model(x)
+        got = opt(x)
+    assert got.dtype == torch.float32 and got.shape == (2, 10)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    # the folding is not a no-op: dropping the folded biases changes the result
+    for module in opt.modules():
+        if isinstance(module, nn.Conv3d):
+            module.bias = None
+    with torch.no_grad():
+        assert not torch.allclose(opt(x), expected, atol=1e-2)
+
+
+def test_fold_batchnorm_in_sequential_and_torchvision_block():
+    from torchvision.models.resnet import Bottleneck
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    block = randomise_norms(Bottleneck(32, 8)).eval()
+    frozen = FrozenBatchNorm2d(16)
+    frozen.running_var.uniform_(0.5, 1.5)
+    frozen.weight.uniform_(0.5, 1.5)
+    frozen.bias.normal_()
+    stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), frozen, nn.ReLU()).eval()
+    for module, x in ((block, torch.randn(2, 32, 9, 9)), (stem, torch.randn(2, 3, 9, 9))):
+        with torch.no_grad():
+            expected = module(x)
+            folded = module  # fold_batchnorm works in place
+            count = fold_batchnorm(folded)
+            got = folded(x)
+        assert count == (3 if module is block else 1)
+        assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in folded.modules())
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)).train())
+
+
+@pytest.mark.parametrize("name", GOLDEN_RECOGNIZERS)
+def test_fused_fp32_golden_parity(name):
+    model, case = golden_model(name)
+    opt = lateral.optimize(model)
+    x = case.input()
+    with torch.no_grad():
+        if x.dim() == 6:  # multi-view: predict on the copy still averages the views
+            expected, got = model.predict(x), opt.predict(x)
+            torch.testing.assert_close(got, case.expected["average_prob"], atol=ATOL, rtol=RTOL)
+        else:
+            expected, got = model(x), opt(x)
+            torch.testing.assert_close(got, case.expected["logits"], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+
+
+def _bf16_cases():
+    # without native bf16 the kernels are emulated (~7 s per golden case here): still run, but as slow tests
+    marks = () if bf16_supported("cpu") else (pytest.mark.slow,)
+    return [pytest.param(name, marks=marks) for name in GOLDEN_RECOGNIZERS]
+
+
+@pytest.mark.parametrize("name", _bf16_cases())
+def test_bf16_golden_keeps_top1(name):
+    model, case = golden_model(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "no native bf16" warning on such CPUs
+        opt = lateral.optimize(model, precision="bf16")
+    x = case.input()
+    with torch.no_grad():
+        if x.dim() == 6:
+            x = x.reshape(-1, *x.shape[2:])  # every view is a clip of its own here
+        expected, got = model(x), opt(x)
+    assert got.dtype == torch.float32
+    assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+    assert (got.softmax(dim=1) - expected.softmax(dim=1)).abs().max().item() <= 1e-2
+
+
+def test_bf16_copy_layout_and_closeness(thin_model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = lateral.optimize(thin_model, precision="bf16")
+    conv = opt.backbone.module.slow_path.conv1.conv
+    assert conv.weight.dtype == torch.bfloat16
+    assert opt.cls_head.fc_cls.weight.dtype == torch.float32, "the classifier stays fp32"
+    x = thin_input()
+    with torch.no_grad():
+        expected, got = thin_model(x), opt(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=5e-2, rtol=5e-2)
+    assert not torch.equal(got, expected), "a bf16 run that equals fp32 bit for bit did not run in bf16"
+
+
+def test_optimized_copy_predicts_multi_view_and_refuses_training(thin_model):
+    opt = lateral.optimize(thin_model)
+    clips = torch.randn(2, 3, *THIN_INPUT[1:], generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(opt.predict(clips), thin_model.predict(clips), atol=ATOL, rtol=RTOL)
+    assert opt.in_channels == 3  # backbone attributes stay reachable through the wrapper
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        opt.train()
+    with pytest.raises(ValueError, match="predict"):
+        opt(clips)  # 6-D input: the model's own message about the layout
+
+
+def test_precision_errors_and_fallback(thin_model, monkeypatch):
+    with pytest.raises(PrecisionError, match="fp16"):
+        lateral.optimize(thin_model, precision="fp16")
+    monkeypatch.setattr(optimize_module, "bf16_supported", lambda device="cpu": False)
+    with pytest.raises(PrecisionError, match="no native bf16"):
+        optimize_module.optimize(thin_model, precision="bf16", on_unsupported="error")
+    with pytest.warns(UserWarning, match="falling back to fp32"):
+        opt = optimize_module.optimize(thin_model, precision="bf16", on_unsupported="fp32")
+    assert opt.backbone.module.slow_path.conv1.conv.weight.dtype == torch.float32
+    with pytest.warns(UserWarning, match="running bf16 anyway"):
+        opt = lateral.optimize(thin_model, precision="bf16")
+    assert opt.backbone.module.slow_path.conv1.conv.weight.dtype == torch.bfloat16
+
+
+def test_optimize_fpn_backbone():
+    from lateral.models.fpn import ResNetFPN
+
+    torch.manual_seed(0)
+    model = randomise_norms(ResNetFPN(depth=18, style="seed")).eval()
+    x = torch.randn(1, 3, 64, 96)
+    opt = lateral.optimize(model)
+    assert count_norms(opt) == 0
+    assert opt.module.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, got = model(x), opt(x)
+    assert list(got) == ["p2", "p3", "p4", "p5"]
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=ATOL, rtol=RTOL)
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+@needs_ort
+def test_onnx_golden_seed_dynamic_batch(tmp_path):
+    model, case = golden_model("slowfast_r50_4x16_seed")
+    x = case.input()
+    path = export_onnx(model, tmp_path / "seed.onnx", x)
+    from lateral.inference.exporters import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(path, threads=2)
+    torch.testing.assert_close(runner(x)[0], case.expected["logits"], atol=ATOL, rtol=RTOL)
+    batch2 = torch.cat([x, torch.randn(x.shape, generator=torch.Generator().manual_seed(5))])
+    with torch.no_grad():
+        expected = model(batch2)
+    got = runner(batch2)[0]
+    assert got.shape == (2, 400)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+
+
+@needs_ort
+def test_onnx_export_switches_a_training_model_to_eval(thin_model, tmp_path):
+    thin_model.train()
+    try:
+        with pytest.warns(UserWarning, match="training mode"):
+            path = export_onnx(thin_model, tmp_path / "thin.onnx", thin_input())
+        assert thin_model.training, "export must not switch the caller's model"
+        result = check_export(thin_model, path, "onnx", [thin_input(), thin_input(batch=3, seed=1)])
+    finally:
+        thin_model.eval()
+    # check_export compares with the eval-mode model: dropout (p=0.8) in the export would break this
+    assert result["max_rel_diff"] < 1e-4
+
+
+@needs_ort
+def test_onnx_fpn_outputs(tmp_path):
+    from lateral.models.fpn import ResNetFPN
+
+    torch.manual_seed(0)
+    model = randomise_norms(ResNetFPN(depth=18, style="torchvision")).eval()
+    x = torch.randn(1, 3, 64, 96)
+    path = export_onnx(model, tmp_path / "fpn.onnx", x)
+    import onnx
+
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["0", "1", "2", "3", "pool"]
+    result = check_export(model, path, "onnx", [x, torch.randn(2, 3, 64, 96)])
+    assert result["max_abs_diff"] <= ATOL + RTOL * result["max_abs_reference"]
+
+
+def test_torchscript_roundtrip(thin_model, tmp_path):
+    path = export_torchscript(thin_model, tmp_path / "thin.pt", thin_input())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path))
+    x = thin_input(batch=2, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), thin_model(x), atol=ATOL, rtol=RTOL)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def thin_files(thin_model, tmp_path_factory):
+    from lateral.checkpoint import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("thin")
+    config = folder / "thin_slowfast.py"
+    config.write_text(f"model = {thin_config()!r}\nclip_len = 8\n")
+    checkpoint = folder / "thin.pth"
+    save_checkpoint({"state_dict": thin_model.state_dict()}, checkpoint)
+    return str(config), str(checkpoint)
+
+
+@needs_ort
+def test_cli_export_onnx_check(thin_files, tmp_path, capsys):
+    config, checkpoint = thin_files
+    out = tmp_path / "thin.onnx"
+    rc = cli_main(["export", config, checkpoint, "--format", "onnx", "--out", str(out), "--check", "--input", "1x3x8x32x32"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert out.is_file() and "max abs diff" in text and "OK" in text
+
+
+def test_cli_export_torchscript_check(thin_files, tmp_path, capsys):
+    config, checkpoint = thin_files
+    out = tmp_path / "thin.pt"
+    rc = cli_main(["export", config, checkpoint, "--format", "torchscript", "--out", str(out), "--check", "--input", "1x3x8x32x32"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "max abs diff" in text and "OK" in text
+
+
+def test_cli_export_without_onnxruntime_names_the_extra(thin_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes "import onnxruntime" fail
+    config, checkpoint = thin_files
+    rc = cli_main(["export", config, checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--check", "--input", "1x3x8x32x32"])
+    assert rc == 1
+    assert "lateral-vision[onnx]" in capsys.readouterr().err
+
+
+def test_cli_bench_small(thin_files, tmp_path, capsys):
+    config, checkpoint = thin_files
+    report = tmp_path / "bench.json"
+    rc = cli_main(["bench", config, checkpoint, "--input", "1x3x8x32x32", "--repeats", "2", "--warmup", "0", "--json", str(report)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "eager-fp32" in text and "fused-fp32" in text and "x eager" in text
+    data = json.loads(report.read_text())
+    assert data["macs"] > 0 and data["macs"] == data["flop_counter_macs"]
+    for name in ("eager-fp32", "fused-fp32"):
+        assert len(data["variants"][name]["times_s"]) == 2
+        assert data["variants"][name]["max_abs_diff"] < 1e-4
+
+
+def test_cli_bench_bf16_without_native_support(thin_files, capsys, monkeypatch):
+    monkeypatch.setattr(optimize_module, "bf16_supported", lambda device="cpu": False)
+    config, checkpoint = thin_files
+    rc = cli_main(["bench", config, checkpoint, "--input", "1x3x8x32x32", "--precision", "fp32,bf16", "--repeats", "1"])
+    assert rc == 1 and "no native bf16" in capsys.readouterr().err
+    args = ["bench", config, "--input", "1x3x8x32x32", "--precision", "bf16", "--repeats", "1", "--fallback-fp32", "--warmup", "0"]
+    with pytest.warns(UserWarning, match="falling back"):
+        assert cli_main(args) == 0
+    assert "fused-fp32" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- counting
+
+
+def test_mac_count_by_hooks_matches_hand_count_and_flop_counter(thin_model):
+    conv = nn.Sequential(nn.Conv3d(4, 6, (3, 3, 3), padding=1, groups=2), nn.Flatten(), nn.Linear(6 * 2 * 5 * 5, 7))
+    x = torch.randn(1, 4, 2, 5, 5)
+    by_hand = (6 * 2 * 5 * 5) * (4 // 2) * 27 + 7 * 6 * 2 * 5 * 5
+    assert count_macs(conv, x) == by_hand == flop_counter_macs(conv, x)
+    assert count_macs(thin_model, thin_input()) == flop_counter_macs(thin_model, thin_input())
+
+
+def test_parse_input_shape():
+    assert parse_input_shape("1x3x32x224x224") == (1, 3, 32, 224, 224)
+    with pytest.raises(ValueError, match="NxCxTxHxW|N x C x T x H x W"):
+        parse_input_shape("1x3x32")
+
+
+# ----------------------------------------------------------------------------------------------- compile
+
+
+@pytest.mark.slow
+def test_compiled_copy_matches_eager(thin_model):
+    ok, why = compile_available()
+    if not ok:
+        pytest.skip(f"torch.compile cannot build kernels here: {why}")
+    opt = lateral.optimize(thin_model, compile=True)
+    x = thin_input()
+    with torch.no_grad():
+        expected = thin_model(x)
+    got = opt(x)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    assert len(opt.state_dict()) == len(lateral.optimize(thin_model).state_dict()), "one copy of each weight"
