@@ -410,8 +410,10 @@ def apply_key_map(
     if missing:
         names = ", ".join(f"'{m.source}'" for m in missing[:3])
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise ConversionError(f"{source}: {len(missing)} tensors are missing: {names}{more} (first needed for "
-                              f"'{missing[0].target}')")
+        raise ConversionError(
+            f"{source}: {len(missing)} tensors are missing: {names}{more} (the first is needed for "
+            f"'{missing[0].target}')"
+        )
     result = OrderedDict((name, result[name]) for name in target_shapes)
     used = set(sources) | set(ignored)
     leftover = [name for name in state if name not in used]
@@ -570,6 +572,12 @@ def convert_checkpoint(
 
     if source_format == "lateral":
         from lateral.checkpoint import extract_state_dict, read_checkpoint
+
+        if any(value is not None for value in (speed_ratio, clip_len, frame_interval)):
+            raise ConfigError(
+                "--alpha / --preset / --clip-len / --frame-interval describe a foreign source; a lateral file "
+                "carries them in its meta"
+            )
 
         obj = read_checkpoint(path)
         meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
