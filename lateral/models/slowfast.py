@@ -165,8 +165,8 @@ class ResNet3dSlowOnly(ResNet3dPathway):
 def slow_frame_indices(num_frames: int, resample_rate: int, mode: str = "stride") -> torch.Tensor:
     """Frames the slow pathway takes from a clip of ``num_frames``.
 
-    ``'stride'`` (mmaction2, PySlowFast): every ``resample_rate``-th frame, ``num_frames // resample_rate`` of
-    them (what mmaction2's nearest-neighbour ``interpolate`` picks). ``'linspace'`` (PyTorchVideo):
+    ``'stride'`` (mmaction2): every ``resample_rate``-th frame, ``num_frames // resample_rate`` of them (what
+    mmaction2's nearest-neighbour ``interpolate`` picks). ``'linspace'`` (PyTorchVideo and PySlowFast):
     ``linspace(0, num_frames - 1, num_frames // resample_rate)`` rounded down.
     """
     count = num_frames // resample_rate
@@ -187,7 +187,8 @@ class ResNet3dSlowFast(nn.Module):
         channel_ratio: the fast pathway has ``1 / channel_ratio`` of the slow channels (beta = 1 / channel_ratio).
         slow_pathway: keyword arguments of the slow :class:`ResNet3dPathway` (``type='resnet3d'``).
         fast_pathway: keyword arguments of the fast :class:`ResNet3dPathway`.
-        slow_frame_sampling: 'stride' (mmaction2) or 'linspace' (PyTorchVideo), see :func:`slow_frame_indices`.
+        slow_frame_sampling: 'stride' (mmaction2) or 'linspace' (PyTorchVideo, PySlowFast), see
+            :func:`slow_frame_indices`.
     """
 
     def __init__(
