@@ -1,0 +1,171 @@
+"""``lateral data check LIST_OR_DIR``: find every unreadable or too-short video before training does.
+
+Accepts a folder (every video file under it), an mmaction2 list file (``path label ...`` lines, or rawframe
+``dir total_frames label`` lines, whose folders are checked), or a Kinetics CSV. Each video is opened, its frames
+counted from the packets, and its first, middle and last frames decoded (``--full``: every frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CheckResult", "check_video", "check_frame_folder", "collect_entries", "check_entries", "add_cli"]
+
+
+@dataclass
+class CheckResult:
+    """The verdict on one video or frame folder; ``reason`` is empty when it is fine."""
+
+    path: str
+    num_frames: int
+    reason: str = ""
+    too_short: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def check_video(path: str | os.PathLike, min_frames: int = 1, full: bool = False) -> CheckResult:
+    """Open ``path``, count its frames and decode a few (``full``: all) of them."""
+    from lateral.data.decode import DecodeError, PyAVReader
+
+    try:
+        with PyAVReader(path, num_threads=1) as reader:
+            num_frames = reader.num_frames
+            if full:
+                reader.get_frames(range(num_frames))
+            else:
+                reader.get_frames(sorted({0, num_frames // 2, num_frames - 1}))
+    except DecodeError as err:
+        return CheckResult(str(path), 0, err.reason)
+    if num_frames < min_frames:
+        return CheckResult(str(path), num_frames, f"too short: {num_frames} frames, need at least {min_frames}",
+                           too_short=True)
+    return CheckResult(str(path), num_frames)
+
+
+def check_frame_folder(path: str | os.PathLike, total_frames: int | None, filename_tmpl: str, start_index: int,
+                       min_frames: int = 1) -> CheckResult:
+    """Check that a rawframe folder holds readable images ``start_index .. start_index + total_frames - 1``."""
+    from lateral.data.decode import DecodeError, FrameFolderReader
+
+    try:
+        reader = FrameFolderReader(path, filename_tmpl, num_frames=total_frames, start_index=start_index)
+        num_frames = reader.num_frames
+        if num_frames:
+            reader.get_frames([start_index, start_index + num_frames - 1])
+    except DecodeError as err:
+        return CheckResult(str(path), 0, err.reason)
+    if num_frames < min_frames:
+        return CheckResult(str(path), num_frames, f"too short: {num_frames} frames, need at least {min_frames}",
+                           too_short=True)
+    return CheckResult(str(path), num_frames)
+
+
+def _join(prefix: Path | None, name: str) -> Path:
+    return prefix / name if prefix is not None else Path(name)
+
+
+def collect_entries(source: str | os.PathLike, data_prefix: str | os.PathLike | None = None) -> list[tuple[str, Path, int | None]]:
+    """What to check: ``(kind, path, total_frames)`` with kind ``'video'`` or ``'frames'``.
+
+    Raises:
+        FileNotFoundError: ``source`` (or ``data_prefix``) does not exist.
+    """
+    from lateral.data.datasets import _video_files
+
+    source = Path(source)
+    prefix = Path(data_prefix) if data_prefix else None
+    if prefix is not None and not prefix.is_dir():
+        raise FileNotFoundError(f"--data-prefix '{prefix}' is not a folder")
+    if source.is_dir():
+        return [("video", path, None) for path in _video_files(source)]
+    if not source.is_file():
+        raise FileNotFoundError(f"'{source}' is neither a folder nor a list file")
+    if source.suffix.lower() == ".csv":
+        with open(source, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        root = prefix or source.parent
+        by_stem = {path.stem: path for path in _video_files(root)}
+        entries = []
+        for row in rows:
+            stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+            entries.append(("video", by_stem.get(stem, by_stem.get(row["youtube_id"], root / f"{stem}.mp4")), None))
+        return entries
+    entries = []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        # the path is what is left after the trailing integer fields (labels, frame counts), so names with spaces
+        # work; a rawframe line is a folder followed by its frame count
+        numbers = 0
+        while numbers < len(fields) - 1 and fields[-1 - numbers].lstrip("-").isdigit():
+            numbers += 1
+        name = " ".join(fields[: len(fields) - numbers])
+        path = _join(prefix, name)
+        if not path.exists() and _join(prefix, fields[0]).exists():
+            path, numbers = _join(prefix, fields[0]), len(fields) - 1
+        if path.is_dir():
+            # 'dir total label' and 'dir offset total label': the count comes just before the label
+            total = int(fields[-2]) if numbers >= 2 else None
+            entries.append(("frames", path, total))
+        else:
+            entries.append(("video", path, None))
+    return entries
+
+
+def check_entries(entries, min_frames: int = 1, full: bool = False, filename_tmpl: str = "img_{:05}.jpg",
+                  start_index: int = 1, out=None) -> list[CheckResult]:
+    """Check every entry, print each bad one with its reason, and return all verdicts."""
+    out = out or sys.stdout
+    results = []
+    for kind, path, total in entries:
+        if kind == "frames":
+            result = check_frame_folder(path, total, filename_tmpl, start_index, min_frames)
+        else:
+            result = check_video(path, min_frames, full)
+        if not result.ok:
+            print(f"BAD {result.path}: {result.reason}", file=out, flush=True)
+        results.append(result)
+    return results
+
+
+def run_check(args: argparse.Namespace) -> int:
+    entries = collect_entries(args.source, args.data_prefix)
+    if not entries:
+        print(f"no videos found in '{args.source}'", file=sys.stderr)
+        return 1
+    results = check_entries(entries, args.min_frames, args.full, args.filename_tmpl, args.start_index)
+    bad = [r for r in results if not r.ok]
+    short = sum(r.too_short for r in bad)
+    frames = [r.num_frames for r in results if r.ok]
+    print(f"checked {len(results)}: {len(results) - len(bad)} ok, {len(bad)} bad "
+          f"({len(bad) - short} unreadable, {short} too short)"
+          + (f"; frames per video {min(frames)}-{max(frames)}" if frames else ""))
+    return 1 if bad else 0
+
+
+def add_cli(subparsers) -> None:
+    """Add ``lateral data check``."""
+    data = subparsers.add_parser("data", help="inspect video datasets",
+                                 description="Inspect video datasets.")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    check = commands.add_parser(
+        "check", help="report every unreadable or too-short video",
+        description="Open every video of a folder, list file or Kinetics CSV; report each unreadable or too-short "
+                    "one with the reason, then a summary. Exit code 1 if any is bad.")
+    check.add_argument("source", metavar="LIST_OR_DIR", help="folder of videos, list file or Kinetics CSV")
+    check.add_argument("--data-prefix", default=None, help="folder the list's paths are relative to")
+    check.add_argument("--min-frames", type=int, default=1, help="videos with fewer frames are reported (default 1)")
+    check.add_argument("--full", action="store_true", help="decode every frame, not only first/middle/last")
+    check.add_argument("--filename-tmpl", default="img_{:05}.jpg", help="rawframe image names (default img_{:05}.jpg)")
+    check.add_argument("--start-index", type=int, default=1, help="index of the first rawframe image (default 1)")
+    check.set_defaults(func=run_check)

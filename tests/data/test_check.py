@@ -1,0 +1,48 @@
+"""``lateral data check``: exit code and the report of bad videos."""
+
+from __future__ import annotations
+
+from lateral.cli import main
+from data_helpers import numbered_frames
+from lateral.data import write_video
+
+
+def _dataset(tmp_path):
+    videos = tmp_path / "videos"
+    write_video(videos / "good.mp4", numbered_frames(20))
+    write_video(videos / "short clip.webm", numbered_frames(4))
+    good = (videos / "good.mp4").read_bytes()
+    (videos / "cut.mp4").write_bytes(good[: len(good) // 2])
+    (videos / "notes.avi").write_text("not a video")
+    return videos
+
+
+def test_check_reports_bad_videos_and_fails(tmp_path, capsys):
+    videos = _dataset(tmp_path)
+    ann = tmp_path / "list.txt"
+    ann.write_text("good.mp4 0\nshort clip.webm 1\ncut.mp4 1\nnotes.avi 0\ngone.mp4 2\n")
+    code = main(["data", "check", str(ann), "--data-prefix", str(videos), "--min-frames", "8"])
+    out = capsys.readouterr().out
+    assert code == 1
+    bad_lines = [line for line in out.splitlines() if line.startswith("BAD")]
+    assert len(bad_lines) == 4
+    assert any("short clip.webm: too short: 4 frames, need at least 8" in line for line in bad_lines)
+    assert any("cut.mp4: cannot open" in line for line in bad_lines)
+    assert any("notes.avi: cannot open" in line for line in bad_lines)
+    assert any("gone.mp4: file not found" in line for line in bad_lines)
+    assert "checked 5: 1 ok, 4 bad (3 unreadable, 1 too short)" in out
+
+
+def test_check_of_a_clean_folder_passes(tmp_path, capsys):
+    videos = tmp_path / "clean"
+    write_video(videos / "a" / "one.mp4", numbered_frames(12))
+    write_video(videos / "b" / "two.avi", numbered_frames(16))
+    code = main(["data", "check", str(videos), "--full"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "checked 2: 2 ok, 0 bad" in out and "frames per video 12-16" in out
+
+
+def test_check_of_a_missing_source_is_an_error(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path / "nothing.txt")]) == 1
+    assert "neither a folder nor a list file" in capsys.readouterr().err
