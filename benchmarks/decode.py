@@ -142,7 +142,8 @@ def main() -> None:
         videos = [made] + [Path(v) for v in args.video]
         print(f"decoder threads: {args.threads}; {args.repeats} training clips (32 x interval 2, random offset)")
         print(f"{'video':34s} {'frames':>6s} {'train clip ms':>22s} {'30-view test ms':>22s}")
-        print(f"{'':34s} {'':6s} {'lateral':>7s} {'naive':>7s} {'ratio':>6s} {'lateral':>7s} {'naive':>7s} {'ratio':>6s}")
+        columns = f"{'lateral':>7s} {'naive':>7s} {'ratio':>6s}"
+        print(f"{'':34s} {'':6s} {columns} {columns}")
         for video in videos:
             f = bench_video(video, args.repeats, args.threads)
             print(f"{video.name[:34]:34s} {f['num_frames']:6d} {f['train_lateral']:7.1f} {f['train_naive']:7.1f} "

@@ -72,27 +72,28 @@ def _join(prefix: Path | None, name: str) -> Path:
     return prefix / name if prefix is not None else Path(name)
 
 
-def collect_entries(source: str | os.PathLike, data_prefix: str | os.PathLike | None = None) -> list[tuple[str, Path, int | None]]:
+def collect_entries(source: str | os.PathLike,
+                    data_prefix: str | os.PathLike | None = None) -> list[tuple[str, Path, int | None]]:
     """What to check: ``(kind, path, total_frames)`` with kind ``'video'`` or ``'frames'``.
 
     Raises:
         FileNotFoundError: ``source`` (or ``data_prefix``) does not exist.
     """
-    from lateral.data.datasets import _video_files
+    from lateral.data.datasets import find_video_files
 
     source = Path(source)
     prefix = Path(data_prefix) if data_prefix else None
     if prefix is not None and not prefix.is_dir():
         raise FileNotFoundError(f"--data-prefix '{prefix}' is not a folder")
     if source.is_dir():
-        return [("video", path, None) for path in _video_files(source)]
+        return [("video", path, None) for path in find_video_files(source)]
     if not source.is_file():
         raise FileNotFoundError(f"'{source}' is neither a folder nor a list file")
     if source.suffix.lower() == ".csv":
         with open(source, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         root = prefix or source.parent
-        by_stem = {path.stem: path for path in _video_files(root)}
+        by_stem = {path.stem: path for path in find_video_files(root)}
         entries = []
         for row in rows:
             stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"

@@ -351,7 +351,8 @@ class RawframeDataset(BaseActionDataset):
         return samples
 
 
-def _video_files(root: Path) -> list[Path]:
+def find_video_files(root: Path) -> list[Path]:
+    """Every file under ``root`` with a video suffix (see ``VIDEO_EXTENSIONS``), sorted."""
     found = []
     for folder, _, files in os.walk(root):
         for name in files:
@@ -404,7 +405,7 @@ class KineticsCSVDataset(BaseActionDataset):
             self.classes = sorted({row["label"] for row in rows}) if has_labels else []
         class_index = {name: i for i, name in enumerate(self.classes)}
         by_stem: dict[str, str] = {}
-        for path in _video_files(self.data_prefix):
+        for path in find_video_files(self.data_prefix):
             by_stem.setdefault(path.stem, str(path))
         samples = []
         for number, row in enumerate(rows, start=2):
@@ -460,7 +461,7 @@ class ClassFolderDataset(BaseActionDataset):
         if self.ann_file is not None:
             relative = [line.split()[0] for _, line in _read_lines(self.ann_file)]
         else:
-            relative = [str(p.relative_to(self.data_prefix)) for p in _video_files(self.data_prefix)
+            relative = [str(p.relative_to(self.data_prefix)) for p in find_video_files(self.data_prefix)
                         if len(p.relative_to(self.data_prefix).parts) == 2]
         samples = []
         for rel in relative:

@@ -225,8 +225,8 @@ class PyAVReader:
         if indices.size == 0:
             return np.zeros((0, self.height, self.width, 3), np.uint8)
         if indices.min() < 0 or indices.max() >= self.num_frames:
-            raise DecodeError(self.path, f"frame index {int(indices.max() if indices.max() >= self.num_frames else indices.min())} "
-                                         f"out of range: the video has {self.num_frames} frames")
+            bad = int(indices.max() if indices.max() >= self.num_frames else indices.min())
+            raise DecodeError(self.path, f"frame index {bad} out of range: the video has {self.num_frames} frames")
         wanted = sorted(set(indices.tolist()))
         try:
             if self._index.key == "none":
@@ -457,7 +457,8 @@ class FrameFolderReader:
                 except FileNotFoundError:
                     raise DecodeError(self.frame_dir, f"frame file {file.name} not found") from None
                 except Exception as err:
-                    raise DecodeError(self.frame_dir, f"cannot read frame {file.name} ({type(err).__name__}: {err})") from None
+                    reason = f"cannot read frame {file.name} ({type(err).__name__}: {err})"
+                    raise DecodeError(self.frame_dir, reason) from None
                 self.frames_decoded += 1
             images.append(cache[index])
         shapes = {im.shape for im in images}

@@ -11,14 +11,13 @@ pipeline normalised) and ``label``. ``PackActionInputs`` (mmaction2 1.x) puts th
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from lateral.config import ConfigError, suggest
-from lateral.data.decode import DecodeError, FrameFolderReader, open_video
+from lateral.data.decode import FrameFolderReader, open_video
 from lateral.data.sampling import DenseSampleFrames, SampleFrames, UniformSample
 from lateral.data.transforms import (CenterCrop, ColorJitter, Flip, FormatShape, MultiScaleCrop, Normalize,
                                      RandomCrop, RandomRescale, RandomResizedCrop, Resize, TenCrop, ThreeCrop)

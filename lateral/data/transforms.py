@@ -46,8 +46,6 @@ __all__ = [
     "FormatShape",
 ]
 
-Frames = "np.ndarray | torch.Tensor"
-
 _INTERPOLATION = {
     "nearest": InterpolationMode.NEAREST,
     "bilinear": InterpolationMode.BILINEAR,

@@ -46,3 +46,20 @@ def test_check_of_a_clean_folder_passes(tmp_path, capsys):
 def test_check_of_a_missing_source_is_an_error(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "nothing.txt")]) == 1
     assert "neither a folder nor a list file" in capsys.readouterr().err
+
+
+def test_check_of_a_rawframe_list(tmp_path, capsys):
+    from PIL import Image
+
+    frames = numbered_frames(3, 8, 8)
+    for name, count in (("full", 3), ("partial", 2)):
+        folder = tmp_path / "frames" / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(frames[i]).save(folder / f"img_{i + 1:05}.jpg")
+    ann = tmp_path / "rawframes.txt"
+    ann.write_text("full 3 0\npartial 3 1\n")
+    code = main(["data", "check", str(ann), "--data-prefix", str(tmp_path / "frames")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "partial: frame file img_00003.jpg not found" in out and "checked 2: 1 ok, 1 bad" in out

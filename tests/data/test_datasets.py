@@ -163,7 +163,8 @@ def test_rawframe_dataset(tmp_path):
     pipeline = [dict(type="SampleFrames", clip_len=3, frame_interval=3, num_clips=1, test_mode=True),
                 dict(type="RawFrameDecode"), dict(type="FormatShape", input_format="NCTHW"),
                 dict(type="PackActionInputs")]
-    dataset = build_dataset(dict(type="RawframeDataset", ann_file=str(ann), data_prefix=dict(img=str(tmp_path / "rawframes")),
+    dataset = build_dataset(dict(type="RawframeDataset", ann_file=str(ann),
+                                 data_prefix=dict(img=str(tmp_path / "rawframes")),
                                  pipeline=pipeline, filename_tmpl="img_{:05}.png"))
     item = dataset[0]
     assert item["label"] == 3 and item["inputs"].shape == (1, 3, 3, 16, 16)
