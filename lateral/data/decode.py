@@ -172,10 +172,9 @@ class PyAVReader:
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 0):
         self.path = str(path)
-        self._container = _open_container(path)
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        self._stream.thread_count = int(num_threads)
+        self.num_threads = int(num_threads)
+        self._container = None
+        self._open()
         self.fps = _stream_fps(self._stream)
         self.height = int(self._stream.codec_context.height)
         self.width = int(self._stream.codec_context.width)
@@ -186,6 +185,12 @@ class PyAVReader:
             raise DecodeError(path, reason)
         # frames_decoded counts decoder output; the benchmark and tests use it to show what seeking saved
         self.frames_decoded = 0
+
+    def _open(self) -> None:
+        self._container = _open_container(self.path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self._stream.thread_count = self.num_threads
 
     @property
     def num_frames(self) -> int:
@@ -200,6 +205,7 @@ class PyAVReader:
         return self.num_frames
 
     def close(self) -> None:
+        """Release the file; a later :meth:`get_frames` opens it again (the frame index is kept)."""
         if self._container is not None:
             self._container.close()
             self._container = None
@@ -220,7 +226,7 @@ class PyAVReader:
             DecodeError: an index is out of range, or the frames cannot be decoded (damaged or truncated file).
         """
         if self._container is None:
-            raise DecodeError(self.path, "reader is closed")
+            self._open()
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size == 0:
             return np.zeros((0, self.height, self.width, 3), np.uint8)
@@ -250,6 +256,8 @@ class PyAVReader:
 
     def decode_all(self) -> np.ndarray:
         """Every frame, decoded sequentially from the start: ``[num_frames, H, W, 3]``. The naive baseline."""
+        if self._container is None:
+            self._open()
         self._container.seek(0, stream=self._stream)
         self._stream.codec_context.skip_frame = "DEFAULT"
         frames = []

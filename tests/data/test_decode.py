@@ -127,3 +127,15 @@ def test_truncated_webm_keeps_the_frames_before_the_damage(tmp_path):
         assert 0 < reader.num_frames < 40  # counted from what is there, not from any header
         first = reader.get_frames([0, 1])
     assert frame_numbers(first).tolist() == [0, 1]
+
+
+def test_one_init_serves_several_decodes(make_video):
+    # sliding-window prediction opens a video once and decodes many windows from copies of the results
+    path = make_video("clip.mp4", num_frames=30)
+    init = build_pipeline([dict(type="PyAVInit")])
+    rest = build_pipeline([dict(type="SampleFrames", clip_len=3, frame_interval=2, test_mode=True),
+                           dict(type="PyAVDecode")])
+    base = init(dict(filename=str(path), start_index=0))
+    for start in (0, 10, 20):
+        results = rest(dict(base, total_frames=10, start_index=start))
+        assert frame_numbers(results["imgs"]).tolist() == [start + 2, start + 4, start + 6]
