@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from lateral.config import ConfigError
@@ -57,6 +58,7 @@ def build_faster_rcnn(
     box_detections_per_img: int = 100,
     roi_output_size: int = 7,
     sampling_ratio: int = 2,
+    representation_size: int = 1024,
 ) -> FasterRCNN:
     """Build a torchvision ``FasterRCNN`` around a pyramid backbone.
 
@@ -82,6 +84,7 @@ def build_faster_rcnn(
         box_detections_per_img: detections kept per image.
         roi_output_size: RoIAlign output side of the box head (7).
         sampling_ratio: RoIAlign sampling points per bin side.
+        representation_size: width of the box head's two fully connected layers (torchvision: 1024).
 
     Returns:
         ``torchvision.models.detection.FasterRCNN``; ``model(images)`` in eval mode gives a list of
@@ -112,9 +115,12 @@ def build_faster_rcnn(
     box_roi_pool = MultiScaleRoIPool(
         [spec.name for spec in pyramid], [spec.stride for spec in pyramid], roi_output_size, sampling_ratio
     )
+    box_head = TwoMLPHead(backbone.out_channels * roi_output_size**2, representation_size)
     model = FasterRCNN(
         backbone,
-        num_classes=num_classes,
+        num_classes=None,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(representation_size, num_classes),
         min_size=min_size if min_size is not None else 1,
         max_size=max_size,
         image_mean=list(image_mean),

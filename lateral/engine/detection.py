@@ -1,0 +1,547 @@
+"""Detection engine: train, evaluate (COCO AP via pycocotools) and predict with a config-built Faster R-CNN.
+
+A detection config is a Python-dict file with these top-level names::
+
+    model = dict(type='FasterRCNN', backbone=dict(type='ResNetFPN', depth=50), num_classes=4, ...)
+    data = dict(
+        train=dict(ann_file='...json', img_dir='...', pipeline=[dict(type='Resize', ...), dict(type='RandomFlip')],
+                   synthetic=dict(num_images=..., image_size=..., seed=...)),   # optional: render shapes there
+        val=dict(ann_file=..., img_dir=..., pipeline=[...]),
+        batch_size=4, num_workers=0)
+    optimizer = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
+    schedule = dict(max_iters=600, warmup_iters=50, milestones=(450,), gamma=0.1, log_interval=20,
+                    checkpoint_interval=200)
+    work_dir = 'work_dirs/name'
+    seed = 0
+
+Checkpoints hold ``state_dict``, ``optimizer``, ``iteration``, the RNG states and ``meta`` (classes and original
+category ids, so ``predict`` needs no dataset); they are written atomically to ``work_dir/latest.pth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import math
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from lateral.config import ConfigError, apply_cfg_options, load_config
+from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
+from lateral.data.shapes import ensure_shapes_dataset
+from lateral.registry import build_model
+
+__all__ = [
+    "build_detection_dataset",
+    "build_detector",
+    "learning_rate",
+    "train_detector",
+    "detect_dataset",
+    "coco_evaluate",
+    "evaluate_detector",
+    "predict_images",
+    "draw_detections",
+    "add_cli",
+    "METRIC_NAMES",
+]
+
+# the first six numbers of COCOeval.stats, in order
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+_PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
+
+
+# --------------------------------------------------------------------------------------------------- building
+
+
+def build_detection_dataset(split_cfg: dict, train: bool = False) -> CocoDetection:
+    """A :class:`CocoDetection` from ``data.train`` / ``data.val``; with ``synthetic=dict(...)`` the shapes
+    dataset is rendered into the ``ann_file``'s folder first (skipped when it is already there)."""
+    split_cfg = dict(split_cfg)
+    for key in ("ann_file", "img_dir"):
+        if key not in split_cfg:
+            raise ConfigError(f"a detection data split needs '{key}', got keys {sorted(split_cfg)}")
+    synthetic = split_cfg.pop("synthetic", None)
+    if synthetic is not None:
+        ann_file = Path(split_cfg["ann_file"])
+        if ann_file.name != "annotations.json" or Path(split_cfg["img_dir"]) != ann_file.parent / "images":
+            raise ConfigError(
+                "a synthetic split writes DIR/annotations.json and DIR/images: set ann_file and img_dir to those"
+            )
+        ensure_shapes_dataset(ann_file.parent, **synthetic)
+    pipeline = build_pipeline(split_cfg.pop("pipeline", None))
+    extra = set(split_cfg) - {"ann_file", "img_dir", "skip_crowd"}
+    if extra:
+        raise ConfigError(f"unknown keys in a detection data split: {sorted(extra)}")
+    return CocoDetection(split_cfg["ann_file"], split_cfg["img_dir"], pipeline, split_cfg.get("skip_crowd", True))
+
+
+def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
+    """The config's ``model``; ``num_classes`` (from a dataset) fills it in when the config leaves it out and
+    must agree with it otherwise."""
+    if "model" not in cfg:
+        raise ConfigError("the config defines no 'model'")
+    model_cfg = dict(cfg["model"])
+    if num_classes is not None:
+        configured = model_cfg.setdefault("num_classes", num_classes)
+        if configured != num_classes:
+            raise ConfigError(
+                f"model.num_classes is {configured} but the dataset has {num_classes - 1} categories "
+                f"(+1 background = {num_classes}); fix model.num_classes or the annotation file"
+            )
+    return build_model(model_cfg)
+
+
+def learning_rate(iteration: int, base_lr: float, warmup_iters: int, milestones: Iterable[int], gamma: float) -> float:
+    """Linear warm-up from ``base_lr / 10`` over ``warmup_iters``, then ``gamma`` at each milestone passed."""
+    lr = base_lr * gamma ** sum(iteration >= m for m in milestones)
+    if iteration < warmup_iters:
+        lr *= 0.1 + 0.9 * iteration / warmup_iters
+    return lr
+
+
+def _to_device(items: list[dict], device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
+    images = [item["image"].to(device) for item in items]
+    targets = [{"boxes": item["boxes"].to(device), "labels": item["labels"].to(device)} for item in items]
+    return images, targets
+
+
+def _batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The shuffled batches of one epoch: a function of (seed, epoch) only, so a resumed run sees the same ones."""
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [order[i : i + batch_size] for i in range(0, num_items - batch_size + 1, batch_size)]
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def train_detector(
+    cfg: dict,
+    work_dir: str | Path | None = None,
+    resume: str | None = None,
+    log: Callable[[str], None] = print,
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """Train the config's detector on ``data.train``, checkpointing to ``work_dir``; evaluate on ``data.val``.
+
+    Args:
+        cfg: the loaded config dict.
+        work_dir: where checkpoints go (default ``cfg['work_dir']``).
+        resume: ``'auto'`` (``work_dir/latest.pth`` if it exists), a checkpoint path, or None.
+        log: where progress lines go.
+        evaluate: evaluate the final model on ``data.val`` when the config has one.
+
+    Returns:
+        ``{'iterations', 'train_seconds', 'checkpoint', 'skipped_images', 'metrics'}``.
+    """
+    data_cfg = cfg.get("data", {})
+    if "train" not in data_cfg:
+        raise ConfigError("the config has no data.train split to train on")
+    schedule = dict(max_iters=1000, warmup_iters=100, milestones=(), gamma=0.1, log_interval=20, checkpoint_interval=500)
+    schedule.update(cfg.get("schedule", {}))
+    optim_cfg = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
+    optim_cfg.update(cfg.get("optimizer", {}))
+    work_dir = Path(work_dir or cfg.get("work_dir") or "work_dirs/detection")
+    seed = int(cfg.get("seed", 0))
+    batch_size = int(data_cfg.get("batch_size", 2))
+
+    dataset = build_detection_dataset(data_cfg["train"], train=True)
+    if len(dataset) < batch_size:
+        raise ValueError(f"the training set has {len(dataset)} readable images, fewer than batch_size={batch_size}")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model = build_detector(cfg, dataset.num_classes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"]
+    )
+    meta = {"classes": list(dataset.classes), "cat_ids": list(dataset.cat_ids)}
+
+    iteration = 0
+    resume_path = _resume_path(resume, work_dir)
+    if resume_path is not None:
+        checkpoint = read_checkpoint(resume_path)
+        load_checkpoint(model, checkpoint, strict=True)
+        if "optimizer" not in checkpoint or "iteration" not in checkpoint:
+            raise CheckpointError(f"{resume_path} has no optimizer state or iteration: it cannot resume training")
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iteration = int(checkpoint["iteration"])
+        if "torch_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng"])
+        if "python_rng" in checkpoint:
+            random.setstate(_tuples(checkpoint["python_rng"]))
+        log(f"resumed from {resume_path} at iteration {iteration}")
+
+    max_iters = int(schedule["max_iters"])
+    iters_per_epoch = len(dataset) // batch_size
+    skipped = 0
+    model.train()
+    start_time = time.perf_counter()
+    start_iteration = iteration
+    window: dict[str, float] = {}
+    window_images, window_start = 0, time.perf_counter()
+    checkpoint_path = work_dir / "latest.pth"
+    log(f"training {type(model).__name__} on {len(dataset)} images for {max_iters} iterations -> {work_dir}")
+    while iteration < max_iters:
+        epoch, offset = divmod(iteration, iters_per_epoch)
+        batches = _batches(len(dataset), batch_size, seed, epoch)[offset:]
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate_detection,
+            num_workers=int(data_cfg.get("num_workers", 0)),
+        )
+        for items, dropped in loader:
+            skipped += dropped
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = learning_rate(
+                    iteration, optim_cfg["lr"], schedule["warmup_iters"], schedule["milestones"], schedule["gamma"]
+                )
+            iteration += 1
+            if items:
+                images, targets = _to_device(items, torch.device("cpu"))
+                losses = model(images, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise ValueError(
+                        f"the loss became {loss.item()} at iteration {iteration}; lower optimizer.lr "
+                        f"(now {optim_cfg['lr']}) or lengthen schedule.warmup_iters"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for name, value in losses.items():
+                    window[name] = window.get(name, 0.0) + value.item()
+                window["count"] = window.get("count", 0.0) + 1
+                window_images += len(items)
+            if iteration % schedule["log_interval"] == 0 or iteration == max_iters:
+                elapsed = time.perf_counter() - window_start
+                rate = window_images / max(elapsed, 1e-9)
+                count = max(window.pop("count", 1.0), 1.0)
+                parts = " ".join(f"{name.replace('loss_', '')} {value / count:.3f}" for name, value in window.items())
+                eta = (max_iters - iteration) * batch_size / max(rate, 1e-9)
+                log(
+                    f"iter {iteration}/{max_iters} loss {sum(window.values()) / count:.3f} ({parts}) "
+                    f"lr {optimizer.param_groups[0]['lr']:.4f} {rate:.1f} img/s eta {eta / 60:.1f} min"
+                )
+                window, window_images, window_start = {}, 0, time.perf_counter()
+            if iteration % schedule["checkpoint_interval"] == 0 or iteration == max_iters:
+                _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
+            if iteration >= max_iters:
+                break
+    if iteration == start_iteration and not checkpoint_path.exists():
+        _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
+    train_seconds = time.perf_counter() - start_time
+    skipped += len(dataset.missing_images)
+    if skipped:
+        log(f"skipped {skipped} unreadable or missing training images")
+    log(f"trained {iteration - start_iteration} iterations in {train_seconds:.1f} s; checkpoint {checkpoint_path}")
+    result: dict[str, Any] = {
+        "iterations": iteration,
+        "train_seconds": train_seconds,
+        "checkpoint": str(checkpoint_path),
+        "skipped_images": skipped,
+        "metrics": None,
+    }
+    if evaluate and "val" in data_cfg:
+        val_set = build_detection_dataset(data_cfg["val"])
+        metrics = evaluate_detector(model, val_set, batch_size=batch_size, log=log)
+        (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        result["metrics"] = metrics
+    return result
+
+
+def _tuples(value: Any) -> Any:
+    """Python's RNG state is nested tuples; a checkpoint may hand them back as lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _resume_path(resume: str | None, work_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        latest = work_dir / "latest.pth"
+        return latest if latest.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+def _save_training_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int, meta: dict, cfg: dict
+) -> None:
+    save_checkpoint(
+        {
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "meta": dict(meta, config=json.loads(json.dumps(cfg))),
+        },
+        path,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def detect_dataset(
+    model: nn.Module, dataset: CocoDetection, batch_size: int = 2, log: Callable[[str], None] = print
+) -> tuple[list[dict], list[Any]]:
+    """Run the detector over a dataset.
+
+    Returns:
+        (COCO result dicts ``{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}`` in original-image pixels,
+        ids of the images that were read; unreadable ones are skipped and reported through ``log``).
+    """
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
+    detections, image_ids, skipped = [], [], 0
+    for items, dropped in loader:
+        skipped += dropped
+        if not items:
+            continue
+        outputs = model([item["image"] for item in items])
+        for item, output in zip(items, outputs):
+            image_ids.append(item["image_id"])
+            scale_x, scale_y = item["scale_factor"]
+            boxes = output["boxes"] / output["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
+            for box, label, score in zip(boxes.tolist(), output["labels"].tolist(), output["scores"].tolist()):
+                detections.append(
+                    {
+                        "image_id": item["image_id"],
+                        "category_id": dataset.cat_ids[label - 1],
+                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                        "score": score,
+                    }
+                )
+    skipped += len(dataset.missing_images)
+    if skipped:
+        log(f"skipped {skipped} missing or unreadable images (first: {(dataset.missing_images + dataset.unreadable_images)[:1]})")
+    return detections, image_ids
+
+
+def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[Any] | None = None) -> dict[str, float]:
+    """COCO box AP with pycocotools.
+
+    Args:
+        ground_truth: a COCO dict (``images``, ``annotations``, ``categories``).
+        detections: result dicts ``{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}``.
+        image_ids: restrict to these images (e.g. the ones that could be read); default all.
+
+    Returns:
+        ``{'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'}``; a size range without ground truth gives -1, as COCOeval.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not detections:
+        return {name: 0.0 for name in METRIC_NAMES}
+    gt_dict = copy.deepcopy(ground_truth)
+    for ann in gt_dict["annotations"]:
+        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+        ann.setdefault("iscrowd", 0)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress unconditionally
+        gt = COCO()
+        gt.dataset = gt_dict
+        gt.createIndex()
+        results = gt.loadRes(copy.deepcopy(detections))
+        evaluator = COCOeval(gt, results, "bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = list(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+
+
+def evaluate_detector(
+    model: nn.Module, dataset: CocoDetection, batch_size: int = 2, log: Callable[[str], None] = print
+) -> dict[str, float]:
+    """Detect over ``dataset`` and print and return its COCO metrics."""
+    start = time.perf_counter()
+    detections, image_ids = detect_dataset(model, dataset, batch_size, log)
+    metrics = coco_evaluate(dataset.coco_ground_truth(), detections, image_ids)
+    seconds = time.perf_counter() - start
+    log(f"evaluated {len(image_ids)} images in {seconds:.1f} s")
+    log("  ".join(f"{name} {value:.3f}" for name, value in metrics.items()))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------- prediction
+
+
+def draw_detections(
+    image: torch.Tensor, boxes: torch.Tensor, labels: list[str], scores: torch.Tensor, class_ids: list[int]
+) -> "Image.Image":
+    """image: [3, H, W] in [0, 1]; boxes: [K, 4] (x1, y1, x2, y2) -> a PIL image with boxes and captions."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(canvas)
+    for box, label, score, class_id in zip(boxes.tolist(), labels, scores.tolist(), class_ids):
+        color = _PALETTE[class_id % len(_PALETTE)]
+        draw.rectangle(box, outline=color, width=2)
+        caption = f"{label} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), caption)
+        y = max(0.0, box[1] - (bottom - top) - 2)
+        draw.rectangle([box[0], y, box[0] + (right - left) + 2, y + (bottom - top) + 2], fill=color)
+        draw.text((box[0] + 1, y), caption, fill=(255, 255, 255))
+    return canvas
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module,
+    image_paths: list[str | Path],
+    out_dir: str | Path,
+    pipeline: list[Callable[[dict], dict]],
+    classes: list[str],
+    cat_ids: list[int] | None = None,
+    score_thr: float = 0.5,
+) -> list[Path]:
+    """Detect objects in image files; write ``<stem>.json`` (boxes in original pixels) and ``<stem>.png``.
+
+    Returns:
+        The paths of the written files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    written = []
+    for path in image_paths:
+        path = Path(path)
+        image = load_image(path)
+        if image is None:
+            raise FileNotFoundError(f"cannot read image {path} (missing, or not an image file)")
+        results = {"image": image, "boxes": torch.zeros(0, 4), "scale_factor": (1.0, 1.0)}
+        for transform in pipeline:
+            if type(transform).__name__ != "RandomFlip":  # no test-time randomness
+                results = transform(results)
+        output = model([results["image"]])[0]
+        keep = output["scores"] >= score_thr
+        scale_x, scale_y = results["scale_factor"]
+        boxes = output["boxes"][keep] / output["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
+        labels = output["labels"][keep].tolist()
+        scores = output["scores"][keep]
+        names = [classes[label - 1] if 0 < label <= len(classes) else f"class_{label}" for label in labels]
+        record = {
+            "image": str(path),
+            "width": image.shape[-1],
+            "height": image.shape[-2],
+            "detections": [
+                {
+                    "box": [round(v, 2) for v in box],
+                    "score": round(score, 4),
+                    "label": label,
+                    "category_id": cat_ids[label - 1] if cat_ids and 0 < label <= len(cat_ids) else label,
+                    "class": name,
+                }
+                for box, score, label, name in zip(boxes.tolist(), scores.tolist(), labels, names)
+            ],
+        }
+        json_path, png_path = out_dir / f"{path.stem}.json", out_dir / f"{path.stem}.png"
+        json_path.write_text(json.dumps(record, indent=1))
+        draw_detections(image, boxes, names, scores, labels).save(png_path)
+        written += [json_path, png_path]
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------- the CLI
+
+
+def _load_cfg(args: argparse.Namespace) -> dict:
+    cfg = load_config(args.config)
+    if getattr(args, "cfg_options", None):
+        cfg = apply_cfg_options(cfg, args.cfg_options)
+    return cfg
+
+
+def _model_from_checkpoint(cfg: dict, checkpoint: str) -> tuple[nn.Module, dict]:
+    """Build the config's detector and fill it from ``checkpoint``; the class count comes from the checkpoint."""
+    obj = read_checkpoint(checkpoint)
+    meta = obj.get("meta", {}) if isinstance(obj.get("meta"), dict) else {}
+    num_classes = len(meta["classes"]) + 1 if "classes" in meta else None
+    model = build_detector(cfg, num_classes)
+    load_checkpoint(model, obj, strict=True)
+    return model, meta
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
+    train_detector(cfg, work_dir=args.work_dir, resume=args.resume)
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
+    split = cfg.get("data", {}).get(args.split)
+    if split is None:
+        raise ConfigError(f"the config has no data.{args.split} split to evaluate on")
+    dataset = build_detection_dataset(split)
+    model, meta = _model_from_checkpoint(cfg, args.checkpoint)
+    if "cat_ids" in meta and list(meta["cat_ids"]) != list(dataset.cat_ids):
+        raise ValueError(
+            f"the checkpoint was trained on category ids {meta['cat_ids'][:10]} but {split['ann_file']} has "
+            f"{dataset.cat_ids[:10]}"
+        )
+    metrics = evaluate_detector(model, dataset, batch_size=int(cfg.get("data", {}).get("batch_size", 2)))
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
+    model, meta = _model_from_checkpoint(cfg, args.checkpoint)
+    data_cfg = cfg.get("data", {})
+    classes = meta.get("classes") or data_cfg.get("classes") or []
+    pipeline_cfg = data_cfg.get("test_pipeline", data_cfg.get("val", {}).get("pipeline"))
+    written = predict_images(
+        model, args.images, args.out, build_pipeline(pipeline_cfg), list(classes), meta.get("cat_ids"), args.score_thr
+    )
+    for path in written:
+        print(path)
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``detect train|test|predict`` to the ``lateral`` command."""
+    detect = subparsers.add_parser("detect", help="object detection: train, test (COCO AP), predict")
+    commands = detect.add_subparsers(dest="detect_command", metavar="SUBCOMMAND", required=True)
+
+    train = commands.add_parser("train", help="train a detector from a config")
+    train.add_argument("config", help="detection config file (.py)")
+    train.add_argument("--work-dir", help="checkpoint folder (default: the config's work_dir)")
+    train.add_argument("--resume", help="'auto' (work_dir/latest.pth if present) or a checkpoint path")
+    train.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
+    train.set_defaults(func=_cmd_train)
+
+    test = commands.add_parser("test", help="COCO AP, AP50, AP75, APs/APm/APl of a checkpoint")
+    test.add_argument("config")
+    test.add_argument("checkpoint")
+    test.add_argument("--split", default="val", help="data split of the config to evaluate (default val)")
+    test.add_argument("--out", help="also write the metrics to this JSON file")
+    test.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    test.set_defaults(func=_cmd_test)
+
+    predict = commands.add_parser("predict", help="detect objects in images: JSON boxes + drawn PNG")
+    predict.add_argument("config")
+    predict.add_argument("checkpoint")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--score-thr", type=float, default=0.5, help="lowest score drawn and written")
+    predict.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    predict.set_defaults(func=_cmd_predict)
