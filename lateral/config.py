@@ -15,10 +15,11 @@ import copy
 import difflib
 import operator
 import os
+import pprint
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "load_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest"]
+__all__ = ["ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest"]
 
 
 class ConfigError(ValueError):
@@ -320,3 +321,13 @@ def _step(node: Any, part: str, key: str, create: bool) -> Any:
             node[part] = {}
         return node[part]
     raise ConfigError(f"--cfg-options: '{key}' is not a dict or list")
+
+
+def write_config(cfg: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Write ``cfg`` as a config file that :func:`load_config` reads back to an equal dict (literals only)."""
+    lines = [f'"""{title}"""', ""] if title else []
+    for key, value in cfg.items():
+        if not key.isidentifier():
+            raise ConfigError(f"config key '{key}' is not a valid name for a config file")
+        lines.append(f"{key} = {pprint.pformat(value, width=110, sort_dicts=False)}")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")

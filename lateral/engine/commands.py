@@ -160,8 +160,7 @@ def run_test(args: argparse.Namespace) -> int:
         names = read_label_names(args.labels, cfg, model.num_classes)
         out_dir = Path(args.out or Path(args.checkpoint).parent / "test")
         save_confusion(metrics["confusion_matrix"], names, out_dir)
-        failures = getattr(loader.dataset, "failures", [])
-        metrics["failed_samples"] = len(failures)
+        metrics["failed_samples"] = int(getattr(loader.dataset, "num_failures", 0))
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         printable = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
         print(json.dumps(printable, indent=1))

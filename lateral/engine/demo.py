@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import json
-import pprint
 import time
 from pathlib import Path
 
 import torch
 
-from lateral.config import load_config
+from lateral.config import load_config, write_config
 
 __all__ = ["demo_config", "run_demo"]
 
@@ -90,14 +89,6 @@ def demo_config(data_dir: Path, epochs: int, batch_size: int = 16) -> dict:
     )
 
 
-def write_config_file(cfg: dict, path: Path) -> None:
-    """Write ``cfg`` as a config file that ``lateral train`` reads back (dict literals only)."""
-    lines = ['"""The lateral demo run config (written by `lateral demo`)."""', ""]
-    for key, value in cfg.items():
-        lines.append(f"{key} = {pprint.pformat(value, width=110, sort_dicts=False)}")
-    path.write_text("\n".join(lines) + "\n")
-
-
 def _training_curve(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -145,7 +136,7 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     data_seconds = time.time() - started
     epochs = epochs or (1 if quick else 12)
     cfg = demo_config(data_dir, epochs, batch_size=8 if quick else 16)
-    write_config_file(cfg, report_dir / "demo_config.py")
+    write_config(cfg, report_dir / "demo_config.py", "The lateral demo run config (written by `lateral demo`).")
     cfg = load_config(report_dir / "demo_config.py")  # the file is the source of truth: proves it reads back
 
     train_started = time.time()
@@ -164,10 +155,12 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     save_confusion(metrics["confusion_matrix"], names, report_dir)
     _training_curve(result["history"], report_dir / "training_curve.png")
 
-    test_lines = (data_dir / "test_list.txt").read_text().splitlines()[:: max(1, len(names))][: len(names)]
-    predictions = []
-    for line in test_lines:
+    first_per_class: dict[int, str] = {}
+    for line in (data_dir / "test_list.txt").read_text().splitlines():
         rel, label = line.rsplit(" ", 1)
+        first_per_class.setdefault(int(label), rel)
+    predictions = []
+    for label, rel in sorted(first_per_class.items()):
         probs = predict_video(model, cfg["test_pipeline"], data_dir / rel, device)
         top = int(probs.argmax())
         predictions.append({"video": rel, "true": names[int(label)], "predicted": names[top], "prob": round(float(probs[top]), 4)})
@@ -175,7 +168,7 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
 
     summary = {
         "classes": names,
-        "train_videos": info.get("num_train") if isinstance(info, dict) else None,
+        "train_videos": per_class[0] * len(names),
         "test_videos": int(len(labels)),
         "views_per_test_video": 3,
         "epochs": epochs,

@@ -83,6 +83,7 @@ def _rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
         "python": random.getstate(),
+        "data": _data_rng_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -96,8 +97,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"])
     )
     random.setstate(_as_tuples(state["python"]))
+    if "data" in state:
+        from lateral.data.sampling import data_rng
+
+        data_rng().bit_generator.state = state["data"]
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _data_rng_state() -> dict:
+    """The data pipeline's own generator (random crops, frame offsets in the main process)."""
+    from lateral.data.sampling import data_rng
+
+    return data_rng().bit_generator.state
 
 
 def _as_tuples(value):
@@ -153,9 +165,12 @@ class Trainer:
             build_loader(cfg["val_dataloader"], False, self.seed, self.distributed) if cfg.get("val_dataloader") else None
         )
 
+        from lateral.data.sampling import seed_data_rng
+
         random.seed(self.seed + dist_utils.rank())
         np.random.seed(self.seed + dist_utils.rank())
         torch.manual_seed(self.seed + dist_utils.rank())
+        seed_data_rng(self.seed + dist_utils.rank())
         model = build_model(cfg["model"])
         if cfg.get("load_from"):
             load_checkpoint(model, cfg["load_from"], strict=False, drop_mismatched_head=True)
@@ -181,12 +196,12 @@ class Trainer:
         self.history: list[dict] = []
         if dist_utils.is_main_process():
             self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._resume(resume)
         self.tb_writer = None
         if cfg.get("tensorboard") and dist_utils.is_main_process():
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb_writer = SummaryWriter(str(self.work_dir / "tensorboard"))
+        self._resume(resume)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -294,7 +309,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.iteration += 1
-        return {k: float(v) for k, v in losses.items()} | {"loss": float(loss)}
+        return {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())}
 
     def precise_bn(self, num_iters: int) -> None:
         """Recompute BatchNorm statistics as true averages over ``num_iters`` training batches."""
@@ -328,6 +343,23 @@ class Trainer:
         metrics.pop("confusion_matrix")
         return metrics
 
+    def _seed_epoch(self, epoch: int) -> None:
+        """Make an epoch's shuffling and augmentation a function of (seed, epoch), so a resumed run repeats it.
+
+        (Persistent DataLoader workers keep their own generators across epochs; with them a resumed run is
+        statistically, not bitwise, the same.)
+        """
+        from lateral.data.sampling import seed_data_rng
+
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is not None:
+            generator.manual_seed(self.seed * 100_003 + epoch)
+        if self.train_loader.num_workers == 0:
+            seed_data_rng(self.seed * 100_003 + epoch * 1009 + dist_utils.rank())
+
     def run(self) -> dict:
         """Train to ``max_epochs``; return a summary with the last validation metrics and checkpoint paths."""
         last_val: dict = {}
@@ -335,9 +367,7 @@ class Trainer:
             self._log({"event": "done", "note": "already trained to max_epochs"})
         for epoch in range(self.start_epoch, self.max_epochs):
             self._epoch = epoch
-            sampler = getattr(self.train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+            self._seed_epoch(epoch)
             self.model.train()
             started = time.time()
             running: dict[str, float] = {}
@@ -358,6 +388,10 @@ class Trainer:
                                "lr": self.optimizer.param_groups[0]["lr"], **step})
             epoch_record = {k: v / max(seen, 1) for k, v in running.items()}
             epoch_record.update(epoch=epoch + 1, seconds=round(time.time() - started, 2), iters=seen)
+            failed = getattr(self.train_loader.dataset, "num_failures", 0)
+            if failed:
+                epoch_record["failed_samples"] = int(failed)
+                logger.warning("epoch %d: %d unreadable training samples skipped so far", epoch + 1, failed)
             precise = self.cfg.get("precise_bn")
             if precise:
                 self.precise_bn(int(precise.get("num_iters", 200)))

@@ -1,0 +1,133 @@
+"""Training engine: checkpoints, resume after SIGKILL, NaN stop, bad data, CLI test/predict."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import lateral
+from lateral.checkpoint import read_checkpoint
+from lateral.config import ConfigError, write_config
+from lateral.engine.train import NonFiniteLossError, Trainer, train
+
+from conftest import tiny_run_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config):
+    result = train(run_config, tmp_path / "run", progress=False)
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"epoch_1.pth", "epoch_2.pth", "latest.pth", "best.pth", "log.jsonl"} <= names
+    records = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(0.0 <= r["val_top1_acc"] <= 1.0 and r["loss"] > 0 for r in epochs)
+    ckpt = read_checkpoint(tmp_path / "run" / "latest.pth")
+    assert ckpt["meta"]["epoch"] == 2 and set(ckpt) >= {"state_dict", "optimizer", "scheduler", "rng"}
+    model = lateral.build_model(ckpt["meta"]["config"]["model"])
+    lateral.load_checkpoint(model, tmp_path / "run" / "latest.pth")  # strict
+    assert result["history"][-1]["epoch"] == 2
+
+
+def test_resume_continues_to_the_same_weights(tmp_path, run_config):
+    train(run_config, tmp_path / "straight", progress=False)
+    one_epoch = dict(run_config, train_cfg=dict(max_epochs=2, val_interval=1))
+    trainer = Trainer(one_epoch, tmp_path / "resumed", progress=False)
+    trainer.max_epochs = 1  # stop after epoch 1, as a killed run would
+    trainer.run()
+    resumed = Trainer(run_config, tmp_path / "resumed", resume="auto", progress=False)
+    assert resumed.start_epoch == 1
+    resumed.run()
+    a = read_checkpoint(tmp_path / "straight" / "latest.pth")["state_dict"]
+    b = read_checkpoint(tmp_path / "resumed" / "latest.pth")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_sigkill_then_resume_auto(tmp_path, run_config):
+    cfg = dict(run_config, train_cfg=dict(max_epochs=4, val_interval=10))
+    path = tmp_path / "cfg.py"
+    write_config(cfg, path)
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "lateral", "train", str(path), "--work-dir", str(work), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (work / "epoch_1.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (work / "epoch_1.pth").exists(), "the run never finished its first epoch"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = read_checkpoint(work / "latest.pth")["meta"]["epoch"]
+    assert 1 <= finished < 4
+    done = subprocess.run(cmd + ["--resume", "auto"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(l) for l in (work / "log.jsonl").read_text().splitlines()]
+    resume = [r for r in records if r["event"] == "resume"]
+    assert resume and resume[-1]["epoch"] == finished
+    assert read_checkpoint(work / "latest.pth")["meta"]["epoch"] == 4
+    assert [p.name for p in work.glob("*.tmp")] == []
+
+
+def test_nan_loss_stops_with_step_number_and_checkpoint(tmp_path, run_config):
+    trainer = Trainer(run_config, tmp_path / "nan", progress=False)
+    with torch.no_grad():
+        trainer.model.cls_head.fc_cls.bias[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="iteration 0") as info:
+        trainer.run()
+    assert (tmp_path / "nan" / "nonfinite_iter0.pth").exists()
+    assert "nonfinite_iter0.pth" in str(info.value)
+
+
+def test_missing_dataset_fails_before_any_work(tmp_path, run_config):
+    cfg = json.loads(json.dumps(run_config))
+    cfg["train_dataloader"]["dataset"]["ann_file"] = str(tmp_path / "nope.txt")
+    with pytest.raises((ConfigError, FileNotFoundError), match="nope.txt"):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_corrupt_videos_are_skipped_and_counted(tmp_path, motion_data):
+    bad = tmp_path / "bad.mp4"
+    good = (motion_data / "videos").rglob("*.mp4").__next__()
+    bad.write_bytes(good.read_bytes()[:300])  # truncated
+    lines = (motion_data / "train_list.txt").read_text().splitlines()
+    ann = tmp_path / "train_with_bad.txt"
+    ann.write_text("\n".join(lines + [f"{bad} 0", f"{tmp_path / 'missing.mp4'} 1"]) + "\n")
+    cfg = tiny_run_config(motion_data, epochs=1, ann_train=str(ann))
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["history"][-1]["failed_samples"] == 2
+    assert result["history"][-1]["iters"] >= 1
+
+
+def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
+    train(run_config, tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "latest.pth"
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-m", "lateral", "test", str(config_file), str(ckpt), "--views", "1x3",
+                          "--out", str(tmp_path / "test"), "--no-progress"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 8 and 0 <= metrics["top1_acc"] <= 1
+    assert (tmp_path / "test" / "confusion_matrix.png").stat().st_size > 1000
+    video = next((motion_data / "videos").rglob("*test*.mp4"))
+    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video), "--topk", "3"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(float(l.split()[0]) <= 1 for l in lines)
+    names = (motion_data / "label_map.txt").read_text().split()
+    assert lines[0].split()[1] in names
+    # a checkpoint written by training carries its config: CKPT VIDEO is enough
+    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(ckpt), str(video), "--window", "0.32s",
+                          "--stride", "0.16s", "--out", str(tmp_path / "timeline")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "timeline" / "timeline.json").read_text())
+    assert len(rows) >= 2 and rows[0]["start_s"] == 0.0
+    assert (tmp_path / "timeline" / "timeline.png").exists()
