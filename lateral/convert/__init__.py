@@ -465,11 +465,17 @@ def build_meta(
     """
     if clip_len % arch.speed_ratio != 0:
         raise ConversionError(f"clip_len {clip_len} must be a multiple of alpha={arch.speed_ratio}")
+    head_kernels = [
+        [clip_len // arch.speed_ratio, train_crop_size // 32, train_crop_size // 32],
+        [clip_len, train_crop_size // 32, train_crop_size // 32],
+    ]
+    config = arch.model_config("linspace")
+    config["cls_head"]["pool_kernels"] = head_kernels  # pool as the source head does (exact on any crop size)
     return {
         "format": META_FORMAT,
         "source": dict(source),
         "arch": asdict(arch),
-        "config": arch.model_config("linspace"),
+        "config": config,
         "normalization": {
             "mean": list(SOURCE_MEAN),
             "std": list(SOURCE_STD),
@@ -488,13 +494,7 @@ def build_meta(
         },
         # the source heads average-pool with these fixed windows (stride 1), then average the class scores over
         # window positions; lateral's global average equals that when the feature map is the window (224 crops)
-        "head_pool": {
-            "kernel_size": [
-                [clip_len // arch.speed_ratio, train_crop_size // 32, train_crop_size // 32],
-                [clip_len, train_crop_size // 32, train_crop_size // 32],
-            ],
-            "stride": [1, 1, 1],
-        },
+        "head_pool": {"kernel_size": head_kernels, "stride": [1, 1, 1]},
     }
 
 

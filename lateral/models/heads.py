@@ -175,6 +175,9 @@ class SlowFastHead(BaseHead):
         spatial_type: 'avg' for global average pooling; None to feed already-pooled features.
         dropout_ratio: dropout before the classifier (0 disables it).
         init_std: std of the classifier's normal initialisation.
+        pool_kernels: ``((t, h, w) slow, (t, h, w) fast)``: pool each pathway with this fixed window (stride 1)
+            and average over window positions, as PyTorchVideo / PySlowFast heads do; equals global pooling when
+            the features are the window's size (224 crops). None: global average pooling (mmaction2).
         **kwargs: :class:`BaseHead` options (multi_class, label_smooth_eps, topk, average_clips).
     """
 
@@ -186,24 +189,37 @@ class SlowFastHead(BaseHead):
         spatial_type: str | None = "avg",
         dropout_ratio: float = 0.8,
         init_std: float = 0.01,
+        pool_kernels: Sequence[Sequence[int]] | None = None,
         **kwargs,
     ):
         super().__init__(num_classes, in_channels, loss_cls, **kwargs)
         if spatial_type not in ("avg", None):
             raise ConfigError(f"spatial_type must be 'avg' or None, got {spatial_type!r}")
+        if pool_kernels is not None and (len(pool_kernels) != 2 or any(len(k) != 3 for k in pool_kernels)):
+            raise ConfigError(f"pool_kernels must be ((t, h, w) slow, (t, h, w) fast), got {pool_kernels!r}")
         self.spatial_type = spatial_type
         self.dropout_ratio = dropout_ratio
         self.init_std = init_std
+        self.pool_kernels = None if pool_kernels is None else tuple(tuple(int(v) for v in k) for k in pool_kernels)
         self.dropout = nn.Dropout(p=dropout_ratio) if dropout_ratio != 0 else None
         self.fc_cls = nn.Linear(in_channels, num_classes)
         self.avg_pool = nn.AdaptiveAvgPool3d((1, 1, 1)) if spatial_type == "avg" else None
+
+    @staticmethod
+    def _window_pool(x: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+        """[N, C, T, H, W] -> [N, C, 1, 1, 1]: mean over positions of a stride-1 average-pooling window."""
+        kernel = tuple(min(k, size) for k, size in zip(kernel, x.shape[2:]))
+        return F.avg_pool3d(x, kernel, stride=1).mean(dim=(2, 3, 4), keepdim=True)
 
     def pool(self, feats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """(slow [N, Cs, Ts, H, W], fast [N, Cf, Tf, H, W]) -> [N, Cf + Cs]."""
         if not isinstance(feats, (tuple, list)) or len(feats) != 2:
             raise ValueError("SlowFastHead expects the (slow, fast) pair returned by ResNet3dSlowFast")
         x_slow, x_fast = feats
-        if self.avg_pool is not None:
+        if self.avg_pool is not None and self.pool_kernels is not None:
+            x_slow = self._window_pool(x_slow, self.pool_kernels[0])
+            x_fast = self._window_pool(x_fast, self.pool_kernels[1])
+        elif self.avg_pool is not None:
             x_slow, x_fast = self.avg_pool(x_slow), self.avg_pool(x_fast)
         x = torch.cat((x_fast, x_slow), dim=1)
         x = x.reshape(x.shape[0], -1)

@@ -195,3 +195,23 @@ def test_cross_entropy_class_weight_and_loss_weight():
     torch.testing.assert_close(CrossEntropyLoss()(scores, soft), torch.nn.functional.cross_entropy(scores, labels))
     with pytest.raises(ValueError, match="out of range"):
         CrossEntropyLoss()(scores, torch.tensor([0, 1, 2, 0, 1, 7]))
+
+
+def test_slowfast_head_window_pooling_matches_pytorchvideo_semantics():
+    """PyTorchVideo: AvgPool3d(kernel, stride=1) per pathway, linear layer per position, mean over positions."""
+    from lateral.models.heads import SlowFastHead
+
+    torch.manual_seed(0)
+    head = SlowFastHead(num_classes=4, in_channels=6, dropout_ratio=0.0, pool_kernels=((2, 7, 7), (8, 7, 7))).eval()
+    slow, fast = torch.randn(2, 4, 2, 8, 8), torch.randn(2, 2, 8, 8, 8)
+    pooled_slow = torch.nn.functional.avg_pool3d(slow, (2, 7, 7), stride=1)  # [2, 4, 1, 2, 2]
+    pooled_fast = torch.nn.functional.avg_pool3d(fast, (8, 7, 7), stride=1)
+    per_position = torch.cat((pooled_fast, pooled_slow), dim=1).permute(0, 2, 3, 4, 1)  # [2, 1, 2, 2, 6]
+    expected = head.fc_cls(per_position).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(head((slow, fast)), expected)
+    # on a 7x7 map (224 crops) the window is the whole map: the same as global pooling
+    glob = SlowFastHead(num_classes=4, in_channels=6, dropout_ratio=0.0).eval()
+    glob.load_state_dict(head.state_dict())
+    small = (torch.randn(1, 4, 2, 7, 7), torch.randn(1, 2, 8, 7, 7))
+    torch.testing.assert_close(head(small), glob(small))
+    assert not torch.allclose(head((slow, fast)), glob((slow, fast)))
