@@ -21,7 +21,7 @@ from torch import nn
 
 from lateral.config import ConfigError
 from lateral.inference.exporters import EXPORT_FORMATS, MissingDependencyError, check_export, export_model
-from lateral.inference.optimize import PRECISIONS, PrecisionError, optimize, resolve_precision
+from lateral.inference.optimization import PRECISIONS, PrecisionError, optimize, resolve_precision
 from lateral.inference.timing import VARIANTS, benchmark, parse_input_shape
 
 __all__ = ["add_cli", "exportable_module", "optimize", "run_bench", "run_export"]
@@ -142,7 +142,14 @@ def run_bench(args: argparse.Namespace) -> int:
         print(note.replace("exporting", "timing"))
     x = _input(args, module, cfg)
     result = benchmark(
-        module, x, names, threads=args.threads, repeats=args.repeats, warmup=args.warmup, force_bf16=args.force_bf16
+        module,
+        x,
+        names,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        force_bf16=args.force_bf16,
+        measure_peaks=not args.no_peak,
     )
     print(result.table(f"lateral bench {args.config}"))
     if args.json:
@@ -181,6 +188,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each variant first (default 1)")
     p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, drop bf16 instead of failing")
     p.add_argument("--force-bf16", action="store_true", help="time bf16 even without native bf16 (very slow)")
+    p.add_argument("--no-peak", action="store_true", help="skip the fp32/bf16 peak probes (no %% of peak column)")
     p.add_argument("--json", help="also write the measurements to this JSON file")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
     p.set_defaults(func=run_bench)

@@ -1,13 +1,13 @@
 """Fast inference and export: the optimised inference copy, ONNX / TorchScript / OpenVINO, and timing helpers.
 
-- :mod:`lateral.inference.optimize`: :func:`optimize` (BatchNorm folding, channels-last, bf16, torch.compile).
+- :mod:`lateral.inference.optimization`: :func:`optimize` (BatchNorm folding, channels-last, bf16, torch.compile).
 - :mod:`lateral.inference.exporters`: ONNX and TorchScript files, onnxruntime and OpenVINO runners, parity checks.
 - :mod:`lateral.inference.timing`: MAC counting, peak GFLOP/s probes and interleaved timing (``lateral bench``).
 
 The command-line front end (``lateral export``, ``lateral bench``) is :mod:`lateral.export`.
 """
 
-from lateral.inference.optimize import (
+from lateral.inference.optimization import (
     InferenceModule,
     PrecisionError,
     bf16_supported,

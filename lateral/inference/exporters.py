@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lateral.inference.optimize import fold_batchnorm
+from lateral.inference.optimization import fold_batchnorm
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -87,11 +87,13 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
 
 
 def output_names(model: nn.Module, example_output: Any) -> list[str]:
-    """Graph output names: ``logits`` for a recognizer, the feature names for a backbone returning a dict."""
+    """Graph output names: ``logits`` for a recognizer, the feature names for a backbone returning a dict
+    (``p2``..``p5`` for a seed FPN; ``out_0``..``out_3``, ``pool`` for a torchvision-style one)."""
     if hasattr(model, "cls_head") and isinstance(example_output, torch.Tensor):
         return ["logits"]
     if isinstance(example_output, dict):
-        return [str(key) for key in example_output]
+        # ONNX value names must not look like the exporter's numbered internal values: '0' becomes 'out_0'
+        return [str(key) if str(key).isidentifier() else f"out_{key}" for key in example_output]
     count = len(flatten_outputs(example_output))
     return ["output"] if count == 1 else [f"output{i}" for i in range(count)]
 

@@ -168,7 +168,7 @@ def build_variant(
         RuntimeError: the variant cannot run here (the message says why); the caller reports it and goes on.
     """
     from lateral.inference.exporters import OnnxRuntimeRunner, OpenVinoRunner, export_onnx
-    from lateral.inference.optimize import bf16_supported, compile_available, optimize
+    from lateral.inference.optimization import bf16_supported, compile_available, optimize
 
     if name not in VARIANTS:
         raise ValueError(f"unknown variant '{name}'; choose from {', '.join(VARIANTS)}")
@@ -264,8 +264,10 @@ class BenchmarkResult:
         head = (
             f"{title}\ninput {'x'.join(map(str, self.input_shape))}, {self.threads} threads, "
             f"{self.macs / 1e9:.2f} GMAC by conv/linear hooks ({self.flop_counter_macs / 1e9:.2f} by FlopCounterMode) "
-            f"= {2 * self.macs / 1e9:.1f} GFLOP per call; peaks (channels-last conv3d): fp32 {self.peak_fp32:.0f} "
-            f"GFLOP/s, bf16 " + (f"{self.peak_bf16:.0f} GFLOP/s" if self.peak_bf16 else "n/a (no native bf16)")
+            f"= {2 * self.macs / 1e9:.1f} GFLOP per call; peaks (channels-last conv3d): fp32 "
+            + (f"{self.peak_fp32:.0f} GFLOP/s" if self.peak_fp32 else "not measured")
+            + ", bf16 "
+            + (f"{self.peak_bf16:.0f} GFLOP/s" if self.peak_bf16 else "n/a (not measured or no native bf16)")
         )
         return head + "\n" + format_table(self.variants, self.macs, self.peak_fp32, self.peak_bf16)
 
@@ -298,6 +300,7 @@ def benchmark(
     repeats: int = 5,
     warmup: int = 1,
     force_bf16: bool = False,
+    measure_peaks: bool = True,
     log: Callable[[str], None] = print,
 ) -> BenchmarkResult:
     """Build each variant of ``model``, then time them interleaved; eager fp32 is always included.
@@ -310,17 +313,19 @@ def benchmark(
         repeats: timed repetitions of each variant.
         warmup: untimed calls of each variant before timing.
         force_bf16: run bf16 variants even without native bf16 support.
+        measure_peaks: probe the fp32 / bf16 peaks before and after timing (a few seconds each); without them
+            the table has no "% peak" column values.
         log: progress messages.
     """
-    from lateral.inference.optimize import bf16_supported
+    from lateral.inference.optimization import bf16_supported
 
     torch.set_num_threads(threads)
     model.eval()
     names = ["eager-fp32"] + [n for n in variant_names if n != "eager-fp32"]
     macs = count_macs(model, x)
     counted = flop_counter_macs(model, x)
-    peak_fp32 = measure_peak(torch.float32)
-    peak_bf16 = measure_peak(torch.bfloat16) if bf16_supported("cpu") else None
+    peak_fp32 = measure_peak(torch.float32) if measure_peaks else 0.0
+    peak_bf16 = measure_peak(torch.bfloat16) if measure_peaks and bf16_supported("cpu") else None
     log(f"MACs {macs / 1e9:.3f} G (FlopCounterMode {counted / 1e9:.3f} G); peak fp32 {peak_fp32:.0f} GFLOP/s")
     with torch.no_grad():
         reference = _first_output(model(x))
@@ -340,7 +345,8 @@ def benchmark(
     log(f"timing {len(runnable)} variants x {repeats} interleaved repetitions ...")
     run_interleaved(runnable, repeats, warmup)
     # a second probe after the timed runs: keep the higher one, the machine's load changes while we time
-    peak_fp32 = max(peak_fp32, measure_peak(torch.float32))
+    if measure_peaks:
+        peak_fp32 = max(peak_fp32, measure_peak(torch.float32))
     if peak_bf16 is not None:
         peak_bf16 = max(peak_bf16, measure_peak(torch.bfloat16))
     return BenchmarkResult(variants, macs, counted, peak_fp32, peak_bf16, tuple(x.shape), threads)
