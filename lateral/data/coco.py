@@ -216,6 +216,8 @@ class CocoDetection(torch.utils.data.Dataset):
         img_dir: folder the images' ``file_name`` entries are relative to.
         pipeline: transforms applied in order (see :func:`build_pipeline`).
         skip_crowd: leave ``iscrowd=1`` boxes out of the targets (they are not single objects).
+        category_ids_as_labels: use each category id itself as the label (classes 1..max id, unused ids named
+            ``'N/A'``), as torchvision's COCO models do, instead of contiguous labels.
 
     Attributes:
         cat_ids: the original category ids, sorted; label k (1-based) is ``cat_ids[k - 1]``.
@@ -231,6 +233,7 @@ class CocoDetection(torch.utils.data.Dataset):
         img_dir: str | os.PathLike,
         pipeline: Sequence[Callable[[dict], dict]] | None = None,
         skip_crowd: bool = True,
+        category_ids_as_labels: bool = False,
     ):
         self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
@@ -241,6 +244,12 @@ class CocoDetection(torch.utils.data.Dataset):
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids = [c["id"] for c in categories]
         self.classes = [str(c.get("name", c["id"])) for c in categories]
+        if category_ids_as_labels:
+            if not all(isinstance(c, int) and c >= 1 for c in self.cat_ids):
+                raise CocoFormatError(f"{ann_file}: category ids must be positive integers to be used as labels")
+            name_of = dict(zip(self.cat_ids, self.classes))
+            self.cat_ids = list(range(1, max(self.cat_ids, default=0) + 1))
+            self.classes = [name_of.get(i, "N/A") for i in self.cat_ids]
         self.label_of_cat = {cat_id: label for label, cat_id in enumerate(self.cat_ids, start=1)}
 
         self.missing_images: list[str] = []
@@ -355,7 +364,8 @@ class CocoDetection(torch.utils.data.Dataset):
                         "iscrowd": crowd,
                     }
                 )
-        categories = [{"id": c, "name": n} for c, n in zip(self.cat_ids, self.classes)]
+        used = {cat_id for cats in self.cats_of.values() for cat_id in cats}
+        categories = [{"id": c, "name": n} for c, n in zip(self.cat_ids, self.classes) if n != "N/A" or c in used]
         return {"images": list(self.images), "annotations": annotations, "categories": categories}
 
 

@@ -25,12 +25,10 @@ import contextlib
 import copy
 import io
 import json
-import math
 import random
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -40,6 +38,9 @@ from lateral.config import ConfigError, apply_cfg_options, load_config
 from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
 from lateral.data.shapes import ensure_shapes_dataset
 from lateral.registry import build_model
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "build_detection_dataset",
@@ -63,9 +64,10 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
 # --------------------------------------------------------------------------------------------------- building
 
 
-def build_detection_dataset(split_cfg: dict, train: bool = False) -> CocoDetection:
+def build_detection_dataset(split_cfg: dict, category_ids_as_labels: bool = False) -> CocoDetection:
     """A :class:`CocoDetection` from ``data.train`` / ``data.val``; with ``synthetic=dict(...)`` the shapes
-    dataset is rendered into the ``ann_file``'s folder first (skipped when it is already there)."""
+    dataset is rendered into the ``ann_file``'s folder first (skipped when it is already there).
+    ``category_ids_as_labels`` is the config's ``data.labels_are_category_ids`` (torchvision's COCO labels)."""
     split_cfg = dict(split_cfg)
     for key in ("ann_file", "img_dir"):
         if key not in split_cfg:
@@ -82,7 +84,9 @@ def build_detection_dataset(split_cfg: dict, train: bool = False) -> CocoDetecti
     extra = set(split_cfg) - {"ann_file", "img_dir", "skip_crowd"}
     if extra:
         raise ConfigError(f"unknown keys in a detection data split: {sorted(extra)}")
-    return CocoDetection(split_cfg["ann_file"], split_cfg["img_dir"], pipeline, split_cfg.get("skip_crowd", True))
+    return CocoDetection(
+        split_cfg["ann_file"], split_cfg["img_dir"], pipeline, split_cfg.get("skip_crowd", True), category_ids_as_labels
+    )
 
 
 def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
@@ -154,7 +158,7 @@ def train_detector(
     seed = int(cfg.get("seed", 0))
     batch_size = int(data_cfg.get("batch_size", 2))
 
-    dataset = build_detection_dataset(data_cfg["train"], train=True)
+    dataset = build_detection_dataset(data_cfg["train"], bool(data_cfg.get("labels_are_category_ids")))
     if len(dataset) < batch_size:
         raise ValueError(f"the training set has {len(dataset)} readable images, fewer than batch_size={batch_size}")
     torch.manual_seed(seed)
@@ -253,7 +257,7 @@ def train_detector(
         "metrics": None,
     }
     if evaluate and "val" in data_cfg:
-        val_set = build_detection_dataset(data_cfg["val"])
+        val_set = build_detection_dataset(data_cfg["val"], bool(data_cfg.get("labels_are_category_ids")))
         metrics = evaluate_detector(model, val_set, batch_size=batch_size, log=log)
         (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         result["metrics"] = metrics
@@ -298,14 +302,27 @@ def _save_training_state(
 
 @torch.no_grad()
 def detect_dataset(
-    model: nn.Module, dataset: CocoDetection, batch_size: int = 2, log: Callable[[str], None] = print
+    model: nn.Module,
+    dataset: CocoDetection,
+    batch_size: int = 2,
+    log: Callable[[str], None] = print,
+    cat_ids: list[int] | None = None,
 ) -> tuple[list[dict], list[Any]]:
     """Run the detector over a dataset.
+
+    Args:
+        model: a torchvision-style detector.
+        dataset: the images and their ground truth.
+        batch_size: images per forward pass.
+        log: where the count of skipped images goes.
+        cat_ids: category id of each model label (label k -> ``cat_ids[k - 1]``); default the dataset's own
+            mapping. torchvision's COCO models predict the category id itself: pass ``[1, ..., 90]``.
 
     Returns:
         (COCO result dicts ``{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}`` in original-image pixels,
         ids of the images that were read; unreadable ones are skipped and reported through ``log``).
     """
+    cat_ids = list(dataset.cat_ids) if cat_ids is None else list(cat_ids)
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
     detections, image_ids, skipped = [], [], 0
@@ -322,7 +339,7 @@ def detect_dataset(
                 detections.append(
                     {
                         "image_id": item["image_id"],
-                        "category_id": dataset.cat_ids[label - 1],
+                        "category_id": cat_ids[label - 1],
                         "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
                         "score": score,
                     }
@@ -368,11 +385,15 @@ def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[An
 
 
 def evaluate_detector(
-    model: nn.Module, dataset: CocoDetection, batch_size: int = 2, log: Callable[[str], None] = print
+    model: nn.Module,
+    dataset: CocoDetection,
+    batch_size: int = 2,
+    log: Callable[[str], None] = print,
+    cat_ids: list[int] | None = None,
 ) -> dict[str, float]:
-    """Detect over ``dataset`` and print and return its COCO metrics."""
+    """Detect over ``dataset`` and print and return its COCO metrics (``cat_ids`` as in :func:`detect_dataset`)."""
     start = time.perf_counter()
-    detections, image_ids = detect_dataset(model, dataset, batch_size, log)
+    detections, image_ids = detect_dataset(model, dataset, batch_size, log, cat_ids)
     metrics = coco_evaluate(dataset.coco_ground_truth(), detections, image_ids)
     seconds = time.perf_counter() - start
     log(f"evaluated {len(image_ids)} images in {seconds:.1f} s")
@@ -490,14 +511,15 @@ def _cmd_test(args: argparse.Namespace) -> int:
     split = cfg.get("data", {}).get(args.split)
     if split is None:
         raise ConfigError(f"the config has no data.{args.split} split to evaluate on")
-    dataset = build_detection_dataset(split)
+    dataset = build_detection_dataset(split, bool(cfg.get("data", {}).get("labels_are_category_ids")))
     model, meta = _model_from_checkpoint(cfg, args.checkpoint)
     if "cat_ids" in meta and list(meta["cat_ids"]) != list(dataset.cat_ids):
         raise ValueError(
             f"the checkpoint was trained on category ids {meta['cat_ids'][:10]} but {split['ann_file']} has "
             f"{dataset.cat_ids[:10]}"
         )
-    metrics = evaluate_detector(model, dataset, batch_size=int(cfg.get("data", {}).get("batch_size", 2)))
+    batch_size = int(cfg.get("data", {}).get("batch_size", 2))
+    metrics = evaluate_detector(model, dataset, batch_size=batch_size)
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1))
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import warnings
 from pathlib import Path
 
 import pytest
@@ -165,6 +164,11 @@ def test_non_contiguous_category_ids_are_mapped_and_mapped_back(tmp_path):
     assert dataset[0]["labels"].tolist() == [3, 1, 2]
     gt = dataset.coco_ground_truth()
     assert sorted(a["category_id"] for a in gt["annotations"]) == [3, 7, 20]
+    # torchvision's COCO convention: the label is the category id itself
+    as_ids = CocoDetection(ann_file, tmp_path / "images", category_ids_as_labels=True)
+    assert as_ids.num_classes == 21 and as_ids[0]["labels"].tolist() == [20, 3, 7]
+    assert as_ids.classes[2] == "cat" and as_ids.classes[0] == "N/A"
+    assert [c["id"] for c in as_ids.coco_ground_truth()["categories"]] == [3, 7, 20]
 
 
 def test_resize_and_flip_transform_image_and_boxes_together():
@@ -261,6 +265,7 @@ def _tiny_config(tmp_path: Path) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 def test_train_resume_test_and_predict_end_to_end(tmp_path, capsys):
     config = _tiny_config(tmp_path)
     assert run_cli(["detect", "train", str(config), "--cfg-options", "schedule.max_iters=2"]) == 0

@@ -105,7 +105,8 @@ def test_feature_contract_names_channels_strides_match_outputs():
     assert list(specs) == list(out) == ["0", "1", "2", "3", "p6", "p7"]
     for name, feature in out.items():
         assert feature.shape[1] == specs[name].channels
-        assert feature.shape[-2:] == (128 // specs[name].stride, 160 // specs[name].stride)
+        stride = specs[name].stride
+        assert feature.shape[-2:] == (-(-128 // stride), -(-160 // stride))  # ceil: stride-2 convs pad
     assert [s.stride for s in model.pyramid_info] == [4, 8, 16, 32]
     assert [s.channels for s in model.body.feature_info] == [64, 128, 256, 512]
 
