@@ -8,7 +8,7 @@ A detection config is a Python-dict file with these top-level names::
                    synthetic=dict(num_images=..., image_size=..., seed=...)),   # optional: render shapes there
         val=dict(ann_file=..., img_dir=..., pipeline=[...]),
         batch_size=4, num_workers=0)
-    optimizer = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
+    optimizer = dict(lr=0.02, momentum=0.9, weight_decay=1e-4, grad_clip=None)  # grad_clip: max gradient norm
     schedule = dict(max_iters=600, warmup_iters=50, milestones=(450,), gamma=0.1, log_interval=20,
                     checkpoint_interval=200)
     work_dir = 'work_dirs/name'
@@ -152,7 +152,7 @@ def train_detector(
         raise ConfigError("the config has no data.train split to train on")
     schedule = dict(max_iters=1000, warmup_iters=100, milestones=(), gamma=0.1, log_interval=20, checkpoint_interval=500)
     schedule.update(cfg.get("schedule", {}))
-    optim_cfg = dict(lr=0.02, momentum=0.9, weight_decay=1e-4)
+    optim_cfg = dict(lr=0.02, momentum=0.9, weight_decay=1e-4, grad_clip=None)
     optim_cfg.update(cfg.get("optimizer", {}))
     work_dir = Path(work_dir or cfg.get("work_dir") or "work_dirs/detection")
     seed = int(cfg.get("seed", 0))
@@ -222,6 +222,8 @@ def train_detector(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if optim_cfg.get("grad_clip"):
+                    torch.nn.utils.clip_grad_norm_(params, optim_cfg["grad_clip"])
                 optimizer.step()
                 for name, value in losses.items():
                     window[name] = window.get(name, 0.0) + value.item()
