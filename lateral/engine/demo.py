@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def demo_config(data_dir: Path, epochs: int, batch_size: int = 16) -> dict:
                               dataset=dataset("train_list.txt", train_pipeline, False)),
         val_dataloader=dict(batch_size=batch_size, num_workers=1, dataset=dataset("test_list.txt", test_pipeline, True)),
         test_dataloader=dict(batch_size=batch_size, num_workers=1, dataset=dataset("test_list.txt", test_pipeline, True)),
-        train_cfg=dict(max_epochs=epochs, val_interval=max(1, epochs // 4), val_begin=1),
+        train_cfg=dict(max_epochs=epochs, val_interval=2, val_begin=1),
         optim_wrapper=dict(optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4),
                            paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
                            clip_grad=dict(max_norm=10, norm_type=2)),
@@ -126,6 +127,9 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     from lateral.registry import build_model
 
     started = time.time()
+    # one core decodes (a DataLoader worker), the others compute: more threads than cores makes OpenMP spin
+    num_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    torch.set_num_threads(max(1, num_cores - 1))
     out_dir = Path(out_dir)
     data_dir = out_dir / "data"
     report_dir = out_dir / "report"
