@@ -20,7 +20,7 @@ from golden import GoldenCase
 from lateral.cli import main as cli_main
 from lateral.inference import optimization as optimize_module
 from lateral.inference.exporters import check_export, export_onnx, export_torchscript
-from lateral.inference.optimization import PrecisionError, bf16_supported, compile_available, fold_batchnorm
+from lateral.inference.optimization import OneDnnConv, PrecisionError, bf16_supported, compile_available, fold_batchnorm
 from lateral.inference.timing import count_macs, flop_counter_macs, parse_input_shape
 
 GOLDEN_RECOGNIZERS = ["slowfast_r50_4x16_seed", "slowfast_r50_8x8", "slowonly_r50_8x8", "slowfast_r50_multiview"]
@@ -135,8 +135,13 @@ def test_optimize_leaves_the_original_untouched(thin_model):
     assert count_norms(opt) == 0, "every BatchNorm of the SlowFast should be folded"
     assert not opt.training
     assert all(not p.requires_grad for p in opt.parameters())
-    conv = opt.backbone.module.slow_path.layer1[0].conv1.conv
+    block = opt.backbone.module.slow_path.layer1[0]
+    conv = block.conv1.conv
     assert conv.bias is not None and conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    if torch.backends.mkldnn.is_available():  # every conv runs oneDNN directly, ReLU fused where it follows
+        assert isinstance(conv, OneDnnConv) and conv.relu and block.conv1.activate is None
+        assert isinstance(block.conv3.conv, OneDnnConv) and not block.conv3.conv.relu
+        assert not any(isinstance(m, nn.Conv3d) for m in opt.modules())
 
 
 def test_fused_fp32_matches_eager_with_nontrivial_norms(thin_model):
@@ -148,9 +153,9 @@ def test_fused_fp32_matches_eager_with_nontrivial_norms(thin_model):
     assert got.dtype == torch.float32 and got.shape == (2, 10)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
     # the folding is not a no-op: dropping the folded biases changes the result
-    for module in opt.modules():
-        if isinstance(module, nn.Conv3d):
-            module.bias = None
+    for module in opt.backbone.modules():
+        if isinstance(module, (nn.Conv3d, OneDnnConv)) and module.bias is not None:
+            module.bias.data.zero_()
     with torch.no_grad():
         assert not torch.allclose(opt(x), expected, atol=1e-2)
 

@@ -27,6 +27,7 @@ from torch import nn
 __all__ = [
     "PRECISIONS",
     "InferenceModule",
+    "OneDnnConv",
     "PrecisionError",
     "bf16_supported",
     "compile_available",
@@ -199,6 +200,92 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
+# ------------------------------------------------------------------------------------------- oneDNN convs
+
+
+class OneDnnConv(nn.Module):
+    """A folded conv that always runs oneDNN, with an optional fused ReLU (a oneDNN post-op).
+
+    ATen picks its own convolution kernel per call, and for batch-1 video it often picks ``slow_conv3d`` (im2col and
+    an fp32 GEMM, several times slower than oneDNN on these shapes; see the module docstring). This module keeps the
+    conv's ``weight`` and ``bias`` (same state-dict names) and calls oneDNN directly.
+
+    Args:
+        conv: the ``nn.Conv1d/2d/3d`` to run (zero padding given as ints).
+        relu: apply ReLU to the output inside the same kernel.
+    """
+
+    def __init__(self, conv: nn.Module, relu: bool = False):
+        super().__init__()
+        self.weight = conv.weight
+        if conv.bias is None:
+            self.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels), requires_grad=False)
+        else:
+            self.bias = conv.bias
+        self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C_in, *S] in the weight's dtype -> [N, C_out, *S'] in x's memory format."""
+        if self.relu:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "relu", [], ""
+            )
+        return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
+            f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, relu={self.relu}"
+        )
+
+
+def onednn_convs_available(dtype: torch.dtype, device: torch.device) -> bool:
+    """oneDNN convolutions run here in ``dtype``: CPU with mkldnn, and bf16 only with native support."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and bf16_supported("cpu"))
+
+
+def use_onednn_convs(model: nn.Module) -> int:
+    """Replace, in place, every zero-padded conv of ``model`` by a :class:`OneDnnConv`.
+
+    A ``ConvModule`` whose norm is gone (folded) and whose activation is a ReLU gets the ReLU fused into its conv.
+
+    Returns:
+        The number of convs replaced.
+    """
+    from lateral.models.layers import ConvModule
+
+    def convertible(conv: nn.Module) -> bool:
+        return (
+            isinstance(conv, _CONV_TYPES)
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+        )
+
+    replaced = 0
+    for module in list(model.modules()):
+        if isinstance(module, ConvModule) and module.bn is None and convertible(module.conv):
+            fuse_relu = type(module.activate) is nn.ReLU
+            module.conv = OneDnnConv(module.conv, relu=fuse_relu)
+            if fuse_relu:
+                module.activate = None
+            replaced += 1
+            continue
+        if isinstance(module, (ConvModule, OneDnnConv)):
+            continue
+        for name, child in list(module.named_children()):
+            if convertible(child) and not isinstance(module, ConvModule):
+                setattr(module, name, OneDnnConv(child))
+                replaced += 1
+    return replaced
+
+
 # ---------------------------------------------------------------------------------------------- the wrapper
 
 
@@ -296,6 +383,9 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
             conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last_3d)
         elif isinstance(conv, nn.Conv2d) and memory_format == torch.channels_last:
             conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    # inductor finds and fuses plain convs itself (freezing pre-packs them), so the direct oneDNN calls are for eager
+    if not compile and onednn_convs_available(dtype, _model_device(module)):
+        use_onednn_convs(module)
     return InferenceModule(module, dtype=dtype, memory_format=memory_format, compile=compile)
 
 

@@ -224,16 +224,21 @@ def run_interleaved(variants: Sequence[Variant], repeats: int, warmup: int = 1) 
 
 
 def format_table(
-    variants: Sequence[Variant], macs: int, peak_fp32: float, peak_bf16: float | None, title: str = ""
+    variants: Sequence[Variant],
+    macs: int,
+    peak_fp32: float,
+    peak_bf16: float | None,
+    title: str = "",
+    reference: str = "eager-fp32",
 ) -> str:
-    """A text table: median and min-max ms, ratio to eager fp32, GFLOP/s and % of the matching peak, setup time."""
-    eager = next((v for v in variants if v.name == "eager-fp32" and v.times), None)
+    """A text table: median and min-max ms, ratio to ``reference``, GFLOP/s and % of the matching peak, setup."""
+    eager = next((v for v in variants if v.name == reference and v.times), None)
     eager_median = statistics.median(eager.times) if eager else None
-    header = f"{'variant':<15}{'median ms':>11}{'min-max ms':>17}{'x eager':>9}{'GFLOP/s':>9}{'% peak':>8}{'setup s':>9}{'max|diff|':>11}  note"
+    header = f"{'variant':<17}{'median ms':>11}{'min-max ms':>17}{'x eager':>9}{'GFLOP/s':>9}{'% peak':>8}{'setup s':>9}{'max|diff|':>11}  note"
     lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
     for variant in variants:
         if not variant.times:
-            lines.append(f"{variant.name:<15}{'skipped':>11}  {variant.note}")
+            lines.append(f"{variant.name:<17}{'skipped':>11}  {variant.note}")
             continue
         median = statistics.median(variant.times)
         ratio = f"{eager_median / median:.2f}" if eager_median else "-"
@@ -242,7 +247,7 @@ def format_table(
         percent = f"{100 * gflops / peak:.0f}" if peak else "-"
         span = f"{1e3 * min(variant.times):.0f}-{1e3 * max(variant.times):.0f}"
         lines.append(
-            f"{variant.name:<15}{1e3 * median:>11.1f}{span:>17}{ratio:>9}{gflops:>9.1f}{percent:>8}"
+            f"{variant.name:<17}{1e3 * median:>11.1f}{span:>17}{ratio:>9}{gflops:>9.1f}{percent:>8}"
             f"{variant.setup_seconds:>9.1f}{variant.check:>11.2e}  {variant.note}"
         )
     return "\n".join(lines)
