@@ -175,6 +175,8 @@ class Trainer:
         if cfg.get("load_from"):
             load_checkpoint(model, cfg["load_from"], strict=False, drop_mismatched_head=True)
         if cfg.get("sync_bn") and self.distributed:
+            if self.device.type != "cuda":
+                raise ConfigError("sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); remove sync_bn")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
         self.model = model
