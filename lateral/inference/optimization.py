@@ -339,7 +339,7 @@ class InferenceModule(nn.Module):
         self.memory_format = memory_format
         self.compiled = compile
         # kept out of the submodule registry so the state dict has one copy of each weight
-        runner = torch.compile(module, options={"freezing": True}) if compile else module
+        runner = torch.compile(module) if compile else module
         object.__setattr__(self, "_runner", runner)
 
     def __getattr__(self, name: str) -> Any:
@@ -367,7 +367,16 @@ class InferenceModule(nn.Module):
                 x = x.to(dtype=self.dtype, memory_format=self.memory_format)
             else:  # a wrong rank: let the module raise its own message about the expected layout
                 x = x.to(dtype=self.dtype)
-            out = self._runner(x)
+            if self.compiled:
+                # inductor reads ``freezing`` when it compiles, i.e. inside this call (the first one per shape);
+                # torch.compile(options={"freezing": True}) does not reach that point, so the convs would stay on
+                # ATen's default kernels instead of pre-packed oneDNN ones with fused neighbours
+                import torch._inductor.config as inductor_config
+
+                with inductor_config.patch(freezing=True):
+                    out = self._runner(x)
+            else:
+                out = self._runner(x)
         return _to_float32(out)
 
     def extra_repr(self) -> str:
