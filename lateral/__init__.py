@@ -14,14 +14,15 @@ from lateral.registry import build_model
 __version__ = "0.1.0"
 
 
-def optimize(model, precision: str = "fp32", compile: bool = False):
+def optimize(model, precision: str = "fp32", compile: bool = False, **kwargs):
     """Return an inference copy of ``model`` (BN folded, channels-last, optional bf16 / torch.compile).
 
-    See :func:`lateral.export.optimize`; the original model is left untouched.
+    See :func:`lateral.export.optimize` (``on_unsupported=`` says what to do where the CPU has no bf16); the
+    original model is left untouched.
     """
     from lateral.export import optimize as _optimize
 
-    return _optimize(model, precision=precision, compile=compile)
+    return _optimize(model, precision=precision, compile=compile, **kwargs)
 
 
 __all__ = ["build_model", "load_checkpoint", "load_config", "optimize", "CheckpointError", "ConfigError"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -200,7 +199,7 @@ def run_predict(args: argparse.Namespace) -> int:
     names = read_label_names(args.labels, cfg, model.num_classes)
     if args.window:
         stride = parse_seconds(args.stride) if args.stride else parse_seconds(args.window) / 2
-        rows = predict_timeline(model, pipeline, video, parse_seconds(args.window), stride, device, args.precision)
+        rows = predict_timeline(model, pipeline, video, parse_seconds(args.window), stride, device)
         out_dir = Path(args.out or Path(video).stem + "_timeline")
         paths = write_timeline(rows, names, out_dir, args.topk)
         for r in rows:
@@ -208,7 +207,7 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {names[top]:<30} {float(r.probs[top]):.3f}")
         print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
         return 0
-    probs = predict_video(model, pipeline, video, device, args.precision)
+    probs = predict_video(model, pipeline, video, device)
     top = probs.topk(min(args.topk, len(probs)))
     result = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)} for p, i in zip(top.values, top.indices)]
     for r in result:

@@ -135,7 +135,7 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     per_class = (4, 2) if quick else (40, 12)
-    info = make_motion_dataset(data_dir, num_train_per_class=per_class[0], num_test_per_class=per_class[1],
+    make_motion_dataset(data_dir, num_train_per_class=per_class[0], num_test_per_class=per_class[1],
                                num_frames=32, size=64, seed=0)
     data_seconds = time.time() - started
     epochs = epochs or (1 if quick else 12)

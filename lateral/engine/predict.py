@@ -71,13 +71,12 @@ def _clips_for(results: dict, steps) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, clips: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+def _probabilities(model: nn.Module, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
     inputs = prepare_inputs(
         clips.unsqueeze(0), model.data_preprocessor.get("mean"), model.data_preprocessor.get("std"), device
     )
-    amp = torch.bfloat16 if precision == "bf16" else None
-    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        scores = model.predict(inputs)
+    # a bf16 model comes from lateral.optimize, which runs its backbone in bf16 itself: no autocast here
+    scores = model.predict(inputs)
     if scores.dim() == 3:
         scores = scores.mean(dim=1)
     scores = scores.float()[0]
@@ -91,9 +90,11 @@ def predict_video(
     pipeline: list[dict],
     video: str | Path,
     device: torch.device | None = None,
-    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Class probabilities [K] for a whole video, averaged over the pipeline's views."""
+    """Class probabilities [K] for a whole video, averaged over the pipeline's views.
+
+    ``model`` may be a recognizer or its :func:`lateral.optimize` copy (fused, bf16, compiled).
+    """
     from lateral.data import build_pipeline
 
     device = device or torch.device("cpu")
@@ -101,7 +102,7 @@ def predict_video(
         raise FileNotFoundError(f"video not found: {video}")
     steps = build_pipeline(pipeline)
     clips = _clips_for({"filename": str(video), "start_index": 0, "modality": "RGB", "label": -1}, steps)
-    return _probabilities(model, clips, device, precision)
+    return _probabilities(model, clips, device)
 
 
 @dataclass
@@ -129,7 +130,6 @@ def predict_timeline(
     window_s: float,
     stride_s: float,
     device: torch.device | None = None,
-    precision: str = "fp32",
 ) -> list[TimelineRow]:
     """Probabilities for windows of ``window_s`` seconds every ``stride_s`` seconds over a long video."""
     from lateral.data import build_pipeline
@@ -153,7 +153,7 @@ def predict_timeline(
         length = min(window, total - start)
         results = dict(base, total_frames=length, start_index=base.get("start_index", 0) + start)
         clips = _clips_for(results, rest_steps)
-        rows.append(TimelineRow(start / fps, (start + length) / fps, _probabilities(model, clips, device, precision)))
+        rows.append(TimelineRow(start / fps, (start + length) / fps, _probabilities(model, clips, device)))
         if start + window >= total:
             break
         start += stride
