@@ -457,3 +457,12 @@ def test_compiled_copy_matches_eager(thin_model):
         assert "aten::slow_conv3d_forward" not in ops
     keys = list(opt.state_dict())
     assert all(k.startswith(("backbone.module.", "cls_head.")) and "_orig_mod" not in k for k in keys), keys[:5]
+
+
+def test_export_without_onnx_names_the_extra(thin_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes "import onnx" fail
+    config, checkpoint = thin_files
+    rc = cli_main(["export", config, checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--input", "1x3x8x32x32"])
+    assert rc == 1
+    assert "lateral-vision[onnx]" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

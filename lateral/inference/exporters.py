@@ -125,6 +125,7 @@ def export_onnx(
     Returns:
         The path written.
     """
+    require("onnx", "onnx")  # torch.onnx.export needs it to write the file
     path = _check_path(path)
     exported = inference_copy(model)
     with torch.no_grad():
