@@ -44,16 +44,19 @@ def render_motion_clip(motion: str, num_frames: int, size: int, rng: np.random.G
 
     # background: a random colour, a static blotchy pattern and fresh sensor noise in every frame
     base = rng.uniform(40, 215, size=3).astype(np.float32)
-    blotches = rng.normal(0, 18, size=(size // 8, size // 8, 3)).astype(np.float32)
-    background = base + blotches.repeat(8, axis=0).repeat(8, axis=1)
+    blotches = rng.normal(0, 10, size=(size // 16, size // 16, 3)).astype(np.float32)
+    background = base + blotches.repeat(16, axis=0).repeat(16, axis=1)
     frames = background + 6 * rng.standard_normal((num_frames, size, size, 3), dtype=np.float32)
 
-    # the object: a square or a disk with a coarse random texture in three colours (so rotation is visible)
-    half = rng.uniform(0.11, 0.18) * size
+    # the object: a square or a disk with a coarse texture in two colours that stand out from the background
+    # (one lighter, one darker, so the object is visible and its rotation too), at a random size
+    half = rng.uniform(0.18, 0.25) * size
     is_disk = rng.random() < 0.5
-    palette = rng.uniform(0, 255, size=(3, 3)).astype(np.float32)
-    grid = 4
-    texture = palette[rng.integers(0, 3, size=(grid, grid))]  # [grid, grid, 3]
+    light = np.clip(base + rng.uniform(60, 110, size=3), 0, 255)
+    dark = np.clip(base - rng.uniform(60, 110, size=3), 0, 255)
+    palette = np.stack([light, dark]).astype(np.float32)
+    grid = 3
+    texture = palette[rng.permutation(np.arange(grid * grid) % 2).reshape(grid, grid)]  # [grid, grid, 3]
     center = rng.uniform(0, size, size=2)
     angle = np.float32(rng.uniform(0, 2 * np.pi)) * np.ones_like(t)
     offset = np.zeros((2,) + t.shape, dtype=np.float32)
@@ -62,7 +65,7 @@ def render_motion_clip(motion: str, num_frames: int, size: int, rng: np.random.G
         direction = np.array(_DIRECTIONS[motion], dtype=np.float32)
         offset = direction[:, None, None, None] * speed * t[None]
     elif motion.startswith("rotate"):
-        step = np.deg2rad(rng.uniform(7, 14))
+        step = np.deg2rad(rng.uniform(10, 18))  # below 45 degrees per sampled frame (interval 2): no aliasing
         # image y points down, so a growing angle turns the object clockwise on screen
         angle = angle + (step if motion == "rotate_clockwise" else -step) * t
     else:

@@ -25,7 +25,7 @@ CROP = 56
 
 
 def demo_config(data_dir: Path, epochs: int, batch_size: int = 16) -> dict:
-    """The demo's run config: a thin SlowFast-R18 on 16-frame 56x56 clips of the synthetic motion videos.
+    """The demo's run config: a thin SlowFast-R18 (beta = 1/2) on 16-frame 56x56 clips of the motion videos.
 
     No horizontal flip: left/right motion is what two of the classes are about.
     """
@@ -60,13 +60,13 @@ def demo_config(data_dir: Path, epochs: int, batch_size: int = 16) -> dict:
                 type="ResNet3dSlowFast",
                 resample_rate=4,
                 speed_ratio=4,
-                channel_ratio=4,
+                channel_ratio=2,  # a wide fast pathway: motion is all these classes are about
                 slow_pathway=dict(type="resnet3d", depth=18, base_channels=16, lateral=True, conv1_kernel=(1, 7, 7),
                                   conv1_stride_t=1, pool1_stride_t=1, inflate=(0, 0, 1, 1)),
-                fast_pathway=dict(type="resnet3d", depth=18, base_channels=4, lateral=False, conv1_kernel=(5, 7, 7),
+                fast_pathway=dict(type="resnet3d", depth=18, base_channels=8, lateral=False, conv1_kernel=(5, 7, 7),
                                   conv1_stride_t=1, pool1_stride_t=1),
             ),
-            cls_head=dict(type="SlowFastHead", in_channels=128 + 32, num_classes=num_classes, dropout_ratio=0.3),
+            cls_head=dict(type="SlowFastHead", in_channels=128 + 64, num_classes=num_classes, dropout_ratio=0.3),
             data_preprocessor=dict(type="ActionDataPreprocessor", mean=mean, std=std, format_shape="NCTHW"),
             test_cfg=dict(average_clips="prob"),
         ),
@@ -134,12 +134,12 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     data_dir = out_dir / "data"
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    per_class = (4, 2) if quick else (40, 12)
+    per_class = (4, 2) if quick else (100, 15)
     make_motion_dataset(data_dir, num_train_per_class=per_class[0], num_test_per_class=per_class[1],
                                num_frames=32, size=64, seed=0)
     data_seconds = time.time() - started
-    epochs = epochs or (1 if quick else 12)
-    cfg = demo_config(data_dir, epochs, batch_size=8 if quick else 16)
+    epochs = epochs or (1 if quick else 10)
+    cfg = demo_config(data_dir, epochs, batch_size=8)
     write_config(cfg, report_dir / "demo_config.py", "The lateral demo run config (written by `lateral demo`).")
     cfg = load_config(report_dir / "demo_config.py")  # the file is the source of truth: proves it reads back
 

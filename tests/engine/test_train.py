@@ -131,3 +131,26 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     rows = json.loads((tmp_path / "timeline" / "timeline.json").read_text())
     assert len(rows) >= 2 and rows[0]["start_s"] == 0.0
     assert (tmp_path / "timeline" / "timeline.png").exists()
+
+
+def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, motion_data):
+    lines = (motion_data / "train_list.txt").read_text().splitlines()
+    chosen = [next(l for l in lines if l.endswith(f" {label}")) for label in (2, 5)]
+    ann = tmp_path / "two_videos.txt"
+    ann.write_text("\n".join(chosen) + "\n")
+    cfg = tiny_run_config(motion_data, epochs=30, lr=0.05, ann_train=str(ann))
+    fixed = [dict(type="PyAVInit"), dict(type="SampleFrames", clip_len=8, frame_interval=2, num_clips=1, test_mode=True),
+             dict(type="PyAVDecode"), dict(type="Resize", scale=(32, 32), keep_ratio=False),
+             dict(type="FormatShape", input_format="NCTHW"), dict(type="PackActionInputs")]
+    cfg["train_dataloader"]["dataset"]["pipeline"] = fixed
+    cfg["train_dataloader"]["batch_size"] = 2
+    cfg["param_scheduler"] = None
+    cfg.pop("val_dataloader")
+    train(cfg, tmp_path / "overfit", progress=False)
+    names = (motion_data / "label_map.txt").read_text().split()
+    for line in chosen:
+        rel, label = line.rsplit(" ", 1)
+        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(tmp_path / "overfit" / "latest.pth"),
+                              str(motion_data / rel), "--topk", "1"], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[1] == names[int(label)], out.stdout
