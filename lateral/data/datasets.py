@@ -19,6 +19,8 @@ truncated does not stop training: the item is None (``collate`` drops it), the f
 
 from __future__ import annotations
 
+import abc
+
 import csv
 import logging
 import os
@@ -99,7 +101,7 @@ def _check_dir(path: Path | None, what: str) -> None:
         raise FileNotFoundError(f"{what} '{path}' not found" + (" (it is a file)" if path.is_file() else ""))
 
 
-class BaseActionDataset(torch.utils.data.Dataset):
+class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
     """Samples (dicts of ``filename`` or ``frame_dir``, ``label``, ...) run through a pipeline.
 
     Args:
@@ -141,9 +143,9 @@ class BaseActionDataset(torch.utils.data.Dataset):
         # sees the workers' counts without any locking
         self._failure_counts = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
 
+    @abc.abstractmethod
     def load_samples(self) -> list[dict[str, Any]]:
-        """Read the annotation source into sample dicts."""
-        raise NotImplementedError
+        """Read the annotation source into sample dicts (each dataset format implements this)."""
 
     def describe_source(self) -> str:
         return ""
