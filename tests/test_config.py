@@ -85,3 +85,13 @@ def test_shipped_configs_load_and_build():
         assert cfg["model"]["type"] == "Recognizer3D"
     model = lateral.build_model("configs/recognition/slowfast/slowfast_r101_8x8x1_kinetics400.py")
     assert len(model.backbone.slow_path.layer3) == 23 and model.backbone.resample_rate == 4
+
+
+def test_shipped_detection_configs_load_and_build():
+    import lateral
+
+    r18 = load_config("configs/detection/faster_rcnn_r18_fpn_shapes.py")
+    assert r18["model"]["backbone"]["depth"] == 18 and r18["schedule"]["max_iters"] == 800
+    assert r18["data"]["train"]["synthetic"]["seed"] == 0  # inherited from the R50 recipe
+    model = lateral.build_model(r18["model"])
+    assert model.backbone.out_channels == 128
