@@ -154,3 +154,16 @@ def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, 
                               str(motion_data / rel), "--topk", "1"], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split()[1] == names[int(label)], out.stdout
+
+
+def test_demo_quick_writes_a_full_report(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lateral", "demo", "--quick", "--out", str(tmp_path / "demo"),
+                          "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = tmp_path / "demo" / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["test_videos"] == 16 and len(metrics["classes"]) == 8
+    assert 0.0 <= metrics["top1_acc"] <= 1.0 and len(metrics["predictions"]) == 8
+    for name in ("confusion_matrix.png", "training_curve.png", "demo_config.py", "predictions.json"):
+        assert (report / name).stat().st_size > 0, name
+    assert lateral.load_config(report / "demo_config.py")["model"]["type"] == "Recognizer3D"
