@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -116,6 +117,18 @@ def _as_tuples(value):
     if isinstance(value, list):
         return tuple(_as_tuples(v) for v in value)
     return value
+
+
+def _link_or_save(source: Path, target: Path, state: dict) -> None:
+    """Make ``target`` a hard link to ``source`` (atomically, no second write), or save ``state`` there."""
+    tmp = target.with_name(f".{target.name}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:  # a file system without hard links
+        tmp.unlink(missing_ok=True)
+        save_checkpoint(state, target)
 
 
 class Trainer:
@@ -254,10 +267,15 @@ class Trainer:
             return None
         state = self.checkpoint_dict(epoch)
         path = self.work_dir / (name or f"epoch_{epoch}.pth")
-        save_checkpoint(state, path)
-        if name is None:
-            save_checkpoint(state, self.work_dir / "latest.pth")
-            self._prune()
+        if name is not None:
+            save_checkpoint(state, path)
+            return path
+        # latest.pth first: whenever epoch_N.pth exists, latest.pth already holds epoch N (a kill between the
+        # two cannot leave resume behind)
+        latest = self.work_dir / "latest.pth"
+        save_checkpoint(state, latest)
+        _link_or_save(latest, path, state)
+        self._prune()
         return path
 
     def _prune(self) -> None:
