@@ -160,6 +160,17 @@ class BaseHead(nn.Module):
         losses["loss_cls"] = self.loss_cls(cls_scores, labels)
         return losses
 
+    def _build_classifier(self, spatial_type: str | None, dropout_ratio: float, init_std: float) -> None:
+        """Dropout, ``fc_cls`` and the global pooling, registered in mmaction2's order."""
+        if spatial_type not in ("avg", None):
+            raise ConfigError(f"spatial_type must be 'avg' or None, got {spatial_type!r}")
+        self.spatial_type = spatial_type
+        self.dropout_ratio = dropout_ratio
+        self.init_std = init_std
+        self.dropout = nn.Dropout(p=dropout_ratio) if dropout_ratio != 0 else None
+        self.fc_cls = nn.Linear(self.in_channels, self.num_classes)
+        self.avg_pool = nn.AdaptiveAvgPool3d((1, 1, 1)) if spatial_type == "avg" else None
+
     def init_weights(self) -> None:
         nn.init.normal_(self.fc_cls.weight, 0.0, self.init_std)
         nn.init.zeros_(self.fc_cls.bias)
@@ -193,17 +204,10 @@ class SlowFastHead(BaseHead):
         **kwargs,
     ):
         super().__init__(num_classes, in_channels, loss_cls, **kwargs)
-        if spatial_type not in ("avg", None):
-            raise ConfigError(f"spatial_type must be 'avg' or None, got {spatial_type!r}")
         if pool_kernels is not None and (len(pool_kernels) != 2 or any(len(k) != 3 for k in pool_kernels)):
             raise ConfigError(f"pool_kernels must be ((t, h, w) slow, (t, h, w) fast), got {pool_kernels!r}")
-        self.spatial_type = spatial_type
-        self.dropout_ratio = dropout_ratio
-        self.init_std = init_std
         self.pool_kernels = None if pool_kernels is None else tuple(tuple(int(v) for v in k) for k in pool_kernels)
-        self.dropout = nn.Dropout(p=dropout_ratio) if dropout_ratio != 0 else None
-        self.fc_cls = nn.Linear(in_channels, num_classes)
-        self.avg_pool = nn.AdaptiveAvgPool3d((1, 1, 1)) if spatial_type == "avg" else None
+        self._build_classifier(spatial_type, dropout_ratio, init_std)
 
     @staticmethod
     def _window_pool(x: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
@@ -252,14 +256,7 @@ class I3DHead(BaseHead):
         **kwargs,
     ):
         super().__init__(num_classes, in_channels, loss_cls, **kwargs)
-        if spatial_type not in ("avg", None):
-            raise ConfigError(f"spatial_type must be 'avg' or None, got {spatial_type!r}")
-        self.spatial_type = spatial_type
-        self.dropout_ratio = dropout_ratio
-        self.init_std = init_std
-        self.dropout = nn.Dropout(p=dropout_ratio) if dropout_ratio != 0 else None
-        self.fc_cls = nn.Linear(in_channels, num_classes)
-        self.avg_pool = nn.AdaptiveAvgPool3d((1, 1, 1)) if spatial_type == "avg" else None
+        self._build_classifier(spatial_type, dropout_ratio, init_std)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C, T, H, W] -> [N, C]."""
