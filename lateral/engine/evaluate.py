@@ -17,14 +17,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def prepare_inputs(
-    inputs: torch.Tensor, mean: list[float] | None, std: list[float] | None, device: torch.device
-) -> torch.Tensor:
+def prepare_inputs(inputs: torch.Tensor, model: nn.Module, device: torch.device) -> torch.Tensor:
     """Batch from the data loader -> float model input on ``device``.
 
-    inputs: [B, V, C, T, H, W] uint8 (normalised here with the model's ``data_preprocessor`` mean/std, in the
-    0-255 range as mmaction2 does) or float (already normalised by a ``Normalize`` pipeline step).
+    inputs: [B, V, C, T, H, W] uint8 (normalised here with ``model.data_preprocessor`` mean/std, in the 0-255
+    range as mmaction2 does) or float (already normalised by a ``Normalize`` pipeline step).
     """
+    mean = model.data_preprocessor.get("mean")
+    std = model.data_preprocessor.get("std")
     if inputs.dim() != 6:
         raise ValueError(f"a batch of clips must be [B, V, C, T, H, W], got {list(inputs.shape)}")
     inputs = inputs.to(device, non_blocking=True)
@@ -54,14 +54,12 @@ def collect_scores(
     """
     recognizer = unwrap(model)
     recognizer.eval()
-    mean = recognizer.data_preprocessor.get("mean")
-    std = recognizer.data_preprocessor.get("std")
     all_scores, all_labels = [], []
     show = progress and dist_utils.is_main_process()
     for batch in tqdm(loader, desc=desc, disable=not show, leave=False):
         if batch is None:  # every sample of the batch failed to decode
             continue
-        inputs = prepare_inputs(batch["inputs"], mean, std, device)
+        inputs = prepare_inputs(batch["inputs"], recognizer, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             scores = recognizer.predict(inputs)
         if scores.dim() == 3:  # average_clips=None: score the sample by the mean over views

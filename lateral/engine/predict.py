@@ -72,9 +72,7 @@ def _clips_for(results: dict, steps) -> torch.Tensor:
 
 @torch.no_grad()
 def _probabilities(model: nn.Module, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
-    inputs = prepare_inputs(
-        clips.unsqueeze(0), model.data_preprocessor.get("mean"), model.data_preprocessor.get("std"), device
-    )
+    inputs = prepare_inputs(clips.unsqueeze(0), model, device)
     # a bf16 model comes from lateral.optimize, which runs its backbone in bf16 itself: no autocast here
     scores = model.predict(inputs)
     if scores.dim() == 3:

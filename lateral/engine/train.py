@@ -302,9 +302,7 @@ class Trainer:
 
     def _train_step(self, batch: dict) -> dict[str, float]:
         recognizer = unwrap(self.model)
-        inputs = prepare_inputs(
-            batch["inputs"], recognizer.data_preprocessor.get("mean"), recognizer.data_preprocessor.get("std"), self.device
-        )
+        inputs = prepare_inputs(batch["inputs"], recognizer, self.device)
         labels = torch.as_tensor(batch["label"]).to(self.device)
         num_views = inputs.shape[1]
         clips = inputs.flatten(0, 1)  # [B * V, C, T, H, W]
@@ -348,9 +346,7 @@ class Trainer:
                     break
                 if batch is None:
                     continue
-                inputs = prepare_inputs(
-                    batch["inputs"], recognizer.data_preprocessor.get("mean"), recognizer.data_preprocessor.get("std"), self.device
-                )
+                inputs = prepare_inputs(batch["inputs"], recognizer, self.device)
                 self.ddp_model(inputs.flatten(0, 1))
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
