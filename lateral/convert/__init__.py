@@ -631,11 +631,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint to convert (Caffe2 pickles must end in .pkl)")
     parser.add_argument(
-        "--from", dest="source_format", required=True, choices=["pytorchvideo", "pyslowfast", "lateral"],
-        help="layout of SRC",
+        "--from", dest="source_format", required=True,
+        choices=["pytorchvideo", "pyslowfast", "fpn-seed", "lateral"],
+        help="layout of SRC ('fpn-seed': the FPN seed's own FPN50/101/152 module names)",
     )
     parser.add_argument(
-        "--to", dest="target_format", default="lateral", choices=["lateral", "pytorchvideo", "pyslowfast"],
+        "--to", dest="target_format", default="lateral", choices=["lateral", "pytorchvideo", "pyslowfast", "fpn-seed"],
         help="layout to write (default: lateral)",
     )
     parser.add_argument("--out", required=True, help="file to write")
@@ -652,9 +653,44 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_convert)
 
 
+def convert_fpn_checkpoint(path: str | os.PathLike, source_format: str, target_format: str,
+                           depth: int | None = None) -> dict[str, Any]:
+    """Convert an FPN checkpoint between the FPN seed's layout and lateral's ``ResNetFPN(style='seed')``.
+
+    Returns ``{'state_dict', 'meta'}`` (meta carrying the model config, so that the file alone rebuilds the model)
+    for ``target_format='lateral'``, a bare seed-layout state dict for ``'fpn-seed'``.
+    """
+    from lateral.checkpoint import read_state_dict
+    from lateral.convert.fpn_seed import from_seed_fpn, to_seed_fpn
+
+    state = read_state_dict(path)
+    if (source_format, target_format) == ("fpn-seed", "lateral"):
+        converted, found_depth = from_seed_fpn(state, str(path))
+    elif (source_format, target_format) == ("lateral", "fpn-seed"):
+        converted, found_depth = to_seed_fpn(state, str(path))
+    else:
+        raise ConversionError(f"cannot convert an FPN from '{source_format}' to '{target_format}'; FPN checkpoints "
+                              f"convert between 'fpn-seed' and 'lateral'")
+    if depth is not None and depth != found_depth:
+        raise ConversionError(f"{path} holds an FPN{found_depth}, not the FPN{depth} asked for with --depth")
+    if target_format == "fpn-seed":
+        return converted
+    model = dict(type="ResNetFPN", depth=found_depth, style="seed")
+    meta = {"format": META_FORMAT, "source": {"ecosystem": source_format, "file": Path(path).name,
+                                              "num_tensors": len(state)}, "config": {"model": model}}
+    return {"state_dict": converted, "meta": meta}
+
+
 def run_convert(args: argparse.Namespace) -> int:
     """``lateral convert``: convert ``args.src`` and write ``args.out`` atomically."""
     from lateral.checkpoint import save_checkpoint
+
+    if "fpn-seed" in (args.source_format, args.target_format):
+        converted = convert_fpn_checkpoint(args.src, args.source_format, args.target_format, depth=args.depth)
+        save_checkpoint(converted, args.out)
+        state = converted.get("state_dict", converted)
+        print(f"wrote {args.out}: {len(state)} tensors in {args.target_format} layout")
+        return 0
 
     alpha, clip_len, frame_interval = args.alpha, args.clip_len, args.frame_interval
     if args.preset is not None:
