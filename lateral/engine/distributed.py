@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from typing import Any
@@ -99,8 +100,19 @@ class InferenceSampler(torch.utils.data.Sampler):
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group: wait for every rank, free what still refers to it, then destroy it.
+
+    The barrier keeps a fast rank from closing its connections while a slow one is still writing results; the
+    garbage collection destroys DDP reducers (which hold the group) now rather than during interpreter shutdown,
+    where gloo's threads abort the process.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def object_size(obj: Any) -> int:

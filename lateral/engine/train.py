@@ -424,6 +424,7 @@ class Trainer:
             dist_utils.barrier()
         if self.tb_writer is not None:
             self.tb_writer.close()
+            self.tb_writer = None
         return {
             "epochs": self.max_epochs,
             "history": self.history,
@@ -433,8 +434,27 @@ class Trainer:
         }
 
 
+    def close(self) -> None:
+        """Drop the DDP wrapper and the loaders, so that nothing holds the process group any more.
+
+        Call before :func:`lateral.engine.distributed.cleanup`. A DDP reducer that outlives the process group is
+        destroyed during interpreter shutdown instead, where gloo's worker threads abort the process (SIGABRT) after
+        all the work has been written.
+        """
+        self.ddp_model = self.model
+        self.train_loader = None
+        self.val_loader = None
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+
+
 def train(cfg: dict, work_dir: str | Path, resume: str | None = None, amp: str | None = None,
           device: str | None = None, progress: bool = True) -> dict:
     """Build a :class:`Trainer` from ``cfg`` and run it; see the class for the keys read."""
-    return Trainer(cfg, work_dir, resume=resume, amp=amp, device=device, progress=progress).run()
+    trainer = Trainer(cfg, work_dir, resume=resume, amp=amp, device=device, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
 

@@ -24,6 +24,8 @@ def main(config_path: str, out_dir: str) -> None:
         info = {"world_size": dist_utils.world_size(), "num_scores": len(scores), "labels": labels.tolist(),
                 "val_size": len(trainer.val_loader.dataset)}
         (out / "result.json").write_text(json.dumps(info))
+    trainer.close()
+    del trainer
     dist_utils.cleanup()
 
 
