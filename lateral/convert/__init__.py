@@ -622,7 +622,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``lateral convert``."""
     parser = subparsers.add_parser(
         "convert",
-        help="convert a PyTorchVideo / PySlowFast SlowFast checkpoint into lateral (and back)",
+        help="convert a PyTorchVideo / PySlowFast SlowFast checkpoint, or an FPN-seed FPN, into lateral (and back)",
         description=(
             "Convert SlowFast weights between PyTorchVideo, PySlowFast (.pyth, Caffe2 .pkl) and lateral. The "
             "lateral file carries the model config, input normalisation and frame sampling of the source, so "

@@ -10,8 +10,8 @@ from lateral.data.synthetic import MOTION_CLASSES, make_motion_dataset, render_m
 
 def test_files_lists_and_determinism(tmp_path):
     first = make_motion_dataset(tmp_path / "a", 1, 1, num_frames=16, size=32, seed=3)
-    second = make_motion_dataset(tmp_path / "b", 1, 1, num_frames=16, size=32, seed=3)
-    other = make_motion_dataset(tmp_path / "c", 1, 0, num_frames=16, size=32, seed=4)
+    make_motion_dataset(tmp_path / "b", 1, 1, num_frames=16, size=32, seed=3)
+    make_motion_dataset(tmp_path / "c", 1, 0, num_frames=16, size=32, seed=4)
     assert first["num_classes"] == len(MOTION_CLASSES) == 8
     train = (tmp_path / "a" / "train_list.txt").read_text().splitlines()
     assert len(train) == 8 and train[0] == "videos/move_right/move_right_train_0000.mp4 0"

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import lateral
-from lateral.config import ConfigError
 from lateral.models.resnet3d import ResNet3d
 
 
