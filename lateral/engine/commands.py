@@ -191,10 +191,16 @@ def run_predict(args: argparse.Namespace) -> int:
     model.to(device).eval()
     if args.precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be fp32 or bf16, got '{args.precision}'")
-    if args.compile or args.precision == "bf16":
+    if args.eager:
+        if args.compile or args.precision != "fp32":
+            raise ConfigError("--eager runs the model as built, in fp32; it cannot be combined with --compile or "
+                              "--precision bf16")
+    else:
         import lateral
 
-        model = lateral.optimize(model, precision=args.precision, compile=args.compile)
+        # the inference copy (BN folded, channels-last, oneDNN convs) gives the eager logits within 1e-4, faster
+        on_unsupported = "warn" if args.force_bf16 else ("fp32" if args.fallback_fp32 else "error")
+        model = lateral.optimize(model, precision=args.precision, compile=args.compile, on_unsupported=on_unsupported)
     pipeline = video_pipeline(cfg)
     names = read_label_names(args.labels, cfg, model.num_classes)
     if args.window:
@@ -263,6 +269,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", help="JSON file for the top-k (or folder for the timeline)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile the inference copy")
+    p.add_argument("--eager", action="store_true",
+                   help="run the model as built instead of the optimised inference copy (BN folded, channels-last)")
+    p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, run fp32 instead of failing")
+    p.add_argument("--force-bf16", action="store_true", help="run bf16 even without native bf16 (very slow)")
     p.add_argument("--device")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=run_predict)

@@ -124,6 +124,30 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     assert len(lines) == 3 and all(float(l.split()[0]) <= 1 for l in lines)
     names = (motion_data / "label_map.txt").read_text().split()
     assert lines[0].split()[1] in names
+    # the default runs the fused inference copy; --eager the model as built: same classes, same probabilities
+    tops = {}
+    for mode in ("fused", "eager"):
+        extra = ["--eager"] if mode == "eager" else []
+        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video),
+                              "--topk", "8", "--out", str(tmp_path / f"{mode}.json"), *extra],
+                             cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        tops[mode] = json.loads((tmp_path / f"{mode}.json").read_text())["top"]
+    assert [t["class"] for t in tops["fused"]] == [t["class"] for t in tops["eager"]]
+    for fused, eager in zip(tops["fused"], tops["eager"]):
+        assert abs(fused["prob"] - eager["prob"]) < 1e-4
+    from lateral.inference import bf16_supported
+
+    if not bf16_supported():
+        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video),
+                              "--precision", "bf16"], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode != 0 and "bf16" in out.stderr and "Traceback" not in out.stderr
+        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video),
+                              "--precision", "bf16", "--fallback-fp32", "--topk", "8"], cwd=REPO, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        assert [float(l.split()[0]) for l in out.stdout.split("\n") if l.strip()] == \
+            pytest.approx([t["prob"] for t in tops["eager"]], abs=1e-4)
     # a checkpoint written by training carries its config: CKPT VIDEO is enough
     out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(ckpt), str(video), "--window", "0.32s",
                           "--stride", "0.16s", "--out", str(tmp_path / "timeline")], cwd=REPO, capture_output=True, text=True)
