@@ -160,6 +160,50 @@ def test_fused_fp32_matches_eager_with_nontrivial_norms(thin_model):
         assert not torch.allclose(opt(x), expected, atol=1e-2)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN convs need mkldnn")
+def test_residual_blocks_fuse_add_and_relu_into_the_last_conv(thin_model):
+    from lateral.inference.optimization import FusedResidualBlock
+    from lateral.models.resnet3d import BasicBlock3d, Bottleneck3d
+
+    opt = lateral.optimize(thin_model)
+    blocks = [m for m in thin_model.backbone.modules() if isinstance(m, (BasicBlock3d, Bottleneck3d))]
+    fused = [m for m in opt.backbone.modules() if isinstance(m, FusedResidualBlock)]
+    assert len(fused) == len(blocks) > 0
+    assert not any(isinstance(m, (BasicBlock3d, Bottleneck3d)) for m in opt.backbone.modules())
+    # the children keep their names: the copy's state dict is the eager one without the BN tensors
+    eager_names = {k for k in thin_model.backbone.state_dict() if ".bn." not in k and "downsample.bn" not in k}
+    opt_names = set(opt.backbone.module.state_dict())
+    assert opt_names == eager_names | {k.replace(".conv.weight", ".conv.bias") for k in eager_names
+                                       if k.endswith(".conv.weight")}
+    # the shortcut tensor is read, never written: a block given the same input twice answers the same
+    block = fused[0]
+    x = torch.randn(1, block.conv1.conv.in_channels, 2, 6, 6).contiguous(memory_format=torch.channels_last_3d)
+    kept = x.clone()
+    with torch.no_grad():
+        first, second = block(x), block(x)
+    assert torch.equal(x, kept) and torch.equal(first, second)
+
+
+def test_torchvision_blocks_fuse_in_the_fpn_copy():
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from lateral.inference.optimization import FusedResidualBlock
+    from lateral.models.fpn import ResNetFPN
+
+    torch.manual_seed(0)
+    model = randomise_norms(ResNetFPN(depth=50, style="torchvision")).eval()
+    x = torch.randn(1, 3, 64, 96)
+    opt = lateral.optimize(model)
+    if torch.backends.mkldnn.is_available():
+        assert sum(isinstance(m, FusedResidualBlock) for m in opt.modules()) == 16
+        assert not any(isinstance(m, (BasicBlock, Bottleneck)) for m in opt.modules())
+    with torch.no_grad():
+        expected, got = model(x), opt(x)
+    for key in expected:  # random norms through 16 blocks give outputs up to ~130: compare relative to the scale
+        scale = float(expected[key].abs().max())
+        assert float((got[key] - expected[key]).abs().max()) <= 1e-5 * scale, key
+
+
 def test_fold_batchnorm_in_sequential_and_torchvision_block():
     from torchvision.models.resnet import Bottleneck
     from torchvision.ops.misc import FrozenBatchNorm2d

@@ -26,6 +26,7 @@ from torch import nn
 
 __all__ = [
     "PRECISIONS",
+    "FusedResidualBlock",
     "InferenceModule",
     "OneDnnConv",
     "PrecisionError",
@@ -235,11 +236,102 @@ class OneDnnConv(nn.Module):
             )
         return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
 
+    def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``relu(conv(x) + other)`` in one oneDNN kernel (binary-add and ReLU post-ops); ``other`` is not changed."""
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "add", 1.0, "relu", [], "",
+        )
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
             f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, relu={self.relu}"
         )
+
+
+class FusedResidualBlock(nn.Module):
+    """A residual block whose last conv adds the shortcut and applies the block's ReLU in the same oneDNN kernel.
+
+    Saves two full passes over the block's output (the add and the ReLU) per block. The block's children keep their
+    names (``conv1``, ``conv2``, ``conv3``, ``downsample``), so the state dict is the block's own.
+
+    Args:
+        body: (name, module) of the convs before the last one, in order, each already ending in its ReLU.
+        last_name: name of the last conv: a :class:`OneDnnConv`, or a ``ConvModule`` holding one as ``.conv``.
+        last: that module.
+        downsample: the shortcut projection, or None for the identity.
+    """
+
+    def __init__(self, body: list[tuple[str, nn.Module]], last_name: str, last: nn.Module,
+                 downsample: nn.Module | None):
+        super().__init__()
+        for name, module in body:
+            self.add_module(name, module)
+        self.add_module(last_name, last)
+        self.downsample = downsample
+        self._body_names = [name for name, _ in body]
+        self._last_name = last_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C_in, *S] -> relu(body(x) + shortcut(x)): [N, C_out, *S']."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = x
+        for name in self._body_names:
+            out = getattr(self, name)(out)
+        last = getattr(self, self._last_name)
+        last_conv: OneDnnConv = last.conv if hasattr(last, "conv") else last
+        return last_conv.add_relu(out, shortcut)
+
+
+def _fused_block(block: nn.Module) -> FusedResidualBlock | None:
+    """The fused form of a BN-folded, oneDNN-converted residual block, or None if it does not qualify.
+
+    Handles lateral's ``BasicBlock3d`` / ``Bottleneck3d`` (ConvModules; earlier ReLUs already fused) and torchvision's
+    ``BasicBlock`` / ``Bottleneck`` (plain convs, folded BNs left as Identity, one shared ReLU, which is fused into
+    every conv here).
+    """
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from lateral.models.layers import ConvModule
+    from lateral.models.resnet3d import BasicBlock3d, Bottleneck3d
+
+    if type(getattr(block, "relu", None)) is not nn.ReLU:
+        return None
+    if isinstance(block, (BasicBlock3d, Bottleneck3d)):
+        names = ["conv1", "conv2", "conv3"] if isinstance(block, Bottleneck3d) else ["conv1", "conv2"]
+        convs = [getattr(block, n) for n in names]
+        if getattr(block, "with_cp", False) or not all(isinstance(c, ConvModule) and c.bn is None for c in convs):
+            return None
+        if not all(isinstance(c.conv, OneDnnConv) for c in convs) or convs[-1].activate is not None:
+            return None
+        if not all(c.conv.relu and c.activate is None for c in convs[:-1]):
+            return None
+        return FusedResidualBlock(list(zip(names[:-1], convs[:-1])), names[-1], convs[-1], block.downsample)
+    if isinstance(block, (BasicBlock, Bottleneck)):
+        names = ["conv1", "conv2", "conv3"] if isinstance(block, Bottleneck) else ["conv1", "conv2"]
+        convs = [getattr(block, n) for n in names]
+        norms = [getattr(block, n.replace("conv", "bn")) for n in names]
+        if not all(isinstance(c, OneDnnConv) and not c.relu for c in convs):
+            return None
+        if not all(isinstance(n, nn.Identity) for n in norms):  # BN not folded (e.g. GroupNorm): keep the block
+            return None
+        for conv in convs[:-1]:
+            conv.relu = True
+        return FusedResidualBlock(list(zip(names[:-1], convs[:-1])), names[-1], convs[-1], block.downsample)
+    return None
+
+
+def fuse_residual_blocks(model: nn.Module) -> int:
+    """Replace, in place, every qualifying residual block by a :class:`FusedResidualBlock`; return how many."""
+    fused = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            replacement = _fused_block(child)
+            if replacement is not None:
+                setattr(module, name, replacement)
+                fused += 1
+    return fused
 
 
 def onednn_convs_available(dtype: torch.dtype, device: torch.device) -> bool:
@@ -395,6 +487,7 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
     # inductor finds and fuses plain convs itself (freezing pre-packs them), so the direct oneDNN calls are for eager
     if not compile and onednn_convs_available(dtype, _model_device(module)):
         use_onednn_convs(module)
+        fuse_residual_blocks(module)
     return InferenceModule(module, dtype=dtype, memory_format=memory_format, compile=compile)
 
 
