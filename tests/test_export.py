@@ -184,6 +184,30 @@ def test_residual_blocks_fuse_add_and_relu_into_the_last_conv(thin_model):
     assert torch.equal(x, kept) and torch.equal(first, second)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN convs need mkldnn")
+def test_packed_weights_follow_the_input_shape_and_survive_copies(thin_model):
+    import copy
+
+    opt = lateral.optimize(thin_model)
+    conv = opt.backbone.module.slow_path.layer1[0].conv1.conv
+    outputs = {}
+    for batch, size in ((1, 32), (2, 40), (1, 32)):
+        x = thin_input(batch=batch)
+        x = torch.nn.functional.interpolate(x.flatten(1, 2), size=(size, size)).unflatten(1, x.shape[1:3])
+        with torch.no_grad():
+            expected, got = thin_model(x), opt(x)
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+        assert conv._packed is not None and conv._packed[1].is_mkldnn
+        assert conv._packed[0][0] == batch  # repacked for the new shape
+        outputs[(batch, size)] = got
+    assert "_packed" not in "".join(opt.state_dict())  # the packed copy is a cache, not state
+    clone = copy.deepcopy(opt)
+    assert clone.backbone.module.slow_path.layer1[0].conv1.conv._packed is None  # rebuilt on the clone's first call
+    x = thin_input(batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), opt(x), atol=0, rtol=0)
+
+
 def test_torchvision_blocks_fuse_in_the_fpn_copy():
     from torchvision.models.resnet import BasicBlock, Bottleneck
 

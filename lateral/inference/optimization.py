@@ -227,19 +227,47 @@ class OneDnnConv(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
+        self._packed: tuple[tuple[int, ...], torch.Tensor] | None = None  # (input shape, weight in oneDNN's layout)
+
+    def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight reordered once into the blocked layout oneDNN picks for ``x``'s shape (fp32 2D/3D convs).
+
+        Passing the plain weight makes oneDNN reorder it on every call, which costs a third of the time of a 1x1x1
+        conv on a batch-1 clip. The packed copy is kept for the last input shape seen and redone when it changes.
+        Other cases (bf16, 1D convs) get the plain weight.
+        """
+        reorder = {5: torch._C._nn.mkldnn_reorder_conv3d_weight, 4: torch._C._nn.mkldnn_reorder_conv2d_weight}
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.dim() not in reorder:
+            return self.weight
+        shape = tuple(x.shape)
+        if self._packed is None or self._packed[0] != shape:
+            weight = self.weight.detach().contiguous().to_mkldnn()
+            packed = reorder[x.dim()](weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
+            self._packed = (shape, packed)
+        return self._packed[1]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_packed"] = None  # opaque oneDNN tensors neither pickle nor deep-copy; rebuilt on the next call
+        return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, *S] in the weight's dtype -> [N, C_out, *S'] in x's memory format."""
+        weight = self.packed_weight(x)
         if self.relu:
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "relu", [], ""
+                x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "relu", [], ""
             )
-        return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        if weight is self.weight:
+            return torch.mkldnn_convolution(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
+        )
 
     def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """``relu(conv(x) + other)`` in one oneDNN kernel (binary-add and ReLU post-ops); ``other`` is not changed."""
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            x, other, self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
             "add", 1.0, "relu", [], "",
         )
 
