@@ -16,6 +16,10 @@ A detection config is a Python-dict file with these top-level names::
 
 Checkpoints hold ``state_dict``, ``optimizer``, ``iteration``, the RNG states and ``meta`` (classes and original
 category ids, so ``predict`` needs no dataset); they are written atomically to ``work_dir/latest.pth``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) training is data-parallel (DDP; gloo on CPU, NCCL on GPU): every iteration
+takes ``world_size * batch_size`` images, ``batch_size`` per rank, and rank 0 alone logs and writes checkpoints.
+Evaluation splits the images over the ranks and gathers the detections, so each image is scored once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -37,6 +42,7 @@ from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from lateral.config import ConfigError, apply_cfg_options, load_config
 from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
 from lateral.data.shapes import ensure_shapes_dataset
+from lateral.engine import distributed as dist_utils
 from lateral.registry import build_model
 
 if TYPE_CHECKING:
@@ -47,6 +53,7 @@ __all__ = [
     "build_detector",
     "learning_rate",
     "train_detector",
+    "resolve_device",
     "detect_dataset",
     "coco_evaluate",
     "evaluate_detector",
@@ -113,6 +120,18 @@ def learning_rate(iteration: int, base_lr: float, warmup_iters: int, milestones:
     return lr
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: as given, else this rank's GPU when CUDA is available, else the CPU."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' was asked for, but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _to_device(items: list[dict], device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
     images = [item["image"].to(device) for item in items]
     targets = [{"boxes": item["boxes"].to(device), "labels": item["labels"].to(device)} for item in items]
@@ -134,6 +153,7 @@ def train_detector(
     resume: str | None = None,
     log: Callable[[str], None] = print,
     evaluate: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Train the config's detector on ``data.train``, checkpointing to ``work_dir``; evaluate on ``data.val``.
 
@@ -141,11 +161,13 @@ def train_detector(
         cfg: the loaded config dict.
         work_dir: where checkpoints go (default ``cfg['work_dir']``).
         resume: ``'auto'`` (``work_dir/latest.pth`` if it exists), a checkpoint path, or None.
-        log: where progress lines go.
+        log: where progress lines go (rank 0 only under ``torchrun``).
         evaluate: evaluate the final model on ``data.val`` when the config has one.
+        device: 'cpu', 'cuda', 'cuda:1', ...; default this rank's GPU if there is one, else the CPU.
 
     Returns:
-        ``{'iterations', 'train_seconds', 'checkpoint', 'skipped_images', 'metrics'}``.
+        ``{'iterations', 'train_seconds', 'checkpoint', 'skipped_images', 'metrics', 'model'}`` (the trained
+        detector, on ``device``, in eval mode after the evaluation).
     """
     data_cfg = cfg.get("data", {})
     if "train" not in data_cfg:
@@ -157,13 +179,21 @@ def train_detector(
     work_dir = Path(work_dir or cfg.get("work_dir") or "work_dirs/detection")
     seed = int(cfg.get("seed", 0))
     batch_size = int(data_cfg.get("batch_size", 2))
+    device = resolve_device(device)
+    distributed = dist_utils.init_distributed(device)
+    rank, world_size = dist_utils.rank(), dist_utils.world_size()
+    if rank != 0:
+        log = _silent
 
     dataset = build_detection_dataset(data_cfg["train"], bool(data_cfg.get("labels_are_category_ids")))
-    if len(dataset) < batch_size:
-        raise ValueError(f"the training set has {len(dataset)} readable images, fewer than batch_size={batch_size}")
+    if len(dataset) < batch_size * world_size:
+        raise ValueError(
+            f"the training set has {len(dataset)} readable images, fewer than batch_size={batch_size} x "
+            f"{world_size} process(es)"
+        )
     torch.manual_seed(seed)
     random.seed(seed)
-    model = build_detector(cfg, dataset.num_classes)
+    model = build_detector(cfg, dataset.num_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"]
@@ -184,9 +214,17 @@ def train_detector(
         if "python_rng" in checkpoint:
             random.setstate(_tuples(checkpoint["python_rng"]))
         log(f"resumed from {resume_path} at iteration {iteration}")
+    if distributed:  # ranks sample differently (augmentation, RPN/RoI sampling) but start from rank 0's weights
+        torch.manual_seed(seed * 1000 + rank + iteration)
+        random.seed(seed * 1000 + rank + iteration)
+        device_ids = [device.index] if device.type == "cuda" else None
+        trained: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    else:
+        trained = model
 
     max_iters = int(schedule["max_iters"])
-    iters_per_epoch = len(dataset) // batch_size
+    global_batch = batch_size * world_size
+    iters_per_epoch = len(dataset) // global_batch
     skipped = 0
     model.train()
     start_time = time.perf_counter()
@@ -194,10 +232,14 @@ def train_detector(
     window: dict[str, float] = {}
     window_images, window_start = 0, time.perf_counter()
     checkpoint_path = work_dir / "latest.pth"
-    log(f"training {type(model).__name__} on {len(dataset)} images for {max_iters} iterations -> {work_dir}")
+    processes = f" on {world_size} processes" if distributed else ""
+    log(f"training {type(model).__name__} on {len(dataset)} images for {max_iters} iterations{processes} "
+        f"({device.type}) -> {work_dir}")
     while iteration < max_iters:
         epoch, offset = divmod(iteration, iters_per_epoch)
-        batches = _batches(len(dataset), batch_size, seed, epoch)[offset:]
+        # every rank draws the same global batches and takes its own slice of each
+        batches = [b[rank * batch_size : (rank + 1) * batch_size]
+                   for b in _batches(len(dataset), global_batch, seed, epoch)[offset:]]
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=batches,
@@ -211,11 +253,12 @@ def train_detector(
                     iteration, optim_cfg["lr"], schedule["warmup_iters"], schedule["milestones"], schedule["gamma"]
                 )
             iteration += 1
-            if items:
-                images, targets = _to_device(items, torch.device("cpu"))
-                losses = model(images, targets)
+            # a step needs images on every rank (DDP all-reduces the gradients of each backward)
+            if _all_ranks_have(bool(items), device):
+                images, targets = _to_device(items, device)
+                losses = trained(images, targets)
                 loss = sum(losses.values())
-                if not torch.isfinite(loss):
+                if not _finite_on_all_ranks(loss, device):
                     raise ValueError(
                         f"the loss became {loss.item()} at iteration {iteration}; lower optimizer.lr "
                         f"(now {optim_cfg['lr']}) or lengthen schedule.warmup_iters"
@@ -228,26 +271,28 @@ def train_detector(
                 for name, value in losses.items():
                     window[name] = window.get(name, 0.0) + value.item()
                 window["count"] = window.get("count", 0.0) + 1
-                window_images += len(items)
+                window_images += len(items) * world_size
             if iteration % schedule["log_interval"] == 0 or iteration == max_iters:
                 elapsed = time.perf_counter() - window_start
                 rate = window_images / max(elapsed, 1e-9)
                 count = max(window.pop("count", 1.0), 1.0)
                 parts = " ".join(f"{name.replace('loss_', '')} {value / count:.3f}" for name, value in window.items())
-                eta = (max_iters - iteration) * batch_size / max(rate, 1e-9)
+                eta = (max_iters - iteration) * global_batch / max(rate, 1e-9)
                 log(
                     f"iter {iteration}/{max_iters} loss {sum(window.values()) / count:.3f} ({parts}) "
                     f"lr {optimizer.param_groups[0]['lr']:.4f} {rate:.1f} img/s eta {eta / 60:.1f} min"
                 )
                 window, window_images, window_start = {}, 0, time.perf_counter()
             if iteration % schedule["checkpoint_interval"] == 0 or iteration == max_iters:
-                _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
+                if rank == 0:
+                    _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
             if iteration >= max_iters:
                 break
-    if iteration == start_iteration and not checkpoint_path.exists():
+    if iteration == start_iteration and not checkpoint_path.exists() and rank == 0:
         _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
+    dist_utils.barrier()
     train_seconds = time.perf_counter() - start_time
-    skipped += len(dataset.missing_images)
+    skipped = sum(dist_utils.all_gather_objects(skipped)) + len(dataset.missing_images)
     if skipped:
         log(f"skipped {skipped} unreadable or missing training images")
     log(f"trained {iteration - start_iteration} iterations in {train_seconds:.1f} s; checkpoint {checkpoint_path}")
@@ -257,13 +302,35 @@ def train_detector(
         "checkpoint": str(checkpoint_path),
         "skipped_images": skipped,
         "metrics": None,
+        "model": model,
     }
+    del trained  # the DDP wrapper holds the process group; see lateral.engine.distributed.cleanup
+    dist_utils.broadcast_buffers(model)  # every rank now holds the checkpoint's BN statistics (rank 0's)
     if evaluate and "val" in data_cfg:
         val_set = build_detection_dataset(data_cfg["val"], bool(data_cfg.get("labels_are_category_ids")))
-        metrics = evaluate_detector(model, val_set, batch_size=batch_size, log=log)
-        (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        metrics = evaluate_detector(model, val_set, batch_size=batch_size, log=log, device=device)
+        if rank == 0:
+            (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         result["metrics"] = metrics
     return result
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _all_ranks_have(flag: bool, device: torch.device) -> bool:
+    """``flag`` on every rank (a 1-element all-reduce); ``flag`` itself without a process group."""
+    if not dist_utils.is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item() > 0)
+
+
+def _finite_on_all_ranks(loss: torch.Tensor, device: torch.device) -> bool:
+    """Whether the loss is finite everywhere, so that every rank stops together on a NaN, not just one."""
+    return _all_ranks_have(bool(torch.isfinite(loss.detach()).item()), device)
 
 
 def _tuples(value: Any) -> Any:
@@ -309,34 +376,39 @@ def detect_dataset(
     batch_size: int = 2,
     log: Callable[[str], None] = print,
     cat_ids: list[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[list[dict], list[Any]]:
-    """Run the detector over a dataset.
+    """Run the detector over a dataset (under ``torchrun``, over this rank's share of it).
 
     Args:
-        model: a torchvision-style detector.
+        model: a torchvision-style detector; it is moved to ``device``.
         dataset: the images and their ground truth.
         batch_size: images per forward pass.
         log: where the count of skipped images goes.
         cat_ids: category id of each model label (label k -> ``cat_ids[k - 1]``); default the dataset's own
             mapping. torchvision's COCO models predict the category id itself: pass ``[1, ..., 90]``.
+        device: where to run (default: the model's device).
 
     Returns:
         (COCO result dicts ``{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}`` in original-image pixels,
-        ids of the images that were read; unreadable ones are skipped and reported through ``log``).
+        ids of the images that were read; unreadable ones are skipped and reported through ``log``). With a process
+        group these cover this rank's contiguous share of the images only; :func:`evaluate_detector` gathers them.
     """
     cat_ids = list(dataset.cat_ids) if cat_ids is None else list(cat_ids)
-    model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).eval()
+    sampler = dist_utils.InferenceSampler(len(dataset)) if dist_utils.is_distributed() else None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_detection)
     detections, image_ids, skipped = [], [], 0
     for items, dropped in loader:
         skipped += dropped
         if not items:
             continue
-        outputs = model([item["image"] for item in items])
+        outputs = model([item["image"].to(device) for item in items])
         for item, output in zip(items, outputs):
             image_ids.append(item["image_id"])
             scale_x, scale_y = item["scale_factor"]
-            boxes = output["boxes"] / output["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
+            boxes = output["boxes"].cpu() / torch.tensor([scale_x, scale_y, scale_x, scale_y])
             for box, label, score in zip(boxes.tolist(), output["labels"].tolist(), output["scores"].tolist()):
                 detections.append(
                     {
@@ -346,7 +418,7 @@ def detect_dataset(
                         "score": score,
                     }
                 )
-    skipped += len(dataset.missing_images)
+    skipped = sum(dist_utils.all_gather_objects(skipped)) + len(dataset.missing_images)
     if skipped:
         log(f"skipped {skipped} missing or unreadable images (first: {(dataset.missing_images + dataset.unreadable_images)[:1]})")
     return detections, image_ids
@@ -392,10 +464,19 @@ def evaluate_detector(
     batch_size: int = 2,
     log: Callable[[str], None] = print,
     cat_ids: list[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """Detect over ``dataset`` and print and return its COCO metrics (``cat_ids`` as in :func:`detect_dataset`)."""
+    """Detect over ``dataset`` and print and return its COCO metrics (``cat_ids`` as in :func:`detect_dataset`).
+
+    Under ``torchrun`` every rank detects on its share; the detections are gathered and every rank returns the
+    metrics of the whole dataset.
+    """
     start = time.perf_counter()
-    detections, image_ids = detect_dataset(model, dataset, batch_size, log, cat_ids)
+    detections, image_ids = detect_dataset(model, dataset, batch_size, log, cat_ids, device)
+    if dist_utils.is_distributed():
+        shares = dist_utils.all_gather_objects((detections, image_ids))
+        detections = [d for share, _ in shares for d in share]
+        image_ids = [i for _, share in shares for i in share]
     metrics = coco_evaluate(dataset.coco_ground_truth(), detections, image_ids)
     seconds = time.perf_counter() - start
     log(f"evaluated {len(image_ids)} images in {seconds:.1f} s")
@@ -426,6 +507,7 @@ def draw_detections(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict_images(
     model: nn.Module,
     image_paths: list[str | Path],
@@ -434,6 +516,7 @@ def predict_images(
     classes: list[str],
     cat_ids: list[int] | None = None,
     score_thr: float = 0.5,
+    device: str | torch.device | None = None,
 ) -> list[Path]:
     """Detect objects in image files; write ``<stem>.json`` (boxes in original pixels) and ``<stem>.png``.
 
@@ -442,7 +525,8 @@ def predict_images(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).eval()
     written = []
     for path in image_paths:
         path = Path(path)
@@ -453,7 +537,7 @@ def predict_images(
         for transform in pipeline:
             if type(transform).__name__ != "RandomFlip":  # no test-time randomness
                 results = transform(results)
-        output = model([results["image"]])[0]
+        output = {key: value.cpu() for key, value in model([results["image"].to(device)])[0].items()}
         keep = output["scores"] >= score_thr
         scale_x, scale_y = results["scale_factor"]
         boxes = output["boxes"][keep] / output["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
@@ -504,7 +588,8 @@ def _model_from_checkpoint(cfg: dict, checkpoint: str) -> tuple[nn.Module, dict]
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
-    train_detector(cfg, work_dir=args.work_dir, resume=args.resume)
+    train_detector(cfg, work_dir=args.work_dir, resume=args.resume, device=args.device)
+    dist_utils.cleanup()
     return 0
 
 
@@ -521,9 +606,13 @@ def _cmd_test(args: argparse.Namespace) -> int:
             f"{dataset.cat_ids[:10]}"
         )
     batch_size = int(cfg.get("data", {}).get("batch_size", 2))
-    metrics = evaluate_detector(model, dataset, batch_size=batch_size)
-    if args.out:
+    device = resolve_device(args.device)
+    dist_utils.init_distributed(device)
+    log = print if dist_utils.is_main_process() else _silent
+    metrics = evaluate_detector(model, dataset, batch_size=batch_size, log=log, device=device)
+    if args.out and dist_utils.is_main_process():
         Path(args.out).write_text(json.dumps(metrics, indent=1))
+    dist_utils.cleanup()
     return 0
 
 
@@ -534,7 +623,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     classes = meta.get("classes") or data_cfg.get("classes") or []
     pipeline_cfg = data_cfg.get("test_pipeline", data_cfg.get("val", {}).get("pipeline"))
     written = predict_images(
-        model, args.images, args.out, build_pipeline(pipeline_cfg), list(classes), meta.get("cat_ids"), args.score_thr
+        model, args.images, args.out, build_pipeline(pipeline_cfg), list(classes), meta.get("cat_ids"), args.score_thr,
+        device=resolve_device(args.device),
     )
     for path in written:
         print(path)
@@ -551,6 +641,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--work-dir", help="checkpoint folder (default: the config's work_dir)")
     train.add_argument("--resume", help="'auto' (work_dir/latest.pth if present) or a checkpoint path")
     train.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one, else the CPU)")
     train.set_defaults(func=_cmd_train)
 
     test = commands.add_parser("test", help="COCO AP, AP50, AP75, APs/APm/APl of a checkpoint")
@@ -559,6 +650,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     test.add_argument("--split", default="val", help="data split of the config to evaluate (default val)")
     test.add_argument("--out", help="also write the metrics to this JSON file")
     test.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    test.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one, else the CPU)")
     test.set_defaults(func=_cmd_test)
 
     predict = commands.add_parser("predict", help="detect objects in images: JSON boxes + drawn PNG")
@@ -568,4 +660,5 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--score-thr", type=float, default=0.5, help="lowest score drawn and written")
     predict.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    predict.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one, else the CPU)")
     predict.set_defaults(func=_cmd_predict)

@@ -20,6 +20,8 @@ __all__ = [
     "all_gather_objects",
     "broadcast_object",
     "InferenceSampler",
+    "broadcast_buffers",
+    "average_buffers",
     "cleanup",
 ]
 
@@ -97,6 +99,29 @@ class InferenceSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank ``src``'s buffers (BatchNorm running statistics), in place.
+
+    Under DDP each rank's BatchNorm layers track statistics of that rank's batches, so after training the ranks
+    hold different running means and variances. Checkpoints are written from rank 0; evaluating every shard with
+    rank 0's statistics makes the gathered metrics those of the checkpoint.
+    """
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Replace every floating-point buffer by its mean over the ranks (precise BatchNorm over all ranks' data)."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer.data, op=dist.ReduceOp.SUM)
+            buffer.data /= world_size()
 
 
 def cleanup() -> None:

@@ -350,8 +350,10 @@ class Trainer:
                 self.ddp_model(inputs.flatten(0, 1))
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
+        dist_utils.average_buffers(self.model)  # each rank saw its own batches: average the statistics
 
     def validate(self) -> dict:
+        dist_utils.broadcast_buffers(self.model)  # score every shard with the BN statistics the checkpoint holds
         scores, labels = collect_scores(self.model, self.val_loader, self.device, self.amp_dtype, self.progress, "val")
         if len(labels) == 0:
             return {"num_samples": 0}

@@ -49,3 +49,38 @@ def test_two_rank_gloo_training_keeps_weights_identical(tmp_path, motion_data):
     assert result["num_scores"] == result["val_size"] == 8  # 8 test videos, each scored exactly once
     assert sorted(result["labels"]) == list(range(8))
     assert (tmp_path / "work" / "epoch_1.pth").exists()
+
+
+@pytest.mark.ddp
+def test_two_rank_detection_training_and_sharded_evaluation(tmp_path):
+    from test_detection import _tiny_config
+
+    config = _tiny_config(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), str(HERE / "ddp_detect_worker.py"), str(config), str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    trained = [k for k, v in rank0.items() if v.is_floating_point() and "running_" not in k]
+    assert trained and all(torch.equal(rank0[k], rank1[k]) for k in trained)  # gradients were all-reduced
+    # and BN statistics were handed from rank 0 before evaluating: the ranks hold the very same model
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    logs = [json.loads((tmp_path / f"log{r}.json").read_text()) for r in (0, 1)]
+    assert logs[1]["lines"] == []  # rank 1 is silent
+    assert any("on 2 processes" in line for line in logs[0]["lines"])
+    assert any(line.startswith("iter 3/3") for line in logs[0]["lines"])
+    checkpoint = torch.load(tmp_path / "work" / "latest.pth", weights_only=True)
+    assert checkpoint["iteration"] == 3
+    assert all(torch.equal(checkpoint["state_dict"][k], rank0[k]) for k in trained)
+    # the detections of both shards, gathered, score like one process over the whole split
+    assert logs[0]["metrics"] == logs[1]["metrics"] == logs[0]["full_metrics"]
+    assert logs[0]["image_ids"] != logs[1]["image_ids"]  # each rank detected on its own image
+    val_images = json.loads((tmp_path / "shapes" / "val" / "annotations.json").read_text())["images"]
+    assert sorted(logs[0]["image_ids"] + logs[1]["image_ids"]) == sorted(img["id"] for img in val_images)
+    gathered = logs[0]["shard"] + logs[1]["shard"]
+    assert len(gathered) == len(logs[0]["full"]) > 0
+    for mine, theirs in zip(logs[0]["full"], gathered):
+        assert mine["image_id"] == theirs["image_id"] and mine["category_id"] == theirs["category_id"]
+        assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=1e-3)
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
