@@ -78,11 +78,16 @@ def infer_seed_fpn_depth(state: Mapping[str, Any], source: str) -> int:
             f"{source} is not a checkpoint of the seed's FPN: expected 'toplayer.weight' and 'layer3.N...' tensors; "
             f"first names: {list(state)[:3]}"
         )
-    num_blocks = max(blocks) + 1
-    for depth, counts in SEED_FPN_DEPTHS.items():
-        if counts[2] == num_blocks:
-            return depth
-    raise ConversionError(f"{source}: layer3 has {num_blocks} blocks; the seed's FPN50/101/152 have 6, 23 or 36")
+    depth = _depth_of_layer3(max(blocks) + 1)
+    if depth is None:
+        raise ConversionError(
+            f"{source}: layer3 has {max(blocks) + 1} blocks; the seed's FPN50/101/152 have 6, 23 or 36"
+        )
+    return depth
+
+
+def _depth_of_layer3(num_blocks: int) -> int | None:
+    return next((depth for depth, counts in SEED_FPN_DEPTHS.items() if counts[2] == num_blocks), None)
 
 
 def _lateral_shapes(depth: int) -> dict[str, tuple[int, ...]]:
@@ -111,7 +116,7 @@ def is_lateral_fpn_state(state: Mapping[str, Any]) -> bool:
 def to_seed_fpn(state: Mapping[str, Any], source: str = "checkpoint") -> tuple[OrderedDict[str, torch.Tensor], int]:
     """lateral ``ResNetFPN(style='seed')`` state dict -> (seed-layout state dict, depth)."""
     blocks = {int(k.split(".")[2]) for k in state if k.startswith("body.layer3.")}
-    depth = next((d for d, counts in SEED_FPN_DEPTHS.items() if blocks and counts[2] == max(blocks) + 1), None)
+    depth = _depth_of_layer3(max(blocks) + 1) if blocks else None
     if depth is None or len([k for k in state if k.startswith("fpn.layer_blocks.") and k.endswith("weight")]) != 3:
         raise ConversionError(
             f"{source} is not a lateral ResNetFPN of style 'seed' with depth 50/101/152 (seed layout: P2..P4 "
