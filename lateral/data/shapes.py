@@ -104,7 +104,7 @@ def render_shapes(
                 }
             )
         file_name = f"{index:06d}.png"
-        image.save(out_dir / "images" / file_name)
+        _save_atomically(image, out_dir / "images" / file_name)
         images.append({"id": index + 1, "file_name": file_name, "width": image_size, "height": image_size})
     data = {
         "info": {
@@ -117,10 +117,18 @@ def render_shapes(
         "categories": [{"id": i + 1, "name": name} for i, name in enumerate(SHAPE_CLASSES)],
     }
     ann_file = out_dir / "annotations.json"
-    tmp = ann_file.with_suffix(".json.tmp")
+    tmp = ann_file.with_name(f".{ann_file.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, ann_file)  # written last and atomically: a present json means a complete dataset
     return ann_file
+
+
+def _save_atomically(image: Image.Image, path: Path) -> None:
+    """Write a PNG through a per-process temporary name, so that processes rendering the same dataset at once
+    (``torchrun`` ranks) never read or replace each other's half-written files."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def _params(num_images: int, image_size: int, seed: int, max_objects: int, min_size: int, max_size: int) -> dict:

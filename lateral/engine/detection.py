@@ -86,7 +86,12 @@ def build_detection_dataset(split_cfg: dict, category_ids_as_labels: bool = Fals
             raise ConfigError(
                 "a synthetic split writes DIR/annotations.json and DIR/images: set ann_file and img_dir to those"
             )
+        # under torchrun rank 0 renders while the other ranks wait, then they find its files
+        if not dist_utils.is_main_process():
+            dist_utils.barrier()
         ensure_shapes_dataset(ann_file.parent, **synthetic)
+        if dist_utils.is_main_process():
+            dist_utils.barrier()
     pipeline = build_pipeline(split_cfg.pop("pipeline", None))
     extra = set(split_cfg) - {"ann_file", "img_dir", "skip_crowd"}
     if extra:
