@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lateral.models.layers import bf16_conv3d_unsafe
+
 __all__ = [
     "PRECISIONS",
     "FusedResidualBlock",
@@ -227,6 +229,8 @@ class OneDnnConv(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
+        # bf16 oneDNN gets these 3D convs wrong (see lateral.models.layers.bf16_conv3d_unsafe): run them in fp32
+        self.fp32_in_bf16 = len(self.kernel_size) == 3 and bf16_conv3d_unsafe(self.kernel_size, self.stride)
         self._packed: tuple[tuple[int, ...], torch.Tensor] | None = None  # (input shape, weight in oneDNN's layout)
 
     def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,6 +257,8 @@ class OneDnnConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, *S] in the weight's dtype -> [N, C_out, *S'] in x's memory format."""
+        if self.fp32_in_bf16 and x.dtype == torch.bfloat16:
+            return self._forward_fp32(x).to(torch.bfloat16)
         weight = self.packed_weight(x)
         if self.relu:
             return torch.ops.mkldnn._convolution_pointwise(
@@ -264,8 +270,16 @@ class OneDnnConv(nn.Module):
             x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
         )
 
+    def _forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        weight, bias = self.weight.float(), self.bias.float()
+        out = torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return out.relu_() if self.relu else out
+
     def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """``relu(conv(x) + other)`` in one oneDNN kernel (binary-add and ReLU post-ops); ``other`` is not changed."""
+        if self.fp32_in_bf16 and x.dtype == torch.bfloat16:
+            return (self._forward_fp32(x) + other.float()).relu_().to(torch.bfloat16)
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, other, self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
             "add", 1.0, "relu", [], "",

@@ -13,7 +13,7 @@ from torch import nn
 
 from lateral.config import ConfigError, suggest
 
-__all__ = ["ConvModule", "make_norm", "make_activation", "check_conv_cfg"]
+__all__ = ["ConvModule", "make_norm", "make_activation", "check_conv_cfg", "bf16_conv3d_unsafe", "runs_bf16_on_cpu"]
 
 _NORM_TYPES = {"BN3d", "BN", "SyncBN", "BN2d"}
 _ACT_TYPES = {"ReLU", "LeakyReLU", "GELU", "SiLU", "Swish", "Sigmoid", "Tanh", "ReLU6", "HSwish", "ELU"}
@@ -84,6 +84,34 @@ def make_activation(act_cfg: dict) -> nn.Module:
     return act
 
 
+def bf16_conv3d_unsafe(kernel_size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether oneDNN's bf16 conv3d on CPU may compute this conv wrongly: a stride larger than a kernel size > 1.
+
+    With torch 2.14.1 (oneDNN 3.12) on CPUs with native bf16 (AVX-512 BF16 / AMX), such convs return garbage or
+    NaN, or corrupt the heap, depending on the shape: SlowFast's lateral convs (kernel 5 over time, stride alpha = 8)
+    among them. Equal or smaller strides, 1-sized kernels and 2D convs were all correct in the same sweep, so only
+    these convs are run in float32 (they are about 1.5 % of the seed SlowFast's multiply-adds).
+    """
+    return any(1 < k < s for k, s in zip(kernel_size, stride))
+
+
+def runs_bf16_on_cpu(x: torch.Tensor) -> bool:
+    """Whether a conv on ``x`` would run in bf16 on the CPU: ``x`` is bf16, or CPU autocast to bf16 is on."""
+    if x.device.type != "cpu":
+        return False
+    if x.dtype == torch.bfloat16:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def conv3d_in_fp32(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` computed in float32 (autocast off), returned in bf16 as the bf16 conv would have been."""
+    bias = None if conv.bias is None else conv.bias.float()
+    with torch.autocast("cpu", enabled=False):
+        out = conv._conv_forward(x.float(), conv.weight.float(), bias)
+    return out.to(torch.bfloat16)
+
+
 class ConvModule(nn.Module):
     """``Conv3d`` followed by an optional norm and an optional activation.
 
@@ -111,7 +139,15 @@ class ConvModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, T, H, W] -> [N, C_out, T', H', W']."""
-        x = self.conv(x)
+        conv = self.conv
+        if (
+            isinstance(conv, nn.Conv3d)
+            and runs_bf16_on_cpu(x)
+            and bf16_conv3d_unsafe(conv.kernel_size, conv.stride)
+        ):
+            x = conv3d_in_fp32(conv, x)
+        else:
+            x = conv(x)
         if self.bn is not None:
             x = self.bn(x)
         if self.activate is not None:
