@@ -234,14 +234,14 @@ class OneDnnConv(nn.Module):
         self._packed: tuple[tuple[int, ...], torch.Tensor] | None = None  # (input shape, weight in oneDNN's layout)
 
     def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """The weight reordered once into the blocked layout oneDNN picks for ``x``'s shape (fp32 2D/3D convs).
+        """The weight reordered once into the blocked layout oneDNN picks for ``x``'s shape (fp32 / bf16 2D/3D convs).
 
         Passing the plain weight makes oneDNN reorder it on every call, which costs a third of the time of a 1x1x1
-        conv on a batch-1 clip. The packed copy is kept for the last input shape seen and redone when it changes.
-        Other cases (bf16, 1D convs) get the plain weight.
+        fp32 conv on a batch-1 clip (packing made the bf16 seed SlowFast 9-15 % faster on an AMX CPU). The packed
+        copy is kept for the last input shape seen and redone when it changes. 1D convs get the plain weight.
         """
         reorder = {5: torch._C._nn.mkldnn_reorder_conv3d_weight, 4: torch._C._nn.mkldnn_reorder_conv2d_weight}
-        if x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.dim() not in reorder:
+        if x.dtype not in (torch.float32, torch.bfloat16) or self.weight.dtype != x.dtype or x.dim() not in reorder:
             return self.weight
         shape = tuple(x.shape)
         if self._packed is None or self._packed[0] != shape:
