@@ -19,7 +19,7 @@ import lateral
 from golden import GoldenCase
 from lateral.cli import main as cli_main
 from lateral.inference import optimization as optimize_module
-from lateral.inference.exporters import check_export, export_onnx, export_torchscript
+from lateral.inference.exporters import check_export, export_onnx, export_torchscript, inference_copy
 from lateral.inference.optimization import OneDnnConv, PrecisionError, bf16_supported, compile_available, fold_batchnorm
 from lateral.inference.timing import count_macs, flop_counter_macs, parse_input_shape
 
@@ -534,3 +534,58 @@ def test_export_without_onnx_names_the_extra(thin_files, tmp_path, capsys, monke
     assert rc == 1
     assert "lateral-vision[onnx]" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------------------------------------ OpenVINO backend
+
+try:
+    import openvino  # noqa: F401
+
+    HAVE_OPENVINO = True
+except ImportError:
+    HAVE_OPENVINO = False
+needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed (pip install 'lateral-vision[openvino]')")
+
+
+@needs_openvino
+def test_openvino_backend_golden_parity_views_and_shapes():
+    model, case = golden_model("slowfast_r50_multiview")
+    opt = lateral.optimize(model, backend="openvino")
+    assert opt.backbone.backend == "OpenVinoBackend"
+    views = case.input()  # [N, V, C, T, H, W]
+    with torch.no_grad():
+        torch.testing.assert_close(opt.predict(views), case.expected["average_prob"], atol=ATOL, rtol=RTOL)
+        clips = views.reshape(-1, *views.shape[2:])  # predict ran these 6 clips as one batch
+        logits = opt(clips[:2])  # another batch size: converted again for that shape
+    expected = case.expected["clip_logits"].reshape(clips.shape[0], -1)[:2]
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=RTOL)
+    assert len(opt.backbone._runner._runners) == 2
+    with pytest.raises(RuntimeError, match="inference copy"):
+        opt.backbone.train()
+    # one copy of each BN-folded weight (the OpenVINO runner is not a submodule), under the model's own names
+    folded = {k.replace("backbone.", "backbone.module.", 1) for k in inference_copy(model).state_dict()}
+    assert set(opt.state_dict()) == folded
+
+
+@needs_openvino
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="OpenVINO runs f32 without native bf16")
+def test_openvino_bf16_keeps_top1():
+    model, case = golden_model("slowfast_r50_4x16_seed")
+    opt = lateral.optimize(model, precision="bf16", backend="openvino")
+    with torch.no_grad():
+        got = opt(case.input())
+    expected = case.expected["logits"]
+    assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+    assert (got.softmax(dim=1) - expected.softmax(dim=1)).abs().max().item() <= 1e-2
+
+
+def test_openvino_backend_refuses_what_it_cannot_run(thin_model, monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lateral.optimize(thin_model, backend="tensorrt")
+    with pytest.raises(ValueError, match="OpenVINO compiles the model itself"):
+        lateral.optimize(thin_model, compile=True, backend="openvino")
+    with pytest.raises(ValueError, match="recognizer"):
+        lateral.optimize(thin_model.backbone, backend="openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    with pytest.raises(ImportError, match=r"lateral-vision\[openvino\]"):
+        lateral.optimize(thin_model, backend="openvino")

@@ -192,15 +192,18 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be fp32 or bf16, got '{args.precision}'")
     if args.eager:
-        if args.compile or args.precision != "fp32":
-            raise ConfigError("--eager runs the model as built, in fp32; it cannot be combined with --compile or "
-                              "--precision bf16")
+        if args.compile or args.precision != "fp32" or args.backend != "torch":
+            raise ConfigError("--eager runs the model as built, in fp32; it cannot be combined with --compile, "
+                              "--precision bf16 or --backend openvino")
     else:
         import lateral
 
+        if args.compile and args.backend != "torch":
+            raise ConfigError("--compile is for --backend torch; OpenVINO compiles the model itself")
         # the inference copy (BN folded, channels-last, oneDNN convs) gives the eager logits within 1e-4, faster
         on_unsupported = "warn" if args.force_bf16 else ("fp32" if args.fallback_fp32 else "error")
-        model = lateral.optimize(model, precision=args.precision, compile=args.compile, on_unsupported=on_unsupported)
+        model = lateral.optimize(model, precision=args.precision, compile=args.compile, on_unsupported=on_unsupported,
+                                 backend=args.backend)
     pipeline = video_pipeline(cfg)
     names = read_label_names(args.labels, cfg, model.num_classes)
     if args.window:
@@ -269,6 +272,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", help="JSON file for the top-k (or folder for the timeline)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile the inference copy")
+    p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
+                   help="what runs the backbone of the inference copy (openvino: pip install 'lateral-vision[openvino]'; "
+                        "lateral bench --openvino says which is faster here)")
     p.add_argument("--eager", action="store_true",
                    help="run the model as built instead of the optimised inference copy (BN folded, channels-last)")
     p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, run fp32 instead of failing")

@@ -26,6 +26,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "MissingDependencyError",
     "OnnxRuntimeRunner",
+    "OpenVinoBackend",
     "OpenVinoRunner",
     "check_export",
     "export_model",
@@ -230,6 +231,34 @@ class OpenVinoRunner:
         """x: the model input -> every model output, in order."""
         result = self.compiled(x.detach().cpu().contiguous().float().numpy())
         return [torch.from_numpy(np.asarray(result[out])) for out in self.compiled.outputs]
+
+
+class OpenVinoBackend:
+    """Runs a module through OpenVINO and returns what the module would: ``backend(x)`` -> a tensor or a tuple.
+
+    The module is converted and compiled in memory the first time each input shape is seen (a few seconds for an
+    R50), then reused. Used by ``lateral.optimize(..., backend='openvino')`` for a recognizer's backbone.
+
+    Args:
+        module: the eval-mode module (a recognizer backbone returning a tensor or a tuple of tensors).
+        precision: 'fp32' or 'bf16' (see :class:`OpenVinoRunner`).
+        threads: inference threads (None: OpenVINO's default, every core).
+    """
+
+    def __init__(self, module: nn.Module, precision: str = "fp32", threads: int | None = None):
+        require("openvino", "openvino")  # say which extra is missing now, not on the first video
+        self.module = module
+        self.precision = precision
+        self.threads = threads
+        self._runners: dict[tuple[int, ...], OpenVinoRunner] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """x: the module's input, e.g. [N, C, T, H, W] float32 -> the module's outputs in float32."""
+        shape = tuple(x.shape)
+        if shape not in self._runners:
+            self._runners[shape] = OpenVinoRunner(self.module, x.float(), self.precision, self.threads)
+        outputs = self._runners[shape](x)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def _max_difference(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BACKENDS = ("torch", "openvino")
 ON_UNSUPPORTED = ("warn", "error", "fp32")
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -458,6 +460,8 @@ class InferenceModule(nn.Module):
         memory_format: layout the input is converted to (channels_last_3d for ``[N, C, T, H, W]`` input).
         compile: run ``module`` through ``torch.compile`` (inductor, with freezing: weights become constants and
             are pre-packed for oneDNN). Kernels are built on the first call for each input shape.
+        runner: what runs the module instead of PyTorch (an :class:`~lateral.inference.exporters.OpenVinoBackend`);
+            ``module`` is then kept for its attributes and state dict.
     """
 
     def __init__(
@@ -466,14 +470,17 @@ class InferenceModule(nn.Module):
         dtype: torch.dtype = torch.float32,
         memory_format: torch.memory_format = torch.contiguous_format,
         compile: bool = False,
+        runner: Callable[[torch.Tensor], Any] | None = None,
     ):
         super().__init__()
         self.module = module
         self.dtype = dtype
         self.memory_format = memory_format
         self.compiled = compile
+        self.backend = "torch" if runner is None else type(runner).__name__
+        if runner is None:
+            runner = torch.compile(module) if compile else module
         # kept out of the submodule registry so the state dict has one copy of each weight
-        runner = torch.compile(module) if compile else module
         object.__setattr__(self, "_runner", runner)
 
     def __getattr__(self, name: str) -> Any:
@@ -514,7 +521,7 @@ class InferenceModule(nn.Module):
         return _to_float32(out)
 
     def extra_repr(self) -> str:
-        return f"dtype={self.dtype}, memory_format={self.memory_format}, compiled={self.compiled}"
+        return f"dtype={self.dtype}, memory_format={self.memory_format}, compiled={self.compiled}, backend={self.backend}"
 
 
 def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceModule:
@@ -540,7 +547,12 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def optimize(
-    model: nn.Module, precision: str = "fp32", compile: bool = False, *, on_unsupported: str = "warn"
+    model: nn.Module,
+    precision: str = "fp32",
+    compile: bool = False,
+    *,
+    on_unsupported: str = "warn",
+    backend: str = "torch",
 ) -> nn.Module:
     """Return an inference-optimised copy of a recognizer or backbone; ``model`` itself is not modified.
 
@@ -557,19 +569,39 @@ def optimize(
             input shape compiles (tens of seconds to minutes for an R50).
         on_unsupported: when bf16 is asked for on a device without native bf16: 'warn' (run bf16 anyway),
             'error' (raise :class:`PrecisionError`) or 'fp32' (fall back to fp32).
+        backend: 'torch' (PyTorch runs the copy) or 'openvino' (a recognizer's backbone is converted with
+            OpenVINO in memory, once per input shape, with PyTorch's thread count; the head stays in PyTorch;
+            needs ``pip install 'lateral-vision[openvino]'``). Which is faster depends on the CPU: measure with
+            ``lateral bench CONFIG --openvino``.
 
     Returns:
         The inference copy (an ``nn.Module``; parameters do not require grad, ``train()`` raises).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize expects an nn.Module, got {type(model).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    is_recognizer = isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(
+        getattr(model, "cls_head", None), nn.Module
+    )
+    if backend == "openvino":
+        if compile:
+            raise ValueError("compile=True is for the torch backend; OpenVINO compiles the model itself")
+        if not is_recognizer or _model_device(model).type != "cpu":
+            raise ValueError("backend='openvino' runs a recognizer (backbone + cls_head) on the CPU")
     precision = resolve_precision(precision, _model_device(model), on_unsupported)
     dtype = PRECISIONS[precision]
     opt = copy.deepcopy(model).eval()
     for param in opt.parameters():
         param.requires_grad_(False)
     fold_batchnorm(opt)
-    if isinstance(getattr(opt, "backbone", None), nn.Module) and isinstance(getattr(opt, "cls_head", None), nn.Module):
+    if backend == "openvino":
+        from lateral.inference.exporters import OpenVinoBackend
+
+        runner = OpenVinoBackend(opt.backbone, precision, threads=torch.get_num_threads())
+        opt.backbone = InferenceModule(opt.backbone, runner=runner)  # fp32 in and out; OpenVINO picks bf16 inside
+        return opt
+    if is_recognizer:
         opt.backbone = _prepare(opt.backbone, dtype, compile)
         return opt
     return _prepare(opt, dtype, compile)

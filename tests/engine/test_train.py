@@ -140,18 +140,24 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     assert len(lines) == 3 and all(float(l.split()[0]) <= 1 for l in lines)
     names = (motion_data / "label_map.txt").read_text().split()
     assert lines[0].split()[1] in names
-    # the default runs the fused inference copy; --eager the model as built: same classes, same probabilities
+    # the default runs the fused inference copy; --eager the model as built; --backend openvino (when installed)
+    # OpenVINO: same classes, same probabilities
+    import importlib.util
+
+    modes = {"fused": [], "eager": ["--eager"]}
+    if importlib.util.find_spec("openvino") is not None:
+        modes["openvino"] = ["--backend", "openvino"]
     tops = {}
-    for mode in ("fused", "eager"):
-        extra = ["--eager"] if mode == "eager" else []
+    for mode, extra in modes.items():
         out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video),
                               "--topk", "8", "--out", str(tmp_path / f"{mode}.json"), *extra],
                              cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         tops[mode] = json.loads((tmp_path / f"{mode}.json").read_text())["top"]
-    assert [t["class"] for t in tops["fused"]] == [t["class"] for t in tops["eager"]]
-    for fused, eager in zip(tops["fused"], tops["eager"]):
-        assert abs(fused["prob"] - eager["prob"]) < 1e-4
+    for mode in modes:
+        assert [t["class"] for t in tops[mode]] == [t["class"] for t in tops["eager"]], mode
+        for got, eager in zip(tops[mode], tops["eager"]):
+            assert abs(got["prob"] - eager["prob"]) < 1e-4, mode
     from lateral.inference import bf16_supported
 
     if not bf16_supported():
