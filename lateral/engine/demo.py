@@ -78,7 +78,7 @@ def demo_config(data_dir: Path, epochs: int, batch_size: int = 16) -> dict:
         val_dataloader=dict(batch_size=batch_size, num_workers=1, dataset=dataset("test_list.txt", test_pipeline, True)),
         test_dataloader=dict(batch_size=batch_size, num_workers=1, dataset=dataset("test_list.txt", test_pipeline, True)),
         train_cfg=dict(max_epochs=epochs, val_interval=2, val_begin=1),
-        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4),
+        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=4e-3, weight_decay=1e-4),
                            paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
                            clip_grad=dict(max_norm=10, norm_type=2)),
         param_scheduler=[
