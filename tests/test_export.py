@@ -6,10 +6,13 @@ SlowFast (base_channels 16 / 2) whose BatchNorm statistics are randomised, so th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +22,11 @@ import lateral
 from golden import GoldenCase
 from lateral.cli import main as cli_main
 from lateral.inference import optimization as optimize_module
-from lateral.inference.exporters import check_export, export_onnx, export_torchscript, inference_copy
+from lateral.inference.exporters import check_export, export_onnx, export_torchscript
 from lateral.inference.optimization import OneDnnConv, PrecisionError, bf16_supported, compile_available, fold_batchnorm
 from lateral.inference.timing import count_macs, flop_counter_macs, parse_input_shape
 
+HERE = Path(__file__).resolve().parent
 GOLDEN_RECOGNIZERS = ["slowfast_r50_4x16_seed", "slowfast_r50_8x8", "slowonly_r50_8x8", "slowfast_r50_multiview"]
 THIN_INPUT = (1, 3, 8, 32, 32)
 ATOL = RTOL = 1e-4
@@ -538,45 +542,24 @@ def test_export_without_onnx_names_the_extra(thin_files, tmp_path, capsys, monke
 
 # ------------------------------------------------------------------------------------------ OpenVINO backend
 
-try:
-    import openvino  # noqa: F401
-
-    HAVE_OPENVINO = True
-except ImportError:
-    HAVE_OPENVINO = False
-needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed (pip install 'lateral-vision[openvino]')")
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None  # not imported here: see below
 
 
-@needs_openvino
-def test_openvino_backend_golden_parity_views_and_shapes():
-    model, case = golden_model("slowfast_r50_multiview")
-    opt = lateral.optimize(model, backend="openvino")
-    assert opt.backbone.backend == "OpenVinoBackend"
-    views = case.input()  # [N, V, C, T, H, W]
-    with torch.no_grad():
-        torch.testing.assert_close(opt.predict(views), case.expected["average_prob"], atol=ATOL, rtol=RTOL)
-        clips = views.reshape(-1, *views.shape[2:])  # predict ran these 6 clips as one batch
-        logits = opt(clips[:2])  # another batch size: converted again for that shape
-    expected = case.expected["clip_logits"].reshape(clips.shape[0], -1)[:2]
-    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=RTOL)
-    assert len(opt.backbone._runner._runners) == 2
-    with pytest.raises(RuntimeError, match="inference copy"):
-        opt.backbone.train()
-    # one copy of each BN-folded weight (the OpenVINO runner is not a submodule), under the model's own names
-    folded = {k.replace("backbone.", "backbone.module.", 1) for k in inference_copy(model).state_dict()}
-    assert set(opt.state_dict()) == folded
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed (pip install 'lateral-vision[openvino]')")
+def test_openvino_backend_in_its_own_interpreter():
+    """tests/openvino_backend_checks.py (golden parity, views, shapes, bf16 top-1) in a fresh pytest process.
 
-
-@needs_openvino
-@pytest.mark.skipif(not bf16_supported("cpu"), reason="OpenVINO runs f32 without native bf16")
-def test_openvino_bf16_keeps_top1():
-    model, case = golden_model("slowfast_r50_4x16_seed")
-    opt = lateral.optimize(model, precision="bf16", backend="openvino")
-    with torch.no_grad():
-        got = opt(case.input())
-    expected = case.expected["logits"]
-    assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
-    assert (got.softmax(dim=1) - expected.softmax(dim=1)).abs().max().item() <= 1e-2
+    In the full suite, a pytest process that had run OpenVINO in-process segfaulted a few tests later while
+    spawning a subprocess; the same tests alone, or the suite without them, passed. OpenVINO keeps its own runtime
+    threads in the process, so its checks get a process of their own.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "openvino_backend_checks.py")],
+        capture_output=True, text=True, timeout=600, cwd=HERE.parent,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    expected = "2 passed" if bf16_supported("cpu") else "1 passed, 1 skipped"
+    assert expected in done.stdout, done.stdout[-2000:]
 
 
 def test_openvino_backend_refuses_what_it_cannot_run(thin_model, monkeypatch):

@@ -52,7 +52,8 @@ def test_resume_continues_to_the_same_weights(tmp_path, run_config):
 
 
 def test_sigkill_then_resume_auto(tmp_path, run_config):
-    cfg = dict(run_config, train_cfg=dict(max_epochs=4, val_interval=10))
+    # enough epochs that the run cannot finish between the first checkpoint and the kill on a fast machine
+    cfg = dict(run_config, train_cfg=dict(max_epochs=12, val_interval=20))
     path = tmp_path / "cfg.py"
     write_config(cfg, path)
     work = tmp_path / "work"
@@ -60,18 +61,18 @@ def test_sigkill_then_resume_auto(tmp_path, run_config):
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (work / "epoch_1.pth").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert (work / "epoch_1.pth").exists(), "the run never finished its first epoch"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = read_checkpoint(work / "latest.pth")["meta"]["epoch"]
-    assert 1 <= finished < 4
+    assert 1 <= finished < 12
     done = subprocess.run(cmd + ["--resume", "auto"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     records = [json.loads(l) for l in (work / "log.jsonl").read_text().splitlines()]
     resume = [r for r in records if r["event"] == "resume"]
     assert resume and resume[-1]["epoch"] == finished
-    assert read_checkpoint(work / "latest.pth")["meta"]["epoch"] == 4
+    assert read_checkpoint(work / "latest.pth")["meta"]["epoch"] == 12
     assert [p.name for p in work.glob("*.tmp")] == []
 
 

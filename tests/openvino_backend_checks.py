@@ -1,0 +1,44 @@
+"""OpenVINO backend checks, run by tests/test_export.py in a pytest process of their own (see there why).
+
+Not collected by the main suite (the file name does not start with test_).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lateral
+from lateral.inference.exporters import inference_copy
+from lateral.inference.optimization import bf16_supported
+from test_export import ATOL, RTOL, golden_model
+
+
+def test_openvino_backend_golden_parity_views_and_shapes():
+    model, case = golden_model("slowfast_r50_multiview")
+    opt = lateral.optimize(model, backend="openvino")
+    assert opt.backbone.backend == "OpenVinoBackend"
+    views = case.input()  # [N, V, C, T, H, W]
+    with torch.no_grad():
+        torch.testing.assert_close(opt.predict(views), case.expected["average_prob"], atol=ATOL, rtol=RTOL)
+        clips = views.reshape(-1, *views.shape[2:])  # predict ran these 6 clips as one batch
+        logits = opt(clips[:2])  # another batch size: converted again for that shape
+    expected = case.expected["clip_logits"].reshape(clips.shape[0], -1)[:2]
+    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=RTOL)
+    assert len(opt.backbone._runner._runners) == 2
+    with pytest.raises(RuntimeError, match="inference copy"):
+        opt.backbone.train()
+    # one copy of each BN-folded weight (the OpenVINO runner is not a submodule), under the model's own names
+    folded = {k.replace("backbone.", "backbone.module.", 1) for k in inference_copy(model).state_dict()}
+    assert set(opt.state_dict()) == folded
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="OpenVINO runs f32 without native bf16")
+def test_openvino_bf16_keeps_top1():
+    model, case = golden_model("slowfast_r50_4x16_seed")
+    opt = lateral.optimize(model, precision="bf16", backend="openvino")
+    with torch.no_grad():
+        got = opt(case.input())
+    expected = case.expected["logits"]
+    assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+    assert (got.softmax(dim=1) - expected.softmax(dim=1)).abs().max().item() <= 1e-2
