@@ -142,8 +142,8 @@ class ConvModule(nn.Module):
         conv = self.conv
         if (
             isinstance(conv, nn.Conv3d)
+            and bf16_conv3d_unsafe(conv.kernel_size, conv.stride)  # static, and false for almost every conv
             and runs_bf16_on_cpu(x)
-            and bf16_conv3d_unsafe(conv.kernel_size, conv.stride)
         ):
             x = conv3d_in_fp32(conv, x)
         else:
