@@ -22,10 +22,12 @@ def test_openvino_backend_golden_parity_views_and_shapes():
     with torch.no_grad():
         torch.testing.assert_close(opt.predict(views), case.expected["average_prob"], atol=ATOL, rtol=RTOL)
         clips = views.reshape(-1, *views.shape[2:])  # predict ran these 6 clips as one batch
-        logits = opt(clips[:2])  # another batch size: converted again for that shape
+        logits = opt(clips[:2])  # another batch size: the same per-sample model, no new conversion
+        assert len(opt.backbone._runner._runners) == 1
+        opt(clips[:1, :, :, :32, :32])  # another clip size: converted for it
+        assert len(opt.backbone._runner._runners) == 2
     expected = case.expected["clip_logits"].reshape(clips.shape[0], -1)[:2]
     torch.testing.assert_close(logits, expected, atol=ATOL, rtol=RTOL)
-    assert len(opt.backbone._runner._runners) == 2
     with pytest.raises(RuntimeError, match="inference copy"):
         opt.backbone.train()
     # one copy of each BN-folded weight (the OpenVINO runner is not a submodule), under the model's own names

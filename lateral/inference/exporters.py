@@ -220,6 +220,7 @@ class OpenVinoRunner:
         exported = inference_copy(model)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.trace's deprecation, inside OpenVINO
             ov_model = ov.convert_model(exported, example_input=(example_input,))
         config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -236,8 +237,10 @@ class OpenVinoRunner:
 class OpenVinoBackend:
     """Runs a module through OpenVINO and returns what the module would: ``backend(x)`` -> a tensor or a tuple.
 
-    The module is converted and compiled in memory the first time each input shape is seen (a few seconds for an
-    R50), then reused. Used by ``lateral.optimize(..., backend='openvino')`` for a recognizer's backbone.
+    The module is converted and compiled in memory for one sample the first time each per-sample shape is seen
+    (10-15 s for an R50 SlowFast at 32x256x256), then reused; a batch runs sample by sample. Converting at the batch
+    size instead made the first call grow with it (33 s at batch 3, over 5 minutes for 30 test views). Used by
+    ``lateral.optimize(..., backend='openvino')`` for a recognizer's backbone.
 
     Args:
         module: the eval-mode module (a recognizer backbone returning a tensor or a tuple of tensors).
@@ -254,10 +257,12 @@ class OpenVinoBackend:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """x: the module's input, e.g. [N, C, T, H, W] float32 -> the module's outputs in float32."""
-        shape = tuple(x.shape)
-        if shape not in self._runners:
-            self._runners[shape] = OpenVinoRunner(self.module, x.float(), self.precision, self.threads)
-        outputs = self._runners[shape](x)
+        sample_shape = tuple(x.shape[1:])
+        if sample_shape not in self._runners:
+            self._runners[sample_shape] = OpenVinoRunner(self.module, x[:1].float(), self.precision, self.threads)
+        runner = self._runners[sample_shape]
+        per_sample = [runner(sample) for sample in x.split(1)]
+        outputs = [torch.cat(parts) for parts in zip(*per_sample)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
