@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
     if amp in (None, "", "none", "fp32"):
         return None
     if amp == "bf16":
+        from lateral.inference.optimization import bf16_supported
+
+        if not bf16_supported(device):
+            warnings.warn(
+                f"--amp bf16: {device} has no native bf16 (on CPU: AVX-512 BF16 or AMX), so bf16 convolutions are "
+                "emulated and training runs far slower than in fp32; drop --amp to train in fp32",
+                stacklevel=2,
+            )
         return torch.bfloat16
     if amp == "fp16":
         if device.type != "cuda":

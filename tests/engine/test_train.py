@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,22 @@ def test_demo_quick_writes_a_full_report(tmp_path):
     for name in ("confusion_matrix.png", "training_curve.png", "demo_config.py", "predictions.json"):
         assert (report / name).stat().st_size > 0, name
     assert lateral.load_config(report / "demo_config.py")["model"]["type"] == "Recognizer3D"
+
+
+def test_amp_bf16_without_native_bf16_warns_and_fp16_needs_a_gpu(monkeypatch):
+    from lateral.engine.train import resolve_amp
+    from lateral.inference import optimization
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(optimization, "bf16_supported", lambda device="cpu": False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert resolve_amp("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(optimization, "bf16_supported", lambda device="cpu": True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_amp("bf16", cpu) is torch.bfloat16
+    assert resolve_amp(None, cpu) is None and resolve_amp("none", cpu) is None
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        resolve_amp("fp16", cpu)
+    with pytest.raises(ConfigError, match="must be bf16, fp16 or none"):
+        resolve_amp("int8", cpu)
