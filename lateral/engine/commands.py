@@ -109,6 +109,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.cfg_options)
     work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
     resume = args.resume if args.resume else ("auto" if cfg.get("resume") is True else None)
+    if args.channels_last:
+        cfg["channels_last"] = True
     result = train(cfg, work_dir, resume=resume, amp=args.amp, device=args.device, progress=not args.no_progress)
     from lateral.engine import distributed as dist_utils
 
@@ -244,6 +246,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--work-dir", help="where checkpoints and logs go (default work_dirs/CONFIG_NAME)")
     p.add_argument("--resume", nargs="?", const="auto", help="'auto' (latest.pth in work dir) or a checkpoint path")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], help="mixed precision (bf16 on CPU; fp16/bf16 on GPU)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="model and clips in channels_last_3d (the config key channels_last=True); faster with --amp")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
