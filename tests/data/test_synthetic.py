@@ -17,10 +17,19 @@ def test_files_lists_and_determinism(tmp_path):
     assert len(train) == 8 and train[0] == "videos/move_right/move_right_train_0000.mp4 0"
     assert (tmp_path / "a" / "label_map.txt").read_text().split() == list(MOTION_CLASSES)
     relative = train[3].split()[0]
-    assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes()
-    assert (tmp_path / "a" / relative).read_bytes() != (tmp_path / "c" / relative).read_bytes()
-    with PyAVReader(tmp_path / "a" / relative) as reader:
-        assert reader.num_frames == 16 and (reader.height, reader.width) == (32, 32)
+    # the same seed renders the very same frames ...
+    again = render_motion_clip("move_up", 16, 32, np.random.default_rng([3, 0, 3, 0]))
+    assert np.array_equal(again, render_motion_clip("move_up", 16, 32, np.random.default_rng([3, 0, 3, 0])))
+    # ... and its files decode to them within the encoder's loss; x264 does not always give the same bytes for
+    # tiny clips (see lateral.data.writer), so files are compared as decoded frames
+    decoded = {}
+    for name in ("a", "b", "c"):
+        with PyAVReader(tmp_path / name / relative) as reader:
+            assert reader.num_frames == 16 and (reader.height, reader.width) == (32, 32)
+            decoded[name] = reader.get_frames(list(range(16))).astype(np.int16)
+    assert np.abs(decoded["a"] - again).mean() < 8.0  # crf 18 on frames with sensor noise: about 5.5
+    assert np.abs(decoded["a"] - decoded["b"]).mean() < 1.0
+    assert np.abs(decoded["a"] - decoded["c"]).mean() > 10.0  # another seed, another clip
     dataset = build_dataset(dict(type="VideoDataset", ann_file=first["test_list"],
                                  data_prefix=dict(video=first["data_prefix"]),
                                  pipeline=[dict(type="PyAVInit"), dict(type="SampleFrames", clip_len=8,
