@@ -138,7 +138,7 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     make_motion_dataset(data_dir, num_train_per_class=per_class[0], num_test_per_class=per_class[1],
                                num_frames=32, size=64, seed=0)
     data_seconds = time.time() - started
-    epochs = epochs or (1 if quick else 10)
+    epochs = epochs or (1 if quick else 12)
     cfg = demo_config(data_dir, epochs, batch_size=8)
     write_config(cfg, report_dir / "demo_config.py", "The lateral demo run config (written by `lateral demo`).")
     cfg = load_config(report_dir / "demo_config.py")  # the file is the source of truth: proves it reads back
