@@ -117,16 +117,21 @@ def render_shapes(
         "categories": [{"id": i + 1, "name": name} for i, name in enumerate(SHAPE_CLASSES)],
     }
     ann_file = out_dir / "annotations.json"
-    tmp = ann_file.with_name(f".{ann_file.name}.{os.getpid()}.tmp")
+    tmp = _temp_path(ann_file)
     tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, ann_file)  # written last and atomically: a present json means a complete dataset
     return ann_file
 
 
+def _temp_path(path: Path) -> Path:
+    """A per-process temporary name beside ``path``: processes rendering the same dataset at once (``torchrun``
+    ranks) never read or replace each other's half-written files."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _save_atomically(image: Image.Image, path: Path) -> None:
-    """Write a PNG through a per-process temporary name, so that processes rendering the same dataset at once
-    (``torchrun`` ranks) never read or replace each other's half-written files."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write a PNG through :func:`_temp_path`, then move it into place."""
+    tmp = _temp_path(path)
     image.save(tmp, format="PNG")
     os.replace(tmp, path)
 

@@ -53,9 +53,8 @@ def test_lateral_conv_under_bf16_autocast_matches_fp32():
 
 def test_lateral_conv_with_bf16_weights_and_input_matches_fp32_and_trains():
     conv = _lateral_conv()
-    reference = F.conv3d
     x = torch.randn(1, 64, 32, 8, 8)
-    expected = reference(x, conv.conv.weight, None, (8, 1, 1), (2, 0, 0))
+    expected = F.conv3d(x, conv.conv.weight, None, (8, 1, 1), (2, 0, 0))
     conv = conv.bfloat16()
     x_bf16 = x.bfloat16().requires_grad_()
     got = conv(x_bf16)
