@@ -231,8 +231,12 @@ class OneDnnConv(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
-        # bf16 oneDNN gets these 3D convs wrong (see lateral.models.layers.bf16_conv3d_unsafe): run them in fp32
-        self.fp32_in_bf16 = len(self.kernel_size) == 3 and bf16_conv3d_unsafe(self.kernel_size, self.stride)
+        # bf16 oneDNN gets these 3D convs wrong (see lateral.models.layers.bf16_conv3d_unsafe); when only the temporal
+        # stride is the problem (SlowFast's laterals) the frames each output reads are gathered and a conv with
+        # stride == kernel (correct in bf16) runs on them, otherwise the conv runs in fp32
+        unsafe = len(self.kernel_size) == 3 and bf16_conv3d_unsafe(self.kernel_size, self.stride)
+        self.gather_frames_in_bf16 = unsafe and not bf16_conv3d_unsafe(self.kernel_size[1:], self.stride[1:])
+        self.fp32_in_bf16 = unsafe and not self.gather_frames_in_bf16
         self._packed: tuple[tuple[int, ...], torch.Tensor] | None = None  # (input shape, weight in oneDNN's layout)
 
     def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,6 +265,8 @@ class OneDnnConv(nn.Module):
         """x: [N, C_in, *S] in the weight's dtype -> [N, C_out, *S'] in x's memory format."""
         if self.fp32_in_bf16 and x.dtype == torch.bfloat16:
             return self._forward_fp32(x).to(torch.bfloat16)
+        if self.gather_frames_in_bf16 and x.dtype == torch.bfloat16:
+            return self._forward_gathered(x)
         weight = self.packed_weight(x)
         if self.relu:
             return torch.ops.mkldnn._convolution_pointwise(
@@ -270,6 +276,34 @@ class OneDnnConv(nn.Module):
             return torch.mkldnn_convolution(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
+        )
+
+    def _forward_gathered(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv on the frames it reads, gathered into [N, C, T' * kt, H, W], with temporal stride kt, padding 0.
+
+        Only the ``kt`` of every ``stride_t`` frames that an output frame reads are copied (5 of 8 for SlowFast's
+        laterals), in x's dtype and layout; frames that fall in the temporal padding are zeros.
+        """
+        (kernel_t, *_), (stride_t, *_), (pad_t, *_) = self.kernel_size, self.stride, self.padding
+        batch, channels, frames, height, width = x.shape
+        frames_out = (frames + 2 * pad_t - kernel_t) // stride_t + 1
+        gathered = torch.empty(
+            (batch, channels, frames_out * kernel_t, height, width), dtype=x.dtype, device=x.device,
+            memory_format=torch.channels_last_3d,
+        )
+        for k in range(kernel_t):
+            start = k - pad_t  # input frame of output frame 0 at tap k; output t reads start + t * stride_t
+            first = max(0, (-start + stride_t - 1) // stride_t)
+            last = max(first, min(frames_out, (frames - 1 - start) // stride_t + 1))
+            taps = gathered[:, :, k::kernel_t]  # [N, C, T', H, W]: tap k of every output frame
+            taps[:, :, :first].zero_()
+            taps[:, :, last:].zero_()
+            if last > first:
+                taps[:, :, first:last].copy_(x[:, :, start + first * stride_t : start + (last - 1) * stride_t + 1 : stride_t])
+        stride, padding = [kernel_t, *self.stride[1:]], [0, *self.padding[1:]]
+        op = "relu" if self.relu else "none"
+        return torch.ops.mkldnn._convolution_pointwise(
+            gathered, self.weight, self.bias, padding, stride, self.dilation, self.groups, op, [], ""
         )
 
     def _forward_fp32(self, x: torch.Tensor) -> torch.Tensor:
@@ -282,6 +316,8 @@ class OneDnnConv(nn.Module):
         """``relu(conv(x) + other)`` in one oneDNN kernel (binary-add and ReLU post-ops); ``other`` is not changed."""
         if self.fp32_in_bf16 and x.dtype == torch.bfloat16:
             return (self._forward_fp32(x) + other.float()).relu_().to(torch.bfloat16)
+        if self.gather_frames_in_bf16 and x.dtype == torch.bfloat16:
+            return (self._forward_gathered(x) + other).relu_()
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, other, self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
             "add", 1.0, "relu", [], "",
@@ -462,6 +498,8 @@ class InferenceModule(nn.Module):
             are pre-packed for oneDNN). Kernels are built on the first call for each input shape.
         runner: what runs the module instead of PyTorch (an :class:`~lateral.inference.exporters.OpenVinoBackend`);
             ``module`` is then kept for its attributes and state dict.
+        convert_input: convert the input to ``dtype`` and ``memory_format`` before ``module``; False when the module's
+            first convs read any layout and cast themselves (:mod:`lateral.inference.stem`).
     """
 
     def __init__(
@@ -471,8 +509,10 @@ class InferenceModule(nn.Module):
         memory_format: torch.memory_format = torch.contiguous_format,
         compile: bool = False,
         runner: Callable[[torch.Tensor], Any] | None = None,
+        convert_input: bool = True,
     ):
         super().__init__()
+        self.convert_input = convert_input
         self.module = module
         self.dtype = dtype
         self.memory_format = memory_format
@@ -504,9 +544,9 @@ class InferenceModule(nn.Module):
     def forward(self, x: torch.Tensor) -> Any:
         """x: [N, C, T, H, W] (or [N, C, H, W] for 2D models), any float dtype -> the module's outputs in float32."""
         with torch.no_grad():
-            if _input_format_ok(x, self.memory_format):
+            if self.convert_input and _input_format_ok(x, self.memory_format):
                 x = x.to(dtype=self.dtype, memory_format=self.memory_format)
-            else:  # a wrong rank: let the module raise its own message about the expected layout
+            elif self.convert_input:  # a wrong rank: let the module raise its own message about the expected layout
                 x = x.to(dtype=self.dtype)
             if self.compiled:
                 # inductor reads ``freezing`` when it compiles, i.e. inside this call (the first one per shape);
@@ -521,7 +561,10 @@ class InferenceModule(nn.Module):
         return _to_float32(out)
 
     def extra_repr(self) -> str:
-        return f"dtype={self.dtype}, memory_format={self.memory_format}, compiled={self.compiled}, backend={self.backend}"
+        return (
+            f"dtype={self.dtype}, memory_format={self.memory_format}, compiled={self.compiled}, backend={self.backend}, "
+            f"convert_input={self.convert_input}"
+        )
 
 
 def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceModule:
@@ -534,10 +577,16 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
         elif isinstance(conv, nn.Conv2d) and memory_format == torch.channels_last:
             conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
     # inductor finds and fuses plain convs itself (freezing pre-packs them), so the direct oneDNN calls are for eager
+    raw_input_ok = False
     if not compile and onednn_convs_available(dtype, _model_device(module)):
+        from lateral.inference.stem import use_folded_stems
+
         use_onednn_convs(module)
         fuse_residual_blocks(module)
-    return InferenceModule(module, dtype=dtype, memory_format=memory_format, compile=compile)
+        raw_input_ok = use_folded_stems(module, dtype)
+    return InferenceModule(
+        module, dtype=dtype, memory_format=memory_format, compile=compile, convert_input=not raw_input_ok
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -1,0 +1,222 @@
+"""The first conv of a video backbone, run with several output frames per oneDNN call.
+
+A video stem has too few channels for oneDNN's vector kernels. SlowFast's fast pathway stem maps 3 channels to 8
+with a 5x7x7 kernel: 8 output channels fill half an AVX-512 register in fp32, and 3 input channels leave AMX tiles
+almost empty in bf16. On a 2-core AMX Xeon, for a 1x3x32x224x224 clip, that one conv took 48 ms in fp32 (94 GFLOP/s,
+12 % of the fused fp32 SlowFast) and 106 ms in bf16 (slower than fp32, 39 % of the fused bf16 SlowFast).
+
+Folding ``G`` consecutive output frames into the output channels gives oneDNN a shape it handles well, at the cost
+of ``(kt + G - 1) / kt`` times the multiply-adds (the folded kernel is zero where an input frame lies outside an
+output frame's window):
+
+- **fp32, 3D fold**: one conv3d with kernel ``(kt + G - 1, kh, kw)``, temporal stride ``G`` and ``G * C_out``
+  output channels. With G = 2 the fast stem took 31-36 ms instead of 45-48 ms.
+- **bf16, 2D fold**: the ``kt + G - 1`` input frames of each group of ``G`` output frames are stacked into channels,
+  ``[N * T / G, (kt + G - 1) * C_in, H, W]``, and one conv2d computes ``G * C_out`` channels. With G = 4 the fast
+  stem took 18 ms plus 4 ms to stack the frames. The stacking copy also casts to bf16 and reads any input layout,
+  so the inference wrapper hands the stem the caller's float32 clip as it is (saving the 6 ms layout conversion).
+
+A stem whose temporal kernel is 1 (the slow pathway's 1x7x7) becomes a plain conv2d over ``[N * T, C_in, H, W]``
+in bf16 (G = 1) and stays a plain conv3d in fp32. Outputs equal the plain conv's to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _triple
+
+from lateral.inference.optimization import OneDnnConv
+
+__all__ = ["FoldedStemConv", "stem_fold_for", "use_folded_stems"]
+
+MAX_STEM_CHANNELS = 4
+FP32_FOLD = 2  # measured best of 1, 2, 4, 8 for the 3D fold
+BF16_FOLD = 4  # measured best of 2, 4, 8, 16 for the 2D fold
+
+
+def stem_fold_for(conv: OneDnnConv, dtype: torch.dtype) -> tuple[str, int] | None:
+    """(mode, G) for a stem conv run in ``dtype``, or None if the conv is not a stem this module handles.
+
+    Handled: 3D convs with at most 4 input channels, no groups or dilation, temporal stride 1.
+    """
+    if len(conv.kernel_size) != 3 or conv.in_channels > MAX_STEM_CHANNELS or conv.groups != 1:
+        return None
+    if any(d != 1 for d in conv.dilation) or conv.stride[0] != 1:
+        return None
+    kernel_t = conv.kernel_size[0]
+    if dtype == torch.bfloat16:
+        return "2d", BF16_FOLD if kernel_t > 1 else 1
+    return "3d", FP32_FOLD if kernel_t > 1 else 1
+
+
+class FoldedStemConv(OneDnnConv):
+    """A stem conv3d computed ``fold`` output frames at a time (see the module docstring); same weights and outputs.
+
+    The state dict is the conv's own (``weight``, ``bias``); the folded weight is derived on the first call and
+    redone if the weight changes.
+
+    Args:
+        conv: the BatchNorm-folded stem, as a :class:`OneDnnConv` (its fused ReLU is kept).
+        mode: '3d' (output frames folded into channels of a strided conv3d) or '2d' (input frames stacked into
+            channels of a conv2d).
+        fold: output frames per group, ``G``.
+    """
+
+    def __init__(self, conv: OneDnnConv, mode: str, fold: int):
+        super().__init__(conv, relu=conv.relu)
+        if mode not in ("2d", "3d"):
+            raise ValueError(f"mode must be '2d' or '3d', got {mode!r}")
+        if fold < 1:
+            raise ValueError(f"fold must be >= 1, got {fold}")
+        self.mode, self.fold = mode, fold
+        self.pool: dict | None = None  # max-pool over H, W applied before frames are unfolded (see fuse_pool)
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, weight, bias)
+
+    def fuse_pool(self, pool: nn.MaxPool3d) -> bool:
+        """Take over ``pool`` (which follows this conv) if it pools each frame on its own; return whether it did.
+
+        Pooling the folded output, whose ``G * C_out`` channels fill a vector register, and unfolding a quarter as
+        many pixels afterwards took 2.5 ms instead of 8 ms for the bf16 fast stem's 3x3 pool.
+        """
+        kernel, stride, padding, dilation = (
+            _triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding),
+            _triple(pool.dilation),
+        )
+        if pool.return_indices or kernel[0] != 1 or stride[0] != 1 or padding[0] != 0 or dilation != (1, 1, 1):
+            return False
+        self.pool = {"kernel_size": kernel[1:], "stride": stride[1:], "padding": padding[1:], "ceil_mode": pool.ceil_mode}
+        return True
+
+    def _pool2d(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.pool is None else F.max_pool2d(x, **self.pool)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_folded"] = None
+        return state
+
+    def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight and bias of the folded conv: ``[G * C_out, C_in, kt + G - 1, kh, kw]`` channels-last-3d ('3d')
+        or ``[G * C_out, (kt + G - 1) * C_in, kh, kw]`` channels-last ('2d'), and the bias repeated G times."""
+        key = (self.weight.dtype, self.weight._version, self.bias._version)
+        if self._folded is None or self._folded[0] != key:
+            out_channels, in_channels, kernel_t, kernel_h, kernel_w = self.weight.shape
+            fold, window = self.fold, kernel_t + self.fold - 1
+            weight = self.weight.new_zeros(fold, out_channels, in_channels, window, kernel_h, kernel_w)
+            for j in range(fold):  # output frame j of a group sees window frames j .. j + kt - 1
+                weight[j, :, :, j : j + kernel_t] = self.weight
+            weight = weight.reshape(fold * out_channels, in_channels, window, kernel_h, kernel_w)
+            if self.mode == "2d":  # channel index = window frame * C_in + input channel
+                weight = weight.permute(0, 2, 1, 3, 4).reshape(fold * out_channels, window * in_channels, kernel_h, kernel_w)
+                weight = weight.contiguous(memory_format=torch.channels_last)
+            else:
+                weight = weight.contiguous(memory_format=torch.channels_last_3d)
+            self._folded = (key, weight, self.bias.detach().repeat(fold))
+        return self._folded[1], self._folded[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C_in, T, H, W], any float dtype and memory layout -> [N, C_out, T', H', W'] channels-last-3d in the
+        weight's dtype."""
+        frames_out = x.shape[2] + 2 * self.padding[0] - self.kernel_size[0] + 1
+        if self.mode == "3d":
+            x = x.to(self.weight.dtype)
+            if self.fold == 1 or frames_out % self.fold:
+                out = super().forward(x.contiguous(memory_format=torch.channels_last_3d))
+                if self.pool is None:
+                    return out
+                pool = self.pool
+                return F.max_pool3d(
+                    out, (1, *pool["kernel_size"]), (1, *pool["stride"]), (0, *pool["padding"]),
+                    ceil_mode=pool["ceil_mode"],
+                )
+            return self._forward_3d(x, frames_out)
+        return self._forward_2d(x, frames_out)
+
+    def _op(self) -> str:
+        return "relu" if self.relu else "none"
+
+    def _forward_3d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
+        weight, bias = self.folded_weight()
+        stride = [self.fold, *self.stride[1:]]
+        out = torch.ops.mkldnn._convolution_pointwise(
+            x.contiguous(memory_format=torch.channels_last_3d), weight, bias, self.padding, stride, self.dilation, 1,
+            self._op(), [], "",
+        )  # [N, G * C_out, T' / G, H', W'] channels-last-3d, i.e. [N * T' / G, G * C_out, H', W'] channels-last
+        batch, channels, groups, height, width = out.shape
+        out = self._pool2d(out.permute(0, 2, 1, 3, 4).reshape(batch * groups, channels, height, width))
+        out = out.permute(0, 2, 3, 1)
+        return self._unfold_frames(out.reshape(batch, groups, *out.shape[1:]), frames_out)
+
+    def _forward_2d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
+        weight, bias = self.folded_weight()
+        batch, channels, frames, height, width = x.shape
+        fold, pad_t = self.fold, self.padding[0]
+        window = self.kernel_size[0] + fold - 1
+        groups = -(-frames_out // fold)
+        # stacked[n, g, f] = frame g * G + f - pad_t of x (zeros outside the clip): one pass over the input that also
+        # casts it and turns any layout into contiguous [C, H, W] planes
+        stacked = x.new_empty((batch, groups, window, channels, height, width), dtype=self.weight.dtype)
+        for f in range(window):
+            start = f - pad_t  # the input frame that group 0 reads at window position f
+            first = max(0, (-start + fold - 1) // fold)  # groups [first, last) read frames inside the clip
+            last = max(first, min(groups, (frames - 1 - start) // fold + 1))
+            stacked[:, :first, f].zero_()
+            stacked[:, last:, f].zero_()
+            if last > first:
+                source = x[:, :, start + first * fold : start + (last - 1) * fold + 1 : fold]
+                stacked[:, first:last, f].copy_(source.transpose(1, 2))
+        out = torch.ops.mkldnn._convolution_pointwise(
+            stacked.view(batch * groups, window * channels, height, width), weight, bias, self.padding[1:],
+            self.stride[1:], self.dilation[1:], 1, self._op(), [], "",
+        )  # [N * T' / G, G * C_out, H', W'] channels-last
+        out = self._pool2d(out).permute(0, 2, 3, 1)
+        return self._unfold_frames(out.reshape(batch, groups, *out.shape[1:]), frames_out)
+
+    def _unfold_frames(self, out: torch.Tensor, frames_out: int) -> torch.Tensor:
+        """out [N, T' / G, H', W', G * C_out] -> [N, C_out, T', H', W'] channels-last-3d."""
+        batch, groups, height, width, _ = out.shape
+        fold, channels = self.fold, self.out_channels
+        frames = out.new_empty((batch, groups, fold, height, width, channels))
+        frames.copy_(out.reshape(batch, groups, height, width, fold, channels).permute(0, 1, 4, 2, 3, 5))
+        frames = frames.view(batch, groups * fold, height, width, channels)[:, :frames_out]
+        result = frames.permute(0, 4, 1, 2, 3)
+        if groups * fold != frames_out:
+            result = result.contiguous(memory_format=torch.channels_last_3d)
+        return result
+
+    def extra_repr(self) -> str:
+        pool = "" if self.pool is None else f", max_pool={self.pool}"
+        return f"{super().extra_repr()}, mode={self.mode}, fold={self.fold}{pool}"
+
+
+def use_folded_stems(module: nn.Module, dtype: torch.dtype) -> bool:
+    """Replace, in place, the oneDNN stem conv of every ResNet3d pathway in ``module`` by a :class:`FoldedStemConv`,
+    which also takes over the pathway's frame-wise max-pool (the pool becomes ``nn.Identity``).
+
+    Returns:
+        True if ``module`` is a backbone whose forward passes the raw clip only to stems that are all folded now
+        (a ``ResNet3d`` with the stock forward, or ``ResNet3dSlowFast``), i.e. the input needs no layout or dtype
+        conversion before it.
+    """
+    from lateral.models.resnet3d import ResNet3d
+    from lateral.models.slowfast import ResNet3dSlowFast
+
+    pathways = [m for m in module.modules() if isinstance(m, ResNet3d) and hasattr(m, "conv1")]
+    stems = [pathway.conv1 for pathway in pathways]
+    for pathway, stem in zip(pathways, stems):
+        conv = getattr(stem, "conv", None)
+        if type(conv) is not OneDnnConv or getattr(stem, "activate", None) is not None:
+            continue
+        choice = stem_fold_for(conv, dtype)
+        if choice is None:
+            continue
+        stem.conv = FoldedStemConv(conv, *choice)
+        pool = getattr(pathway, "maxpool", None)
+        if pathway.with_pool1 and isinstance(pool, nn.MaxPool3d) and stem.conv.fuse_pool(pool):
+            pathway.maxpool = nn.Identity()
+    raw_input_ok = isinstance(module, ResNet3dSlowFast) or (
+        isinstance(module, ResNet3d) and type(module).forward is ResNet3d.forward
+    )
+    return bool(stems) and raw_input_ok and all(isinstance(getattr(s, "conv", None), FoldedStemConv) for s in stems)
