@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.modules.utils import _triple
 
 from lateral.inference.optimization import OneDnnConv
+from lateral.models.layers import fold_stem_weight
 
 __all__ = ["FoldedStemConv", "stem_fold_for", "use_folded_stems"]
 
@@ -104,14 +105,11 @@ class FoldedStemConv(OneDnnConv):
         if self._folded is None or self._folded[0] != key:
             out_channels, in_channels, kernel_t, kernel_h, kernel_w = self.weight.shape
             fold, window = self.fold, kernel_t + self.fold - 1
-            weight = self.weight.new_zeros(fold, out_channels, in_channels, window, kernel_h, kernel_w)
-            for j in range(fold):  # output frame j of a group sees window frames j .. j + kt - 1
-                weight[j, :, :, j : j + kernel_t] = self.weight
-            weight = weight.reshape(fold * out_channels, in_channels, window, kernel_h, kernel_w)
-            if self.mode == "2d":  # channel index = window frame * C_in + input channel
-                weight = weight.permute(0, 2, 1, 3, 4).reshape(fold * out_channels, window * in_channels, kernel_h, kernel_w)
+            weight = fold_stem_weight(self.weight.detach(), fold)  # [G * C_out, window * C_in, kh, kw]
+            if self.mode == "2d":
                 weight = weight.contiguous(memory_format=torch.channels_last)
             else:
+                weight = weight.reshape(fold * out_channels, window, in_channels, kernel_h, kernel_w).transpose(1, 2)
                 weight = weight.contiguous(memory_format=torch.channels_last_3d)
             self._folded = (key, weight, self.bias.detach().repeat(fold))
         return self._folded[1], self._folded[2]
