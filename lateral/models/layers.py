@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lateral.config import ConfigError, suggest
+from lateral.models.batchnorm import batch_norm_small_channels, uses_small_channel_path
 
 __all__ = [
     "ConvModule",
@@ -230,7 +231,7 @@ class ConvModule(nn.Module):
         else:
             x = conv(x)
         if self.bn is not None:
-            x = self.bn(x)
+            x = batch_norm_small_channels(self.bn, x) if uses_small_channel_path(self.bn, x) else self.bn(x)
         if self.activate is not None:
             x = self.activate(x)
         return x
