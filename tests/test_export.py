@@ -189,6 +189,35 @@ def test_residual_blocks_fuse_add_and_relu_into_the_last_conv(thin_model):
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN convs need mkldnn")
+def test_residual_output_reuses_only_memory_nothing_else_reads(thin_model):
+    from lateral.inference.optimization import FusedResidualBlock
+
+    opt = lateral.optimize(thin_model)
+    layer = opt.backbone.module.slow_path.layer1
+    assert [block.private_input for block in layer] == [False] + [True] * (len(layer) - 1)
+    identity_block = layer[1]  # input = the previous block's output, read by nothing else
+    assert isinstance(identity_block, FusedResidualBlock) and identity_block.downsample is None
+    x = torch.randn(1, identity_block.conv1.conv.in_channels, 2, 6, 6).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        identity_block.private_input = False
+        expected = identity_block(x)
+        identity_block.private_input = True
+        got = identity_block(x.clone())
+        first_input = torch.randn(1, layer[0].conv1.conv.in_channels, 2, 6, 6).contiguous(
+            memory_format=torch.channels_last_3d
+        )
+        kept_first = first_input.clone()
+        layer[0](first_input)  # shortcut projected by the downsample conv: written into, the input untouched
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert torch.equal(first_input, kept_first) and got.data_ptr() != x.data_ptr()
+    with torch.no_grad():
+        kept = x.clone()
+        again = identity_block(x)
+    assert again.data_ptr() == x.data_ptr(), "the output was not written into the private input"
+    assert not torch.equal(x, kept)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN convs need mkldnn")
 def test_packed_weights_follow_the_input_shape_and_survive_copies(thin_model):
     import copy
 
