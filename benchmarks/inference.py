@@ -97,7 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-input", default="2x3x32x224x224", help="batch of the training-step comparison")
     parser.add_argument("--force-bf16", action="store_true", help="run bf16 variants without native bf16 (very slow)")
     parser.add_argument("--json", help="write every measurement to this file")
+    parser.add_argument(
+        "--keep-heap", action="store_true",
+        help="keep freed memory in glibc's heap for every variant, eager included (lateral.heap; what lateral predict does)",
+    )
     args = parser.parse_args(argv)
+    if args.keep_heap:
+        from lateral.heap import keep_freed_memory
+
+        print(f"keep freed memory in the heap: {keep_freed_memory()}")
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     names = [v.strip() for v in args.variants.split(",") if v.strip()]

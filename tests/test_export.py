@@ -383,6 +383,28 @@ def test_optimize_fpn_backbone():
         torch.testing.assert_close(got[key], expected[key], atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN convs need mkldnn")
+def test_fpn_laterals_add_the_top_down_map_inside_the_conv():
+    from lateral.inference.optimization import FusedFeaturePyramid, OneDnnConv
+    from lateral.models.fpn import ResNetFPN
+
+    torch.manual_seed(0)
+    model = randomise_norms(ResNetFPN(depth=18, style="torchvision")).eval()
+    opt = lateral.optimize(model)
+    assert isinstance(opt.module.fpn, FusedFeaturePyramid)
+    assert set(opt.module.fpn.state_dict()) == {  # the pyramid's own names: BN-free FPN convs keep their biases
+        k for k in model.fpn.state_dict() if "inner_blocks" in k or "layer_blocks" in k
+    }
+    x = torch.randn(2, 3, 70, 98)  # odd map sizes: the upsampled map is sized to each lateral
+    with torch.no_grad():
+        expected, got = model(x), opt(x)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], atol=ATOL, rtol=RTOL)
+        conv = OneDnnConv(nn.Conv2d(4, 4, 1), relu=True)
+        with pytest.raises(ValueError, match="fused ReLU"):
+            conv.add(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))
+
+
 # ----------------------------------------------------------------------------------------------- export
 
 

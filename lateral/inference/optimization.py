@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lateral.models.layers import bf16_conv3d_unsafe
@@ -313,24 +314,33 @@ class OneDnnConv(nn.Module):
         return out.relu_() if self.relu else out
 
     def add_relu(self, x: torch.Tensor, other: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """``relu(conv(x) + other)`` in one oneDNN kernel (binary-add and ReLU post-ops).
+        """``relu(conv(x) + other)``: :meth:`add` with the ReLU."""
+        return self.add(x, other, relu=True, inplace=inplace)
+
+    def add(self, x: torch.Tensor, other: torch.Tensor, relu: bool = False, inplace: bool = False) -> torch.Tensor:
+        """``conv(x) + other`` (then ReLU if ``relu``) in one oneDNN kernel (binary-add and ReLU post-ops).
 
         With ``inplace`` the result is written into ``other``'s memory and ``other`` is returned: for a large output
         that skips allocating fresh memory, whose first touch (page faults) cost as much as the conv itself for a
         62 MB FPN-50 activation at 800x1216. Otherwise ``other`` is not changed.
         """
+        if self.relu:
+            raise ValueError("add() needs a conv without a fused ReLU of its own (the ReLU would come before the add)")
         if self.fp32_in_bf16 and x.dtype == torch.bfloat16:
-            return (self._forward_fp32(x) + other.float()).relu_().to(torch.bfloat16)
+            out = self._forward_fp32(x) + other.float()
+            return (out.relu_() if relu else out).to(torch.bfloat16)
         if self.gather_frames_in_bf16 and x.dtype == torch.bfloat16:
-            return (self._forward_gathered(x) + other).relu_()
+            out = self._forward_gathered(x) + other
+            return out.relu_() if relu else out
+        unary = "relu" if relu else None  # the binary variants take no unary op as None, not "none"
         if inplace:
             return torch.ops.mkldnn._convolution_pointwise_.binary(
                 other, x, self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
-                "add", 1.0, "relu", [], "",
+                "add", 1.0, unary, [], "",
             )
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, other, self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
-            "add", 1.0, "relu", [], "",
+            "add", 1.0, unary, [], "",
         )
 
     def extra_repr(self) -> str:
@@ -429,6 +439,61 @@ def fuse_residual_blocks(model: nn.Module) -> int:
                 # inside an nn.Sequential, a later block's input is the previous block's output and nothing else's
                 replacement.private_input = isinstance(module, nn.Sequential) and index > 0
                 setattr(module, name, replacement)
+                fused += 1
+    return fused
+
+
+def _only_conv(block: nn.Module) -> OneDnnConv | None:
+    """The OneDnnConv of a block that is just that conv (an ``nn.Sequential`` of it and folded-norm Identities)."""
+    if isinstance(block, OneDnnConv):
+        return block
+    if not isinstance(block, nn.Sequential) or not isinstance(block[0], OneDnnConv):
+        return None
+    return block[0] if all(isinstance(m, nn.Identity) for m in list(block)[1:]) else None
+
+
+class FusedFeaturePyramid(nn.Module):
+    """An FPN top-down pathway whose 1x1 laterals add the upsampled coarser map inside the conv kernel.
+
+    ``lateral(C_i) + upsample(top_down)`` becomes one oneDNN conv with a binary-add post-op that writes into the
+    upsampled map's (fresh) memory: no separate add pass and no new full-size allocation per level. Holds the
+    pyramid's own ``inner_blocks``, ``layer_blocks`` and ``extra_blocks``, so the state dict is unchanged.
+    """
+
+    def __init__(self, pyramid: nn.Module):
+        super().__init__()
+        self.inner_blocks = pyramid.inner_blocks
+        self.layer_blocks = pyramid.layer_blocks
+        self.extra_blocks = pyramid.extra_blocks
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """inputs: [N, C_i, H_i, W_i], finest first -> levels [N, out_channels, H_i, W_i] (+ extra levels)."""
+        top_down = self.inner_blocks[-1](inputs[-1])
+        top = self.layer_blocks[-1](top_down) if len(self.layer_blocks) == len(inputs) else top_down
+        outputs = [top]
+        for i in range(len(inputs) - 2, -1, -1):
+            lateral_conv = _only_conv(self.inner_blocks[i])
+            upsampled = F.interpolate(top_down, size=inputs[i].shape[-2:], mode="nearest")
+            top_down = lateral_conv.add(inputs[i], upsampled.contiguous(memory_format=torch.channels_last), inplace=True)
+            outputs.insert(0, self.layer_blocks[i](top_down))
+        if self.extra_blocks is not None:
+            outputs.extend(self.extra_blocks(outputs, inputs))
+        return outputs
+
+
+def fuse_feature_pyramids(model: nn.Module) -> int:
+    """Replace, in place, every FeaturePyramid whose laterals are plain 1x1 oneDNN convs by a FusedFeaturePyramid."""
+    from lateral.models.fpn import FeaturePyramid
+
+    fused = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is not FeaturePyramid:
+                continue
+            laterals = [_only_conv(block) for block in child.inner_blocks]
+            if all(c is not None and not c.relu and list(c.kernel_size) == [1, 1] and list(c.stride) == [1, 1]
+                   for c in laterals):
+                setattr(module, name, FusedFeaturePyramid(child))
                 fused += 1
     return fused
 
@@ -602,6 +667,7 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
 
         use_onednn_convs(module)
         fuse_residual_blocks(module)
+        fuse_feature_pyramids(module)
         raw_input_ok = use_folded_stems(module, dtype)
     return InferenceModule(
         module, dtype=dtype, memory_format=memory_format, compile=compile, convert_input=not raw_input_ok
