@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["batch_norm_small_channels", "uses_small_channel_path"]
+__all__ = ["batch_norm_on_view", "batch_norm_small_channels", "uses_small_channel_path"]
 
 VIRTUAL_CHANNELS = 32
 
@@ -89,19 +89,29 @@ def batch_norm_small_channels(bn: nn.BatchNorm3d, x: torch.Tensor) -> torch.Tens
     batch, channels, frames, height, width = x.shape
     repeat = VIRTUAL_CHANNELS // channels
     x2 = x.permute(0, 2, 3, 4, 1).reshape(-1, repeat * channels)  # a view of the channels-last memory
-    weight = bn.weight if bn.weight is not None else x.new_ones(channels, dtype=torch.float32)
-    bias = bn.bias if bn.bias is not None else x.new_zeros(channels, dtype=torch.float32)
-    if bn.training:
-        out2, mean, var = _SmallChannelBatchNorm.apply(x2, weight, bias, bn.eps, repeat)
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            count = x2.shape[0] * repeat
-            bn.running_mean.lerp_(mean, momentum)
-            bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
-    else:
-        out2 = torch.nn.functional.batch_norm(
+    out2 = batch_norm_on_view(bn, x2, repeat)
+    return out2.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+
+
+def batch_norm_on_view(bn: nn.BatchNorm3d, x2: torch.Tensor, repeat: int) -> torch.Tensor:
+    """``bn`` over a [M', repeat * C] tensor whose column ``j * C + c`` holds values of channel ``c``.
+
+    Statistics (and the running-statistics update, in training mode) are per real channel ``c``, over all rows and
+    the ``repeat`` columns of that channel, exactly as ``bn`` over the unfolded tensor. Returns [M', repeat * C].
+    """
+    channels = x2.shape[1] // repeat
+    weight = bn.weight if bn.weight is not None else x2.new_ones(channels, dtype=torch.float32)
+    bias = bn.bias if bn.bias is not None else x2.new_zeros(channels, dtype=torch.float32)
+    if not bn.training:
+        return torch.nn.functional.batch_norm(
             x2, bn.running_mean.repeat(repeat), bn.running_var.repeat(repeat), weight.repeat(repeat),
             bias.repeat(repeat), False, 0.0, bn.eps,
         )
-    return out2.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+    out2, mean, var = _SmallChannelBatchNorm.apply(x2, weight, bias, bn.eps, repeat)
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        count = x2.shape[0] * repeat
+        bn.running_mean.lerp_(mean, momentum)
+        bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
+    return out2

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _triple
 
 from lateral.config import ConfigError, suggest
 from lateral.models.batchnorm import batch_norm_small_channels, uses_small_channel_path
@@ -25,6 +26,7 @@ __all__ = [
     "fold_stem_weight",
     "is_foldable_stem",
     "folded_stem_conv3d",
+    "folded_stem_block",
 ]
 
 STEM_FOLD = 4  # output frames per conv2d call in a folded bf16 stem (measured best of 2, 4, 8, 16)
@@ -169,12 +171,20 @@ def folded_stem_conv3d(conv: nn.Conv3d, x: torch.Tensor, fold: int = STEM_FOLD) 
 
     x: [N, C_in, T, H, W] -> [N, C_out, T', H', W'] in x's memory format (channels-last-3d or contiguous).
     """
+    frames_out = x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1
+    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    folded = _folded_stem_conv2d(conv, x, fold)
+    return _unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
+
+
+def _folded_stem_conv2d(conv: nn.Conv3d, x: torch.Tensor, fold: int) -> torch.Tensor:
+    """The folded conv: x [N, C_in, T, H, W] -> [N * ceil(T' / G), G * C_out, H', W'] channels-last, where channel
+    ``j * C_out + o`` of group g is output channel o at frame ``g * G + j``."""
     batch, channels, frames, height, width = x.shape
     kernel_t, pad_t = conv.kernel_size[0], conv.padding[0]
     frames_out = frames + 2 * pad_t - kernel_t + 1
     groups = -(-frames_out // fold)
     window = kernel_t + fold - 1
-    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     if runs_bf16_on_cpu(x) and x.dtype == torch.float32:
         x = x.to(torch.bfloat16)  # the conv2d would cast anyway; stacking bf16 frames moves half the bytes
     padded_frames = (groups - 1) * fold + window
@@ -183,13 +193,74 @@ def folded_stem_conv3d(conv: nn.Conv3d, x: torch.Tensor, fold: int = STEM_FOLD) 
     stacked = stacked.permute(0, 2, 5, 1, 3, 4).reshape(batch * groups, window * channels, height, width)
     weight = fold_stem_weight(conv.weight, fold).contiguous(memory_format=torch.channels_last)  # NHWC output
     bias = None if conv.bias is None else conv.bias.repeat(fold)
-    out = F.conv2d(stacked, weight, bias, conv.stride[1:], conv.padding[1:])  # [N * groups, G * C_out, H', W']
-    height_out, width_out = out.shape[-2:]
-    out_channels = conv.out_channels
-    out = out.permute(0, 2, 3, 1).reshape(batch, groups, height_out, width_out, fold, out_channels)
-    out = out.permute(0, 1, 4, 2, 3, 5).reshape(batch, groups * fold, height_out, width_out, out_channels)
-    out = out[:, :frames_out].permute(0, 4, 1, 2, 3)  # [N, C_out, T', H', W'], channels-last-3d strides
+    return F.conv2d(stacked, weight, bias, conv.stride[1:], conv.padding[1:])
+
+
+def _unfold_stem_frames(folded: torch.Tensor, batch: int, out_channels: int, fold: int, frames_out: int,
+                        channels_last: bool) -> torch.Tensor:
+    """[N * groups, G * C_out, H, W] (channels-last) -> [N, C_out, T', H, W], channels-last-3d or contiguous."""
+    groups = folded.shape[0] // batch
+    height, width = folded.shape[-2:]
+    out = folded.permute(0, 2, 3, 1).reshape(batch, groups, height, width, fold, out_channels)
+    out = out.permute(0, 1, 4, 2, 3, 5).reshape(batch, groups * fold, height, width, out_channels)
+    out = out[:, :frames_out].permute(0, 4, 1, 2, 3)  # [N, C_out, T', H, W], channels-last-3d strides
     return out.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
+def _framewise_pool(pool: nn.Module | None) -> dict | None:
+    """max_pool2d arguments of an ``nn.MaxPool3d`` that pools each frame on its own (kernel, stride 1 over time)."""
+    if type(pool) is not nn.MaxPool3d or pool.return_indices:
+        return None
+    kernel, stride = _triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size)
+    padding, dilation = _triple(pool.padding), _triple(pool.dilation)
+    if kernel[0] != 1 or stride[0] != 1 or padding[0] != 0 or dilation != (1, 1, 1):
+        return None
+    return {"kernel_size": kernel[1:], "stride": stride[1:], "padding": padding[1:], "ceil_mode": pool.ceil_mode}
+
+
+def folded_stem_block(stem: nn.Module, pool: nn.Module | None, x: torch.Tensor) -> torch.Tensor | None:
+    """``pool(stem(x))`` for a bf16 video stem (conv, BatchNorm, ReLU) computed in the folded layout; None if the
+    stem or input does not qualify (then run them as usual).
+
+    :func:`folded_stem_conv3d` leaves the stem's output with 4 frames in its channels (``[N * T / 4, H', W',
+    4 * C_out]``, 32 channels for SlowFast's fast pathway). The norm, the ReLU and a frame-wise max-pool are run in
+    that layout (the norm with per-channel statistics over the 4 folded frames,
+    :func:`lateral.models.batchnorm.batch_norm_on_view`), where 32 channels fill a vector register, and frames are
+    unfolded only after the pool, at a quarter of the size. Differentiable; same outputs and running statistics.
+
+    x: [N, C_in, T, H, W] -> [N, C_out, T', H'', W''] in x's memory format.
+    """
+    conv, bn, activate = stem.conv, stem.bn, stem.activate
+    pool_args = None if pool is None else _framewise_pool(pool)
+    if (pool is not None and pool_args is None) or not is_foldable_stem(conv) or not runs_bf16_on_cpu(x):
+        return None
+    if bn is not None and (type(bn) is not nn.BatchNorm3d or not bn.track_running_stats or bn.running_mean is None):
+        return None
+    if activate is not None and type(activate) is not nn.ReLU:
+        return None
+    frames_out = x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1
+    if frames_out % STEM_FOLD:  # padded groups would enter the norm's statistics
+        return None
+    return _stem_block_folded(stem, pool_args, x, STEM_FOLD)
+
+
+def _stem_block_folded(stem: nn.Module, pool_args: dict | None, x: torch.Tensor, fold: int) -> torch.Tensor:
+    """The computation of :func:`folded_stem_block` once it qualifies (any dtype; T' divisible by ``fold``)."""
+    from lateral.models.batchnorm import batch_norm_on_view
+
+    conv, bn, activate = stem.conv, stem.bn, stem.activate
+    frames_out = x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1
+    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    folded = _folded_stem_conv2d(conv, x, fold)  # [N * T' / G, G * C_out, H', W'] channels-last
+    groups, folded_channels, height, width = folded.shape
+    if bn is not None:
+        rows = folded.permute(0, 2, 3, 1).reshape(-1, folded_channels)  # view: column j * C_out + o
+        folded = batch_norm_on_view(bn, rows, fold).view(groups, height, width, folded_channels).permute(0, 3, 1, 2)
+    if activate is not None:
+        folded = torch.relu(folded)
+    if pool_args is not None:
+        folded = F.max_pool2d(folded, **pool_args)
+    return _unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
 
 
 class ConvModule(nn.Module):

@@ -16,7 +16,15 @@ from torch import nn
 from torch.utils import checkpoint as activation_checkpoint
 
 from lateral.config import ConfigError
-from lateral.models.layers import ConvModule, check_conv_cfg, constant_init, kaiming_init, make_activation, triple
+from lateral.models.layers import (
+    ConvModule,
+    check_conv_cfg,
+    constant_init,
+    folded_stem_block,
+    kaiming_init,
+    make_activation,
+    triple,
+)
 
 __all__ = ["BasicBlock3d", "Bottleneck3d", "ResNet3d", "check_video_input"]
 
@@ -568,12 +576,23 @@ class ResNet3d(nn.Module):
                     m.eval()
         return self
 
+    def forward_stem(self, x: torch.Tensor, pool: bool | None = None) -> torch.Tensor:
+        """``conv1``, then ``maxpool`` if ``pool`` (default: ``with_pool1``): [N, C, T, H, W] -> layer1's input.
+
+        Under CPU bf16 autocast a thin stem (SlowFast's fast pathway) runs in a folded layout instead
+        (:func:`lateral.models.layers.folded_stem_block`); same modules, outputs and gradients.
+        """
+        pool = self.with_pool1 if pool is None else pool
+        out = folded_stem_block(self.conv1, self.maxpool if pool else None, x)
+        if out is not None:
+            return out
+        x = self.conv1(x)
+        return self.maxpool(x) if pool else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """x: [N, C, T, H, W] -> the ``out_indices`` stage features, e.g. [N, 2048, T, H/32, W/32]."""
         check_video_input(x, self.in_channels, type(self).__name__)
-        x = self.conv1(x)
-        if self.with_pool1:
-            x = self.maxpool(x)
+        x = self.forward_stem(x)
         outs = []
         for i, layer_name in enumerate(self.res_layers):
             x = getattr(self, layer_name)(x)

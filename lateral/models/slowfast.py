@@ -282,8 +282,8 @@ class ResNet3dSlowFast(nn.Module):
         fast_stride = self.resample_rate // self.speed_ratio
         x_fast = x[:, :, ::fast_stride][:, :, : num_frames // fast_stride]
 
-        x_slow = self.slow_path.maxpool(self.slow_path.conv1(x_slow))
-        x_fast = self.fast_path.maxpool(self.fast_path.conv1(x_fast))
+        x_slow = self.slow_path.forward_stem(x_slow, pool=True)
+        x_fast = self.fast_path.forward_stem(x_fast, pool=True)
         if self.slow_path.lateral and hasattr(self.slow_path, "conv1_lateral"):
             x_slow = torch.cat((x_slow, self.slow_path.conv1_lateral(x_fast)), dim=1)
 

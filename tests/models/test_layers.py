@@ -127,3 +127,68 @@ def test_conv_module_folds_its_stem_only_under_cpu_bf16(monkeypatch):
         got = module(x)
     assert len(calls) == 1
     torch.testing.assert_close(got.float(), expected, atol=5e-2, rtol=5e-2)
+
+
+def _stem_module() -> ConvModule:
+    torch.manual_seed(0)
+    stem = ConvModule(3, 8, (5, 7, 7), (1, 2, 2), (2, 3, 3), norm_cfg={"type": "BN3d"}, act_cfg={"type": "ReLU"})
+    with torch.no_grad():
+        stem.bn.weight.uniform_(0.5, 1.5)
+        stem.bn.bias.normal_()
+    return stem.train()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_stem_block_in_the_folded_layout_matches_conv_norm_relu_pool(channels_last):
+    import copy
+
+    from lateral.models.layers import _framewise_pool, _stem_block_folded
+
+    stem = _stem_module()
+    reference = copy.deepcopy(stem)
+    pool = torch.nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+    x = torch.randn(2, 3, 8, 24, 24, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    expected = pool(reference(x))
+    got = _stem_block_folded(stem, _framewise_pool(pool), x, fold=4)  # fp32: the same math, checkable to 1e-4
+    assert got.shape == expected.shape
+    assert got.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    grad = torch.randn_like(expected)
+    (expected * grad).sum().backward()
+    (got * grad).sum().backward()
+    for name in ("conv.weight", "bn.weight", "bn.bias"):
+        torch.testing.assert_close(stem.get_parameter(name).grad, reference.get_parameter(name).grad,
+                                   atol=1e-4, rtol=1e-4, msg=name)
+    torch.testing.assert_close(stem.bn.running_mean, reference.bn.running_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stem.bn.running_var, reference.bn.running_var, atol=1e-5, rtol=1e-5)
+
+
+def test_stem_block_runs_folded_only_under_cpu_bf16_and_when_it_qualifies():
+    from lateral.models.layers import folded_stem_block
+
+    stem, pool = _stem_module(), torch.nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+    x = torch.randn(1, 3, 8, 16, 16)
+    assert folded_stem_block(stem, pool, x) is None  # fp32: the plain modules are as fast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = folded_stem_block(stem, pool, x)
+        assert got is not None and got.shape == (1, 8, 8, 4, 4)
+        assert folded_stem_block(stem, pool, x[:, :, :6]) is None  # 6 output frames: not a multiple of 4
+        assert folded_stem_block(stem, torch.nn.MaxPool3d((3, 3, 3), 2, 1), x) is None  # pools across frames
+        reference = pool(_stem_module()(x))
+    torch.testing.assert_close(got.float(), reference.float(), atol=6e-2, rtol=5e-2)
+
+
+def test_slowfast_forward_uses_the_pathways_stem_method(monkeypatch):
+    from lateral.models.resnet3d import ResNet3d
+
+    calls = []
+    original = ResNet3d.forward_stem
+    monkeypatch.setattr(ResNet3d, "forward_stem", lambda self, x, pool=None: calls.append(pool) or original(self, x, pool))
+    import lateral
+    from test_export import thin_config
+
+    model = lateral.build_model(thin_config()).backbone
+    model(torch.randn(1, 3, 8, 32, 32))
+    assert calls == [True, True]
