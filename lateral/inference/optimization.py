@@ -294,8 +294,7 @@ class OneDnnConv(nn.Module):
         )
         for k in range(kernel_t):
             start = k - pad_t  # input frame of output frame 0 at tap k; output t reads start + t * stride_t
-            first = max(0, (-start + stride_t - 1) // stride_t)
-            last = max(first, min(frames_out, (frames - 1 - start) // stride_t + 1))
+            first, last = frames_inside(start, stride_t, frames_out, frames)
             taps = gathered[:, :, k::kernel_t]  # [N, C, T', H, W]: tap k of every output frame
             taps[:, :, :first].zero_()
             taps[:, :, last:].zero_()
@@ -348,6 +347,13 @@ class OneDnnConv(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
             f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, relu={self.relu}"
         )
+
+
+def frames_inside(start: int, step: int, count: int, frames: int) -> tuple[int, int]:
+    """The range [first, last) of i in [0, count) for which frame ``start + i * step`` lies inside [0, frames)."""
+    first = max(0, (-start + step - 1) // step)
+    last = max(first, min(count, (frames - 1 - start) // step + 1))
+    return first, last
 
 
 class FusedResidualBlock(nn.Module):

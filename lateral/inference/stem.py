@@ -25,16 +25,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _triple
 
-from lateral.inference.optimization import OneDnnConv
-from lateral.models.layers import fold_stem_weight
+from lateral.inference.optimization import OneDnnConv, frames_inside
+from lateral.models.layers import STEM_FOLD, fold_stem_weight, framewise_pool_args, unfold_stem_frames
 
 __all__ = ["FoldedStemConv", "stem_fold_for", "use_folded_stems"]
 
 MAX_STEM_CHANNELS = 4
 FP32_FOLD = 2  # measured best of 1, 2, 4, 8 for the 3D fold
-BF16_FOLD = 4  # measured best of 2, 4, 8, 16 for the 2D fold
+BF16_FOLD = STEM_FOLD  # the 2D fold, as in training (measured best of 2, 4, 8, 16)
 
 
 def stem_fold_for(conv: OneDnnConv, dtype: torch.dtype) -> tuple[str, int] | None:
@@ -81,13 +80,10 @@ class FoldedStemConv(OneDnnConv):
         Pooling the folded output, whose ``G * C_out`` channels fill a vector register, and unfolding a quarter as
         many pixels afterwards took 2.5 ms instead of 8 ms for the bf16 fast stem's 3x3 pool.
         """
-        kernel, stride, padding, dilation = (
-            _triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size), _triple(pool.padding),
-            _triple(pool.dilation),
-        )
-        if pool.return_indices or kernel[0] != 1 or stride[0] != 1 or padding[0] != 0 or dilation != (1, 1, 1):
+        pool_args = framewise_pool_args(pool)
+        if pool_args is None:
             return False
-        self.pool = {"kernel_size": kernel[1:], "stride": stride[1:], "padding": padding[1:], "ceil_mode": pool.ceil_mode}
+        self.pool = pool_args
         return True
 
     def _pool2d(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +140,7 @@ class FoldedStemConv(OneDnnConv):
         )  # [N, G * C_out, T' / G, H', W'] channels-last-3d, i.e. [N * T' / G, G * C_out, H', W'] channels-last
         batch, channels, groups, height, width = out.shape
         out = self._pool2d(out.permute(0, 2, 1, 3, 4).reshape(batch * groups, channels, height, width))
-        out = out.permute(0, 2, 3, 1)
-        return self._unfold_frames(out.reshape(batch, groups, *out.shape[1:]), frames_out)
+        return unfold_stem_frames(out, batch, self.out_channels, self.fold, frames_out, channels_last=True)
 
     def _forward_2d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
         weight, bias = self.folded_weight()
@@ -158,8 +153,7 @@ class FoldedStemConv(OneDnnConv):
         stacked = x.new_empty((batch, groups, window, channels, height, width), dtype=self.weight.dtype)
         for f in range(window):
             start = f - pad_t  # the input frame that group 0 reads at window position f
-            first = max(0, (-start + fold - 1) // fold)  # groups [first, last) read frames inside the clip
-            last = max(first, min(groups, (frames - 1 - start) // fold + 1))
+            first, last = frames_inside(start, fold, groups, frames)
             stacked[:, :first, f].zero_()
             stacked[:, last:, f].zero_()
             if last > first:
@@ -169,20 +163,7 @@ class FoldedStemConv(OneDnnConv):
             stacked.view(batch * groups, window * channels, height, width), weight, bias, self.padding[1:],
             self.stride[1:], self.dilation[1:], 1, self._op(), [], "",
         )  # [N * T' / G, G * C_out, H', W'] channels-last
-        out = self._pool2d(out).permute(0, 2, 3, 1)
-        return self._unfold_frames(out.reshape(batch, groups, *out.shape[1:]), frames_out)
-
-    def _unfold_frames(self, out: torch.Tensor, frames_out: int) -> torch.Tensor:
-        """out [N, T' / G, H', W', G * C_out] -> [N, C_out, T', H', W'] channels-last-3d."""
-        batch, groups, height, width, _ = out.shape
-        fold, channels = self.fold, self.out_channels
-        frames = out.new_empty((batch, groups, fold, height, width, channels))
-        frames.copy_(out.reshape(batch, groups, height, width, fold, channels).permute(0, 1, 4, 2, 3, 5))
-        frames = frames.view(batch, groups * fold, height, width, channels)[:, :frames_out]
-        result = frames.permute(0, 4, 1, 2, 3)
-        if groups * fold != frames_out:
-            result = result.contiguous(memory_format=torch.channels_last_3d)
-        return result
+        return unfold_stem_frames(self._pool2d(out), batch, self.out_channels, fold, frames_out, channels_last=True)
 
     def extra_repr(self) -> str:
         pool = "" if self.pool is None else f", max_pool={self.pool}"

@@ -27,6 +27,8 @@ __all__ = [
     "is_foldable_stem",
     "folded_stem_conv3d",
     "folded_stem_block",
+    "framewise_pool_args",
+    "unfold_stem_frames",
 ]
 
 STEM_FOLD = 4  # output frames per conv2d call in a folded bf16 stem (measured best of 2, 4, 8, 16)
@@ -174,7 +176,7 @@ def folded_stem_conv3d(conv: nn.Conv3d, x: torch.Tensor, fold: int = STEM_FOLD) 
     frames_out = x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     folded = _folded_stem_conv2d(conv, x, fold)
-    return _unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
+    return unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
 
 
 def _folded_stem_conv2d(conv: nn.Conv3d, x: torch.Tensor, fold: int) -> torch.Tensor:
@@ -196,7 +198,7 @@ def _folded_stem_conv2d(conv: nn.Conv3d, x: torch.Tensor, fold: int) -> torch.Te
     return F.conv2d(stacked, weight, bias, conv.stride[1:], conv.padding[1:])
 
 
-def _unfold_stem_frames(folded: torch.Tensor, batch: int, out_channels: int, fold: int, frames_out: int,
+def unfold_stem_frames(folded: torch.Tensor, batch: int, out_channels: int, fold: int, frames_out: int,
                         channels_last: bool) -> torch.Tensor:
     """[N * groups, G * C_out, H, W] (channels-last) -> [N, C_out, T', H, W], channels-last-3d or contiguous."""
     groups = folded.shape[0] // batch
@@ -207,8 +209,9 @@ def _unfold_stem_frames(folded: torch.Tensor, batch: int, out_channels: int, fol
     return out.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
-def _framewise_pool(pool: nn.Module | None) -> dict | None:
-    """max_pool2d arguments of an ``nn.MaxPool3d`` that pools each frame on its own (kernel, stride 1 over time)."""
+def framewise_pool_args(pool: nn.Module | None) -> dict | None:
+    """``F.max_pool2d`` arguments of an ``nn.MaxPool3d`` that pools each frame on its own (kernel and stride 1 over
+    time, no padding over time), or None for any other pool."""
     if type(pool) is not nn.MaxPool3d or pool.return_indices:
         return None
     kernel, stride = _triple(pool.kernel_size), _triple(pool.stride or pool.kernel_size)
@@ -231,7 +234,7 @@ def folded_stem_block(stem: nn.Module, pool: nn.Module | None, x: torch.Tensor) 
     x: [N, C_in, T, H, W] -> [N, C_out, T', H'', W''] in x's memory format.
     """
     conv, bn, activate = stem.conv, stem.bn, stem.activate
-    pool_args = None if pool is None else _framewise_pool(pool)
+    pool_args = None if pool is None else framewise_pool_args(pool)
     if (pool is not None and pool_args is None) or not is_foldable_stem(conv) or not runs_bf16_on_cpu(x):
         return None
     if bn is not None and (type(bn) is not nn.BatchNorm3d or not bn.track_running_stats or bn.running_mean is None):
@@ -260,7 +263,7 @@ def _stem_block_folded(stem: nn.Module, pool_args: dict | None, x: torch.Tensor,
         folded = torch.relu(folded)
     if pool_args is not None:
         folded = F.max_pool2d(folded, **pool_args)
-    return _unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
+    return unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
 
 
 class ConvModule(nn.Module):

@@ -142,7 +142,7 @@ def _stem_module() -> ConvModule:
 def test_stem_block_in_the_folded_layout_matches_conv_norm_relu_pool(channels_last):
     import copy
 
-    from lateral.models.layers import _framewise_pool, _stem_block_folded
+    from lateral.models.layers import _stem_block_folded, framewise_pool_args
 
     stem = _stem_module()
     reference = copy.deepcopy(stem)
@@ -151,7 +151,7 @@ def test_stem_block_in_the_folded_layout_matches_conv_norm_relu_pool(channels_la
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     expected = pool(reference(x))
-    got = _stem_block_folded(stem, _framewise_pool(pool), x, fold=4)  # fp32: the same math, checkable to 1e-4
+    got = _stem_block_folded(stem, framewise_pool_args(pool), x, fold=4)  # fp32: the same math, checkable to 1e-4
     assert got.shape == expected.shape
     assert got.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
