@@ -23,10 +23,12 @@ VIRTUAL_CHANNELS = 32
 
 def uses_small_channel_path(bn: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`batch_norm_small_channels` handles ``bn(x)``: a plain ``nn.BatchNorm3d`` on the CPU with
-    running statistics, and ``x`` channels-last-3d with 1, 2, 4 or 8 channels."""
+    running statistics, and ``x`` float32 or bfloat16, channels-last-3d, with 1, 2, 4 or 8 channels."""
     if type(bn) is not nn.BatchNorm3d or not bn.track_running_stats or bn.running_mean is None:
         return False
     if x.device.type != "cpu" or x.dim() != 5 or x.shape[1] not in (1, 2, 4, 8):
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16):
         return False
     if not x.is_contiguous(memory_format=torch.channels_last_3d) or x.is_contiguous():
         return False

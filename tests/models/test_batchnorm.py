@@ -80,6 +80,7 @@ def test_which_inputs_take_the_small_channel_path():
     assert not uses_small_channel_path(norm(16), activations(16))  # 16 channels vectorise well already
     assert not uses_small_channel_path(nn.SyncBatchNorm(8), x)
     assert not uses_small_channel_path(nn.BatchNorm3d(8, track_running_stats=False), x)
+    assert not uses_small_channel_path(norm(), x.double())  # the stock kernel handles other dtypes
     odd = torch.randn(1, 8, 1, 3, 5).contiguous(memory_format=torch.channels_last_3d)  # 15 positions, 4 per row
     assert not uses_small_channel_path(norm(), odd)
 
