@@ -240,6 +240,11 @@ class OneDnnConv(nn.Module):
         self.fp32_in_bf16 = unsafe and not self.gather_frames_in_bf16
         self._packed: tuple[tuple[int, ...], torch.Tensor] | None = None  # (input shape, weight in oneDNN's layout)
 
+    @property
+    def unary_op(self) -> str:
+        """The post-op name ``_convolution_pointwise`` takes for this conv: 'relu' or 'none'."""
+        return "relu" if self.relu else "none"
+
     def packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight reordered once into the blocked layout oneDNN picks for ``x``'s shape (fp32 / bf16 2D/3D convs).
 
@@ -301,9 +306,8 @@ class OneDnnConv(nn.Module):
             if last > first:
                 taps[:, :, first:last].copy_(x[:, :, start + first * stride_t : start + (last - 1) * stride_t + 1 : stride_t])
         stride, padding = [kernel_t, *self.stride[1:]], [0, *self.padding[1:]]
-        op = "relu" if self.relu else "none"
         return torch.ops.mkldnn._convolution_pointwise(
-            gathered, self.weight, self.bias, padding, stride, self.dilation, self.groups, op, [], ""
+            gathered, self.weight, self.bias, padding, stride, self.dilation, self.groups, self.unary_op, [], ""
         )
 
     def _forward_fp32(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from lateral.inference.optimization import OneDnnConv, frames_inside
-from lateral.models.layers import STEM_FOLD, fold_stem_weight, framewise_pool_args, unfold_stem_frames
+from lateral.models.layers import (
+    MAX_STEM_CHANNELS,
+    STEM_FOLD,
+    fold_stem_weight,
+    framewise_pool_args,
+    unfold_stem_frames,
+)
 
 __all__ = ["FoldedStemConv", "stem_fold_for", "use_folded_stems"]
 
-MAX_STEM_CHANNELS = 4
 FP32_FOLD = 2  # measured best of 1, 2, 4, 8 for the 3D fold
 BF16_FOLD = STEM_FOLD  # the 2D fold, as in training (measured best of 2, 4, 8, 16)
 
@@ -128,15 +133,12 @@ class FoldedStemConv(OneDnnConv):
             return self._forward_3d(x, frames_out)
         return self._forward_2d(x, frames_out)
 
-    def _op(self) -> str:
-        return "relu" if self.relu else "none"
-
     def _forward_3d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
         weight, bias = self.folded_weight()
         stride = [self.fold, *self.stride[1:]]
         out = torch.ops.mkldnn._convolution_pointwise(
             x.contiguous(memory_format=torch.channels_last_3d), weight, bias, self.padding, stride, self.dilation, 1,
-            self._op(), [], "",
+            self.unary_op, [], "",
         )  # [N, G * C_out, T' / G, H', W'] channels-last-3d, i.e. [N * T' / G, G * C_out, H', W'] channels-last
         batch, channels, groups, height, width = out.shape
         out = self._pool2d(out.permute(0, 2, 1, 3, 4).reshape(batch * groups, channels, height, width))
@@ -161,7 +163,7 @@ class FoldedStemConv(OneDnnConv):
                 stacked[:, first:last, f].copy_(source.transpose(1, 2))
         out = torch.ops.mkldnn._convolution_pointwise(
             stacked.view(batch * groups, window * channels, height, width), weight, bias, self.padding[1:],
-            self.stride[1:], self.dilation[1:], 1, self._op(), [], "",
+            self.stride[1:], self.dilation[1:], 1, self.unary_op, [], "",
         )  # [N * T' / G, G * C_out, H', W'] channels-last
         return unfold_stem_frames(self._pool2d(out), batch, self.out_channels, fold, frames_out, channels_last=True)
 

@@ -16,15 +16,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["batch_norm_on_view", "batch_norm_small_channels", "uses_small_channel_path"]
+__all__ = ["batch_norm_on_view", "batch_norm_small_channels", "is_plain_batchnorm3d", "uses_small_channel_path"]
 
 VIRTUAL_CHANNELS = 32
+
+
+def is_plain_batchnorm3d(bn: nn.Module) -> bool:
+    """An ``nn.BatchNorm3d`` itself (not SyncBatchNorm or another subclass) that tracks running statistics: the
+    module whose forward :func:`batch_norm_on_view` reproduces."""
+    return type(bn) is nn.BatchNorm3d and bn.track_running_stats and bn.running_mean is not None
 
 
 def uses_small_channel_path(bn: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`batch_norm_small_channels` handles ``bn(x)``: a plain ``nn.BatchNorm3d`` on the CPU with
     running statistics, and ``x`` float32 or bfloat16, channels-last-3d, with 1, 2, 4 or 8 channels."""
-    if type(bn) is not nn.BatchNorm3d or not bn.track_running_stats or bn.running_mean is None:
+    if not is_plain_batchnorm3d(bn):
         return False
     if x.device.type != "cpu" or x.dim() != 5 or x.shape[1] not in (1, 2, 4, 8):
         return False

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.modules.utils import _triple
 
 from lateral.config import ConfigError, suggest
-from lateral.models.batchnorm import batch_norm_small_channels, uses_small_channel_path
+from lateral.models.batchnorm import batch_norm_small_channels, is_plain_batchnorm3d, uses_small_channel_path
 
 __all__ = [
     "ConvModule",
@@ -31,6 +31,7 @@ __all__ = [
     "unfold_stem_frames",
 ]
 
+MAX_STEM_CHANNELS = 4  # input channels of a conv treated as a video stem (RGB, or RGB + one more)
 STEM_FOLD = 4  # output frames per conv2d call in a folded bf16 stem (measured best of 2, 4, 8, 16)
 
 _NORM_TYPES = {"BN3d", "BN", "SyncBN", "BN2d"}
@@ -135,7 +136,7 @@ def is_foldable_stem(conv: nn.Module) -> bool:
     temporal kernel > 1, temporal stride 1, no groups and no dilation (SlowFast's fast pathway stem, 3 -> 8, 5x7x7)."""
     return (
         isinstance(conv, nn.Conv3d)
-        and conv.in_channels <= 4
+        and conv.in_channels <= MAX_STEM_CHANNELS
         and conv.kernel_size[0] > 1
         and conv.stride[0] == 1
         and conv.groups == 1
@@ -237,7 +238,7 @@ def folded_stem_block(stem: nn.Module, pool: nn.Module | None, x: torch.Tensor) 
     pool_args = None if pool is None else framewise_pool_args(pool)
     if (pool is not None and pool_args is None) or not is_foldable_stem(conv) or not runs_bf16_on_cpu(x):
         return None
-    if bn is not None and (type(bn) is not nn.BatchNorm3d or not bn.track_running_stats or bn.running_mean is None):
+    if bn is not None and not is_plain_batchnorm3d(bn):
         return None
     if activate is not None and type(activate) is not nn.ReLU:
         return None
