@@ -674,10 +674,13 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
     raw_input_ok = False
     if not compile and onednn_convs_available(dtype, _model_device(module)):
         from lateral.inference.stem import use_folded_stems
+        from lateral.inference.winograd import use_winograd_convs
 
         use_onednn_convs(module)
         fuse_residual_blocks(module)
         fuse_feature_pyramids(module)
+        if dtype == torch.float32:  # bf16 would lose too much in the tile transforms
+            use_winograd_convs(module)
         raw_input_ok = use_folded_stems(module, dtype)
     return InferenceModule(
         module, dtype=dtype, memory_format=memory_format, compile=compile, convert_input=not raw_input_ok

@@ -1,0 +1,170 @@
+"""Winograd F(2x2, 3x3) convs of the fp32 inference copy: numerics against F.conv2d/conv3d and the routing."""
+
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lateral
+from lateral.inference import winograd
+from lateral.inference.optimization import OneDnnConv, onednn_convs_available
+from lateral.inference.winograd import WinogradConv, use_winograd_convs, winograd_conv3x3, winograd_weight
+
+pytestmark = pytest.mark.skipif(
+    not onednn_convs_available(torch.float32, torch.device("cpu")), reason="oneDNN convolutions are not available"
+)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 5, 7, 9), (2, 6, 4, 8, 8), (1, 3, 3, 1, 1), (3, 4, 6, 5, 2), (1, 5, 7, 6, 11)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_matches_direct_convolution(shape, bias, relu):
+    batch, in_channels, out_channels, height, width = shape
+    torch.manual_seed(0)
+    x = torch.randn(batch, in_channels, height, width)
+    weight = torch.randn(out_channels, in_channels, 3, 3)
+    b = torch.randn(out_channels) if bias else None
+    ref = F.conv2d(x, weight, b, padding=1)
+    ref = ref.relu() if relu else ref
+    out = winograd_conv3x3(x.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight), b, relu)
+    assert out.shape == (batch, height, width, out_channels) and out.is_contiguous()
+    assert relative_error(out.permute(0, 3, 1, 2), ref) < 1e-5
+
+
+@pytest.mark.parametrize("height, width", [(16, 12), (17, 13), (9, 30)])
+def test_many_bands_and_odd_edges(monkeypatch, height, width):
+    # a tiny band forces one or two tile rows per band, so band borders, the last partial band and the odd-size crop
+    # all run
+    monkeypatch.setattr(winograd, "_BAND_FLOATS", 16 * 7 * 8)
+    torch.manual_seed(1)
+    x = torch.randn(2, 8, height, width)
+    weight, bias = torch.randn(6, 8, 3, 3), torch.randn(6)
+    out = winograd_conv3x3(x.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight), bias, relu=True)
+    ref = F.conv2d(x, weight, bias, padding=1).relu()
+    assert relative_error(out.permute(0, 3, 1, 2), ref) < 1e-5
+
+
+def test_shared_scratch_is_reset_between_maps_of_different_widths():
+    # the per-thread scratch of a wide map holds non-zero data where a narrower map needs its zero border
+    torch.manual_seed(2)
+    weight = torch.randn(4, 4, 3, 3)
+    wide = torch.randn(1, 4, 10, 31) * 100
+    winograd_conv3x3(wide.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight))
+    narrow = torch.randn(1, 4, 10, 6)
+    out = winograd_conv3x3(narrow.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight))
+    assert relative_error(out.permute(0, 3, 1, 2), F.conv2d(narrow, weight, padding=1)) < 1e-5
+
+
+def test_weight_shape_errors():
+    with pytest.raises(ValueError, match=r"\[C_out, C_in, 3, 3\]"):
+        winograd_weight(torch.randn(4, 4, 5, 5))
+    with pytest.raises(ValueError, match="does not fit"):
+        winograd_conv3x3(torch.randn(1, 4, 4, 3), winograd_weight(torch.randn(2, 5, 3, 3)))
+
+
+def test_weight_of_a_1x3x3_conv3d():
+    weight = torch.randn(3, 2, 1, 3, 3)
+    assert torch.equal(winograd_weight(weight), winograd_weight(weight[:, :, 0]))
+
+
+def winograd_conv(dims: int, channels: int = 8, relu: bool = True) -> tuple[nn.Module, WinogradConv]:
+    torch.manual_seed(3)
+    if dims == 2:
+        conv = nn.Conv2d(channels, channels + 2, 3, padding=1)
+    else:
+        conv = nn.Conv3d(channels, channels + 2, (1, 3, 3), padding=(0, 1, 1))
+    return conv, WinogradConv(OneDnnConv(conv, relu=relu))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("mode", ["winograd", "direct", "auto"])
+def test_module_routes_agree_with_the_conv(dims, mode):
+    conv, module = winograd_conv(dims)
+    module.mode = mode
+    shape = (2, 8, 9, 10) if dims == 2 else (2, 8, 3, 9, 10)
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    x = torch.randn(shape).contiguous(memory_format=layout)
+    with torch.no_grad():
+        out = module(x)
+        ref = conv(x.contiguous()).relu()
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=layout)
+    assert relative_error(out, ref) < 1e-5
+    assert list(module.routes) == ([tuple(shape)] if mode == "auto" else [])
+    if mode == "auto":
+        assert module.routes[tuple(shape)] in ("winograd", "direct")
+        assert "winograd=auto" in repr(module) and "2x8x" in repr(module)
+
+
+def test_other_layouts_and_dtypes_take_the_direct_conv():
+    conv, module = winograd_conv(2, relu=False)
+    module.mode = "winograd"
+    x = torch.randn(1, 8, 6, 6)  # contiguous NCHW, not channels-last: no NHWC view to run on
+    with torch.no_grad():
+        assert relative_error(module(x), conv(x)) < 1e-5
+    assert module.routes == {}
+
+
+def test_copies_drop_the_transformed_weight():
+    _, module = winograd_conv(2)
+    module.mode = "winograd"
+    x = torch.randn(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = module(x)
+        for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+            assert clone._transformed is None
+            assert torch.allclose(clone(x), out, atol=1e-6)
+
+
+def test_only_wide_stride_1_convs_are_replaced():
+    model = nn.Sequential(
+        OneDnnConv(nn.Conv2d(256, 256, 3, padding=1)),  # replaced
+        OneDnnConv(nn.Conv2d(256, 256, 3, padding=1, stride=2)),
+        OneDnnConv(nn.Conv2d(128, 256, 3, padding=1)),  # too narrow to win here
+        OneDnnConv(nn.Conv2d(256, 256, 1)),
+        OneDnnConv(nn.Conv3d(256, 256, (3, 3, 3), padding=1)),
+        OneDnnConv(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1))),  # replaced
+        OneDnnConv(nn.Conv2d(256, 256, 3, padding=2, dilation=2)),
+    )
+    assert use_winograd_convs(model) == 2
+    assert [type(m) is WinogradConv for m in model] == [True, False, False, False, False, True, False]
+
+
+def test_fp32_copy_of_an_fpn_uses_winograd_and_keeps_parity():
+    from lateral.models.fpn import ResNetFPN
+
+    torch.manual_seed(0)
+    model = ResNetFPN(depth=18, style="torchvision").eval()  # 256-channel FPN smoothing convs, 512-channel layer4
+    x = torch.randn(1, 3, 96, 80)
+    opt = lateral.optimize(model, precision="fp32")
+    convs = [m for m in opt.modules() if isinstance(m, WinogradConv)]
+    assert convs, "no 3x3 conv of at least 256 channels was given the Winograd route"
+    for conv in convs:
+        conv.mode = "winograd"
+    assert all(set(conv.state_dict()) == {"weight", "bias"} for conv in convs)  # checkpoint names unchanged
+    with torch.no_grad():
+        ref = model(x)
+        out = opt(x)
+    ref_levels = list(ref.values()) if isinstance(ref, dict) else list(ref)
+    out_levels = list(out.values()) if isinstance(out, dict) else list(out)
+    assert len(out_levels) == len(ref_levels)
+    for level, ref_level in zip(out_levels, ref_levels):
+        assert relative_error(level, ref_level) < 1e-4
+
+
+def test_bf16_copies_keep_the_direct_convs():
+    from lateral.models.fpn import ResNetFPN
+
+    model = ResNetFPN(depth=18, style="torchvision").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 without native support only warns
+        opt = lateral.optimize(model, precision="bf16")
+    assert opt.dtype == torch.bfloat16
+    assert not any(isinstance(m, WinogradConv) for m in opt.modules())
