@@ -2,16 +2,18 @@
 
 A 3x3 stride-1 convolution over 2x2 output tiles costs 16 multiply-adds per tile and channel pair instead of 36:
 each 4x4 input tile ``d`` becomes ``B^T d B``, the weight ``G g G^T`` (once per conv), the 16 products are 16 matrix
-multiplications (tiles x C_in) @ (C_in x C_out), and ``A^T m A`` gives the 2x2 outputs. The transforms only add,
-subtract and halve, so in float32 the result stays within about 1e-6 (relative) of the direct convolution.
+multiplications (tiles x C_in) @ (C_in x C_out), and ``A^T m A`` gives the 2x2 outputs (one [4, 16] GEMM over all
+tiles). The transforms only add, subtract and halve, so in float32 the result stays within about 1e-6 (relative) of
+the direct convolution.
 
 Tiles are processed one band of tile rows at a time, in scratch memory that is kept (per thread) between calls: the
 transformed tiles stay in cache, and a large map does not pay page faults on fresh buffers several times its size.
 
 Whether this beats oneDNN's direct convolution depends on the CPU (it needs a fast fp32 GEMM) and on the shape, so
 :class:`WinogradConv` times both on the first input of each shape and keeps the faster. On the 2-core AVX-512 VM
-of ``benchmarks/README.md`` it won for 256- and 512-channel convs (the FPN-50 P2 smoothing conv at 800x1216:
-272 -> 213 ms) and lost for 64 and 128 channels, which are therefore not tried.
+of ``benchmarks/README.md`` it won for 128- to 512-channel convs on FPN-50 maps at 800x1216 (the P2 smoothing conv:
+288 -> 211 ms, 512 channels at 25x38: 17.8 -> 11.5 ms) and lost for 64 channels (16 -> 23 ms), which are therefore
+not tried.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from lateral.inference.optimization import OneDnnConv
 
 __all__ = ["MIN_CHANNELS", "WinogradConv", "use_winograd_convs", "winograd_conv3x3", "winograd_weight"]
 
-# Narrower convs make GEMMs too thin to win back the transforms (measured: 64 channels 2x slower, 128 1.2x slower).
-MIN_CHANNELS = 256
+# Narrower convs make GEMMs too thin to win back the transforms (measured here: 64 channels 1.4x slower).
+MIN_CHANNELS = 128
 # A band holds about this many floats of transformed input tiles.
 _BAND_FLOATS = 1 << 20
 # The measured route must be this much faster than the direct conv to be taken; each route runs this many times
@@ -35,6 +37,9 @@ _MIN_GAIN = 1.05
 _MEASURE_ROUNDS = 3
 
 _G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+# A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]; output (a, b) of a tile is sum over (r, c) of A^T[a, r] A^T[b, c] m[r, c]
+_A_T = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]])
+_OUTPUT_TRANSFORM = torch.kron(_A_T, _A_T)  # [4 (a, b), 16 (r, c)]
 _scratch = threading.local()
 
 
@@ -74,21 +79,6 @@ def _input_transform(padded: torch.Tensor, rows: torch.Tensor, tiles: torch.Tens
     torch.sub(odd[:, :, :, :tiles_w], odd[:, :, :, 1:], out=tiles[:, 3])
 
 
-def _output_transform(products: torch.Tensor, half: torch.Tensor, out_band: torch.Tensor) -> None:
-    """``A^T m A`` of ``products [4, 4, N, R, W', C_out]``, via ``half [2, 4, N, R, W', C_out]``, into
-    ``out_band [N, R, 2, W', 2, C_out]``, with A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]."""
-    torch.add(products[1], products[2], out=half[0])
-    half[0].add_(products[0])
-    torch.sub(products[1], products[2], out=half[1])
-    half[1].sub_(products[3])
-    for row in range(2):
-        m = half[row]
-        torch.add(m[1], m[2], out=out_band[:, :, row, :, 0])
-        out_band[:, :, row, :, 0].add_(m[0])
-        torch.sub(m[1], m[2], out=out_band[:, :, row, :, 1])
-        out_band[:, :, row, :, 1].sub_(m[3])
-
-
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      relu: bool = False) -> torch.Tensor:
     """3x3 convolution, stride 1, zero padding 1, then + bias and ReLU if asked.
@@ -114,8 +104,7 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     rows_all = _scratch_floats("rows", 4 * batch * band_rows * padded_w * in_channels)
     tiles_all = _scratch_floats("tiles", 16 * band_tiles * in_channels)
     products_all = _scratch_floats("products", 16 * band_tiles * out_channels)
-    half_all = _scratch_floats("half", 8 * band_tiles * out_channels)
-    crop_all = _scratch_floats("crop", 4 * band_tiles * out_channels) if width % 2 or height % 2 else None
+    outputs_all = _scratch_floats("outputs", 4 * band_tiles * out_channels)
     out = torch.empty(batch, height, width, out_channels)
     even_width = width == 2 * tiles_w
     # the scratch is shared by every conv of this thread: the zero border columns are reset for each call
@@ -141,22 +130,21 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         torch.bmm(tiles.view(16, count, in_channels), weight, out=products)
         if bias is not None:
             products[5].add_(bias)  # m[1][1] enters all four outputs with weight +1
+        # A^T m A as one small GEMM over all tiles and channels: [4, 16] @ [16, tiles * C_out]
+        outputs = outputs_all[: 4 * count * out_channels]
+        torch.mm(_OUTPUT_TRANSFORM, products.view(16, -1), out=outputs.view(4, -1))
+        corners = outputs.view(2, 2, batch, rows, tiles_w, out_channels)  # output (a, b) of every tile
         band = out[:, 2 * first : 2 * first + visible]
-        # a band of an odd-sized map is transformed into scratch and cropped on the way out
-        direct = even_width and visible == 2 * rows
-        target = band if direct else crop_all[: 4 * count * out_channels].view(
-            batch, 2 * rows, 2 * tiles_w, out_channels)
-        _output_transform(products.view(4, 4, batch, rows, tiles_w, out_channels),
-                          half_all[: 8 * count * out_channels].view(2, 4, batch, rows, tiles_w, out_channels),
-                          target.view(batch, rows, 2, tiles_w, 2, out_channels))
-        if not direct:
-            cropped = target[:, :visible, :width]
+        if even_width and visible == 2 * rows:
+            pairs = [(corners, band.view(batch, rows, 2, tiles_w, 2, out_channels).permute(2, 4, 0, 1, 3, 5))]
+        else:  # an odd-sized map: the last tile row or column has fewer outputs
+            pairs = [(corners[a, b, :, : (visible - a + 1) // 2, : (width - b + 1) // 2], band[:, a::2, b::2])
+                     for a in range(2) for b in range(2)]
+        for source, target in pairs:
             if relu:
-                torch.clamp(cropped, min=0, out=band)
+                torch.clamp(source, min=0, out=target)
             else:
-                band.copy_(cropped)
-        elif relu:
-            band.clamp_(min=0)
+                target.copy_(source)
     return out
 
 
