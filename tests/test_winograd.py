@@ -127,7 +127,7 @@ def test_only_wide_stride_1_convs_are_replaced():
     model = nn.Sequential(
         OneDnnConv(nn.Conv2d(256, 256, 3, padding=1)),  # replaced
         OneDnnConv(nn.Conv2d(256, 256, 3, padding=1, stride=2)),
-        OneDnnConv(nn.Conv2d(128, 256, 3, padding=1)),  # too narrow to win here
+        OneDnnConv(nn.Conv2d(64, 256, 3, padding=1)),  # too narrow to win here
         OneDnnConv(nn.Conv2d(256, 256, 1)),
         OneDnnConv(nn.Conv3d(256, 256, (3, 3, 3), padding=1)),
         OneDnnConv(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1))),  # replaced
@@ -141,7 +141,7 @@ def test_fp32_copy_of_an_fpn_uses_winograd_and_keeps_parity():
     from lateral.models.fpn import ResNetFPN
 
     torch.manual_seed(0)
-    model = ResNetFPN(depth=18, style="torchvision").eval()  # 256-channel FPN smoothing convs, 512-channel layer4
+    model = ResNetFPN(depth=18, style="torchvision").eval()  # 128- to 512-channel 3x3 convs
     x = torch.randn(1, 3, 96, 80)
     opt = lateral.optimize(model, precision="fp32")
     convs = [m for m in opt.modules() if isinstance(m, WinogradConv)]
