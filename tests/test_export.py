@@ -285,7 +285,7 @@ def test_fold_batchnorm_in_sequential_and_torchvision_block():
         fold_batchnorm(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)).train())
 
 
-@pytest.mark.parametrize("route", ["winograd", "direct"])
+@pytest.mark.parametrize("route", ["f2x2", "f4x4", "direct"])
 @pytest.mark.parametrize("name", GOLDEN_RECOGNIZERS)
 def test_fused_fp32_golden_parity(name, route):
     # the stored outputs are the eager model's (tests/models check that), so eager is not rerun here

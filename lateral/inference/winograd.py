@@ -1,31 +1,39 @@
-"""Winograd F(2x2, 3x3) for the wide fp32 3x3 convolutions of the inference copy.
+"""Winograd convolutions F(2x2, 3x3) and F(4x4, 3x3) for the wide fp32 3x3 convs of the inference copy.
 
-A 3x3 stride-1 convolution over 2x2 output tiles costs 16 multiply-adds per tile and channel pair instead of 36:
-each 4x4 input tile ``d`` becomes ``B^T d B``, the weight ``G g G^T`` (once per conv), the 16 products are 16 matrix
-multiplications (tiles x C_in) @ (C_in x C_out), and ``A^T m A`` gives the 2x2 outputs (one [4, 16] GEMM over all
-tiles). The transforms only add, subtract and halve, so in float32 the result stays within about 1e-6 (relative) of
-the direct convolution.
+F(m x m, 3 x 3) computes an m x m block of outputs from an (m + 2) x (m + 2) input tile ``d``: ``B^T d B`` per tile,
+``G g G^T`` per weight (once per conv), one matrix multiplication (tiles x C_in) @ (C_in x C_out) per tile position,
+then ``A^T p A`` (Lavin & Gray, 2016). Per output and channel pair that is 4 (m = 2) or 2.25 (m = 4) multiply-adds
+instead of 9. Both transforms run as small GEMMs over all tiles of a band at once, and the tiles of a band stay in
+per-thread scratch memory that is kept between calls, so a large map pays no page faults on fresh buffers several
+times its size.
 
-Tiles are processed one band of tile rows at a time, in scratch memory that is kept (per thread) between calls: the
-transformed tiles stay in cache, and a large map does not pay page faults on fresh buffers several times its size.
+Accuracy in float32, against a float64 reference on random data: direct 3e-7, F(2x2) 6e-7, F(4x4) 1e-5 (relative to
+the largest output). Through whole networks the difference to the direct route vanishes in the other rounding: the
+golden SlowFast logits stay within 4e-6, and the trained FPN-50 golden levels within 6e-5 absolute (4e-6
+relative), as with the direct convs.
 
-Whether this beats oneDNN's direct convolution depends on the CPU (it needs a fast fp32 GEMM) and on the shape, so
-:class:`WinogradConv` times both on the first input of each shape and keeps the faster. On the 2-core AVX-512 VM
-of ``benchmarks/README.md`` it won for 128- to 512-channel convs on FPN-50 maps at 800x1216 (the P2 smoothing conv:
-288 -> 211 ms, 512 channels at 25x38: 17.8 -> 11.5 ms) and lost for 64 channels (16 -> 23 ms), which are therefore
-not tried.
+Whether a route beats oneDNN's direct convolution depends on the CPU (it needs a fast fp32 GEMM) and on the shape, so
+:class:`WinogradConv` times all three on the first input of each shape and keeps the fastest. On the 2-core AVX-512
+VM of ``benchmarks/README.md`` (fp32, 2 threads): FPN-50's P2 smoothing conv (256 channels, 200x304) took 290 ms
+direct, 196 ms F(2x2), 121 ms F(4x4); 128 channels at 100x152 20.7 / 18.2 / 12.8 ms; 512 channels at 25x38 21.7 /
+13.0 / 13.3 ms; 64 channels at 200x304 17.5 / 29.0 / 19.6 ms, so convs narrower than 128 channels are not tried.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 
 from lateral.inference.optimization import OneDnnConv
 
-__all__ = ["MIN_CHANNELS", "WinogradConv", "use_winograd_convs", "winograd_conv3x3", "winograd_weight"]
+__all__ = [
+    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "use_winograd_convs",
+    "winograd_conv3x3", "winograd_weight",
+]
 
 # Narrower convs make GEMMs too thin to win back the transforms (measured here: 64 channels 1.4x slower).
 MIN_CHANNELS = 128
@@ -36,22 +44,60 @@ _BAND_FLOATS = 1 << 20
 _MIN_GAIN = 1.05
 _MEASURE_ROUNDS = 3
 
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
-# A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]; output (a, b) of a tile is sum over (r, c) of A^T[a, r] A^T[b, c] m[r, c]
-_A_T = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]])
-_OUTPUT_TRANSFORM = torch.kron(_A_T, _A_T)  # [4 (a, b), 16 (r, c)]
+@dataclass(frozen=True)
+class TileAlgorithm:
+    """Winograd F(m x m, 3 x 3): ``m x m`` outputs from an ``(m + 2) x (m + 2)`` input tile (Lavin & Gray, 2016)."""
+
+    outputs: int  # m
+    input_t: tuple  # B^T, [m + 2, m + 2]
+    weight_t: tuple  # G, [m + 2, 3]
+    output_t: tuple  # A^T, [m, m + 2]; its column 1 is all ones (the bias goes into that product)
+
+    @property
+    def size(self) -> int:
+        return self.outputs + 2
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kron(B^T, B^T) [a*a, a*a] and kron(A^T, A^T) [m*m, a*a] in float32, a = m + 2."""
+        input_t = torch.tensor(self.input_t, dtype=torch.float64)
+        output_t = torch.tensor(self.output_t, dtype=torch.float64)
+        return torch.kron(input_t, input_t).float(), torch.kron(output_t, output_t).float()
+
+
+F2X2 = TileAlgorithm(
+    outputs=2,
+    input_t=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+    weight_t=((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+    output_t=((1, 1, 1, 0), (0, 1, -1, -1)),
+)
+F4X4 = TileAlgorithm(
+    outputs=4,
+    input_t=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+             (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+    weight_t=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+              (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+    output_t=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+)
+ALGORITHMS = {"f2x2": F2X2, "f4x4": F4X4}
 _scratch = threading.local()
 
 
-def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[C_out, C_in, 3, 3] (or [C_out, C_in, 1, 3, 3]) -> [16, C_in, C_out], ``G g G^T`` computed in float64."""
+def winograd_weight(weight: torch.Tensor, algorithm: TileAlgorithm = F2X2) -> torch.Tensor:
+    """[C_out, C_in, 3, 3] (or [C_out, C_in, 1, 3, 3]) -> [a*a, C_in, C_out], ``G g G^T`` computed in float64."""
     if weight.dim() == 5 and weight.shape[2] == 1:
         weight = weight[:, :, 0]
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"winograd_weight needs a [C_out, C_in, 3, 3] weight, got {tuple(weight.shape)}")
     out_channels, in_channels = weight.shape[:2]
-    transformed = _G @ weight.detach().double() @ _G.T  # [C_out, C_in, 4, 4]
-    return transformed.permute(2, 3, 1, 0).reshape(16, in_channels, out_channels).to(weight.dtype).contiguous()
+    weight_t = torch.tensor(algorithm.weight_t, dtype=torch.float64)
+    transformed = weight_t @ weight.detach().double() @ weight_t.T  # [C_out, C_in, a, a]
+    taps = algorithm.size**2
+    return transformed.permute(2, 3, 1, 0).reshape(taps, in_channels, out_channels).to(weight.dtype).contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def _transform_matrices(algorithm: TileAlgorithm) -> tuple[torch.Tensor, torch.Tensor]:
+    return algorithm.matrices()
 
 
 def _scratch_floats(name: str, numel: int) -> torch.Tensor:
@@ -63,123 +109,124 @@ def _scratch_floats(name: str, numel: int) -> torch.Tensor:
     return buffer[:numel]
 
 
-def _input_transform(padded: torch.Tensor, rows: torch.Tensor, tiles: torch.Tensor) -> None:
-    """``B^T d B`` of the 4x4 tiles (stride 2) of ``padded [N, 2R+2, 2W'+2, C]``, via ``rows [4, N, R, 2W'+2, C]``,
-    into ``tiles [4, 4, N, R, W', C]``, with B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
-    band_rows, tiles_w = tiles.shape[3], tiles.shape[4]
-    even, odd = padded[:, 0 : 2 * band_rows + 1 : 2], padded[:, 1 : 2 * band_rows + 2 : 2]
-    torch.sub(even[:, :band_rows], even[:, 1:], out=rows[0])
-    torch.add(odd[:, :band_rows], even[:, 1:], out=rows[1])
-    torch.sub(even[:, 1:], odd[:, :band_rows], out=rows[2])
-    torch.sub(odd[:, :band_rows], odd[:, 1:], out=rows[3])
-    even, odd = rows[:, :, :, 0::2], rows[:, :, :, 1::2]
-    torch.sub(even[:, :, :, :tiles_w], even[:, :, :, 1:], out=tiles[:, 0])
-    torch.add(odd[:, :, :, :tiles_w], even[:, :, :, 1:], out=tiles[:, 1])
-    torch.sub(even[:, :, :, 1:], odd[:, :, :, :tiles_w], out=tiles[:, 2])
-    torch.sub(odd[:, :, :, :tiles_w], odd[:, :, :, 1:], out=tiles[:, 3])
-
-
-def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     relu: bool = False) -> torch.Tensor:
+def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
+                     algorithm: TileAlgorithm = F2X2) -> torch.Tensor:
     """3x3 convolution, stride 1, zero padding 1, then + bias and ReLU if asked.
 
     Args:
         x: [N, H, W, C_in] float32, contiguous (a channels-last map, permuted).
-        weight: [16, C_in, C_out] from :func:`winograd_weight`.
+        weight: [a*a, C_in, C_out] from :func:`winograd_weight` with the same ``algorithm``.
         bias: [C_out] or None.
 
     Returns:
         [N, H, W, C_out] float32, contiguous.
     """
     batch, height, width, in_channels = x.shape
+    m, size = algorithm.outputs, algorithm.size
+    taps = size * size
+    if weight.shape[0] != taps or weight.shape[1] != in_channels:
+        raise ValueError(
+            f"winograd weight {tuple(weight.shape)} does not fit an input with {in_channels} channels and "
+            f"F({m}x{m}, 3x3) ({taps} taps)"
+        )
     out_channels = weight.shape[2]
-    if weight.shape[1] != in_channels or weight.shape[0] != 16:
-        raise ValueError(f"winograd weight {tuple(weight.shape)} does not fit an input with {in_channels} channels")
-    tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
-    padded_w = 2 * tiles_w + 2
-    band_rows = max(1, min(tiles_h, _BAND_FLOATS // (16 * tiles_w * max(in_channels, out_channels) * batch)))
+    input_transform, output_transform = _transform_matrices(algorithm)
+    tiles_h, tiles_w = -(-height // m), -(-width // m)
+    padded_w = m * tiles_w + 2
+    band_rows = max(1, min(tiles_h, _BAND_FLOATS // (taps * tiles_w * max(in_channels, out_channels) * batch)))
     band_tiles = batch * band_rows * tiles_w
-    padded_all = _scratch_floats("padded", batch * (2 * band_rows + 2) * padded_w * in_channels)
-    padded_all = padded_all.view(batch, 2 * band_rows + 2, padded_w, in_channels)
-    rows_all = _scratch_floats("rows", 4 * batch * band_rows * padded_w * in_channels)
-    tiles_all = _scratch_floats("tiles", 16 * band_tiles * in_channels)
-    products_all = _scratch_floats("products", 16 * band_tiles * out_channels)
-    outputs_all = _scratch_floats("outputs", 4 * band_tiles * out_channels)
+    padded_all = _scratch_floats("padded", batch * (m * band_rows + 2) * padded_w * in_channels)
+    padded_all = padded_all.view(batch, m * band_rows + 2, padded_w, in_channels)
+    gathered_all = _scratch_floats("gathered", taps * band_tiles * in_channels)
+    tiles_all = _scratch_floats("tiles", taps * band_tiles * in_channels)
+    products_all = _scratch_floats("products", taps * band_tiles * out_channels)
+    outputs_all = _scratch_floats("outputs", m * m * band_tiles * out_channels)
+    ragged = width != m * tiles_w or height != m * tiles_h
+    crop_all = _scratch_floats("crop", m * m * band_tiles * out_channels) if ragged else None
     out = torch.empty(batch, height, width, out_channels)
-    even_width = width == 2 * tiles_w
     # the scratch is shared by every conv of this thread: the zero border columns are reset for each call
     padded_all[:, :, 0].zero_()
     padded_all[:, :, width + 1 :].zero_()
+    stride_n, stride_h, stride_w, _ = padded_all.stride()
     for first in range(0, tiles_h, band_rows):
         rows = min(band_rows, tiles_h - first)
         count = batch * rows * tiles_w
-        visible = min(2 * rows, height - 2 * first)  # output rows of this band inside the map
-        # input rows 2*first - 1 .. 2*(first + rows) land on padded rows 0 .. 2*rows + 1
-        top, bottom = 2 * first - 1, 2 * (first + rows) + 1
+        visible = min(m * rows, height - m * first)  # output rows of this band inside the map
+        # input rows m*first - 1 .. m*(first + rows) land on padded rows 0 .. m*rows + 1
+        top, bottom = m * first - 1, m * (first + rows) + 1
         src_top, src_bottom = max(top, 0), min(bottom, height)
-        padded = padded_all[:, : 2 * rows + 2]
+        padded = padded_all[:, : m * rows + 2]
         if top < 0:
             padded[:, 0].zero_()
         if bottom > height:
             padded[:, src_bottom - top :].zero_()
         padded[:, src_top - top : src_bottom - top, 1 : width + 1].copy_(x[:, src_top:src_bottom])
-        tiles = tiles_all[: 16 * count * in_channels]
-        products = products_all[: 16 * count * out_channels].view(16, count, out_channels)
-        rows_buf = rows_all[: 4 * batch * rows * padded_w * in_channels].view(4, batch, rows, padded_w, in_channels)
-        _input_transform(padded, rows_buf, tiles.view(4, 4, batch, rows, tiles_w, in_channels))
-        torch.bmm(tiles.view(16, count, in_channels), weight, out=products)
+        # B^T d B of every tile as one GEMM: [a*a, a*a] @ [a*a, tiles * C_in], after gathering the taps
+        gathered = gathered_all[: taps * count * in_channels]
+        gathered.view(size, size, batch, rows, tiles_w, in_channels).copy_(padded.as_strided(
+            (size, size, batch, rows, tiles_w, in_channels),
+            (stride_h, stride_w, stride_n, m * stride_h, m * stride_w, 1),
+        ))
+        tiles = tiles_all[: taps * count * in_channels]
+        torch.mm(input_transform, gathered.view(taps, -1), out=tiles.view(taps, -1))
+        products = products_all[: taps * count * out_channels].view(taps, count, out_channels)
+        torch.bmm(tiles.view(taps, count, in_channels), weight, out=products)
         if bias is not None:
-            products[5].add_(bias)  # m[1][1] enters all four outputs with weight +1
-        # A^T m A as one small GEMM over all tiles and channels: [4, 16] @ [16, tiles * C_out]
-        outputs = outputs_all[: 4 * count * out_channels]
-        torch.mm(_OUTPUT_TRANSFORM, products.view(16, -1), out=outputs.view(4, -1))
-        corners = outputs.view(2, 2, batch, rows, tiles_w, out_channels)  # output (a, b) of every tile
-        band = out[:, 2 * first : 2 * first + visible]
-        if even_width and visible == 2 * rows:
-            pairs = [(corners, band.view(batch, rows, 2, tiles_w, 2, out_channels).permute(2, 4, 0, 1, 3, 5))]
-        else:  # an odd-sized map: the last tile row or column has fewer outputs
-            pairs = [(corners[a, b, :, : (visible - a + 1) // 2, : (width - b + 1) // 2], band[:, a::2, b::2])
-                     for a in range(2) for b in range(2)]
-        for source, target in pairs:
-            if relu:
-                torch.clamp(source, min=0, out=target)
-            else:
-                target.copy_(source)
+            products[size + 1].add_(bias)  # product (1, 1) enters every output with weight +1
+        # A^T p A as one GEMM: [m*m, a*a] @ [a*a, tiles * C_out]
+        outputs = outputs_all[: m * m * count * out_channels]
+        torch.mm(output_transform, products.view(taps, -1), out=outputs.view(m * m, -1))
+        corners = outputs.view(m, m, batch, rows, tiles_w, out_channels)  # output (i, j) of every tile
+        band = out[:, m * first : m * first + visible]
+        if not ragged:
+            target = band.view(batch, rows, m, tiles_w, m, out_channels).permute(2, 4, 0, 1, 3, 5)
+        else:  # tiles that overhang the map: rearrange whole tiles into scratch, crop on the way out
+            full = crop_all[: m * m * count * out_channels].view(batch, m * rows, m * tiles_w, out_channels)
+            full.view(batch, rows, m, tiles_w, m, out_channels).permute(2, 4, 0, 1, 3, 5).copy_(corners)
+            corners, target = full[:, :visible, :width], band
+        if relu:
+            torch.clamp(corners, min=0, out=target)
+        else:
+            target.copy_(corners)
     return out
 
 
 class WinogradConv(OneDnnConv):
     """A fp32 3x3 (or 1x3x3) stride-1 conv that runs as :func:`winograd_conv3x3` where that is measured faster.
 
-    The first input of each shape runs both routes three times, alternately, and the faster one is kept for that shape
-    (``routes``); ``mode`` 'winograd' or 'direct' forces a route. Other dtypes and layouts run oneDNN as before.
-    Same parameters and state-dict names as the conv it replaces.
+    The first input of each shape runs the direct conv, F(2x2, 3x3) and F(4x4, 3x3) three times each, in turn, and
+    the fastest is kept for that shape (``routes``); ``mode`` 'direct', 'f2x2' or 'f4x4' forces a route. Other dtypes
+    and layouts run oneDNN as before. Same parameters and state-dict names as the conv it replaces.
     """
+
+    ROUTES = ("direct", *ALGORITHMS)
 
     def __init__(self, conv: OneDnnConv):
         super().__init__(_ConvView(conv), relu=conv.relu)
         self.mode = "auto"
         self.routes: dict[tuple[int, ...], str] = {}
-        self._transformed: torch.Tensor | None = None
+        self._transformed: dict[str, torch.Tensor] = {}
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_transformed"] = None
+        state["_transformed"] = {}
         return state
 
-    def transformed_weight(self) -> torch.Tensor:
-        if self._transformed is None or self._transformed.dtype != self.weight.dtype:
-            self._transformed = winograd_weight(self.weight)
-        return self._transformed
+    def transformed_weight(self, algorithm: str) -> torch.Tensor:
+        """The weight as :func:`winograd_weight` gives it for ``algorithm`` ('f2x2' or 'f4x4'), made once."""
+        if algorithm not in self._transformed:
+            self._transformed[algorithm] = winograd_weight(self.weight, ALGORITHMS[algorithm])
+        return self._transformed[algorithm]
 
-    def _forward_winograd(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_winograd(self, x: torch.Tensor, algorithm: str) -> torch.Tensor:
         batch, channels = x.shape[:2]
+        weight, tiles = self.transformed_weight(algorithm), ALGORITHMS[algorithm]
         if x.dim() == 4:
-            out = winograd_conv3x3(x.permute(0, 2, 3, 1), self.transformed_weight(), self.bias, self.relu)
+            out = winograd_conv3x3(x.permute(0, 2, 3, 1), weight, self.bias, self.relu, tiles)
             return out.permute(0, 3, 1, 2)
         frames, height, width = x.shape[2:]
         maps = x.permute(0, 2, 3, 4, 1).reshape(batch * frames, height, width, channels)
-        out = winograd_conv3x3(maps, self.transformed_weight(), self.bias, self.relu)
+        out = winograd_conv3x3(maps, weight, self.bias, self.relu, tiles)
         return out.view(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
@@ -189,24 +236,30 @@ class WinogradConv(OneDnnConv):
             and x.is_contiguous(memory_format=layout)
         )
 
+    def _run(self, x: torch.Tensor, route: str) -> torch.Tensor:
+        return super().forward(x) if route == "direct" else self._forward_winograd(x, route)
+
     def _measure(self, x: torch.Tensor) -> str:
-        best = {"direct": float("inf"), "winograd": float("inf")}
+        best = dict.fromkeys(self.ROUTES, float("inf"))
         for _ in range(_MEASURE_ROUNDS):
-            for route, run in (("direct", super().forward), ("winograd", self._forward_winograd)):
+            for route in self.ROUTES:
                 start = time.perf_counter()
-                run(x)
+                self._run(x, route)
                 best[route] = min(best[route], time.perf_counter() - start)
-        return "winograd" if best["winograd"] * _MIN_GAIN < best["direct"] else "direct"
+        fastest = min(ALGORITHMS, key=best.__getitem__)
+        return fastest if best[fastest] * _MIN_GAIN < best["direct"] else "direct"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, H, W] channels-last or [N, C_in, T, H, W] channels-last-3d -> same layout, C_out."""
+        if self.mode not in ("auto", *self.ROUTES):
+            raise ValueError(f"WinogradConv.mode must be 'auto' or one of {self.ROUTES}, got {self.mode!r}")
         if self.mode == "direct" or not self._winograd_applies(x):
             return super().forward(x)
         route = self.mode
         if route == "auto":
             shape = tuple(x.shape)
             route = self.routes.get(shape) or self.routes.setdefault(shape, self._measure(x))
-        return self._forward_winograd(x) if route == "winograd" else super().forward(x)
+        return self._run(x, route)
 
     def extra_repr(self) -> str:
         routes = ", ".join(f"{'x'.join(map(str, shape))}: {route}" for shape, route in self.routes.items())
