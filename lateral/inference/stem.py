@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lateral.inference.optimization import OneDnnConv, frames_inside
+from lateral.inference.optimization import OneDnnConv
+from lateral.inference.scratch import scratch
 from lateral.models.layers import (
     MAX_STEM_CHANNELS,
     STEM_FOLD,
@@ -101,16 +102,16 @@ class FoldedStemConv(OneDnnConv):
 
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight and bias of the folded conv: ``[G * C_out, C_in, kt + G - 1, kh, kw]`` channels-last-3d ('3d')
-        or ``[G * C_out, (kt + G - 1) * C_in, kh, kw]`` channels-last ('2d'), and the bias repeated G times."""
+        or ``[G * C_out, C_in * (kt + G - 1), kh, kw]`` channels-last ('2d'), and the bias repeated G times."""
         key = (self.weight.dtype, self.weight._version, self.bias._version)
         if self._folded is None or self._folded[0] != key:
             out_channels, in_channels, kernel_t, kernel_h, kernel_w = self.weight.shape
             fold, window = self.fold, kernel_t + self.fold - 1
-            weight = fold_stem_weight(self.weight.detach(), fold)  # [G * C_out, window * C_in, kh, kw]
+            weight = fold_stem_weight(self.weight.detach(), fold)  # [G * C_out, C_in * window, kh, kw]
             if self.mode == "2d":
                 weight = weight.contiguous(memory_format=torch.channels_last)
             else:
-                weight = weight.reshape(fold * out_channels, window, in_channels, kernel_h, kernel_w).transpose(1, 2)
+                weight = weight.reshape(fold * out_channels, in_channels, window, kernel_h, kernel_w)
                 weight = weight.contiguous(memory_format=torch.channels_last_3d)
             self._folded = (key, weight, self.bias.detach().repeat(fold))
         return self._folded[1], self._folded[2]
@@ -146,26 +147,29 @@ class FoldedStemConv(OneDnnConv):
 
     def _forward_2d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
         weight, bias = self.folded_weight()
-        batch, channels, frames, height, width = x.shape
-        fold, pad_t = self.fold, self.padding[0]
-        window = self.kernel_size[0] + fold - 1
-        groups = -(-frames_out // fold)
-        # stacked[n, g, f] = frame g * G + f - pad_t of x (zeros outside the clip): one pass over the input that also
-        # casts it and turns any layout into contiguous [C, H, W] planes
-        stacked = x.new_empty((batch, groups, window, channels, height, width), dtype=self.weight.dtype)
-        for f in range(window):
-            start = f - pad_t  # the input frame that group 0 reads at window position f
-            first, last = frames_inside(start, fold, groups, frames)
-            stacked[:, :first, f].zero_()
-            stacked[:, last:, f].zero_()
-            if last > first:
-                source = x[:, :, start + first * fold : start + (last - 1) * fold + 1 : fold]
-                stacked[:, first:last, f].copy_(source.transpose(1, 2))
+        stacked = self._stack_frames(x)
         out = torch.ops.mkldnn._convolution_pointwise(
-            stacked.view(batch * groups, window * channels, height, width), weight, bias, self.padding[1:],
-            self.stride[1:], self.dilation[1:], 1, self.unary_op, [], "",
+            stacked, weight, bias, self.padding[1:], self.stride[1:], self.dilation[1:], 1, self.unary_op, [], "",
         )  # [N * T' / G, G * C_out, H', W'] channels-last
-        return unfold_stem_frames(self._pool2d(out), batch, self.out_channels, fold, frames_out, channels_last=True)
+        return unfold_stem_frames(self._pool2d(out), x.shape[0], self.out_channels, self.fold, frames_out,
+                                  channels_last=True)
+
+    def _stack_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`~lateral.models.layers.stack_stem_frames` in the weight's dtype, through per-thread scratch memory
+        (no autograd needed here): one copy casts and moves frames innermost, one gathers each group's window."""
+        batch, channels, frames, height, width = x.shape
+        kernel_t, pad_t, fold = self.kernel_size[0], self.padding[0], self.fold
+        frames_out = frames + 2 * pad_t - kernel_t + 1
+        groups, window = -(-frames_out // fold), kernel_t + fold - 1
+        padded_frames = (groups - 1) * fold + window
+        dtype = self.weight.dtype
+        frames_last = scratch("stem.frames_last", (batch, height, width, channels, padded_frames), dtype)
+        frames_last[..., :pad_t].zero_()
+        frames_last[..., pad_t + frames :].zero_()
+        frames_last[..., pad_t : pad_t + frames].copy_(x.permute(0, 3, 4, 1, 2))
+        stacked = scratch("stem.stacked", (batch, groups, height, width, channels, window), dtype)
+        stacked.copy_(frames_last.unfold(4, window, fold).permute(0, 4, 1, 2, 3, 5))
+        return stacked.view(batch * groups, height, width, channels * window).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         pool = "" if self.pool is None else f", max_pool={self.pool}"

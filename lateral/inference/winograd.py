@@ -22,13 +22,13 @@ direct, 196 ms F(2x2), 121 ms F(4x4); 128 channels at 100x152 20.7 / 18.2 / 12.8
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from dataclasses import dataclass
 
 import torch
 
 from lateral.inference.optimization import OneDnnConv
+from lateral.inference.scratch import scratch
 
 __all__ = [
     "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "use_winograd_convs",
@@ -79,7 +79,6 @@ F4X4 = TileAlgorithm(
     output_t=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
 )
 ALGORITHMS = {"f2x2": F2X2, "f4x4": F4X4}
-_scratch = threading.local()
 
 
 def winograd_weight(weight: torch.Tensor, algorithm: TileAlgorithm = F2X2) -> torch.Tensor:
@@ -98,15 +97,6 @@ def winograd_weight(weight: torch.Tensor, algorithm: TileAlgorithm = F2X2) -> to
 @functools.lru_cache(maxsize=None)
 def _transform_matrices(algorithm: TileAlgorithm) -> tuple[torch.Tensor, torch.Tensor]:
     return algorithm.matrices()
-
-
-def _scratch_floats(name: str, numel: int) -> torch.Tensor:
-    """A float32 scratch vector of at least ``numel`` elements for this thread (grown, never shrunk)."""
-    buffer = getattr(_scratch, name, None)
-    if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel)
-        setattr(_scratch, name, buffer)
-    return buffer[:numel]
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
@@ -135,14 +125,13 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     padded_w = m * tiles_w + 2
     band_rows = max(1, min(tiles_h, _BAND_FLOATS // (taps * tiles_w * max(in_channels, out_channels) * batch)))
     band_tiles = batch * band_rows * tiles_w
-    padded_all = _scratch_floats("padded", batch * (m * band_rows + 2) * padded_w * in_channels)
-    padded_all = padded_all.view(batch, m * band_rows + 2, padded_w, in_channels)
-    gathered_all = _scratch_floats("gathered", taps * band_tiles * in_channels)
-    tiles_all = _scratch_floats("tiles", taps * band_tiles * in_channels)
-    products_all = _scratch_floats("products", taps * band_tiles * out_channels)
-    outputs_all = _scratch_floats("outputs", m * m * band_tiles * out_channels)
+    padded_all = scratch("winograd.padded", (batch, m * band_rows + 2, padded_w, in_channels))
+    gathered_all = scratch("winograd.gathered", (taps * band_tiles * in_channels,))
+    tiles_all = scratch("winograd.tiles", (taps * band_tiles * in_channels,))
+    products_all = scratch("winograd.products", (taps * band_tiles * out_channels,))
+    outputs_all = scratch("winograd.outputs", (m * m * band_tiles * out_channels,))
     ragged = width != m * tiles_w or height != m * tiles_h
-    crop_all = _scratch_floats("crop", m * m * band_tiles * out_channels) if ragged else None
+    crop_all = scratch("winograd.crop", (m * m * band_tiles * out_channels,)) if ragged else None
     out = torch.empty(batch, height, width, out_channels)
     # the scratch is shared by every conv of this thread: the zero border columns are reset for each call
     padded_all[:, :, 0].zero_()

@@ -24,6 +24,7 @@ __all__ = [
     "bf16_conv3d_unsafe",
     "runs_bf16_on_cpu",
     "fold_stem_weight",
+    "stack_stem_frames",
     "is_foldable_stem",
     "folded_stem_conv3d",
     "folded_stem_block",
@@ -154,14 +155,35 @@ def fold_stem_weight(weight: torch.Tensor, fold: int) -> torch.Tensor:
         fold: output frames per group, G.
 
     Returns:
-        [G * C_out, (kt + G - 1) * C_in, kh, kw]: output channel ``j * C_out + o`` (output frame j of the group)
-        reads input channel ``f * C_in + c`` (frame f of the group's ``kt + G - 1`` input frames) with weight
-        ``weight[o, c, f - j]``, and zero where ``f - j`` is outside the kernel.
+        [G * C_out, C_in * (kt + G - 1), kh, kw]: output channel ``j * C_out + o`` (output frame j of the group)
+        reads input channel ``c * (kt + G - 1) + f`` (channel c of frame f of the group's ``kt + G - 1`` input
+        frames, the order :func:`stack_stem_frames` stacks them in) with weight ``weight[o, c, f - j]``, and zero
+        where ``f - j`` is outside the kernel.
     """
     out_channels, in_channels, kernel_t, kernel_h, kernel_w = weight.shape
     window = kernel_t + fold - 1
     shifted = torch.stack([F.pad(weight, (0, 0, 0, 0, j, window - kernel_t - j)) for j in range(fold)])
-    return shifted.permute(0, 1, 3, 2, 4, 5).reshape(fold * out_channels, window * in_channels, kernel_h, kernel_w)
+    return shifted.reshape(fold * out_channels, in_channels * window, kernel_h, kernel_w)
+
+
+def stack_stem_frames(x: torch.Tensor, kernel_t: int, pad_t: int, fold: int) -> torch.Tensor:
+    """The input of a folded stem: x [N, C, T, H, W] (any layout) -> [N * groups, C * window, H, W] channels-last,
+    where group g holds input frames ``g * G - pad_t .. g * G - pad_t + window - 1`` (zeros outside the clip),
+    ``window = kt + G - 1`` and ``groups = ceil(T' / G)``; differentiable.
+
+    The frames are first moved innermost ([N, H, W, C, T], one transposing copy), so that gathering each group's
+    window copies runs of ``window`` contiguous values; stacking [C, H, W] planes instead and converting to
+    channels-last cost 2-3x as much for the bf16 fast stem of SlowFast (3 channels interleaved per pixel).
+    """
+    batch, channels, frames, height, width = x.shape
+    frames_out = frames + 2 * pad_t - kernel_t + 1
+    groups = -(-frames_out // fold)
+    window = kernel_t + fold - 1
+    padded_frames = (groups - 1) * fold + window
+    frames_last = F.pad(x.permute(0, 3, 4, 1, 2), (pad_t, padded_frames - frames - pad_t))  # [N, H, W, C, T_pad]
+    windows = frames_last.unfold(4, window, fold)  # [N, H, W, C, groups, window]
+    stacked = windows.permute(0, 4, 1, 2, 3, 5).reshape(batch * groups, height, width, channels * window)
+    return stacked.permute(0, 3, 1, 2)
 
 
 def folded_stem_conv3d(conv: nn.Conv3d, x: torch.Tensor, fold: int = STEM_FOLD) -> torch.Tensor:
@@ -183,17 +205,9 @@ def folded_stem_conv3d(conv: nn.Conv3d, x: torch.Tensor, fold: int = STEM_FOLD) 
 def _folded_stem_conv2d(conv: nn.Conv3d, x: torch.Tensor, fold: int) -> torch.Tensor:
     """The folded conv: x [N, C_in, T, H, W] -> [N * ceil(T' / G), G * C_out, H', W'] channels-last, where channel
     ``j * C_out + o`` of group g is output channel o at frame ``g * G + j``."""
-    batch, channels, frames, height, width = x.shape
-    kernel_t, pad_t = conv.kernel_size[0], conv.padding[0]
-    frames_out = frames + 2 * pad_t - kernel_t + 1
-    groups = -(-frames_out // fold)
-    window = kernel_t + fold - 1
     if runs_bf16_on_cpu(x) and x.dtype == torch.float32:
         x = x.to(torch.bfloat16)  # the conv2d would cast anyway; stacking bf16 frames moves half the bytes
-    padded_frames = (groups - 1) * fold + window
-    padded = F.pad(x, (0, 0, 0, 0, pad_t, padded_frames - frames - pad_t))
-    stacked = padded.unfold(2, window, fold)  # [N, C, groups, H, W, window]
-    stacked = stacked.permute(0, 2, 5, 1, 3, 4).reshape(batch * groups, window * channels, height, width)
+    stacked = stack_stem_frames(x, conv.kernel_size[0], conv.padding[0], fold)
     weight = fold_stem_weight(conv.weight, fold).contiguous(memory_format=torch.channels_last)  # NHWC output
     bias = None if conv.bias is None else conv.bias.repeat(fold)
     return F.conv2d(stacked, weight, bias, conv.stride[1:], conv.padding[1:])
