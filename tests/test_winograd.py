@@ -16,6 +16,7 @@ from lateral.inference.winograd import (
     F2X2,
     F4X4,
     WinogradConv,
+    size_class,
     use_winograd_convs,
     winograd_conv3x3,
     winograd_weight,
@@ -129,10 +130,22 @@ def test_module_routes_agree_with_the_conv(dims, mode):
         ref = conv(x.contiguous()).relu()
     assert out.shape == ref.shape and out.is_contiguous(memory_format=layout)
     assert relative_error(out, ref) < 5e-5
-    assert list(module.routes) == ([tuple(shape)] if mode == "auto" else [])
+    assert list(module.routes) == ([size_class(x)] if mode == "auto" else [])
     if mode == "auto":
-        assert module.routes[tuple(shape)] in ("f2x2", "f4x4", "direct")
-        assert "winograd=auto" in repr(module) and "2x8x" in repr(module)
+        assert module.routes[size_class(x)] in ("f2x2", "f4x4", "direct")
+        assert "winograd=auto" in repr(module) and "maps of ~2^7 px" in repr(module)
+
+
+def test_routes_are_measured_once_per_size_class(monkeypatch):
+    _, module = winograd_conv(2)
+    measured = []
+    monkeypatch.setattr(module, "_measure", lambda x: measured.append(tuple(x.shape)) or "f2x2")
+    with torch.no_grad():
+        for height, width in [(30, 40), (32, 36), (31, 33), (60, 40), (30, 40)]:
+            module(torch.randn(1, 8, height, width).contiguous(memory_format=torch.channels_last))
+    # 1200 and 1152 pixels share a class (2^10 < p <= 2^11); 1023 is in the one below, 2400 in the one above
+    assert measured == [(1, 8, 30, 40), (1, 8, 31, 33), (1, 8, 60, 40)]
+    assert size_class(torch.randn(2, 8, 3, 9, 10)) == (6, 7)
 
 
 def test_unknown_mode_is_refused():

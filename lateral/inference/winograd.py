@@ -31,8 +31,8 @@ from lateral.inference.optimization import OneDnnConv
 from lateral.inference.scratch import scratch
 
 __all__ = [
-    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "use_winograd_convs",
-    "winograd_conv3x3", "winograd_weight",
+    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "size_class",
+    "use_winograd_convs", "winograd_conv3x3", "winograd_weight",
 ]
 
 # Narrower convs make GEMMs too thin to win back the transforms (measured here: 64 channels 1.4x slower).
@@ -183,8 +183,9 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 class WinogradConv(OneDnnConv):
     """A fp32 3x3 (or 1x3x3) stride-1 conv that runs as :func:`winograd_conv3x3` where that is measured faster.
 
-    The first input of each shape runs the direct conv, F(2x2, 3x3) and F(4x4, 3x3) three times each, in turn, and
-    the fastest is kept for that shape (``routes``); ``mode`` 'direct', 'f2x2' or 'f4x4' forces a route. Other dtypes
+    The first input of each size class runs the direct conv, F(2x2, 3x3) and F(4x4, 3x3) three times each, in turn,
+    and the fastest is kept for that class (``routes``, keyed by :func:`size_class`, so that detection inputs whose
+    sizes differ a little do not each pay the measurement); ``mode`` 'direct', 'f2x2' or 'f4x4' forces a route. Other dtypes
     and layouts run oneDNN as before. Same parameters and state-dict names as the conv it replaces.
     """
 
@@ -193,7 +194,7 @@ class WinogradConv(OneDnnConv):
     def __init__(self, conv: OneDnnConv):
         super().__init__(_ConvView(conv), relu=conv.relu)
         self.mode = "auto"
-        self.routes: dict[tuple[int, ...], str] = {}
+        self.routes: dict[tuple[int, int], str] = {}
         self._transformed: dict[str, torch.Tensor] = {}
 
     def __getstate__(self) -> dict:
@@ -246,13 +247,21 @@ class WinogradConv(OneDnnConv):
             return super().forward(x)
         route = self.mode
         if route == "auto":
-            shape = tuple(x.shape)
-            route = self.routes.get(shape) or self.routes.setdefault(shape, self._measure(x))
+            key = size_class(x)
+            route = self.routes.get(key) or self.routes.setdefault(key, self._measure(x))
         return self._run(x, route)
 
     def extra_repr(self) -> str:
-        routes = ", ".join(f"{'x'.join(map(str, shape))}: {route}" for shape, route in self.routes.items())
+        routes = ", ".join(f"{maps} maps of ~2^{bits} px: {route}" for (maps, bits), route in self.routes.items())
         return super().extra_repr() + f", winograd={self.mode}" + (f" ({routes})" if routes else "")
+
+
+def size_class(x: torch.Tensor) -> tuple[int, int]:
+    """(maps, log2 of the pixels per map, rounded up) of a conv input ``[N, C, H, W]`` or ``[N, C, T, H, W]``:
+    inputs in one class have the same maps per call (N, or N * T) and pixel counts within 2x of each other."""
+    maps = x.shape[0] * (x.shape[2] if x.dim() == 5 else 1)
+    pixels = x.shape[-1] * x.shape[-2]
+    return maps, (pixels - 1).bit_length()
 
 
 class _ConvView:
