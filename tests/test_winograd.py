@@ -212,6 +212,16 @@ def test_fp32_copy_of_an_fpn_uses_winograd_and_keeps_parity():  # F(4x4): the on
         assert relative_error(level, ref_level) < 1e-4
 
 
+def test_environment_switch_keeps_every_conv_direct(monkeypatch):
+    from lateral.models.fpn import ResNetFPN
+
+    model = ResNetFPN(depth=18, style="torchvision").eval()
+    monkeypatch.setenv("LATERAL_WINOGRAD", "0")
+    assert not any(isinstance(m, WinogradConv) for m in lateral.optimize(model).modules())
+    monkeypatch.setenv("LATERAL_WINOGRAD", "1")
+    assert any(isinstance(m, WinogradConv) for m in lateral.optimize(model).modules())
+
+
 def test_bf16_copies_keep_the_direct_convs():
     from lateral.models.fpn import ResNetFPN
 

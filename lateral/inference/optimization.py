@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -679,7 +680,8 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
         use_onednn_convs(module)
         fuse_residual_blocks(module)
         fuse_feature_pyramids(module)
-        if dtype == torch.float32:  # bf16 would lose too much in the tile transforms
+        # bf16 would lose too much in the tile transforms; LATERAL_WINOGRAD=0 keeps every conv direct
+        if dtype == torch.float32 and os.environ.get("LATERAL_WINOGRAD", "1") != "0":
             use_winograd_convs(module)
         raw_input_ok = use_folded_stems(module, dtype)
     return InferenceModule(
