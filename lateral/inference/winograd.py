@@ -40,9 +40,10 @@ MIN_CHANNELS = 128
 # A band holds about this many floats of transformed input tiles.
 _BAND_FLOATS = 1 << 20
 # The measured route must be this much faster than the direct conv to be taken; each route runs this many times
-# (alternately, best time kept) on the first input of a shape.
+# (alternately, best time kept) on the first input of a size class.
 _MIN_GAIN = 1.05
 _MEASURE_ROUNDS = 3
+
 
 @dataclass(frozen=True)
 class TileAlgorithm:
