@@ -39,9 +39,16 @@ def clip(frames: int, size: int = 20, batch: int = 1, seed: int = 1) -> torch.Te
     return torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("mode,fold", [("3d", 2), ("3d", 4), ("2d", 1), ("2d", 3), ("2d", 4)])
+@pytest.mark.parametrize("mode,fold,stacking", [
+    ("3d", 2, None), ("3d", 4, None),
+    ("2d", 1, None), ("2d", 3, "matmul"), ("2d", 4, "matmul"), ("2d", 3, "copies"), ("2d", 4, "copies"),
+])
 @pytest.mark.parametrize("frames", [8, 7, 3])
-def test_folded_stem_equals_the_plain_conv(mode, fold, frames):
+def test_folded_stem_equals_the_plain_conv(mode, fold, stacking, frames, monkeypatch):
+    from lateral.inference import stem as stem_module
+
+    if stacking == "copies":  # the path of clips with more than MATMUL_STACK_MAX_PLANES planes (and of G = 1)
+        monkeypatch.setattr(stem_module, "MATMUL_STACK_MAX_PLANES", 0)
     conv = stem_conv()
     stem = FoldedStemConv(OneDnnConv(conv, relu=True), mode, fold)
     x = clip(frames, batch=2)

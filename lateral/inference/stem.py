@@ -12,9 +12,11 @@ output frame's window):
 - **fp32, 3D fold**: one conv3d with kernel ``(kt + G - 1, kh, kw)``, temporal stride ``G`` and ``G * C_out``
   output channels. With G = 2 the fast stem took 31-36 ms instead of 45-48 ms.
 - **bf16, 2D fold**: the ``kt + G - 1`` input frames of each group of ``G`` output frames are stacked into channels,
-  ``[N * T / G, (kt + G - 1) * C_in, H, W]``, and one conv2d computes ``G * C_out`` channels. With G = 4 the fast
-  stem took 18 ms plus 4 ms to stack the frames. The stacking copy also casts to bf16 and reads any input layout,
-  so the inference wrapper hands the stem the caller's float32 clip as it is (saving the 6 ms layout conversion).
+  ``[N * T / G, C_in * (kt + G - 1), H, W]``, and one conv2d computes ``G * C_out`` channels. With G = 4 the fast
+  stem took 18 ms plus 4 ms to stack the frames. The stacking also casts to bf16 and reads any input layout, so the
+  inference wrapper hands the stem the caller's float32 clip as it is (saving the 6 ms layout conversion). Clips
+  of up to 256 channel planes are stacked by one selection GEMM instead of copies, and all groups then run as one
+  grouped conv2d (:meth:`FoldedStemConv._forward_2d_grouped`).
 
 A stem whose temporal kernel is 1 (the slow pathway's 1x7x7) becomes a plain conv2d over ``[N * T, C_in, H, W]``
 in bf16 (G = 1) and stays a plain conv3d in fp32. Outputs equal the plain conv's to float rounding.
@@ -40,6 +42,9 @@ __all__ = ["FoldedStemConv", "stem_fold_for", "use_folded_stems"]
 
 FP32_FOLD = 2  # measured best of 1, 2, 4, 8 for the 3D fold
 BF16_FOLD = STEM_FOLD  # the 2D fold, as in training (measured best of 2, 4, 8, 16)
+# Clips with at most this many channel planes (C_in * T) are stacked by a selection GEMM; its cost grows with the
+# square of T, so longer clips are stacked by copies.
+MATMUL_STACK_MAX_PLANES = 256
 
 
 def stem_fold_for(conv: OneDnnConv, dtype: torch.dtype) -> tuple[str, int] | None:
@@ -79,6 +84,8 @@ class FoldedStemConv(OneDnnConv):
         self.mode, self.fold = mode, fold
         self.pool: dict | None = None  # max-pool over H, W applied before frames are unfolded (see fuse_pool)
         self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, weight, bias)
+        self._grouped: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # the folded ones, repeated per group
+        self._selection: tuple[tuple, torch.Tensor] | None = None  # stacking matrix of the 2D fold
 
     def fuse_pool(self, pool: nn.MaxPool3d) -> bool:
         """Take over ``pool`` (which follows this conv) if it pools each frame on its own; return whether it did.
@@ -97,7 +104,7 @@ class FoldedStemConv(OneDnnConv):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_folded"] = None
+        state["_folded"] = state["_grouped"] = state["_selection"] = None
         return state
 
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +153,9 @@ class FoldedStemConv(OneDnnConv):
         return unfold_stem_frames(out, batch, self.out_channels, self.fold, frames_out, channels_last=True)
 
     def _forward_2d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
+        # with G = 1 (a 1xkxk stem) the copies only move frames into the batch: the GEMM measured slower there
+        if self.fold > 1 and x.shape[1] * x.shape[2] <= MATMUL_STACK_MAX_PLANES:
+            return self._forward_2d_grouped(x, frames_out)
         weight, bias = self.folded_weight()
         stacked = self._stack_frames(x)
         out = torch.ops.mkldnn._convolution_pointwise(
@@ -153,6 +163,64 @@ class FoldedStemConv(OneDnnConv):
         )  # [N * T' / G, G * C_out, H', W'] channels-last
         return unfold_stem_frames(self._pool2d(out), x.shape[0], self.out_channels, self.fold, frames_out,
                                   channels_last=True)
+
+    def _forward_2d_grouped(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
+        """The 2D fold with every group's frames stacked by one GEMM and every group convolved by one grouped conv.
+
+        Stacking by copies runs aten's copy kernels on 3-channel interleaves at 1-2 GB/s; here the clip's
+        ``C * T`` planes, read transposed (pixel-major), are multiplied by a 0/1 selection matrix that places frame
+        ``g * G + f - pad_t`` of channel c at column (g, c, f), zero outside the clip. Each output is one product
+        with 1 plus zeros, so the stack is exact; but a NaN or inf anywhere in a pixel's frames spreads to all of
+        that pixel's groups (0 * inf is NaN). The result, [N, H, W, groups * C * window], is channels-last for a
+        conv2d with ``groups`` groups, which computes [N, groups * G * C_out, H', W'] in one call. For the bf16
+        fast stem of SlowFast (1x3x32x224x224) the stack took 3 ms instead of 13 ms in isolation, the grouped conv
+        about as long as the batched one, and the whole stem 25 instead of 30 ms (interleaved, in the model).
+        """
+        batch, channels, frames, height, width = x.shape
+        groups = -(-frames_out // self.fold)
+        dtype = self.weight.dtype
+        planes = scratch("stem.planes", (batch, channels, frames, height, width), dtype)
+        planes.copy_(x)  # casts, and reads any layout
+        selection = self.selection(channels, frames, groups)
+        stacked = scratch("stem.stacked", (batch, height * width, selection.shape[1]), dtype)
+        for n in range(batch):
+            torch.mm(planes[n].view(channels * frames, height * width).t(), selection, out=stacked[n])
+        stacked = stacked.view(batch, height, width, -1).permute(0, 3, 1, 2)  # channels-last
+        weight, bias = self.grouped_weight(groups)
+        out = torch.ops.mkldnn._convolution_pointwise(
+            stacked, weight, bias, self.padding[1:], self.stride[1:], self.dilation[1:], groups, self.unary_op, [], "",
+        )
+        out = self._pool2d(out)  # [N, groups * G * C_out, H', W'] channels-last: memory [N, H', W', groups, G, C_out]
+        out_h, out_w = out.shape[-2:]
+        frames_first = out.permute(0, 2, 3, 1).view(batch, out_h, out_w, groups * self.fold, self.out_channels)
+        result = out.new_empty((batch, frames_out, out_h, out_w, self.out_channels))
+        result.copy_(frames_first.permute(0, 3, 1, 2, 4)[:, :frames_out])
+        return result.permute(0, 4, 1, 2, 3)  # [N, C_out, T', H', W'] channels-last-3d
+
+    def selection(self, channels: int, frames: int, groups: int) -> torch.Tensor:
+        """[C * T, groups * C * window] 0/1 matrix in the weight's dtype: column ``(g * C + c) * window + f`` has its
+        1 in row ``c * T + g * G + f - pad_t`` when that frame is inside the clip (kept for the last clip shape)."""
+        key = (channels, frames, groups, self.weight.dtype)
+        if self._selection is None or self._selection[0] != key:
+            window, pad_t = self.kernel_size[0] + self.fold - 1, self.padding[0]
+            selection = torch.zeros(channels, frames, groups, channels, window)
+            for g in range(groups):
+                for f in range(window):
+                    frame = g * self.fold + f - pad_t
+                    if 0 <= frame < frames:
+                        selection[torch.arange(channels), frame, g, torch.arange(channels), f] = 1
+            matrix = selection.view(channels * frames, groups * channels * window).to(self.weight.dtype)
+            self._selection = (key, matrix)
+        return self._selection[1]
+
+    def grouped_weight(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded weight and bias repeated for ``groups`` conv groups (channels-last)."""
+        weight, bias = self.folded_weight()
+        key = (groups, self._folded[0])
+        if self._grouped is None or self._grouped[0] != key:
+            repeated = weight.repeat(groups, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+            self._grouped = (key, repeated, bias.repeat(groups))
+        return self._grouped[1], self._grouped[2]
 
     def _stack_frames(self, x: torch.Tensor) -> torch.Tensor:
         """:func:`~lateral.models.layers.stack_stem_frames` in the weight's dtype, through per-thread scratch memory
