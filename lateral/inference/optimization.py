@@ -275,14 +275,10 @@ class OneDnnConv(nn.Module):
         if self.gather_frames_in_bf16 and x.dtype == torch.bfloat16:
             return self._forward_gathered(x)
         weight = self.packed_weight(x)
-        if self.relu:
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "relu", [], ""
-            )
-        if weight is self.weight:
+        if weight is self.weight and not self.relu:  # not packed (1D convs, other dtypes): the plain entry point
             return torch.mkldnn_convolution(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
+            x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, self.unary_op, [], ""
         )
 
     def _forward_gathered(self, x: torch.Tensor) -> torch.Tensor:
