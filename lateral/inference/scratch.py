@@ -21,12 +21,9 @@ _buffers = threading.local()
 def scratch(name: str, shape: tuple[int, ...] | list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """An uninitialised contiguous tensor of ``shape`` for this thread, sharing memory with earlier calls for the
     same ``name`` and dtype: the caller must be done with the previous contents."""
-    key = (name, dtype)
+    by_key: dict[tuple[str, torch.dtype], torch.Tensor] = _buffers.__dict__.setdefault("by_key", {})
     numel = math.prod(shape)
-    buffer = getattr(_buffers, "by_key", {}).get(key)
+    buffer = by_key.get((name, dtype))
     if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel, dtype=dtype)
-        if not hasattr(_buffers, "by_key"):
-            _buffers.by_key = {}
-        _buffers.by_key[key] = buffer
+        buffer = by_key[(name, dtype)] = torch.empty(numel, dtype=dtype)
     return buffer[:numel].view(shape)
