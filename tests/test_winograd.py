@@ -133,7 +133,7 @@ def test_module_routes_agree_with_the_conv(dims, mode):
     assert list(module.routes) == ([size_class(x)] if mode == "auto" else [])
     if mode == "auto":
         assert module.routes[size_class(x)] in ("f2x2", "f4x4", "direct")
-        assert "winograd=auto" in repr(module) and "maps of ~2^7 px" in repr(module)
+        assert "winograd=auto" in repr(module) and "maps/sample of ~2^7 px" in repr(module)
 
 
 def test_routes_are_measured_once_per_size_class(monkeypatch):
@@ -141,11 +141,12 @@ def test_routes_are_measured_once_per_size_class(monkeypatch):
     measured = []
     monkeypatch.setattr(module, "_measure", lambda x: measured.append(tuple(x.shape)) or "f2x2")
     with torch.no_grad():
-        for height, width in [(30, 40), (32, 36), (31, 33), (60, 40), (30, 40)]:
-            module(torch.randn(1, 8, height, width).contiguous(memory_format=torch.channels_last))
-    # 1200 and 1152 pixels share a class (2^10 < p <= 2^11); 1023 is in the one below, 2400 in the one above
+        for batch, height, width in [(1, 30, 40), (1, 32, 36), (1, 31, 33), (4, 60, 40), (3, 30, 40), (2, 61, 39)]:
+            module(torch.randn(batch, 8, height, width).contiguous(memory_format=torch.channels_last))
+    # 1200 and 1152 pixels share a class (2^10 < p <= 2^11); 1023 is in the one below, 2400 and 2379 in the one
+    # above; the batch size does not count, and each class is timed on one sample
     assert measured == [(1, 8, 30, 40), (1, 8, 31, 33), (1, 8, 60, 40)]
-    assert size_class(torch.randn(2, 8, 3, 9, 10)) == (6, 7)
+    assert size_class(torch.randn(2, 8, 3, 9, 10)) == (3, 7)
 
 
 def test_unknown_mode_is_refused():

@@ -185,8 +185,9 @@ class WinogradConv(OneDnnConv):
     """A fp32 3x3 (or 1x3x3) stride-1 conv that runs as :func:`winograd_conv3x3` where that is measured faster.
 
     The first input of each size class runs the direct conv, F(2x2, 3x3) and F(4x4, 3x3) three times each, in turn,
-    and the fastest is kept for that class (``routes``, keyed by :func:`size_class`, so that detection inputs whose
-    sizes differ a little do not each pay the measurement); ``mode`` 'direct', 'f2x2' or 'f4x4' forces a route. Other dtypes
+    on its first sample, and the fastest is kept for that class (``routes``, keyed by :func:`size_class`: batch
+    sizes and detection images whose sizes differ a little do not each pay the measurement); ``mode`` 'direct',
+    'f2x2' or 'f4x4' forces a route. Other dtypes
     and layouts run oneDNN as before. Same parameters and state-dict names as the conv it replaces.
     """
 
@@ -249,18 +250,21 @@ class WinogradConv(OneDnnConv):
         route = self.mode
         if route == "auto":
             key = size_class(x)
-            route = self.routes.get(key) or self.routes.setdefault(key, self._measure(x))
+            # timed on one sample: the routes scale alike with the batch, and a 30-view batch timed nine times over
+            # would cost seconds
+            route = self.routes.get(key) or self.routes.setdefault(key, self._measure(x[:1]))
         return self._run(x, route)
 
     def extra_repr(self) -> str:
-        routes = ", ".join(f"{maps} maps of ~2^{bits} px: {route}" for (maps, bits), route in self.routes.items())
+        routes = ", ".join(f"{maps} maps/sample of ~2^{bits} px: {route}"
+                           for (maps, bits), route in self.routes.items())
         return super().extra_repr() + f", winograd={self.mode}" + (f" ({routes})" if routes else "")
 
 
 def size_class(x: torch.Tensor) -> tuple[int, int]:
-    """(maps, log2 of the pixels per map, rounded up) of a conv input ``[N, C, H, W]`` or ``[N, C, T, H, W]``:
-    inputs in one class have the same maps per call (N, or N * T) and pixel counts within 2x of each other."""
-    maps = x.shape[0] * (x.shape[2] if x.dim() == 5 else 1)
+    """(maps per sample, log2 of the pixels per map, rounded up) of a conv input ``[N, C, H, W]`` (1 map) or
+    ``[N, C, T, H, W]`` (T maps): inputs in one class differ at most in batch size and by 2x in pixel count."""
+    maps = x.shape[2] if x.dim() == 5 else 1
     pixels = x.shape[-1] * x.shape[-2]
     return maps, (pixels - 1).bit_length()
 
