@@ -16,6 +16,7 @@ from lateral.inference.winograd import (
     F2X2,
     F4X4,
     WinogradConv,
+    route_summary,
     size_class,
     use_winograd_convs,
     winograd_conv3x3,
@@ -211,6 +212,15 @@ def test_fp32_copy_of_an_fpn_uses_winograd_and_keeps_parity():  # F(4x4): the on
     assert len(out_levels) == len(ref_levels)
     for level, ref_level in zip(out_levels, ref_levels):
         assert relative_error(level, ref_level) < 1e-4
+    assert route_summary(opt) == ""  # forced modes record no routes
+    # a basic block's last conv adds the shortcut inside oneDNN: it stays direct, so only the first of each block is
+    # a WinogradConv
+    assert all(name.endswith(".conv1") or ".fpn." in name for name, m in opt.named_modules()
+               if isinstance(m, WinogradConv) and ".layer" in name)
+    convs[0].mode = "auto"
+    with torch.no_grad():
+        opt(x)
+    assert route_summary(opt).startswith("winograd routes: ") and route_summary(opt).endswith(" 1")
 
 
 def test_environment_switch_keeps_every_conv_direct(monkeypatch):

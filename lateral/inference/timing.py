@@ -198,8 +198,12 @@ def build_variant(
         runner = OpenVinoRunner(model, x, precision=name.rsplit("-", 1)[1], threads=threads)
         note = f"ran as {runner.inference_precision}"
         run = lambda: runner(x)  # noqa: E731
-    out = run()  # the first call: where torch.compile compiles
+    out = run()  # the first call: where torch.compile compiles, and the fp32 copy times its Winograd routes
     setup = time.perf_counter() - start
+    if name.startswith("fused"):
+        from lateral.inference.winograd import route_summary
+
+        note = route_summary(opt)
     check = float("nan")
     if reference is not None:  # relative to the output's scale: FPN levels of random weights reach 1e3
         check = (_first_output(out) - reference).abs().max().item() / max(reference.abs().max().item(), 1e-12)

@@ -31,7 +31,7 @@ from lateral.inference.optimization import OneDnnConv
 from lateral.inference.scratch import scratch
 
 __all__ = [
-    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "size_class",
+    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "route_summary", "size_class",
     "use_winograd_convs", "winograd_conv3x3", "winograd_weight",
 ]
 
@@ -290,12 +290,36 @@ def winograd_eligible(conv: OneDnnConv) -> bool:
     )
 
 
+def route_summary(model: torch.nn.Module) -> str:
+    """'winograd routes: f4x4 10, f2x2 2, direct 1' over every route the model's WinogradConvs chose so far ('' if
+    none): what ``lateral bench`` prints beside the fused fp32 copy."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, WinogradConv):
+            for route in module.routes.values():
+                counts[route] = counts.get(route, 0) + 1
+    if not counts:
+        return ""
+    return "winograd routes: " + ", ".join(f"{route} {counts[route]}" for route in WinogradConv.ROUTES if route in counts)
+
+
 def use_winograd_convs(model: torch.nn.Module) -> int:
-    """Replace, in place, every eligible :class:`OneDnnConv` of ``model`` by a :class:`WinogradConv`."""
+    """Replace, in place, every eligible :class:`OneDnnConv` of ``model`` by a :class:`WinogradConv`.
+
+    The last conv of a :class:`~lateral.inference.optimization.FusedResidualBlock` (the 3x3 of a basic block) is left
+    alone: it adds the shortcut inside oneDNN's kernel, which the Winograd route does not do.
+    """
+    from lateral.inference.optimization import FusedResidualBlock
+
+    adds_shortcut = set()
+    for block in model.modules():
+        if isinstance(block, FusedResidualBlock):
+            last = getattr(block, block._last_name)
+            adds_shortcut.add(id(getattr(last, "conv", last)))
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, OneDnnConv) and winograd_eligible(child):
+            if isinstance(child, OneDnnConv) and winograd_eligible(child) and id(child) not in adds_shortcut:
                 setattr(module, name, WinogradConv(child))
                 replaced += 1
     return replaced
