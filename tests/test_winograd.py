@@ -66,6 +66,13 @@ def test_many_bands_and_ragged_edges(monkeypatch, height, width, algorithm):
                            algorithm)
     ref = F.conv2d(x, weight, bias, padding=1).relu()
     assert relative_error(out.permute(0, 3, 1, 2), ref) < TOLERANCE[algorithm.outputs]
+    # with a shortcut added before the ReLU, written into the shortcut's own memory
+    shortcut = torch.randn(2, height, width, 6)
+    expected = (F.conv2d(x, weight, bias, padding=1) + shortcut.permute(0, 3, 1, 2)).relu()
+    result = winograd_conv3x3(x.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight, algorithm), bias, True,
+                              algorithm, residual=shortcut, out=shortcut)
+    assert result is shortcut
+    assert relative_error(result.permute(0, 3, 1, 2), expected) < TOLERANCE[algorithm.outputs]
 
 
 @ALGORITHMS
@@ -89,6 +96,8 @@ def test_weight_shape_errors():
         winograd_conv3x3(torch.randn(1, 4, 4, 3), winograd_weight(torch.randn(2, 5, 3, 3)))
     with pytest.raises(ValueError, match=r"F\(4x4, 3x3\) \(36 taps\)"):  # a F(2x2) weight given to F(4x4)
         winograd_conv3x3(torch.randn(1, 4, 4, 5), winograd_weight(torch.randn(2, 5, 3, 3)), algorithm=F4X4)
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        winograd_conv3x3(torch.randn(1, 4, 4, 5), winograd_weight(torch.randn(2, 5, 3, 3)), out=torch.empty(1, 4, 4, 3))
 
 
 @ALGORITHMS
@@ -140,7 +149,7 @@ def test_module_routes_agree_with_the_conv(dims, mode):
 def test_routes_are_measured_once_per_size_class(monkeypatch):
     _, module = winograd_conv(2)
     measured = []
-    monkeypatch.setattr(module, "_measure", lambda x: measured.append(tuple(x.shape)) or "f2x2")
+    monkeypatch.setattr(module, "_measure", lambda x, other: measured.append(tuple(x.shape)) or "f2x2")
     with torch.no_grad():
         for batch, height, width in [(1, 30, 40), (1, 32, 36), (1, 31, 33), (4, 60, 40), (3, 30, 40), (2, 61, 39)]:
             module(torch.randn(batch, 8, height, width).contiguous(memory_format=torch.channels_last))
@@ -148,6 +157,31 @@ def test_routes_are_measured_once_per_size_class(monkeypatch):
     # above; the batch size does not count, and each class is timed on one sample
     assert measured == [(1, 8, 30, 40), (1, 8, 31, 33), (1, 8, 60, 40)]
     assert size_class(torch.randn(2, 8, 3, 9, 10)) == (3, 7)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("mode", ["f2x2", "f4x4", "direct", "auto"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_add_matches_the_conv_plus_shortcut(dims, mode, inplace):
+    conv, module = winograd_conv(dims, relu=False)
+    module.mode = mode
+    shape = (2, 8, 9, 10) if dims == 2 else (2, 8, 3, 9, 10)
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    x = torch.randn(shape).contiguous(memory_format=layout)
+    other = torch.randn(2, 10, *shape[2:]).contiguous(memory_format=layout)
+    kept = other.clone()
+    with torch.no_grad():
+        ref = (conv(x.contiguous()) + kept).relu()
+        out = module.add_relu(x, other, inplace=inplace)
+        plain = module.add(x, kept.clone())  # without the ReLU: always the direct route
+    assert relative_error(out, ref) < 5e-5 and out.is_contiguous(memory_format=layout)
+    if inplace:
+        assert out.data_ptr() == other.data_ptr()
+    else:
+        assert torch.equal(other, kept)
+    assert relative_error(plain, conv(x.contiguous()) + kept) < 1e-5
+    if mode == "auto":
+        assert list(module.routes) == [(*size_class(x), "add")] and "+ shortcut" in repr(module)
 
 
 def test_unknown_mode_is_refused():
@@ -213,10 +247,8 @@ def test_fp32_copy_of_an_fpn_uses_winograd_and_keeps_parity():  # F(4x4): the on
     for level, ref_level in zip(out_levels, ref_levels):
         assert relative_error(level, ref_level) < 1e-4
     assert route_summary(opt) == ""  # forced modes record no routes
-    # a basic block's last conv adds the shortcut inside oneDNN: it stays direct, so only the first of each block is
-    # a WinogradConv
-    assert all(name.endswith(".conv1") or ".fpn." in name for name, m in opt.named_modules()
-               if isinstance(m, WinogradConv) and ".layer" in name)
+    # the basic blocks' last convs (conv2) add the shortcut and ReLU on the Winograd route too
+    assert any(name.endswith(".conv2") for name, m in opt.named_modules() if isinstance(m, WinogradConv))
     convs[0].mode = "auto"
     with torch.no_grad():
         opt(x)

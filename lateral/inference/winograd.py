@@ -101,16 +101,20 @@ def _transform_matrices(algorithm: TileAlgorithm) -> tuple[torch.Tensor, torch.T
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-                     algorithm: TileAlgorithm = F2X2) -> torch.Tensor:
-    """3x3 convolution, stride 1, zero padding 1, then + bias and ReLU if asked.
+                     algorithm: TileAlgorithm = F2X2, residual: torch.Tensor | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """3x3 convolution, stride 1, zero padding 1, then + bias, + ``residual`` and ReLU, as given.
 
     Args:
         x: [N, H, W, C_in] float32, contiguous (a channels-last map, permuted).
         weight: [a*a, C_in, C_out] from :func:`winograd_weight` with the same ``algorithm``.
         bias: [C_out] or None.
+        residual: [N, H, W, C_out] added before the ReLU, or None.
+        out: [N, H, W, C_out] contiguous to write the result into (may be ``residual`` itself: each output element
+            is read from it before it is written), or None for a new tensor.
 
     Returns:
-        [N, H, W, C_out] float32, contiguous.
+        ``out``, or a new [N, H, W, C_out] float32 contiguous tensor.
     """
     batch, height, width, in_channels = x.shape
     m, size = algorithm.outputs, algorithm.size
@@ -133,7 +137,10 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     outputs_all = scratch("winograd.outputs", (m * m * band_tiles * out_channels,))
     ragged = width != m * tiles_w or height != m * tiles_h
     crop_all = scratch("winograd.crop", (m * m * band_tiles * out_channels,)) if ragged else None
-    out = torch.empty(batch, height, width, out_channels)
+    if out is None:
+        out = torch.empty(batch, height, width, out_channels)
+    elif tuple(out.shape) != (batch, height, width, out_channels) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {[batch, height, width, out_channels]} tensor, got {list(out.shape)}")
     # the scratch is shared by every conv of this thread: the zero border columns are reset for each call
     padded_all[:, :, 0].zero_()
     padded_all[:, :, width + 1 :].zero_()
@@ -168,13 +175,22 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         torch.mm(output_transform, products.view(taps, -1), out=outputs.view(m * m, -1))
         corners = outputs.view(m, m, batch, rows, tiles_w, out_channels)  # output (i, j) of every tile
         band = out[:, m * first : m * first + visible]
+        shortcut = None if residual is None else residual[:, m * first : m * first + visible]
         if not ragged:
-            target = band.view(batch, rows, m, tiles_w, m, out_channels).permute(2, 4, 0, 1, 3, 5)
+            def as_tiles(rows_view: torch.Tensor) -> torch.Tensor:  # [N, m*R, W, C] -> [m, m, N, R, W', C] view
+                return rows_view.view(batch, rows, m, tiles_w, m, out_channels).permute(2, 4, 0, 1, 3, 5)
+
+            target = as_tiles(band)
+            shortcut = None if shortcut is None else as_tiles(shortcut)
         else:  # tiles that overhang the map: rearrange whole tiles into scratch, crop on the way out
             full = crop_all[: m * m * count * out_channels].view(batch, m * rows, m * tiles_w, out_channels)
             full.view(batch, rows, m, tiles_w, m, out_channels).permute(2, 4, 0, 1, 3, 5).copy_(corners)
             corners, target = full[:, :visible, :width], band
-        if relu:
+        if shortcut is not None:
+            torch.add(corners, shortcut, out=target)
+            if relu:
+                target.clamp_(min=0)
+        elif relu:
             torch.clamp(corners, min=0, out=target)
         else:
             target.copy_(corners)
@@ -196,7 +212,7 @@ class WinogradConv(OneDnnConv):
     def __init__(self, conv: OneDnnConv):
         super().__init__(_ConvView(conv), relu=conv.relu)
         self.mode = "auto"
-        self.routes: dict[tuple[int, int], str] = {}
+        self.routes: dict[tuple, str] = {}
         self._transformed: dict[str, torch.Tensor] = {}
 
     def __getstate__(self) -> dict:
@@ -210,55 +226,91 @@ class WinogradConv(OneDnnConv):
             self._transformed[algorithm] = winograd_weight(self.weight, ALGORITHMS[algorithm])
         return self._transformed[algorithm]
 
-    def _forward_winograd(self, x: torch.Tensor, algorithm: str) -> torch.Tensor:
-        batch, channels = x.shape[:2]
+    def _forward_winograd(self, x: torch.Tensor, algorithm: str, residual: torch.Tensor | None = None,
+                          relu: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv by ``algorithm`` (+ ``residual``, then ReLU: the conv's own unless ``relu`` is given), in x's
+        layout, written into ``out`` if given ([N, C_out, ...] in the same layout)."""
         weight, tiles = self.transformed_weight(algorithm), ALGORITHMS[algorithm]
-        if x.dim() == 4:
-            out = winograd_conv3x3(x.permute(0, 2, 3, 1), weight, self.bias, self.relu, tiles)
-            return out.permute(0, 3, 1, 2)
-        frames, height, width = x.shape[2:]
-        maps = x.permute(0, 2, 3, 4, 1).reshape(batch * frames, height, width, channels)
-        out = winograd_conv3x3(maps, weight, self.bias, self.relu, tiles)
-        return out.view(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
+        relu = self.relu if relu is None else relu
+        result = winograd_conv3x3(_as_maps(x), weight, self.bias, relu, tiles,
+                                  residual=None if residual is None else _as_maps(residual),
+                                  out=None if out is None else _as_maps(out))
+        if out is not None:
+            return out
+        batch, frames = x.shape[0], (x.shape[2] if x.dim() == 5 else None)
+        if frames is None:
+            return result.permute(0, 3, 1, 2)
+        return result.view(batch, frames, *result.shape[1:]).permute(0, 4, 1, 2, 3)
 
-    def _winograd_applies(self, x: torch.Tensor) -> bool:
+    def _winograd_applies(self, *tensors: torch.Tensor) -> bool:
+        x = tensors[0]
         layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         return (
             x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.dim() in (4, 5)
-            and x.is_contiguous(memory_format=layout)
+            and all(t.dtype == torch.float32 and t.is_contiguous(memory_format=layout) for t in tensors)
         )
 
-    def _run(self, x: torch.Tensor, route: str) -> torch.Tensor:
-        return super().forward(x) if route == "direct" else self._forward_winograd(x, route)
+    def _run(self, x: torch.Tensor, route: str, other: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv by ``route``; with ``other``: ``relu(conv(x) + other)``, as the last conv of a residual block."""
+        if other is None:
+            return super().forward(x) if route == "direct" else self._forward_winograd(x, route)
+        if route == "direct":
+            return super().add(x, other, relu=True)
+        return self._forward_winograd(x, route, residual=other, relu=True)
 
-    def _measure(self, x: torch.Tensor) -> str:
+    def _measure(self, x: torch.Tensor, other: torch.Tensor | None) -> str:
         best = dict.fromkeys(self.ROUTES, float("inf"))
         for _ in range(_MEASURE_ROUNDS):
             for route in self.ROUTES:
                 start = time.perf_counter()
-                self._run(x, route)
+                self._run(x, route, other)
                 best[route] = min(best[route], time.perf_counter() - start)
         fastest = min(ALGORITHMS, key=best.__getitem__)
         return fastest if best[fastest] * _MIN_GAIN < best["direct"] else "direct"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, C_in, H, W] channels-last or [N, C_in, T, H, W] channels-last-3d -> same layout, C_out."""
+    def _route(self, x: torch.Tensor, other: torch.Tensor | None = None) -> str:
+        """The route for this input: forced by ``mode``, or measured once per size class (and use: with or without
+        a shortcut to add)."""
         if self.mode not in ("auto", *self.ROUTES):
             raise ValueError(f"WinogradConv.mode must be 'auto' or one of {self.ROUTES}, got {self.mode!r}")
-        if self.mode == "direct" or not self._winograd_applies(x):
-            return super().forward(x)
-        route = self.mode
-        if route == "auto":
-            key = size_class(x)
+        if self.mode == "direct" or not self._winograd_applies(x, *([] if other is None else [other])):
+            return "direct"
+        if self.mode != "auto":
+            return self.mode
+        key = size_class(x) if other is None else (*size_class(x), "add")
+        route = self.routes.get(key)
+        if route is None:
             # timed on one sample: the routes scale alike with the batch, and a 30-view batch timed nine times over
             # would cost seconds
-            route = self.routes.get(key) or self.routes.setdefault(key, self._measure(x[:1]))
-        return self._run(x, route)
+            route = self.routes[key] = self._measure(x[:1], None if other is None else other[:1])
+        return route
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C_in, H, W] channels-last or [N, C_in, T, H, W] channels-last-3d -> same layout, C_out."""
+        route = self._route(x)
+        return super().forward(x) if route == "direct" else self._forward_winograd(x, route)
+
+    def add(self, x: torch.Tensor, other: torch.Tensor, relu: bool = False, inplace: bool = False) -> torch.Tensor:
+        """``conv(x) + other`` (then ReLU), as :meth:`OneDnnConv.add`, by the route measured for this use."""
+        if self.relu:
+            return super().add(x, other, relu=relu, inplace=inplace)  # raises: the ReLU would come first
+        route = self._route(x, other) if relu else "direct"  # residual blocks add with the ReLU; other uses stay
+        if route == "direct":
+            return super().add(x, other, relu=relu, inplace=inplace)
+        return self._forward_winograd(x, route, residual=other, relu=relu, out=other if inplace else None)
 
     def extra_repr(self) -> str:
-        routes = ", ".join(f"{maps} maps/sample of ~2^{bits} px: {route}"
-                           for (maps, bits), route in self.routes.items())
+        routes = ", ".join(f"{key[0]} maps/sample of ~2^{key[1]} px{' + shortcut' if len(key) > 2 else ''}: {route}"
+                           for key, route in self.routes.items())
         return super().extra_repr() + f", winograd={self.mode}" + (f" ({routes})" if routes else "")
+
+
+def _as_maps(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] channels-last or [N, C, T, H, W] channels-last-3d -> its [N (* T), H, W, C] view."""
+    if x.dim() == 4:
+        return x.permute(0, 2, 3, 1)
+    batch, channels, frames, height, width = x.shape
+    return x.permute(0, 2, 3, 4, 1).view(batch * frames, height, width, channels)
 
 
 def size_class(x: torch.Tensor) -> tuple[int, int]:
@@ -304,22 +356,11 @@ def route_summary(model: torch.nn.Module) -> str:
 
 
 def use_winograd_convs(model: torch.nn.Module) -> int:
-    """Replace, in place, every eligible :class:`OneDnnConv` of ``model`` by a :class:`WinogradConv`.
-
-    The last conv of a :class:`~lateral.inference.optimization.FusedResidualBlock` (the 3x3 of a basic block) is left
-    alone: it adds the shortcut inside oneDNN's kernel, which the Winograd route does not do.
-    """
-    from lateral.inference.optimization import FusedResidualBlock
-
-    adds_shortcut = set()
-    for block in model.modules():
-        if isinstance(block, FusedResidualBlock):
-            last = getattr(block, block._last_name)
-            adds_shortcut.add(id(getattr(last, "conv", last)))
+    """Replace, in place, every eligible :class:`OneDnnConv` of ``model`` by a :class:`WinogradConv`."""
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, OneDnnConv) and winograd_eligible(child) and id(child) not in adds_shortcut:
+            if isinstance(child, OneDnnConv) and winograd_eligible(child):
                 setattr(module, name, WinogradConv(child))
                 replaced += 1
     return replaced
