@@ -35,6 +35,7 @@ from lateral.models.layers import (
     STEM_FOLD,
     fold_stem_weight,
     framewise_pool_args,
+    stack_stem_frames,
     unfold_stem_frames,
 )
 
@@ -157,7 +158,8 @@ class FoldedStemConv(OneDnnConv):
         if self.fold > 1 and x.shape[1] * x.shape[2] <= MATMUL_STACK_MAX_PLANES:
             return self._forward_2d_grouped(x, frames_out)
         weight, bias = self.folded_weight()
-        stacked = self._stack_frames(x)
+        # cast first: the stacking copies then move half the bytes in bf16
+        stacked = stack_stem_frames(x.to(self.weight.dtype), self.kernel_size[0], self.padding[0], self.fold)
         out = torch.ops.mkldnn._convolution_pointwise(
             stacked, weight, bias, self.padding[1:], self.stride[1:], self.dilation[1:], 1, self.unary_op, [], "",
         )  # [N * T' / G, G * C_out, H', W'] channels-last
@@ -221,23 +223,6 @@ class FoldedStemConv(OneDnnConv):
             repeated = weight.repeat(groups, 1, 1, 1).contiguous(memory_format=torch.channels_last)
             self._grouped = (key, repeated, bias.repeat(groups))
         return self._grouped[1], self._grouped[2]
-
-    def _stack_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """:func:`~lateral.models.layers.stack_stem_frames` in the weight's dtype, through per-thread scratch memory
-        (no autograd needed here): one copy casts and moves frames innermost, one gathers each group's window."""
-        batch, channels, frames, height, width = x.shape
-        kernel_t, pad_t, fold = self.kernel_size[0], self.padding[0], self.fold
-        frames_out = frames + 2 * pad_t - kernel_t + 1
-        groups, window = -(-frames_out // fold), kernel_t + fold - 1
-        padded_frames = (groups - 1) * fold + window
-        dtype = self.weight.dtype
-        frames_last = scratch("stem.frames_last", (batch, height, width, channels, padded_frames), dtype)
-        frames_last[..., :pad_t].zero_()
-        frames_last[..., pad_t + frames :].zero_()
-        frames_last[..., pad_t : pad_t + frames].copy_(x.permute(0, 3, 4, 1, 2))
-        stacked = scratch("stem.stacked", (batch, groups, height, width, channels, window), dtype)
-        stacked.copy_(frames_last.unfold(4, window, fold).permute(0, 4, 1, 2, 3, 5))
-        return stacked.view(batch * groups, height, width, channels * window).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         pool = "" if self.pool is None else f", max_pool={self.pool}"
