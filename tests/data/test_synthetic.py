@@ -20,15 +20,17 @@ def test_files_lists_and_determinism(tmp_path):
     # the same seed renders the very same frames ...
     again = render_motion_clip("move_up", 16, 32, np.random.default_rng([3, 0, 3, 0]))
     assert np.array_equal(again, render_motion_clip("move_up", 16, 32, np.random.default_rng([3, 0, 3, 0])))
-    # ... and its files decode to them within the encoder's loss; x264 does not always give the same bytes for
-    # tiny clips (see lateral.data.writer), so files are compared as decoded frames
+    # ... the same files, byte for byte (x264's mbtree made 1 in 8 tiny encodes differ before lateral.data.writer
+    # turned it off) ...
+    for path in sorted((tmp_path / "a").rglob("*.mp4")):
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes(), path
+    # ... which decode to the rendered frames within the encoder's loss
     decoded = {}
-    for name in ("a", "b", "c"):
+    for name in ("a", "c"):
         with PyAVReader(tmp_path / name / relative) as reader:
             assert reader.num_frames == 16 and (reader.height, reader.width) == (32, 32)
             decoded[name] = reader.get_frames(list(range(16))).astype(np.int16)
     assert np.abs(decoded["a"] - again).mean() < 8.0  # crf 18 on frames with sensor noise: about 5.5
-    assert np.abs(decoded["a"] - decoded["b"]).mean() < 1.0
     assert np.abs(decoded["a"] - decoded["c"]).mean() > 10.0  # another seed, another clip
     dataset = build_dataset(dict(type="VideoDataset", ann_file=first["test_list"],
                                  data_prefix=dict(video=first["data_prefix"]),
