@@ -289,13 +289,19 @@ def test_fold_batchnorm_in_sequential_and_torchvision_block():
 @pytest.mark.parametrize("name", GOLDEN_RECOGNIZERS)
 def test_fused_fp32_golden_parity(name, route):
     # the stored outputs are the eager model's (tests/models check that), so eager is not rerun here
+    from lateral.inference.temporal_winograd import TemporalWinogradConv
     from lateral.inference.winograd import WinogradConv
 
     model, case = golden_model(name)
     opt = lateral.optimize(model)
+    temporal_route = {"f2x2": "f2", "f4x4": "f4", "direct": "direct"}[route]  # F(2, 3) / F(4, 3) over time
     for conv in opt.modules():
-        if isinstance(conv, WinogradConv):  # both routes, not the one this machine measures faster
+        if isinstance(conv, TemporalWinogradConv):
+            conv.mode = temporal_route
+        elif isinstance(conv, WinogradConv):  # every route, not only the one this machine measures faster
             conv.mode = route
+    if "slowfast_r50" in name:  # the slow pathway's res4 / res5 3x1x1 convs
+        assert sum(isinstance(conv, TemporalWinogradConv) for conv in opt.modules()) == 9
     x = case.input()
     with torch.no_grad():
         if x.dim() == 6:  # multi-view: predict on the copy still averages the views

@@ -671,6 +671,7 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
     raw_input_ok = False
     if not compile and onednn_convs_available(dtype, _model_device(module)):
         from lateral.inference.stem import use_folded_stems
+        from lateral.inference.temporal_winograd import use_temporal_winograd_convs
         from lateral.inference.winograd import use_winograd_convs
 
         use_onednn_convs(module)
@@ -679,6 +680,7 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
         # bf16 would lose too much in the tile transforms; LATERAL_WINOGRAD=0 keeps every conv direct
         if dtype == torch.float32 and os.environ.get("LATERAL_WINOGRAD", "1") != "0":
             use_winograd_convs(module)
+            use_temporal_winograd_convs(module)
         raw_input_ok = use_folded_stems(module, dtype)
     return InferenceModule(
         module, dtype=dtype, memory_format=memory_format, compile=compile, convert_input=not raw_input_ok

@@ -207,6 +207,7 @@ class WinogradConv(OneDnnConv):
     and layouts run oneDNN as before. Same parameters and state-dict names as the conv it replaces.
     """
 
+    ALGORITHMS = ALGORITHMS
     ROUTES = ("direct", *ALGORITHMS)
 
     def __init__(self, conv: OneDnnConv):
@@ -223,14 +224,14 @@ class WinogradConv(OneDnnConv):
     def transformed_weight(self, algorithm: str) -> torch.Tensor:
         """The weight as :func:`winograd_weight` gives it for ``algorithm`` ('f2x2' or 'f4x4'), made once."""
         if algorithm not in self._transformed:
-            self._transformed[algorithm] = winograd_weight(self.weight, ALGORITHMS[algorithm])
+            self._transformed[algorithm] = winograd_weight(self.weight, self.ALGORITHMS[algorithm])
         return self._transformed[algorithm]
 
     def _forward_winograd(self, x: torch.Tensor, algorithm: str, residual: torch.Tensor | None = None,
                           relu: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """The conv by ``algorithm`` (+ ``residual``, then ReLU: the conv's own unless ``relu`` is given), in x's
         layout, written into ``out`` if given ([N, C_out, ...] in the same layout)."""
-        weight, tiles = self.transformed_weight(algorithm), ALGORITHMS[algorithm]
+        weight, tiles = self.transformed_weight(algorithm), self.ALGORITHMS[algorithm]
         relu = self.relu if relu is None else relu
         result = winograd_conv3x3(_as_maps(x), weight, self.bias, relu, tiles,
                                   residual=None if residual is None else _as_maps(residual),
@@ -265,14 +266,14 @@ class WinogradConv(OneDnnConv):
                 start = time.perf_counter()
                 self._run(x, route, other)
                 best[route] = min(best[route], time.perf_counter() - start)
-        fastest = min(ALGORITHMS, key=best.__getitem__)
+        fastest = min(self.ALGORITHMS, key=best.__getitem__)
         return fastest if best[fastest] * _MIN_GAIN < best["direct"] else "direct"
 
     def _route(self, x: torch.Tensor, other: torch.Tensor | None = None) -> str:
         """The route for this input: forced by ``mode``, or measured once per size class (and use: with or without
         a shortcut to add)."""
         if self.mode not in ("auto", *self.ROUTES):
-            raise ValueError(f"WinogradConv.mode must be 'auto' or one of {self.ROUTES}, got {self.mode!r}")
+            raise ValueError(f"{type(self).__name__}.mode must be 'auto' or one of {self.ROUTES}, got {self.mode!r}")
         if self.mode == "direct" or not self._winograd_applies(x, *([] if other is None else [other])):
             return "direct"
         if self.mode != "auto":
@@ -346,13 +347,15 @@ def route_summary(model: torch.nn.Module) -> str:
     """'winograd routes: f4x4 10, f2x2 2, direct 1' over every route the model's WinogradConvs chose so far ('' if
     none): what ``lateral bench`` prints beside the fused fp32 copy."""
     counts: dict[str, int] = {}
+    order: list[str] = []
     for module in model.modules():
         if isinstance(module, WinogradConv):
+            order += [route for route in module.ROUTES if route not in order]
             for route in module.routes.values():
                 counts[route] = counts.get(route, 0) + 1
     if not counts:
         return ""
-    return "winograd routes: " + ", ".join(f"{route} {counts[route]}" for route in WinogradConv.ROUTES if route in counts)
+    return "winograd routes: " + ", ".join(f"{route} {counts[route]}" for route in order if route in counts)
 
 
 def use_winograd_convs(model: torch.nn.Module) -> int:
