@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -148,3 +149,20 @@ def test_fp32_slowfast_copy_routes_its_temporal_convs(monkeypatch):
             assert relative_error(opt(x), ref) < 1e-4
     monkeypatch.setenv("LATERAL_WINOGRAD", "0")
     assert not any(isinstance(m, TemporalWinogradConv) for m in lateral.optimize(model).modules())
+
+
+def test_bf16_tiles_give_bf16_outputs_and_bf16_copies_stay_direct():
+    algorithm = TEMPORAL_ALGORITHMS["f2"]
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 4, 3, 3)
+    weight = torch.randn(8, 16, 3, 1, 1) / 7
+    clip = x.permute(0, 2, 3, 4, 1).reshape(1, 4, 9, 16).contiguous()
+    out = winograd_conv3x1x1(clip.bfloat16(), temporal_winograd_weight(weight, algorithm).bfloat16(),
+                             algorithm=algorithm)
+    ref = F.conv3d(x, weight, padding=(1, 0, 0)).permute(0, 2, 3, 4, 1).reshape(1, 4, 9, 8)
+    assert out.dtype == torch.bfloat16 and relative_error(out.float(), ref) < 3e-2
+    model = lateral.build_model("configs/recognition/slowfast/slowfast_r50_4x16x1_kinetics400.py").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 without native support only warns
+        opt = lateral.optimize(model, precision="bf16")
+    assert not any(isinstance(m, TemporalWinogradConv) for m in opt.modules())

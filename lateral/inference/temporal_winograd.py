@@ -47,10 +47,9 @@ def temporal_winograd_weight(weight: torch.Tensor, algorithm: TileAlgorithm = F4
 
 
 @functools.lru_cache(maxsize=None)
-def _transform_matrices(algorithm: TileAlgorithm) -> tuple[torch.Tensor, torch.Tensor]:
-    """B^T [a, a] and A^T [m, a] in float32."""
-    return (torch.tensor(algorithm.input_t, dtype=torch.float32),
-            torch.tensor(algorithm.output_t, dtype=torch.float32))
+def _transform_matrices(algorithm: TileAlgorithm, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """B^T [a, a] and A^T [m, a] (small integers, exact in float32 and bfloat16)."""
+    return torch.tensor(algorithm.input_t, dtype=dtype), torch.tensor(algorithm.output_t, dtype=dtype)
 
 
 def winograd_conv3x1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
@@ -77,21 +76,21 @@ def winograd_conv3x1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             f"F({m}, 3) ({size} taps)"
         )
     out_channels = weight.shape[2]
-    input_t, output_t = _transform_matrices(algorithm)
+    input_t, output_t = _transform_matrices(algorithm, x.dtype)
     tiles = -(-frames // m)
     clip = x.view(batch, frames, pixels * in_channels)
-    transformed = scratch("temporal_winograd.tiles", (size, batch, tiles, pixels * in_channels))
+    transformed = scratch("temporal_winograd.tiles", (size, batch, tiles, pixels * in_channels), x.dtype)
     for n in range(batch):
         for tile in range(tiles):
             first = tile * m - 1  # input frame under the tile's first tap; outside the clip means zero padding
             lo, hi = max(first, 0), min(first + size, frames)
             torch.mm(input_t[:, lo - first : hi - first], clip[n, lo:hi], out=transformed[:, n, tile])
-    products = scratch("temporal_winograd.products", (size, batch * tiles * pixels, out_channels))
+    products = scratch("temporal_winograd.products", (size, batch * tiles * pixels, out_channels), x.dtype)
     torch.bmm(transformed.view(size, batch * tiles * pixels, in_channels), weight, out=products)
     if bias is not None:
         products[1].add_(bias)  # column 1 of A^T is all ones: product 1 enters every output frame once
     per_tile = products.view(size, batch, tiles, pixels * out_channels)
-    out = torch.empty(batch, frames, pixels, out_channels)
+    out = torch.empty(batch, frames, pixels, out_channels, dtype=x.dtype)
     for n in range(batch):
         for tile in range(tiles):
             count = min(m, frames - tile * m)
