@@ -18,7 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "remove_partial_checkpoints",
+    "save_checkpoint",
+]
 
 _STATE_DICT_KEYS = ("state_dict", "model_state", "model", "module")
 # buffers that mmaction2 / mmengine may store but that carry nothing a lateral model needs
@@ -156,6 +159,17 @@ def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: 
     if hint:
         parts.append("  hint: " + "; ".join(hint))
     return "\n".join(parts)
+
+
+def remove_partial_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`save_checkpoint` leaves in ``folder`` when the process is killed while
+    writing (``.NAME.XXXX.tmp``), and return their paths. Complete checkpoints are never touched."""
+    removed = []
+    for stale in sorted(Path(folder).glob(".*.pth.*.tmp")):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:

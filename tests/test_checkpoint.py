@@ -6,7 +6,13 @@ import pytest
 import torch
 
 import lateral
-from lateral.checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
+from lateral.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_state_dict,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 
 
 def small_model(num_classes=5):
@@ -98,3 +104,17 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(read_state_dict(path)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]  # no temp file left behind
+
+
+def test_partial_checkpoints_of_a_killed_save_are_removed(tmp_path):
+    # SIGKILL inside save_checkpoint leaves its mkstemp file (no except clause runs); nothing else is touched
+    save_checkpoint({"state_dict": {"w": torch.ones(3)}}, tmp_path / "latest.pth")
+    (tmp_path / ".latest.pth.k3x9q1.tmp").write_bytes(b"partial")
+    (tmp_path / ".epoch_2.pth.a1b2c3.tmp").write_bytes(b"")
+    kept = [tmp_path / "notes.tmp", tmp_path / ".hidden.txt", tmp_path / "epoch_1.pth"]
+    for path in kept:
+        path.write_bytes(b"x")
+    removed = remove_partial_checkpoints(tmp_path)
+    assert [p.name for p in removed] == [".epoch_2.pth.a1b2c3.tmp", ".latest.pth.k3x9q1.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["latest.pth", *(p.name for p in kept)])
+    assert remove_partial_checkpoints(tmp_path) == []

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lateral.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from lateral.checkpoint import load_checkpoint, read_checkpoint, remove_partial_checkpoints, save_checkpoint
 from lateral.config import ConfigError
 from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
@@ -237,6 +237,9 @@ class Trainer:
     def _resume(self, resume: str | None) -> None:
         if not resume:
             return
+        if dist_utils.is_main_process():  # a run killed inside a save leaves its temporary file behind
+            for stale in remove_partial_checkpoints(self.work_dir):
+                logger.info("removed the partial checkpoint %s left by an interrupted save", stale.name)
         path = self.work_dir / "latest.pth" if resume == "auto" else Path(resume)
         if not path.is_file():
             if resume == "auto":
