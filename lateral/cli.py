@@ -56,11 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 
         keep_freed_memory()
     try:
-        result = args.func(args)
+        code = int(args.func(args) or 0)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"lateral {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    return int(result or 0)
+        code = 1
+    from lateral.engine import distributed as dist_utils
+
+    if dist_utils.joined_process_group():  # a torchrun worker: skip the teardown where gloo's threads can abort
+        dist_utils.exit_worker(code)
+    return code
 
 
 if __name__ == "__main__":

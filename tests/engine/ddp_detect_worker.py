@@ -27,6 +27,7 @@ def main(config_path: str, out_dir: str) -> None:
         record["full"], _ = detect_dataset(model, val_set, batch_size=1, log=lines.append)
         record["full_metrics"] = evaluate_detector(model, val_set, batch_size=2, log=lines.append)
     (out / f"log{rank}.json").write_text(json.dumps(record))
+    dist_utils.exit_worker(0)  # as `lateral detect train` does under torchrun
 
 
 if __name__ == "__main__":

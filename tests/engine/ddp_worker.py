@@ -27,6 +27,7 @@ def main(config_path: str, out_dir: str) -> None:
     trainer.close()
     del trainer
     dist_utils.cleanup()
+    dist_utils.exit_worker(0)  # as `lateral train` does under torchrun
 
 
 if __name__ == "__main__":

@@ -22,6 +22,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_torchrun(cmd: list[str], out_dir: Path) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
+    # the files the ranks wrote before a failure tell a crash during the run from one at process exit
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert done.returncode == 0, f"files written: {written}\n" + done.stdout[-3000:] + done.stderr[-3000:]
+
+
 @pytest.mark.ddp
 def test_two_rank_gloo_training_keeps_weights_identical(tmp_path, motion_data):
     cfg = tiny_run_config(motion_data, epochs=1)
@@ -29,8 +36,7 @@ def test_two_rank_gloo_training_keeps_weights_identical(tmp_path, motion_data):
     write_config(cfg, tmp_path / "cfg.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), str(HERE / "ddp_worker.py"), str(tmp_path / "cfg.py"), str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_torchrun(cmd, tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     import lateral
@@ -58,8 +64,7 @@ def test_two_rank_detection_training_and_sharded_evaluation(tmp_path):
     config = _tiny_config(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), str(HERE / "ddp_detect_worker.py"), str(config), str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_torchrun(cmd, tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     trained = [k for k, v in rank0.items() if v.is_floating_point() and "running_" not in k]
@@ -84,3 +89,12 @@ def test_two_rank_detection_training_and_sharded_evaluation(tmp_path):
         assert mine["image_id"] == theirs["image_id"] and mine["category_id"] == theirs["category_id"]
         assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=1e-3)
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
+
+
+def test_exit_worker_flushes_and_keeps_the_exit_code():
+    # what `lateral` does at the end of a torchrun worker: no interpreter teardown, but nothing printed is lost
+    code = ("import logging, sys; from lateral.engine import distributed as d; "
+            "assert not d.joined_process_group(); logging.basicConfig(stream=sys.stderr); "
+            "print('result', end=''); logging.getLogger('x').warning('logged'); d.exit_worker(3)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and done.stdout == "result" and "logged" in done.stderr
