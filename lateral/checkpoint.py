@@ -163,7 +163,7 @@ def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: 
 
 def remove_partial_checkpoints(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that :func:`save_checkpoint` leaves in ``folder`` when the process is killed while
-    writing (``.NAME.XXXX.tmp``), and return their paths. Complete checkpoints are never touched."""
+    writing (``.NAME.<random>.tmp``), and return their paths. Complete checkpoints are never touched."""
     removed = []
     for stale in sorted(Path(folder).glob(".*.pth.*.tmp")):
         if stale.is_file():

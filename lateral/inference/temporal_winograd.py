@@ -26,7 +26,7 @@ import torch
 
 from lateral.inference.optimization import OneDnnConv
 from lateral.inference.scratch import scratch
-from lateral.inference.winograd import F2X2, F4X4, MIN_CHANNELS, TileAlgorithm, WinogradConv
+from lateral.inference.winograd import F2X2, F4X4, MIN_CHANNELS, TileAlgorithm, WinogradConv, replace_convs
 
 __all__ = [
     "TEMPORAL_ALGORITHMS", "TemporalWinogradConv", "temporal_winograd_eligible", "temporal_winograd_weight",
@@ -149,10 +149,4 @@ def temporal_winograd_eligible(conv: OneDnnConv) -> bool:
 
 def use_temporal_winograd_convs(model: torch.nn.Module) -> int:
     """Replace, in place, every eligible :class:`OneDnnConv` of ``model`` by a :class:`TemporalWinogradConv`."""
-    replaced = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, OneDnnConv) and temporal_winograd_eligible(child):
-                setattr(module, name, TemporalWinogradConv(child))
-                replaced += 1
-    return replaced
+    return replace_convs(model, temporal_winograd_eligible, TemporalWinogradConv)

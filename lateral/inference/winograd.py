@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,8 @@ from lateral.inference.optimization import OneDnnConv
 from lateral.inference.scratch import scratch
 
 __all__ = [
-    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "route_summary", "size_class",
+    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "replace_convs", "route_summary",
+    "size_class",
     "use_winograd_convs", "winograd_conv3x3", "winograd_weight",
 ]
 
@@ -358,12 +360,19 @@ def route_summary(model: torch.nn.Module) -> str:
     return "winograd routes: " + ", ".join(f"{route} {counts[route]}" for route in order if route in counts)
 
 
-def use_winograd_convs(model: torch.nn.Module) -> int:
-    """Replace, in place, every eligible :class:`OneDnnConv` of ``model`` by a :class:`WinogradConv`."""
+def replace_convs(model: torch.nn.Module, eligible: Callable[[OneDnnConv], bool],
+                  make: Callable[[OneDnnConv], OneDnnConv]) -> int:
+    """Replace, in place, every :class:`OneDnnConv` child of ``model`` for which ``eligible`` holds by ``make(conv)``;
+    return how many were replaced."""
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, OneDnnConv) and winograd_eligible(child):
-                setattr(module, name, WinogradConv(child))
+            if isinstance(child, OneDnnConv) and eligible(child):
+                setattr(module, name, make(child))
                 replaced += 1
     return replaced
+
+
+def use_winograd_convs(model: torch.nn.Module) -> int:
+    """Replace, in place, every eligible :class:`OneDnnConv` of ``model`` by a :class:`WinogradConv`."""
+    return replace_convs(model, winograd_eligible, WinogradConv)
