@@ -57,12 +57,12 @@ def winograd_conv3x1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """Temporal convolution with kernel 3, stride 1, zero padding 1, then + bias and ReLU, as given.
 
     Args:
-        x: [N, T, P, C_in] float32, contiguous (a channels-last-3d clip permuted, P = H * W pixels).
+        x: [N, T, P, C_in] float32 (or bfloat16), contiguous (a channels-last-3d clip permuted, P = H * W pixels).
         weight: [m + 2, C_in, C_out] from :func:`temporal_winograd_weight` with the same ``algorithm``.
         bias: [C_out] or None.
 
     Returns:
-        A new [N, T, P, C_out] float32 contiguous tensor. T need not be a multiple of m: the last tile's missing
+        A new [N, T, P, C_out] contiguous tensor in x's dtype. T need not be a multiple of m: the last tile's missing
         input frames are zeros and its extra output frames are dropped.
     """
     if x.dim() != 4 or not x.is_contiguous():
@@ -93,12 +93,9 @@ def winograd_conv3x1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     out = torch.empty(batch, frames, pixels, out_channels, dtype=x.dtype)
     for n in range(batch):
         for tile in range(tiles):
-            count = min(m, frames - tile * m)
+            count = min(m, frames - tile * m)  # output frames of this tile inside the clip
             target = out[n, tile * m : tile * m + count].view(count, -1)
-            if count == m:
-                torch.mm(output_t, per_tile[:, n, tile], out=target)
-            else:
-                torch.mm(output_t[:count], per_tile[:, n, tile], out=target)
+            torch.mm(output_t[:count], per_tile[:, n, tile], out=target)
     if relu:
         out.clamp_(min=0)
     return out
