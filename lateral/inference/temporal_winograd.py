@@ -109,11 +109,7 @@ class TemporalWinogradConv(WinogradConv):
 
     ALGORITHMS = TEMPORAL_ALGORITHMS
     ROUTES = ("direct", *TEMPORAL_ALGORITHMS)
-
-    def transformed_weight(self, algorithm: str) -> torch.Tensor:
-        if algorithm not in self._transformed:
-            self._transformed[algorithm] = temporal_winograd_weight(self.weight, self.ALGORITHMS[algorithm])
-        return self._transformed[algorithm]
+    WEIGHT_TRANSFORM = staticmethod(temporal_winograd_weight)
 
     def _forward_winograd(self, x: torch.Tensor, algorithm: str, residual: torch.Tensor | None = None,
                           relu: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:

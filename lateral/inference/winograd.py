@@ -211,6 +211,7 @@ class WinogradConv(OneDnnConv):
 
     ALGORITHMS = ALGORITHMS
     ROUTES = ("direct", *ALGORITHMS)
+    WEIGHT_TRANSFORM = staticmethod(winograd_weight)  # (weight, TileAlgorithm) -> the weight the tiles multiply
 
     def __init__(self, conv: OneDnnConv):
         super().__init__(_ConvView(conv), relu=conv.relu)
@@ -224,9 +225,9 @@ class WinogradConv(OneDnnConv):
         return state
 
     def transformed_weight(self, algorithm: str) -> torch.Tensor:
-        """The weight as :func:`winograd_weight` gives it for ``algorithm`` ('f2x2' or 'f4x4'), made once."""
+        """The weight as ``WEIGHT_TRANSFORM`` gives it for ``algorithm`` (a key of ``ALGORITHMS``), made once."""
         if algorithm not in self._transformed:
-            self._transformed[algorithm] = winograd_weight(self.weight, self.ALGORITHMS[algorithm])
+            self._transformed[algorithm] = self.WEIGHT_TRANSFORM(self.weight, self.ALGORITHMS[algorithm])
         return self._transformed[algorithm]
 
     def _forward_winograd(self, x: torch.Tensor, algorithm: str, residual: torch.Tensor | None = None,
