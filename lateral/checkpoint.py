@@ -37,6 +37,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        kind = "an empty file" if not head else f"a file starting with {head!r}"
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}; torch.save writes a zip archive)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -44,8 +50,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} holds objects other than tensors and plain containers, so it was not loaded "
             f"(weights_only=True): {str(err).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err!r}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
     return obj
@@ -81,6 +87,7 @@ def load_checkpoint(
     map_location: str | torch.device = "cpu",
     drop_mismatched_head: bool = False,
     strip_prefix: str | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint into ``model``.
 
@@ -93,6 +100,7 @@ def load_checkpoint(
             classes) with a warning instead of raising; the model keeps its own initialisation for them.
         strip_prefix: remove this prefix from checkpoint keys that have it (e.g. ``'backbone.'`` to load a
             recognizer checkpoint into a bare backbone).
+        source: what error messages call the checkpoint (default: its path, or 'checkpoint dict').
 
     Returns:
         ``{'missing': [...], 'unexpected': [...], 'dropped': [...], 'meta': checkpoint meta or {}}``.
@@ -100,7 +108,8 @@ def load_checkpoint(
     Raises:
         CheckpointError: one error listing every missing, unexpected and shape-mismatched key.
     """
-    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint dict"
+    if source is None:
+        source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint dict"
     obj = read_checkpoint(checkpoint, map_location) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     meta = obj.get("meta", {}) if isinstance(obj.get("meta"), dict) else {}
     state = extract_state_dict(obj, source)
@@ -150,12 +159,18 @@ def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: 
     if mismatched:
         parts.append(block("shape mismatch", mismatched))
     hint = []
-    if any(k.startswith("backbone.") for k in unexpected) and not any(k.startswith("backbone.") for k in missing):
+    stripped = {k.removeprefix("backbone.") for k in unexpected if k.startswith("backbone.")}
+    if stripped and missing and len(stripped & set(missing)) >= len(missing) / 2:
         hint.append("the checkpoint is a whole recognizer: pass strip_prefix='backbone.' to load a bare backbone")
-    if mismatched and all(_is_head_key(m.split(":")[0]) for m in mismatched):
+    only_head_differs = not missing and not unexpected and all(_is_head_key(m.split(":")[0]) for m in mismatched)
+    if mismatched and only_head_differs:
         hint.append("only the classifier differs: use drop_mismatched_head=True to fine-tune to another class count")
-    if any(k.startswith(("blocks.", "s1.", "model_state")) for k in unexpected):
+    pytorchvideo_layout = any(k.startswith(("blocks.", "s1.", "model_state")) for k in unexpected)
+    if pytorchvideo_layout:
         hint.append("this looks like a PyTorchVideo / PySlowFast checkpoint: convert it with 'lateral convert'")
+    if not hint and len(missing) + len(unexpected) + len(mismatched) > 4:
+        hint.append("the checkpoint comes from another architecture (depth, widths or pathways differ): use the "
+                    "config it was trained with, or a checkpoint that carries its config")
     if hint:
         parts.append("  hint: " + "; ".join(hint))
     return "\n".join(parts)

@@ -48,8 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from lateral.config import ConfigError
     from lateral.checkpoint import CheckpointError
+    from lateral.config import ConfigError
+    from lateral.data.decode import DecodeError
+    from lateral.engine.train import NonFiniteLossError, NoTrainingDataError
+    from lateral.inference.exporters import MissingDependencyError
+
+    # errors whose message says all a user needs (what failed, where, what to do): printed without a traceback
+    user_errors = (ConfigError, CheckpointError, FileNotFoundError, ValueError, DecodeError, NonFiniteLossError,
+                   NoTrainingDataError, MissingDependencyError)
 
     if args.command in INFERENCE_COMMANDS or getattr(args, "detect_command", None) in INFERENCE_COMMANDS:
         from lateral.heap import keep_freed_memory
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         code = int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except user_errors as err:
         print(f"lateral {args.command}: error: {err}", file=sys.stderr)
         code = 1
     from lateral.engine import distributed as dist_utils

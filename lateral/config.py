@@ -19,7 +19,10 @@ import pprint
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest"]
+__all__ = [
+    "ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest",
+    "check_keys", "KNOWN_TOP_LEVEL_KEYS",
+]
 
 
 class ConfigError(ValueError):
@@ -30,6 +33,38 @@ def suggest(name: str, candidates) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest candidate, or an empty string."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def check_keys(section: Any, accepted, where: str) -> dict:
+    """Return ``section`` (a dict, or {} for None) after checking that every key is in ``accepted``.
+
+    Raises:
+        ConfigError: naming the first unknown key, the closest accepted one and the full list, e.g.
+            ``train_cfg: unknown key 'max_epoch'. Did you mean 'max_epochs'? Accepted keys: ...``.
+    """
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a dict, got {type(section).__name__}: {section!r}")
+    accepted = list(accepted)
+    for key in section:
+        if key not in accepted:
+            raise ConfigError(f"{where}: unknown key '{key}'.{suggest(str(key), accepted)} "
+                              f"Accepted keys: {', '.join(accepted)}")
+    return section
+
+
+# Top-level names that mmaction2 / mmengine configs and lateral's engines use. Config files may define other
+# names freely (``data_root = ...``); ``--cfg-options`` may add one only if it is not a near-miss of these.
+KNOWN_TOP_LEVEL_KEYS = (
+    "model", "train_dataloader", "val_dataloader", "test_dataloader", "train_cfg", "val_cfg", "test_cfg",
+    "optim_wrapper", "param_scheduler", "default_hooks", "randomness", "load_from", "resume", "work_dir",
+    "train_pipeline", "val_pipeline", "test_pipeline", "label_map", "sync_bn", "channels_last", "precise_bn",
+    "tensorboard", "env_cfg", "log_processor", "log_level", "visualizer", "vis_backends", "default_scope",
+    "val_evaluator", "test_evaluator", "auto_scale_lr", "custom_hooks", "launcher", "dataset_type", "data_root",
+    "data_root_val", "ann_file_train", "ann_file_val", "ann_file_test", "file_client_args",
+    "data", "schedule", "optimizer", "seed",  # detection configs
+)
 
 
 _BINARY_OPS = {
@@ -200,6 +235,8 @@ def _load_bases(path: Path, bases: Any, seen: tuple[Path, ...]) -> dict[str, Any
         raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
     cfg: dict[str, Any] = {}
     for base in bases:
+        if not (path.parent / base).is_file():
+            raise ConfigError(f"{path}: _base_ file not found: {path.parent / base}")
         base_cfg = load_config(path.parent / base, seen + (path,))
         overlap = set(cfg) & set(base_cfg)
         if overlap:
@@ -290,6 +327,11 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
             items.append((key, parse_cfg_value(text)))
     for key, value in items:
         parts = key.split(".")
+        top = parts[0]
+        if top not in cfg and top not in KNOWN_TOP_LEVEL_KEYS:
+            hint = suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS])
+            if hint:  # a new name that is a near-miss of a real one is a typo, not a new setting
+                raise ConfigError(f"--cfg-options {key}: the config has no '{top}'.{hint}")
         node = cfg
         for i, part in enumerate(parts[:-1]):
             node = _step(node, part, ".".join(parts[: i + 1]), create=True)

@@ -67,8 +67,21 @@ def _accepted_keys(target: Any) -> list[str] | None:
     return None
 
 
+def _required_keys(target: Any) -> list[str]:
+    """Keyword names ``target`` (a class: its own ``__init__``) needs: those without a default."""
+    func = target.__init__ if inspect.isclass(target) else target
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name, p in inspect.signature(func).parameters.items()
+            if name != "self" and p.kind in kinds and p.default is inspect.Parameter.empty]
+
+
 def check_kwargs(target: Any, kwargs: dict[str, Any], where: str) -> None:
-    """Raise a :class:`ConfigError` naming any key that ``target`` does not accept, with the closest match."""
+    """Raise a :class:`ConfigError` naming any key that ``target`` does not accept (with the closest match) or
+    needs and does not get."""
+    missing = [key for key in _required_keys(target) if key not in kwargs]
+    if missing:
+        raise ConfigError(f"{where}: missing required key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(repr(k) for k in missing)}")
     accepted = _accepted_keys(target)
     if accepted is None:
         return

@@ -118,3 +118,37 @@ def test_partial_checkpoints_of_a_killed_save_are_removed(tmp_path):
     assert [p.name for p in removed] == [".epoch_2.pth.a1b2c3.tmp", ".latest.pth.k3x9q1.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["latest.pth", *(p.name for p in kept)])
     assert remove_partial_checkpoints(tmp_path) == []
+
+
+def test_files_that_are_not_checkpoints_are_named_as_such(tmp_path):
+    (tmp_path / "notes.pth").write_text("# not a checkpoint\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "noise.pth").write_bytes(bytes(range(7, 200)))
+    with pytest.raises(CheckpointError, match=r"notes.pth is not a PyTorch checkpoint \(a file starting with b'# no'"):
+        read_state_dict(tmp_path / "notes.pth")
+    with pytest.raises(CheckpointError, match="an empty file"):
+        read_state_dict(tmp_path / "empty.pth")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        read_state_dict(tmp_path / "noise.pth")
+
+
+def test_hints_fit_the_mismatch():
+    other_architecture = lateral.build_model(dict(
+        type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=50, base_channels=4),
+        cls_head=dict(type="I3DHead", in_channels=128, num_classes=5)))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(small_model(), other_architecture.state_dict())
+    text = str(info.value)
+    assert "another architecture" in text
+    assert "drop_mismatched_head" not in text and "strip_prefix" not in text
+    with pytest.raises(CheckpointError, match="only the classifier differs: use drop_mismatched_head=True"):
+        load_checkpoint(small_model(5), small_model(7).state_dict())
+    backbone = lateral.build_model(dict(type="ResNet3dSlowOnly", depth=18, base_channels=4))
+    with pytest.raises(CheckpointError, match="pass strip_prefix='backbone.'"):
+        load_checkpoint(backbone, small_model().state_dict())
+
+
+def test_source_names_a_checkpoint_passed_as_a_dict():
+    state = small_model(7).state_dict()
+    with pytest.raises(CheckpointError, match="^runs/x.pth does not fit Recognizer3D"):
+        load_checkpoint(small_model(5), state, source="runs/x.pth")

@@ -95,3 +95,30 @@ def test_shipped_detection_configs_load_and_build():
     assert r18["data"]["train"]["synthetic"]["seed"] == 0  # inherited from the R50 recipe
     model = lateral.build_model(r18["model"])
     assert model.backbone.out_channels == 128
+
+
+def test_cfg_options_refuse_a_near_miss_of_a_top_level_name():
+    cfg = {"train_cfg": {"max_epochs": 1}, "model": {}}
+    with pytest.raises(ConfigError, match="no 'trian_cfg'. Did you mean 'train_cfg'"):
+        apply_cfg_options(cfg, ["trian_cfg.max_epochs=3"])
+    with pytest.raises(ConfigError, match="Did you mean 'randomness'"):  # known name, absent from this config
+        apply_cfg_options(cfg, ["randomnes.seed=3"])
+    out = apply_cfg_options(cfg, ["randomness.seed=3", "channels_last=True", "my_setting=4"])
+    assert out["randomness"] == {"seed": 3} and out["channels_last"] is True and out["my_setting"] == 4
+
+
+def test_check_keys_names_the_unknown_key_and_the_close_match():
+    from lateral.config import check_keys
+
+    assert check_keys(None, ("a",), "x") == {}
+    assert check_keys({"max_epochs": 2}, ("max_epochs", "val_interval"), "train_cfg") == {"max_epochs": 2}
+    with pytest.raises(ConfigError, match="train_cfg: unknown key 'max_epoch'. Did you mean 'max_epochs'"):
+        check_keys({"max_epoch": 2}, ("max_epochs", "val_interval"), "train_cfg")
+    with pytest.raises(ConfigError, match="train_cfg must be a dict"):
+        check_keys(3, ("max_epochs",), "train_cfg")
+
+
+def test_missing_base_file_names_the_config_that_wants_it(tmp_path):
+    write(tmp_path, "child.py", "_base_ = ['gone.py']\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"child.py: _base_ file not found: .*gone.py"):
+        load_config(tmp_path / "child.py")

@@ -44,3 +44,8 @@ def test_bad_values_are_reported():
                                  test_cfg=dict(average_clips="mean")))
     with pytest.raises(ConfigError, match="norm_cfg type 'BN4d'"):
         lateral.build_model(dict(type="ResNet3d", depth=18, norm_cfg=dict(type="BN4d")))
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(ConfigError, match="SlowFastHead: missing required key 'num_classes'"):
+        lateral.build_model(dict(type="SlowFastHead", in_channels=16))

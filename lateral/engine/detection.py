@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from lateral.config import ConfigError, apply_cfg_options, load_config
+from lateral.config import ConfigError, apply_cfg_options, check_keys, load_config
 from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
 from lateral.data.shapes import ensure_shapes_dataset
 from lateral.engine import distributed as dist_utils
@@ -99,6 +99,14 @@ def build_detection_dataset(split_cfg: dict, category_ids_as_labels: bool = Fals
     return CocoDetection(
         split_cfg["ann_file"], split_cfg["img_dir"], pipeline, split_cfg.get("skip_crowd", True), category_ids_as_labels
     )
+
+
+DATA_KEYS = ("train", "val", "test", "batch_size", "num_workers", "labels_are_category_ids", "classes", "test_pipeline")
+
+
+def data_section(cfg: dict) -> dict:
+    """The config's ``data`` dict ({} if absent), its keys checked against :data:`DATA_KEYS`."""
+    return check_keys(cfg.get("data"), DATA_KEYS, "data")
 
 
 def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
@@ -174,13 +182,13 @@ def train_detector(
         ``{'iterations', 'train_seconds', 'checkpoint', 'skipped_images', 'metrics', 'model'}`` (the trained
         detector, on ``device``, in eval mode after the evaluation).
     """
-    data_cfg = cfg.get("data", {})
+    data_cfg = data_section(cfg)
     if "train" not in data_cfg:
         raise ConfigError("the config has no data.train split to train on")
     schedule = dict(max_iters=1000, warmup_iters=100, milestones=(), gamma=0.1, log_interval=20, checkpoint_interval=500)
-    schedule.update(cfg.get("schedule", {}))
+    schedule.update(check_keys(cfg.get("schedule"), schedule, "schedule"))
     optim_cfg = dict(lr=0.02, momentum=0.9, weight_decay=1e-4, grad_clip=None)
-    optim_cfg.update(cfg.get("optimizer", {}))
+    optim_cfg.update(check_keys(cfg.get("optimizer"), optim_cfg, "optimizer"))
     work_dir = Path(work_dir or cfg.get("work_dir") or "work_dirs/detection")
     seed = int(cfg.get("seed", 0))
     batch_size = int(data_cfg.get("batch_size", 2))
@@ -587,7 +595,7 @@ def _model_from_checkpoint(cfg: dict, checkpoint: str) -> tuple[nn.Module, dict]
     meta = obj.get("meta", {}) if isinstance(obj.get("meta"), dict) else {}
     num_classes = len(meta["classes"]) + 1 if "classes" in meta else None
     model = build_detector(cfg, num_classes)
-    load_checkpoint(model, obj, strict=True)
+    load_checkpoint(model, obj, strict=True, source=str(checkpoint))
     return model, meta
 
 
@@ -600,17 +608,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
-    split = cfg.get("data", {}).get(args.split)
+    data_cfg = data_section(cfg)
+    split = data_cfg.get(args.split)
     if split is None:
         raise ConfigError(f"the config has no data.{args.split} split to evaluate on")
-    dataset = build_detection_dataset(split, bool(cfg.get("data", {}).get("labels_are_category_ids")))
+    dataset = build_detection_dataset(split, bool(data_cfg.get("labels_are_category_ids")))
     model, meta = _model_from_checkpoint(cfg, args.checkpoint)
     if "cat_ids" in meta and list(meta["cat_ids"]) != list(dataset.cat_ids):
         raise ValueError(
             f"the checkpoint was trained on category ids {meta['cat_ids'][:10]} but {split['ann_file']} has "
             f"{dataset.cat_ids[:10]}"
         )
-    batch_size = int(cfg.get("data", {}).get("batch_size", 2))
+    batch_size = int(data_cfg.get("batch_size", 2))
     device = resolve_device(args.device)
     dist_utils.init_distributed(device)
     log = print if dist_utils.is_main_process() else _silent
@@ -624,7 +633,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
     model, meta = _model_from_checkpoint(cfg, args.checkpoint)
-    data_cfg = cfg.get("data", {})
+    data_cfg = data_section(cfg)
     classes = meta.get("classes") or data_cfg.get("classes") or []
     pipeline_cfg = data_cfg.get("test_pipeline", data_cfg.get("val", {}).get("pipeline"))
     written = predict_images(

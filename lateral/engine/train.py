@@ -23,16 +23,41 @@ from torch import nn
 from tqdm import tqdm
 
 from lateral.checkpoint import load_checkpoint, read_checkpoint, remove_partial_checkpoints, save_checkpoint
-from lateral.config import ConfigError
+from lateral.config import ConfigError, check_keys
 from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
 from lateral.engine.metrics import classification_metrics
 from lateral.engine.optim import build_lr_factor, build_optimizer, clip_gradients
 from lateral.registry import build_model
 
-__all__ = ["NonFiniteLossError", "Trainer", "train", "resolve_amp", "build_loader"]
+# Keys the runtime sections of an mmaction2 / mmengine config may hold. Those lateral does not act on (e.g. the
+# checkpoint hook's save_best: lateral always keeps best.pth) are accepted so that upstream configs load unchanged;
+# anything else is a typo and stops the run with the closest match.
+TRAIN_CFG_KEYS = ("type", "max_epochs", "val_begin", "val_interval", "dynamic_intervals")
+HOOK_KEYS = {
+    "runtime_info": ("type",),
+    "timer": ("type",),
+    "logger": ("type", "interval", "ignore_last", "interval_exp_name", "out_dir", "out_suffix", "keep_local",
+               "file_client_args", "log_metric_by_epoch", "backend_args"),
+    "param_scheduler": ("type",),
+    "checkpoint": ("type", "interval", "by_epoch", "save_optimizer", "save_param_scheduler", "out_dir",
+                   "max_keep_ckpts", "save_last", "save_best", "rule", "greater_keys", "less_keys",
+                   "file_client_args", "filename_tmpl", "published_keys", "save_begin", "backend_args"),
+    "sampler_seed": ("type",),
+    "sync_buffers": ("type",),
+    "visualization": ("type", "enable", "interval", "show", "wait_time", "out_dir"),
+}
+RANDOMNESS_KEYS = ("seed", "diff_rank_seed", "deterministic")
+LOADER_KEYS = ("dataset", "batch_size", "num_workers", "persistent_workers", "sampler", "pin_memory", "drop_last",
+               "collate_fn", "prefetch_factor", "batch_sampler")
+
+__all__ = ["NoTrainingDataError", "NonFiniteLossError", "Trainer", "train", "resolve_amp", "build_loader"]
 
 logger = logging.getLogger("lateral.train")
+
+
+class NoTrainingDataError(RuntimeError):
+    """An epoch yielded no readable batch (every sample failed to decode); the message summarises the failures."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,12 +85,14 @@ def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
     raise ConfigError(f"--amp must be bf16, fp16 or none, got '{amp}'")
 
 
-def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool):
-    """A DataLoader from an mmaction2 ``*_dataloader`` dict (``dataset``, ``batch_size``, ``num_workers``)."""
+def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool, name: str = "the *_dataloader config"):
+    """A DataLoader from an mmaction2 ``*_dataloader`` dict (``dataset``, ``batch_size``, ``num_workers``); ``name``
+    (e.g. 'test_dataloader') is what error messages call it."""
     from lateral.data import build_dataloader, build_dataset
 
+    check_keys(loader_cfg, LOADER_KEYS, name)
     if "dataset" not in loader_cfg:
-        raise ConfigError("a *_dataloader config needs a 'dataset' entry")
+        raise ConfigError(f"{name} needs a 'dataset' entry")
     dataset = build_dataset(loader_cfg["dataset"])
     if len(dataset) == 0:
         raise ConfigError(f"the dataset of {loader_cfg['dataset'].get('ann_file', 'the config')} is empty")
@@ -169,20 +196,24 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.amp_dtype = resolve_amp(amp, self.device)
-        train_cfg = dict(cfg.get("train_cfg") or {})
+        train_cfg = check_keys(cfg.get("train_cfg"), TRAIN_CFG_KEYS, "train_cfg")
         self.max_epochs = int(train_cfg.get("max_epochs", 1))
         self.val_interval = int(train_cfg.get("val_interval", 1))
         self.val_begin = int(train_cfg.get("val_begin", 1))
-        hooks = cfg.get("default_hooks") or {}
-        self.log_interval = int((hooks.get("logger") or {}).get("interval", 20))
-        ckpt_hook = hooks.get("checkpoint") or {}
+        hooks = check_keys(cfg.get("default_hooks"), HOOK_KEYS, "default_hooks")
+        logger_hook = check_keys(hooks.get("logger"), HOOK_KEYS["logger"], "default_hooks.logger")
+        self.log_interval = int(logger_hook.get("interval", 20))
+        ckpt_hook = check_keys(hooks.get("checkpoint"), HOOK_KEYS["checkpoint"], "default_hooks.checkpoint")
         self.ckpt_interval = int(ckpt_hook.get("interval", 1))
         self.max_keep_ckpts = int(ckpt_hook.get("max_keep_ckpts", -1))
-        self.seed = int((cfg.get("randomness") or {}).get("seed", 0))
+        randomness = check_keys(cfg.get("randomness"), RANDOMNESS_KEYS, "randomness")
+        self.seed = int(randomness.get("seed") or 0)
 
         for key in ("model", "train_dataloader", "optim_wrapper"):
             if key not in cfg:
                 raise ConfigError(f"the config has no '{key}', which training needs")
+        for key in ("train_dataloader", "val_dataloader", "test_dataloader"):  # a typo in any stops the run now
+            check_keys(cfg.get(key), LOADER_KEYS, key)
         # data first: a missing dataset path fails here, before any model is built or file written
         self.train_loader = build_loader(cfg["train_dataloader"], True, self.seed, self.distributed)
         self.val_loader = (
@@ -227,6 +258,9 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         self.tb_writer = None
         if cfg.get("tensorboard") and dist_utils.is_main_process():
+            from lateral.inference.exporters import require
+
+            require("tensorboard", "tensorboard")  # names the extra to install if it is missing
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb_writer = SummaryWriter(str(self.work_dir / "tensorboard"))
@@ -423,6 +457,13 @@ class Trainer:
                 if self.iteration % self.log_interval == 0:
                     self._log({"event": "train", "epoch": epoch + 1, "iter": self.iteration,
                                "lr": self.optimizer.param_groups[0]["lr"], **step})
+            if seen == 0:
+                dataset = self.train_loader.dataset
+                summary = dataset.failure_summary() if hasattr(dataset, "failure_summary") else ""
+                raise NoTrainingDataError(
+                    f"epoch {epoch + 1}: not one training batch could be read from the {len(dataset)} samples; "
+                    f"nothing was trained or saved. {summary}".strip()
+                )
             epoch_record = {k: v / max(seen, 1) for k, v in running.items()}
             epoch_record.update(epoch=epoch + 1, seconds=round(time.time() - started, 2), iters=seen)
             failed = getattr(self.train_loader.dataset, "num_failures", 0)

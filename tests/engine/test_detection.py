@@ -305,3 +305,16 @@ def test_resume_of_a_missing_checkpoint_and_bad_model_class_count(tmp_path):
     cfg["model"]["num_classes"] = 7
     with pytest.raises(ConfigError, match="num_classes is 7 but the dataset has 3 categories"):
         train_detector(cfg)
+
+
+@pytest.mark.parametrize("section, key, message", [
+    ("schedule", "max_iter", "schedule: unknown key 'max_iter'. Did you mean 'max_iters'"),
+    ("optimizer", "weight_decai", "optimizer: unknown key 'weight_decai'. Did you mean 'weight_decay'"),
+    ("data", "batch_sise", "data: unknown key 'batch_sise'. Did you mean 'batch_size'"),
+])
+def test_misspelt_detection_keys_stop_before_any_work(tmp_path, section, key, message):
+    cfg = lateral.load_config(SHAPES_CONFIG)
+    cfg.setdefault(section, {})[key] = 2
+    with pytest.raises(ConfigError, match=message):
+        train_detector(cfg, work_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
