@@ -41,10 +41,27 @@ def exportable_module(model: nn.Module) -> tuple[nn.Module, str]:
     return model.backbone, f"exporting the backbone of {type(model).__name__} (its detection heads are not exported)"
 
 
+def config_clip_len(cfg: dict) -> int | None:
+    """Frames per clip the config feeds its model: a top-level ``clip_len``, else that of the test (or val)
+    pipeline's frame sampler; None if neither says."""
+    from lateral.engine.predict import video_pipeline
+
+    if "clip_len" in cfg:
+        return int(cfg["clip_len"])
+    try:
+        pipeline = video_pipeline(cfg)
+    except ConfigError:
+        return None
+    for step in pipeline:
+        if isinstance(step, dict) and "clip_len" in step:
+            return int(step["clip_len"])
+    return None
+
+
 def default_input_shape(module: nn.Module, cfg: dict) -> tuple[int, ...]:
-    """1x3xTx224x224 for a 3D model (T = the config's ``clip_len``, else 32); 1x3x800x1216 for a 2D one."""
+    """1x3xTx224x224 for a 3D model (T from :func:`config_clip_len`, else 32); 1x3x800x1216 for a 2D one."""
     if any(isinstance(m, nn.Conv3d) for m in module.modules()):
-        return (1, 3, int(cfg.get("clip_len", 32)), 224, 224)
+        return (1, 3, config_clip_len(cfg) or 32, 224, 224)
     return (1, 3, 800, 1216)
 
 
@@ -169,7 +186,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx (needs the 'onnx' extra to check) or torchscript (trace)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
     p.add_argument("--check", action="store_true", help="run the exported file and PyTorch on the same input and print the max difference")
-    p.add_argument("--input", help="example input NxCxTxHxW (default 1x3x32x224x224; 1x3x800x1216 for 2D)")
+    p.add_argument("--input", help="example input NxCxTxHxW (default 1x3xTx224x224, T the clip_len of the config's "
+                   "test pipeline; 1x3x800x1216 for 2D)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for --check")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
     p.set_defaults(func=run_export)
@@ -177,7 +195,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="time eager / fused / bf16 / compiled / ONNX / OpenVINO inference, interleaved")
     p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
     p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
-    p.add_argument("--input", help="input NxCxTxHxW (default 1x3x32x224x224; 1x3x800x1216 for 2D)")
+    p.add_argument("--input", help="input NxCxTxHxW (default 1x3xTx224x224, T the clip_len of the config's "
+                   "test pipeline; 1x3x800x1216 for 2D)")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 (default fp32)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor, freezing)")
     p.add_argument("--onnx", action="store_true", help="also time onnxruntime (the 'onnx' extra)")

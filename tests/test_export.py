@@ -476,6 +476,34 @@ def test_torchscript_roundtrip(thin_model, tmp_path):
         torch.testing.assert_close(loaded(x), thin_model(x), atol=ATOL, rtol=RTOL)
 
 
+def test_torchscript_export_of_an_fpn_keeps_its_named_levels(tmp_path):
+    from lateral.models.fpn import ResNetFPN
+
+    torch.manual_seed(0)
+    fpn = ResNetFPN(depth=18, style="seed").eval()
+    path = export_torchscript(fpn, tmp_path / "fpn.pt", torch.randn(1, 3, 64, 96))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        levels, expected = loaded(x), fpn(x)
+    assert list(levels) == ["p2", "p3", "p4", "p5"]
+    for name in expected:
+        torch.testing.assert_close(levels[name], expected[name], atol=1e-4, rtol=1e-4)
+    result = check_export(fpn, path, "torchscript", x)  # one tensor is accepted as the inputs
+    assert result["max_rel_diff"] < 1e-4
+
+
+def test_default_export_input_takes_the_clip_length_of_the_test_pipeline(thin_model):
+    from lateral.export import default_input_shape
+
+    cfg = {"test_pipeline": [dict(type="SampleFrames", clip_len=16, num_clips=1), dict(type="FormatShape")]}
+    assert default_input_shape(thin_model, cfg) == (1, 3, 16, 224, 224)
+    assert default_input_shape(thin_model, {**cfg, "clip_len": 8}) == (1, 3, 8, 224, 224)
+    assert default_input_shape(thin_model, {}) == (1, 3, 32, 224, 224)
+
+
 # -------------------------------------------------------------------------------------------------- CLI
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -145,7 +146,7 @@ def run_test(args: argparse.Namespace) -> int:
         loader_cfg["batch_size"] = args.batch_size
     device = _device(args.device)
     distributed = dist_utils.init_distributed(device)
-    loader = build_loader(loader_cfg, train=False, seed=0, distributed=distributed)
+    loader = build_loader(loader_cfg, train=False, seed=0, distributed=distributed, name="test_dataloader")
     model = build_model(cfg["model"])
     from lateral.checkpoint import load_checkpoint
 
@@ -173,18 +174,42 @@ def run_test(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- predict
 
 
+def predict_targets(paths: list[str]) -> tuple[str, str, list[Path]]:
+    """(config, checkpoint, videos) from ``CONFIG CKPT VIDEO...`` or ``CKPT VIDEO...``; a folder stands for the
+    video files in it (sorted by name)."""
+    from lateral.data.decode import VIDEO_EXTENSIONS
+
+    usage = "predict takes CONFIG CKPT VIDEO [VIDEO ...], or CKPT VIDEO [VIDEO ...] for a checkpoint that carries its config"
+    if paths and paths[0].endswith(".py"):
+        if len(paths) < 3:
+            raise ConfigError(usage)
+        config_path, checkpoint, targets = paths[0], paths[1], paths[2:]
+    else:
+        if len(paths) < 2:
+            raise ConfigError(usage)
+        config_path = checkpoint = paths[0]
+        targets = paths[1:]
+    videos: list[Path] = []
+    for target in map(Path, targets):
+        if target.is_dir():
+            found = sorted(f for f in target.iterdir() if f.is_file() and f.name.lower().endswith(VIDEO_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"{target} is a folder with no video files ({', '.join(VIDEO_EXTENSIONS)})")
+            videos.extend(found)
+        elif not target.exists():
+            raise FileNotFoundError(f"video not found: {target}")
+        else:
+            videos.append(target)
+    return config_path, checkpoint, videos
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from lateral.checkpoint import load_checkpoint
+    from lateral.data.decode import DecodeError
     from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
     from lateral.registry import build_model
 
-    if len(args.paths) == 3:
-        config_path, checkpoint, video = args.paths
-    elif len(args.paths) == 2:
-        checkpoint, video = args.paths
-        config_path = checkpoint
-    else:
-        raise ConfigError("predict takes CONFIG CKPT VIDEO, or CKPT VIDEO for a checkpoint that carries its config")
+    config_path, checkpoint, videos = predict_targets(args.paths)
     cfg = load_run_config(config_path, args.cfg_options)
     model = build_model(cfg["model"])
     if checkpoint.lower() != "none":
@@ -208,24 +233,43 @@ def run_predict(args: argparse.Namespace) -> int:
                                  backend=args.backend)
     pipeline = video_pipeline(cfg)
     names = read_label_names(args.labels, cfg, model.num_classes)
-    if args.window:
-        stride = parse_seconds(args.stride) if args.stride else parse_seconds(args.window) / 2
-        rows = predict_timeline(model, pipeline, video, parse_seconds(args.window), stride, device)
-        out_dir = Path(args.out or Path(video).stem + "_timeline")
-        paths = write_timeline(rows, names, out_dir, args.topk)
-        for r in rows:
-            top = int(r.probs.argmax())
-            print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {names[top]:<30} {float(r.probs[top]):.3f}")
-        print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
-        return 0
-    probs = predict_video(model, pipeline, video, device)
-    top = probs.topk(min(args.topk, len(probs)))
-    result = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)} for p, i in zip(top.values, top.indices)]
-    for r in result:
-        print(f"{r['prob']:.4f}  {r['label']}")
-    if args.out:
+    several = len(videos) > 1
+    results, failed = [], []
+    for video in videos:
+        if several:
+            print(f"== {video}")
+        try:
+            if args.window:
+                stride = parse_seconds(args.stride) if args.stride else parse_seconds(args.window) / 2
+                rows = predict_timeline(model, pipeline, video, parse_seconds(args.window), stride, device)
+                out_dir = Path(args.out) if args.out else None
+                if out_dir is None or several:
+                    out_dir = (out_dir or Path(".")) / (video.stem + "_timeline")
+                paths = write_timeline(rows, names, out_dir, args.topk)
+                for r in rows:
+                    top = int(r.probs.argmax())
+                    print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {names[top]:<30} {float(r.probs[top]):.3f}")
+                print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
+                continue
+            probs = predict_video(model, pipeline, video, device)
+        except DecodeError as err:
+            if not several:
+                raise
+            print(f"skipped: {err}", file=sys.stderr)
+            failed.append(str(video))
+            continue
+        top = probs.topk(min(args.topk, len(probs)))
+        result = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)}
+                  for p, i in zip(top.values, top.indices)]
+        for r in result:
+            print(f"{r['prob']:.4f}  {r['label']}")
+        results.append({"video": str(video), "top": result})
+    if args.out and not args.window:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"video": str(video), "top": result}, indent=1))
+        Path(args.out).write_text(json.dumps(results if several else results[0], indent=1))
+    if failed:
+        print(f"{len(failed)} of {len(videos)} videos could not be decoded: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -268,12 +312,14 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=run_test)
 
     p = subparsers.add_parser("predict", help="top-k classes of a video, or a timeline over a long video")
-    p.add_argument("paths", nargs="+", metavar="CONFIG CKPT VIDEO", help="CONFIG CKPT VIDEO, or CKPT VIDEO")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="CONFIG CKPT VIDEO [VIDEO ...], or CKPT VIDEO [VIDEO ...] (a checkpoint that carries its "
+                        "config); a folder stands for its video files")
     p.add_argument("--labels", help="label map text file, one class name per line")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--window", help="window length for a timeline, e.g. 2s")
     p.add_argument("--stride", help="step between windows, e.g. 1s (default: half the window)")
-    p.add_argument("--out", help="JSON file for the top-k (or folder for the timeline)")
+    p.add_argument("--out", help="JSON file for the top-k, a list for several videos (or folder for the timeline)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile the inference copy")
     p.add_argument("--backend", choices=["torch", "openvino"], default="torch",

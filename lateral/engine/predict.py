@@ -30,9 +30,15 @@ def set_test_views(pipeline: list[dict], num_crops: int, num_clips: int) -> list
     sample[0]["num_clips"] = num_clips
     sample[0]["test_mode"] = True
     crop_type = {1: "CenterCrop", 3: "ThreeCrop", 10: "TenCrop"}[num_crops]
+    short_side = None  # of the last Resize(scale=(-1, S)) before the crop
     for step in pipeline:
+        scale = step.get("scale")
+        if step.get("type") == "Resize" and isinstance(scale, (list, tuple)) and len(scale) == 2 and scale[0] == -1:
+            short_side = scale[1]
         if step.get("type") in _CROP_STEPS:
             size = step.get("crop_size", 224)
+            if crop_type == "ThreeCrop" and step.get("type") != "ThreeCrop" and short_side is not None:
+                size = short_side  # three crops span the short side, as in mmaction2's 3-crop test configs
             step.clear()
             step.update(type=crop_type, crop_size=size)
             break

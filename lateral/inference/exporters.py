@@ -163,7 +163,8 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, example_input:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         with torch.no_grad():
-            traced = torch.jit.trace(exported, (example_input,), check_trace=False)
+            # strict=False: a backbone returns a dict of feature maps, which the traced module keeps
+            traced = torch.jit.trace(exported, (example_input,), check_trace=False, strict=False)
         torch.jit.save(traced, str(path))
     return path
 
@@ -293,7 +294,8 @@ def load_runner(path: str | os.PathLike, fmt: str, threads: int | None = None) -
 
 
 def check_export(
-    model: nn.Module, path: str | os.PathLike, fmt: str, inputs: Sequence[torch.Tensor], threads: int | None = None
+    model: nn.Module, path: str | os.PathLike, fmt: str, inputs: Sequence[torch.Tensor] | torch.Tensor,
+    threads: int | None = None,
 ) -> dict[str, float]:
     """Run the exported file and the eager PyTorch model on the same inputs.
 
@@ -301,13 +303,15 @@ def check_export(
         model: the PyTorch model that was exported (compared in eval mode, BatchNorm not folded).
         path: the exported file.
         fmt: 'onnx' or 'torchscript'.
-        inputs: inputs to compare on (e.g. batch 1 and batch 2 to exercise the dynamic batch).
+        inputs: inputs to compare on (e.g. batch 1 and batch 2 to exercise the dynamic batch), or one tensor.
         threads: threads for onnxruntime.
 
     Returns:
         ``{'max_abs_diff', 'max_rel_diff', 'max_abs_reference', 'seconds'}`` over all inputs and outputs; the
         relative difference is to the largest magnitude of the PyTorch output.
     """
+    if isinstance(inputs, torch.Tensor):
+        inputs = [inputs]
     reference_model = copy.deepcopy(model).eval() if model.training else model
     runner = load_runner(path, fmt, threads)
     max_abs, max_rel, max_ref, start = 0.0, 0.0, 0.0, time.perf_counter()

@@ -15,7 +15,7 @@ import torch
 import lateral
 from lateral.checkpoint import read_checkpoint
 from lateral.config import ConfigError, write_config
-from lateral.engine.train import NonFiniteLossError, Trainer, train
+from lateral.engine.train import NonFiniteLossError, NoTrainingDataError, Trainer, train
 
 from conftest import tiny_run_config
 
@@ -256,3 +256,67 @@ def test_channels_last_training_matches_the_default_layout(tmp_path, run_config)
     untrained.close()
     moved = [k for k in b if b[k].is_floating_point() and (b[k] - init[k]).abs().max() > 1e-3]
     assert len(moved) > 10  # both runs really trained, so the agreement above means something
+
+
+@pytest.mark.parametrize("section, key, message", [
+    ("train_cfg", "max_epoch", "train_cfg: unknown key 'max_epoch'. Did you mean 'max_epochs'"),
+    ("randomness", "sed", "randomness: unknown key 'sed'. Did you mean 'seed'"),
+    ("test_dataloader", "batch_sise", "test_dataloader: unknown key 'batch_sise'. Did you mean 'batch_size'"),
+])
+def test_misspelt_runtime_keys_stop_training_before_any_work(tmp_path, run_config, section, key, message):
+    cfg = json.loads(json.dumps(run_config))
+    cfg[section][key] = 3
+    with pytest.raises(ConfigError, match=message):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    cfg = json.loads(json.dumps(run_config))
+    cfg["default_hooks"]["checkpoint"]["intervall"] = 5
+    with pytest.raises(ConfigError, match="default_hooks.checkpoint: unknown key 'intervall'. Did you mean 'interval'"):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_an_epoch_without_one_readable_sample_fails_and_saves_nothing(tmp_path, motion_data):
+    lines = (motion_data / "train_list.txt").read_text().splitlines()
+    ann = tmp_path / "all_missing.txt"
+    ann.write_text("".join(f"{tmp_path / 'gone'}_{i}.mp4 {line.split()[-1]}\n" for i, line in enumerate(lines)))
+    cfg = tiny_run_config(motion_data, epochs=2, ann_train=str(ann))
+    with pytest.raises(NoTrainingDataError, match=f"epoch 1: not one training batch could be read from the "
+                                                  f"{len(lines)} samples; nothing was trained or saved"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not list((tmp_path / "run").glob("*.pth"))
+
+
+def test_predict_takes_several_videos_and_folders_and_skips_undecodable_ones(tmp_path, config_file, motion_data):
+    videos = sorted((motion_data / "videos").rglob("*test*.mp4"))[:2]
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / videos[0].name).write_bytes(videos[0].read_bytes())
+    (folder / "broken.mp4").write_bytes(videos[1].read_bytes()[:200])
+    (folder / "notes.txt").write_text("not a video")
+    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none", str(videos[1]),
+                          str(folder), "--topk", "2", "--out", str(tmp_path / "top.json")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr  # one video could not be decoded
+    assert "Traceback" not in out.stderr
+    assert f"1 of 3 videos could not be decoded: {folder / 'broken.mp4'}" in out.stderr
+    results = json.loads((tmp_path / "top.json").read_text())
+    assert [r["video"] for r in results] == [str(videos[1]), str(folder / videos[0].name)]
+    assert all(len(r["top"]) == 2 for r in results)
+    # one undecodable video on its own: the error line, no traceback
+    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none", str(folder / "broken.mp4")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1 and "lateral predict: error:" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "predict takes CONFIG CKPT VIDEO [VIDEO ...]" in out.stderr
+
+
+def test_three_crop_views_span_the_short_side_the_pipeline_resizes_to():
+    from lateral.engine.predict import set_test_views
+
+    pipeline = [dict(type="SampleFrames", clip_len=8), dict(type="Resize", scale=(-1, 64)),
+                dict(type="CenterCrop", crop_size=56)]
+    three = set_test_views(pipeline, 3, 2)
+    assert three[2] == dict(type="ThreeCrop", crop_size=64) and three[0]["num_clips"] == 2
+    assert set_test_views(pipeline, 10, 1)[2] == dict(type="TenCrop", crop_size=56)
+    assert pipeline[2] == dict(type="CenterCrop", crop_size=56)  # the input is not changed

@@ -150,3 +150,13 @@ def test_seed_config_file_builds_the_seed_network():
     assert cfg["input_shape"] == (1, 3, 224, 224)
     model = lateral.build_model(cfg["model"])
     assert model.style == "seed" and num_params(model) == 26_262_336
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((1, 3, 8, 32, 32), r"expected a 4-D image batch \[N, C, H, W\], got shape \[1, 3, 8, 32, 32\] \(a 2D backbone"),
+    ((1, 32, 32, 3), r"expected 3 channels in dim 1 of \[N, C, H, W\], got shape \[1, 32, 32, 3\]"),
+])
+def test_wrong_input_layout_is_named(shape, message):
+    model = ResNetFPN(depth=18, style="seed").eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(shape))
