@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lateral.config import ConfigError, load_config
+from lateral.config import ConfigError
 
 __all__ = ["LayerRow", "ModelSummary", "summarize", "parse_shape", "add_cli"]
 
@@ -160,12 +160,10 @@ def default_input_shape(cfg: dict) -> tuple[int, ...]:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from lateral.config import apply_cfg_options
+    from lateral.engine.commands import load_run_config
     from lateral.registry import build_model
 
-    cfg = load_config(args.config)
-    if args.cfg_options:
-        cfg = apply_cfg_options(cfg, args.cfg_options)
+    cfg = load_run_config(args.config, args.cfg_options)
     if "model" not in cfg:
         raise ConfigError(f"{args.config} defines no 'model'")
     model = build_model(cfg["model"])
@@ -176,7 +174,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("summary", help="per-layer table and totals (params, MACs) of a config's model")
-    parser.add_argument("config", help="config file (.py)")
+    parser.add_argument("config", help="config file (.py), or a checkpoint that carries its config")
     parser.add_argument("--input", help="input shape like 1x3x32x224x224 (default: the config's input_shape)")
     parser.add_argument("--depth", type=int, default=None, help="aggregate rows at this module depth (1 = top level)")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config entries")

@@ -35,3 +35,16 @@ def test_cli_prints_table(tmp_path):
 
 def test_parse_shape():
     assert parse_shape("1x3x32x224x224") == (1, 3, 32, 224, 224)
+
+
+def test_cli_reads_the_config_a_checkpoint_carries(tmp_path):
+    import lateral
+    from lateral.checkpoint import save_checkpoint
+
+    cfg = lateral.load_config("configs/recognition/slowfast/slowonly_r50_8x8x1_kinetics400.py")
+    checkpoint = tmp_path / "run.pth"
+    save_checkpoint({"state_dict": {}, "meta": {"config": {"model": cfg["model"]}}}, checkpoint)
+    out = subprocess.run([sys.executable, "-m", "lateral", "summary", str(checkpoint), "--input", "1x3x8x32x32"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Total params: 32,454,096" in out.stdout

@@ -108,6 +108,10 @@ def run_train(args: argparse.Namespace) -> int:
     from lateral.engine.train import train
 
     cfg = load_run_config(args.config, args.cfg_options)
+    if not args.config.endswith(".py"):
+        print(f"training with the config stored in {args.config}; its weights are not loaded (--resume "
+              f"{args.config} continues that run, --cfg-options load_from={args.config} starts from its weights)",
+              file=sys.stderr)
     work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
     resume = args.resume if args.resume else ("auto" if cfg.get("resume") is True else None)
     if args.channels_last:
