@@ -207,14 +207,12 @@ def predict_targets(paths: list[str]) -> tuple[str, str, list[Path]]:
     return config_path, checkpoint, videos
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def prediction_model(args: argparse.Namespace, cfg: dict, checkpoint: str) -> tuple[torch.nn.Module, torch.device]:
+    """The config's recognizer filled from ``checkpoint`` ('none': random weights), as the inference copy that
+    ``--precision``, ``--compile`` and ``--backend`` ask for (the model as built with ``--eager``)."""
     from lateral.checkpoint import load_checkpoint
-    from lateral.data.decode import DecodeError
-    from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
     from lateral.registry import build_model
 
-    config_path, checkpoint, videos = predict_targets(args.paths)
-    cfg = load_run_config(config_path, args.cfg_options)
     model = build_model(cfg["model"])
     if checkpoint.lower() != "none":
         load_checkpoint(model, checkpoint, strict=True)
@@ -226,15 +224,25 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.compile or args.precision != "fp32" or args.backend != "torch":
             raise ConfigError("--eager runs the model as built, in fp32; it cannot be combined with --compile, "
                               "--precision bf16 or --backend openvino")
-    else:
-        import lateral
+        return model, device
+    import lateral
 
-        if args.compile and args.backend != "torch":
-            raise ConfigError("--compile is for --backend torch; OpenVINO compiles the model itself")
-        # the inference copy (BN folded, channels-last, oneDNN convs) gives the eager logits within 1e-4, faster
-        on_unsupported = "warn" if args.force_bf16 else ("fp32" if args.fallback_fp32 else "error")
-        model = lateral.optimize(model, precision=args.precision, compile=args.compile, on_unsupported=on_unsupported,
-                                 backend=args.backend)
+    if args.compile and args.backend != "torch":
+        raise ConfigError("--compile is for --backend torch; OpenVINO compiles the model itself")
+    # the inference copy (BN folded, channels-last, oneDNN convs) gives the eager logits within 1e-4, faster
+    on_unsupported = "warn" if args.force_bf16 else ("fp32" if args.fallback_fp32 else "error")
+    model = lateral.optimize(model, precision=args.precision, compile=args.compile, on_unsupported=on_unsupported,
+                             backend=args.backend)
+    return model, device
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from lateral.data.decode import DecodeError
+    from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
+
+    config_path, checkpoint, videos = predict_targets(args.paths)
+    cfg = load_run_config(config_path, args.cfg_options)
+    model, device = prediction_model(args, cfg, checkpoint)
     pipeline = video_pipeline(cfg)
     names = read_label_names(args.labels, cfg, model.num_classes)
     several = len(videos) > 1
