@@ -65,12 +65,17 @@ class VideoInfo:
     exact: bool
 
 
+def _not_found(path: Path) -> str:
+    """'file not found', with the absolute path looked for when ``path`` is relative (to the working folder)."""
+    return "file not found" if path.is_absolute() else f"file not found (looked for {path.resolve()})"
+
+
 def _open_container(path: str | os.PathLike):
     import av
 
     path = Path(path)
     if not path.is_file():
-        raise DecodeError(path, "file not found" if not path.exists() else "not a file")
+        raise DecodeError(path, _not_found(path) if not path.exists() else "not a file")
     if path.stat().st_size == 0:
         raise DecodeError(path, "empty file (0 bytes)")
     try:
@@ -365,7 +370,7 @@ class TorchCodecReader:
         self.path = str(path)
         path = Path(path)
         if not path.is_file():
-            raise DecodeError(path, "file not found")
+            raise DecodeError(path, _not_found(Path(path)))
         if path.stat().st_size == 0:
             raise DecodeError(path, "empty file (0 bytes)")
         try:

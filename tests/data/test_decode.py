@@ -139,3 +139,9 @@ def test_one_init_serves_several_decodes(make_video):
     for start in (0, 10, 20):
         results = rest(dict(base, total_frames=10, start_index=start))
         assert frame_numbers(results["imgs"]).tolist() == [start + 2, start + 4, start + 6]
+
+
+def test_a_missing_relative_path_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DecodeError, match=f"missing.mp4: file not found \\(looked for {tmp_path / 'missing.mp4'}\\)"):
+        PyAVReader("missing.mp4")
