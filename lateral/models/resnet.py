@@ -18,8 +18,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from lateral.config import ConfigError, suggest
+from lateral.models.layers import check_input_layout
 
-__all__ = ["FeatureSpec", "ResNetTrunk", "ARCH_SETTINGS", "NORM_LAYERS", "check_image_input", "make_norm2d"]
+__all__ = ["FeatureSpec", "ResNetTrunk", "ARCH_SETTINGS", "NORM_LAYERS", "make_norm2d"]
 
 # depth -> (residual block, number of blocks in stages C2..C5), as in torchvision's resnet builders
 ARCH_SETTINGS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
@@ -58,20 +59,6 @@ def make_norm2d(norm: str, num_features: int) -> nn.Module:
     if norm == "GN":
         return nn.GroupNorm(32, num_features)
     raise ConfigError(f"unknown norm '{norm}'.{suggest(norm, NORM_LAYERS)} Expected one of {', '.join(NORM_LAYERS)}")
-
-
-def check_image_input(x: torch.Tensor, in_channels: int, where: str) -> None:
-    """Raise a ValueError that names the expected layout if ``x`` is not an image batch ``[N, C, H, W]``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: expected a tensor [N, C, H, W], got {type(x).__name__}")
-    if x.dim() != 4:
-        hint = " (a 2D backbone takes images, not clips [N, C, T, H, W])" if x.dim() == 5 else ""
-        raise ValueError(f"{where}: expected a 4-D image batch [N, C, H, W], got shape {list(x.shape)}{hint}")
-    if x.shape[1] != in_channels:
-        raise ValueError(
-            f"{where}: expected {in_channels} channels in dim 1 of [N, C, H, W], got shape {list(x.shape)}"
-            " (images [N, H, W, C] must be permuted to [N, C, H, W] first)"
-        )
 
 
 class ResNetTrunk(nn.Module):
@@ -140,7 +127,7 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """x: [N, 3, H, W] -> ordered dict name -> [N, C_k, ceil(H / stride_k), ceil(W / stride_k)]."""
-        check_image_input(x, self.conv1.in_channels, type(self).__name__)
+        check_input_layout(x, self.conv1.in_channels, type(self).__name__, video=False)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
         for k in range(1, self.num_stages + 1):

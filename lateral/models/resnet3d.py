@@ -19,6 +19,7 @@ from lateral.config import ConfigError
 from lateral.models.layers import (
     ConvModule,
     check_conv_cfg,
+    check_input_layout,
     constant_init,
     folded_stem_block,
     kaiming_init,
@@ -36,18 +37,7 @@ DEFAULT_ACT_CFG = {"type": "ReLU", "inplace": True}
 
 def check_video_input(x: torch.Tensor, in_channels: int, where: str, min_frames: int = 1) -> None:
     """Raise a ValueError that names the expected layout if ``x`` is not ``[N, C, T, H, W]``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: expected a tensor [N, C, T, H, W], got {type(x).__name__}")
-    if x.dim() != 5:
-        hint = " (for multi-view input [N, V, C, T, H, W] use model.predict)" if x.dim() == 6 else ""
-        raise ValueError(f"{where}: expected a 5-D tensor [N, C, T, H, W], got shape {list(x.shape)}{hint}")
-    if x.shape[1] != in_channels:
-        raise ValueError(
-            f"{where}: expected {in_channels} channels in dim 1 of [N, C, T, H, W], got shape {list(x.shape)}"
-            " (frames [N, T, H, W, C] must be permuted to [N, C, T, H, W] first)"
-        )
-    if x.shape[2] < min_frames:
-        raise ValueError(f"{where}: needs at least {min_frames} frames (dim 2), got shape {list(x.shape)}")
+    check_input_layout(x, in_channels, where, video=True, min_frames=min_frames)
 
 
 class BasicBlock3d(nn.Module):
