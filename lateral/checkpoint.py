@@ -190,6 +190,8 @@ def remove_partial_checkpoints(folder: str | os.PathLike) -> list[Path]:
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the checkpoint a file name such as {path / 'model.pth'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -20,6 +20,17 @@ COMMAND_MODULES = [
     "lateral.export",  # export, bench
 ]
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts, sizes, thread numbers), with a message naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 # commands that run a trained model over many inputs: they keep freed memory in the heap (lateral.heap), which made
 # FPN-50 at 800x1216 8-25 % faster; `bench` does not, so that its eager reference runs with the stock allocator
 INFERENCE_COMMANDS = ("predict", "test")
@@ -56,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # errors whose message says all a user needs (what failed, where, what to do): printed without a traceback
     user_errors = (ConfigError, CheckpointError, FileNotFoundError, ValueError, DecodeError, NonFiniteLossError,
-                   NoTrainingDataError, MissingDependencyError)
+                   NoTrainingDataError, MissingDependencyError,
+                   FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)  # e.g. --out on a file
+    command = " ".join(filter(None, [args.command, getattr(args, "data_command", None),
+                                     getattr(args, "detect_command", None)]))
 
     if args.command in INFERENCE_COMMANDS or getattr(args, "detect_command", None) in INFERENCE_COMMANDS:
         from lateral.heap import keep_freed_memory
@@ -65,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args.func(args) or 0)
     except user_errors as err:
-        print(f"lateral {args.command}: error: {err}", file=sys.stderr)
+        print(f"lateral {command}: error: {err}", file=sys.stderr)
         code = 1
     from lateral.engine import distributed as dist_utils
 

@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest",
-    "check_keys", "KNOWN_TOP_LEVEL_KEYS",
+    "check_keys", "check_top_level", "positive_int_setting", "KNOWN_TOP_LEVEL_KEYS",
 ]
 
 
@@ -65,6 +65,26 @@ KNOWN_TOP_LEVEL_KEYS = (
     "data_root_val", "ann_file_train", "ann_file_val", "ann_file_test", "file_client_args",
     "data", "schedule", "optimizer", "seed",  # detection configs
 )
+
+
+def check_top_level(cfg: dict, where: str = "the config") -> None:
+    """Raise a ConfigError for a top-level name that is a near-miss of a known one the config lacks (``train_cfgg``
+    where ``train_cfg`` is absent): such a section would be ignored. Other free names (``data_root``) stay legal."""
+    absent = [k for k in KNOWN_TOP_LEVEL_KEYS if k not in cfg]
+    for key in cfg:
+        if key in KNOWN_TOP_LEVEL_KEYS or str(key).startswith("_"):
+            continue
+        close = difflib.get_close_matches(str(key), absent, n=1, cutoff=0.85)
+        if close:
+            raise ConfigError(f"{where}: the top-level name '{key}' is not read by lateral. Did you mean "
+                              f"'{close[0]}'? (A variable of your own needs a name that is not this close.)")
+
+
+def positive_int_setting(value: Any, key: str) -> int:
+    """``value`` as a count that must be a whole number >= 1; a ConfigError names ``key`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
+    return value
 
 
 _BINARY_OPS = {
@@ -338,8 +358,11 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
         last = parts[-1]
         if isinstance(node, list):
             node[_index(node, last, key)] = value
-        else:
+        elif isinstance(node, dict):
             node[last] = value
+        else:
+            parent = ".".join(parts[:-1])
+            raise ConfigError(f"--cfg-options {key}: '{parent}' is {node!r}, not a dict or list to set '{last}' in")
     return cfg
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lateral.cli import positive_int
 from lateral.config import ConfigError
 from lateral.inference.exporters import EXPORT_FORMATS, MissingDependencyError, check_export, export_model
 from lateral.inference.optimization import PRECISIONS, PrecisionError, optimize, resolve_precision
@@ -188,7 +189,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true", help="run the exported file and PyTorch on the same input and print the max difference")
     p.add_argument("--input", help="example input NxCxTxHxW (default 1x3xTx224x224, T the clip_len of the config's "
                    "test pipeline; 1x3x800x1216 for 2D)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for --check")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads for --check")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
     p.set_defaults(func=run_export)
 
@@ -202,8 +203,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", action="store_true", help="also time onnxruntime (the 'onnx' extra)")
     p.add_argument("--openvino", action="store_true", help="also time OpenVINO (the 'openvino' extra)")
     p.add_argument("--variants", help=f"explicit comma-separated list instead of the flags above: {', '.join(VARIANTS)}")
-    p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and the runtimes (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions of each variant (default 5)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for PyTorch and the runtimes (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each variant (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each variant first (default 1)")
     p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, drop bf16 instead of failing")
     p.add_argument("--force-bf16", action="store_true", help="time bf16 even without native bf16 (very slow)")

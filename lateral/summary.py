@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lateral.cli import positive_int
 from lateral.config import ConfigError
 
 __all__ = ["LayerRow", "ModelSummary", "summarize", "parse_shape", "add_cli"]
@@ -176,6 +177,6 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("summary", help="per-layer table and totals (params, MACs) of a config's model")
     parser.add_argument("config", help="config file (.py), or a checkpoint that carries its config")
     parser.add_argument("--input", help="input shape like 1x3x32x224x224 (default: the config's input_shape)")
-    parser.add_argument("--depth", type=int, default=None, help="aggregate rows at this module depth (1 = top level)")
+    parser.add_argument("--depth", type=positive_int, default=None, help="aggregate rows at this module depth (1 = top level)")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config entries")
     parser.set_defaults(func=run_summary)

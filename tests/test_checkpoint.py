@@ -152,3 +152,9 @@ def test_source_names_a_checkpoint_passed_as_a_dict():
     state = small_model(7).state_dict()
     with pytest.raises(CheckpointError, match="^runs/x.pth does not fit Recognizer3D"):
         load_checkpoint(small_model(5), state, source="runs/x.pth")
+
+
+def test_saving_onto_a_folder_names_the_folder(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder; give the checkpoint a file name"):
+        save_checkpoint({"state_dict": {}}, tmp_path)
+    assert not list(tmp_path.iterdir())

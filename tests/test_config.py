@@ -122,3 +122,28 @@ def test_missing_base_file_names_the_config_that_wants_it(tmp_path):
     write(tmp_path, "child.py", "_base_ = ['gone.py']\nx = 1\n")
     with pytest.raises(ConfigError, match=r"child.py: _base_ file not found: .*gone.py"):
         load_config(tmp_path / "child.py")
+
+
+def test_top_level_near_miss_of_a_missing_section_is_refused():
+    from lateral.config import check_top_level
+
+    check_top_level({"train_cfg": {}, "data_root": "x", "img_norm_cfg": {}, "clip_len": 8})  # free names are fine
+    with pytest.raises(ConfigError, match="'train_cfgg' is not read by lateral. Did you mean 'train_cfg'"):
+        check_top_level({"train_cfgg": {"max_epochs": 2}})
+    with pytest.raises(ConfigError, match="Did you mean 'schedule'"):
+        check_top_level({"schedul": {"max_iters": 4}})
+
+
+def test_counts_must_be_whole_positive_numbers():
+    from lateral.config import positive_int_setting
+
+    assert positive_int_setting(3, "train_cfg.max_epochs") == 3
+    for bad in (0, -3, 1.7, "abc", True):
+        with pytest.raises(ConfigError, match="train_cfg.max_epochs must be a whole number >= 1"):
+            positive_int_setting(bad, "train_cfg.max_epochs")
+
+
+def test_cfg_options_cannot_set_a_key_inside_a_number():
+    cfg = {"model": {"backbone": {"depth": 18}}}
+    with pytest.raises(ConfigError, match="'model.backbone.depth' is 18, not a dict or list to set 'x' in"):
+        apply_cfg_options(cfg, ["model.backbone.depth.x=1"])

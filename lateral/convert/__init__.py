@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lateral.cli import positive_int
 from lateral.checkpoint import CheckpointError
 from lateral.config import ConfigError
 
@@ -640,16 +641,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="layout to write (default: lateral)",
     )
     parser.add_argument("--out", required=True, help="file to write")
-    parser.add_argument("--num-classes", type=int, help="classes the checkpoint must have (checked)")
+    parser.add_argument("--num-classes", type=positive_int, help="classes the checkpoint must have (checked)")
     parser.add_argument("--depth", type=int, choices=sorted(STAGE_BLOCKS), help="ResNet depth SRC must have (checked)")
     parser.add_argument(
         "--preset", choices=sorted(SAMPLING_PRESETS),
         help="model-zoo sampling TxS: sets alpha, clip length and frame interval (4x16: 8/32/2, 8x8: 4/32/2, "
         "16x8: 4/64/2)",
     )
-    parser.add_argument("--alpha", type=int, help="speed ratio fast/slow (not stored in the weights; default 4)")
-    parser.add_argument("--clip-len", type=int, help="frames per clip fed to the fast pathway (default 32)")
-    parser.add_argument("--frame-interval", type=int, help="source frames between clip frames (default 2)")
+    parser.add_argument("--alpha", type=positive_int, help="speed ratio fast/slow (not stored in the weights; default 4)")
+    parser.add_argument("--clip-len", type=positive_int, help="frames per clip fed to the fast pathway (default 32)")
+    parser.add_argument("--frame-interval", type=positive_int, help="source frames between clip frames (default 2)")
     parser.set_defaults(func=run_convert)
 
 

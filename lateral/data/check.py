@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lateral.cli import positive_int
+
 __all__ = ["CheckResult", "check_video", "check_frame_folder", "collect_entries", "check_entries", "add_cli"]
 
 
@@ -89,6 +91,12 @@ def collect_entries(source: str | os.PathLike,
         return [("video", path, None) for path in find_video_files(source)]
     if not source.is_file():
         raise FileNotFoundError(f"'{source}' is neither a folder nor a list file")
+    from lateral.data.decode import VIDEO_EXTENSIONS
+
+    if source.name.lower().endswith(VIDEO_EXTENSIONS):  # one video: check that file
+        return [("video", source, None)]
+    if source.suffix.lower() == ".py":
+        raise ValueError(f"'{source}' is a config file; pass the list file or folder its dataset reads")
     if source.suffix.lower() == ".csv":
         with open(source, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -99,8 +107,12 @@ def collect_entries(source: str | os.PathLike,
             stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
             entries.append(("video", by_stem.get(stem, by_stem.get(row["youtube_id"], root / f"{stem}.mp4")), None))
         return entries
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"'{source}' is not a text list file (one 'path label' per line) nor a video") from None
     entries = []
-    for line in source.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -165,7 +177,7 @@ def add_cli(subparsers) -> None:
                     "one with the reason, then a summary. Exit code 1 if any is bad.")
     check.add_argument("source", metavar="LIST_OR_DIR", help="folder of videos, list file or Kinetics CSV")
     check.add_argument("--data-prefix", default=None, help="folder the list's paths are relative to")
-    check.add_argument("--min-frames", type=int, default=1, help="videos with fewer frames are reported (default 1)")
+    check.add_argument("--min-frames", type=positive_int, default=1, help="videos with fewer frames are reported (default 1)")
     check.add_argument("--full", action="store_true", help="decode every frame, not only first/middle/last")
     check.add_argument("--filename-tmpl", default="img_{:05}.jpg", help="rawframe image names (default img_{:05}.jpg)")
     check.add_argument("--start-index", type=int, default=1, help="index of the first rawframe image (default 1)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from lateral.cli import positive_int
 from lateral.config import ConfigError, apply_cfg_options, load_config
 
 __all__ = ["add_cli", "load_run_config", "parse_views", "read_label_names"]
@@ -98,7 +99,9 @@ def read_label_names(path: str | None, cfg: dict, num_classes: int) -> list[str]
 
 
 def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lateral.engine.distributed import resolve_device
+
+    return resolve_device(name)
 
 
 # ---------------------------------------------------------------------------- train
@@ -240,6 +243,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from lateral.data.decode import DecodeError
     from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
 
+    if args.stride and not args.window:
+        raise ConfigError("--stride is the step between --window windows; give --window too (e.g. --window 2s)")
     config_path, checkpoint, videos = predict_targets(args.paths)
     cfg = load_run_config(config_path, args.cfg_options)
     model, device = prediction_model(args, cfg, checkpoint)
@@ -315,8 +320,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--views", help="CROPSxCLIPS, e.g. 3x10 (3 crops of 10 clips)")
     p.add_argument("--out", help="folder for metrics.json and the confusion matrix (default: next to the checkpoint)")
     p.add_argument("--labels", help="label map text file, one class name per line")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-testing-views", type=int, help="views per backbone call (bounds memory)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--max-testing-views", type=positive_int, help="views per backbone call (bounds memory)")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"])
     p.add_argument("--device")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
@@ -328,7 +333,7 @@ def add_cli(subparsers) -> None:
                    help="CONFIG CKPT VIDEO [VIDEO ...], or CKPT VIDEO [VIDEO ...] (a checkpoint that carries its "
                         "config); a folder stands for its video files")
     p.add_argument("--labels", help="label map text file, one class name per line")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--window", help="window length for a timeline, e.g. 2s")
     p.add_argument("--stride", help="step between windows, e.g. 1s (default: half the window)")
     p.add_argument("--out", help="JSON file for the top-k, a list for several videos (or folder for the timeline)")
@@ -347,7 +352,7 @@ def add_cli(subparsers) -> None:
 
     p = subparsers.add_parser("demo", help="generate motion videos, train a small SlowFast on CPU, test, predict, report")
     p.add_argument("--out", default="lateral_demo", help="folder for the data, checkpoints and the report")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the demo's number of epochs")
     p.add_argument("--quick", action="store_true", help="a much smaller run (seconds), for smoke tests")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_demo)

@@ -29,7 +29,6 @@ import contextlib
 import copy
 import io
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -39,7 +38,9 @@ import torch
 from torch import nn
 
 from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from lateral.config import ConfigError, apply_cfg_options, check_keys, load_config
+from lateral.config import (
+    ConfigError, apply_cfg_options, check_keys, check_top_level, load_config, positive_int_setting,
+)
 from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
 from lateral.data.shapes import ensure_shapes_dataset
 from lateral.engine import distributed as dist_utils
@@ -53,7 +54,6 @@ __all__ = [
     "build_detector",
     "learning_rate",
     "train_detector",
-    "resolve_device",
     "detect_dataset",
     "coco_evaluate",
     "evaluate_detector",
@@ -133,18 +133,6 @@ def learning_rate(iteration: int, base_lr: float, warmup_iters: int, milestones:
     return lr
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device to run on: as given, else this rank's GPU when CUDA is available, else the CPU."""
-    if device is not None:
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device '{device}' was asked for, but CUDA is not available here")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def _to_device(items: list[dict], device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
     images = [item["image"].to(device) for item in items]
     targets = [{"boxes": item["boxes"].to(device), "labels": item["labels"].to(device)} for item in items]
@@ -182,6 +170,7 @@ def train_detector(
         ``{'iterations', 'train_seconds', 'checkpoint', 'skipped_images', 'metrics', 'model'}`` (the trained
         detector, on ``device``, in eval mode after the evaluation).
     """
+    check_top_level(cfg)
     data_cfg = data_section(cfg)
     if "train" not in data_cfg:
         raise ConfigError("the config has no data.train split to train on")
@@ -189,10 +178,14 @@ def train_detector(
     schedule.update(check_keys(cfg.get("schedule"), schedule, "schedule"))
     optim_cfg = dict(lr=0.02, momentum=0.9, weight_decay=1e-4, grad_clip=None)
     optim_cfg.update(check_keys(cfg.get("optimizer"), optim_cfg, "optimizer"))
+    for key in ("max_iters", "log_interval", "checkpoint_interval"):
+        positive_int_setting(schedule[key], f"schedule.{key}")
+    if isinstance(optim_cfg["lr"], bool) or not isinstance(optim_cfg["lr"], (int, float)) or optim_cfg["lr"] <= 0:
+        raise ConfigError(f"optimizer.lr must be a positive number, got {optim_cfg['lr']!r}")
     work_dir = Path(work_dir or cfg.get("work_dir") or "work_dirs/detection")
     seed = int(cfg.get("seed", 0))
     batch_size = int(data_cfg.get("batch_size", 2))
-    device = resolve_device(device)
+    device = dist_utils.resolve_device(device)
     distributed = dist_utils.init_distributed(device)
     rank, world_size = dist_utils.rank(), dist_utils.world_size()
     if rank != 0:
@@ -620,7 +613,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
             f"{dataset.cat_ids[:10]}"
         )
     batch_size = int(data_cfg.get("batch_size", 2))
-    device = resolve_device(args.device)
+    device = dist_utils.resolve_device(args.device)
     dist_utils.init_distributed(device)
     log = print if dist_utils.is_main_process() else _silent
     metrics = evaluate_detector(model, dataset, batch_size=batch_size, log=log, device=device)
@@ -638,7 +631,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     pipeline_cfg = data_cfg.get("test_pipeline", data_cfg.get("val", {}).get("pipeline"))
     written = predict_images(
         model, args.images, args.out, build_pipeline(pipeline_cfg), list(classes), meta.get("cat_ids"), args.score_thr,
-        device=resolve_device(args.device),
+        device=dist_utils.resolve_device(args.device),
     )
     for path in written:
         print(path)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "resolve_device",
     "init_distributed",
     "is_distributed",
     "rank",
@@ -30,6 +31,31 @@ __all__ = [
 ]
 
 _joined = False  # whether init_distributed started a process group in this process
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: as given ('cpu', 'cuda', 'cuda:1'), else this rank's GPU when CUDA is available, else
+    the CPU.
+
+    Raises:
+        ValueError: a name PyTorch does not know, or a GPU that this machine does not have.
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device '{device}' is not a device name: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {device}: lateral runs on cpu or cuda")
+    return device
 
 
 def init_distributed(device: torch.device | None = None) -> bool:

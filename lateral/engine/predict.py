@@ -158,7 +158,7 @@ def predict_timeline(
         results = dict(base, total_frames=length, start_index=base.get("start_index", 0) + start)
         clips = _clips_for(results, rest_steps)
         rows.append(TimelineRow(start / fps, (start + length) / fps, _probabilities(model, clips, device)))
-        if start + window >= total:
+        if start + window >= total or start + stride >= total:  # the next window would start past the end
             break
         start += stride
     return rows

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lateral.checkpoint import load_checkpoint, read_checkpoint, remove_partial_checkpoints, save_checkpoint
-from lateral.config import ConfigError, check_keys
+from lateral.config import ConfigError, check_keys, check_top_level, positive_int_setting
 from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
 from lateral.engine.metrics import classification_metrics
@@ -191,20 +191,21 @@ class Trainer:
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         self.progress = progress
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = dist_utils.resolve_device(device)
         self.distributed = dist_utils.init_distributed(self.device)
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.amp_dtype = resolve_amp(amp, self.device)
+        check_top_level(cfg)
         train_cfg = check_keys(cfg.get("train_cfg"), TRAIN_CFG_KEYS, "train_cfg")
-        self.max_epochs = int(train_cfg.get("max_epochs", 1))
-        self.val_interval = int(train_cfg.get("val_interval", 1))
-        self.val_begin = int(train_cfg.get("val_begin", 1))
+        self.max_epochs = positive_int_setting(train_cfg.get("max_epochs", 1), "train_cfg.max_epochs")
+        self.val_interval = positive_int_setting(train_cfg.get("val_interval", 1), "train_cfg.val_interval")
+        self.val_begin = positive_int_setting(train_cfg.get("val_begin", 1), "train_cfg.val_begin")
         hooks = check_keys(cfg.get("default_hooks"), HOOK_KEYS, "default_hooks")
         logger_hook = check_keys(hooks.get("logger"), HOOK_KEYS["logger"], "default_hooks.logger")
-        self.log_interval = int(logger_hook.get("interval", 20))
+        self.log_interval = positive_int_setting(logger_hook.get("interval", 20), "default_hooks.logger.interval")
         ckpt_hook = check_keys(hooks.get("checkpoint"), HOOK_KEYS["checkpoint"], "default_hooks.checkpoint")
-        self.ckpt_interval = int(ckpt_hook.get("interval", 1))
+        self.ckpt_interval = positive_int_setting(ckpt_hook.get("interval", 1), "default_hooks.checkpoint.interval")
         self.max_keep_ckpts = int(ckpt_hook.get("max_keep_ckpts", -1))
         randomness = check_keys(cfg.get("randomness"), RANDOMNESS_KEYS, "randomness")
         self.seed = int(randomness.get("seed") or 0)

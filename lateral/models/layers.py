@@ -40,21 +40,22 @@ def check_input_layout(x: torch.Tensor, in_channels: int, where: str, video: boo
     layout, kind, dims = ("[N, C, T, H, W]", "tensor", 5) if video else ("[N, C, H, W]", "image batch", 4)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{where}: expected a tensor {layout}, got {type(x).__name__}")
+    shape = [int(d) for d in x.shape]  # plain ints also while tracing, where sizes are tensors
     if x.dim() != dims:
         hint = ""
         if video and x.dim() == 6:
             hint = " (for multi-view input [N, V, C, T, H, W] use model.predict)"
         elif not video and x.dim() == 5:
             hint = " (a 2D backbone takes images, not clips [N, C, T, H, W])"
-        raise ValueError(f"{where}: expected a {dims}-D {kind} {layout}, got shape {list(x.shape)}{hint}")
+        raise ValueError(f"{where}: expected a {dims}-D {kind} {layout}, got shape {shape}{hint}")
     if x.shape[1] != in_channels:
         channels_last = "frames [N, T, H, W, C]" if video else "images [N, H, W, C]"
         raise ValueError(
-            f"{where}: expected {in_channels} channels in dim 1 of {layout}, got shape {list(x.shape)}"
+            f"{where}: expected {in_channels} channels in dim 1 of {layout}, got shape {shape}"
             f" ({channels_last} must be permuted to {layout} first)"
         )
     if video and x.shape[2] < min_frames:
-        raise ValueError(f"{where}: needs at least {min_frames} frames (dim 2), got shape {list(x.shape)}")
+        raise ValueError(f"{where}: needs at least {min_frames} frames (dim 2), got shape {shape}")
 
 MAX_STEM_CHANNELS = 4  # input channels of a conv treated as a video stem (RGB, or RGB + one more)
 STEM_FOLD = 4  # output frames per conv2d call in a folded bf16 stem (measured best of 2, 4, 8, 16)

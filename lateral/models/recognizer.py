@@ -88,7 +88,7 @@ class Recognizer3D(nn.Module):
         """x: [N, C, T, H, W] -> logits [N, num_classes]."""
         if isinstance(x, torch.Tensor) and x.dim() == 6:
             raise ValueError(
-                f"Recognizer3D.forward takes [N, C, T, H, W]; got 6-D {list(x.shape)}: use model.predict() for "
+                f"Recognizer3D.forward takes [N, C, T, H, W]; got 6-D {[int(d) for d in x.shape]}: use model.predict() for "
                 "multi-view input [N, V, C, T, H, W]"
             )
         return self.cls_head(self.extract_feat(x))
@@ -112,7 +112,7 @@ class Recognizer3D(nn.Module):
             [N, V, num_classes] when ``average_clips`` is None.
         """
         if not isinstance(x, torch.Tensor) or x.dim() not in (5, 6):
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            shape = [int(d) for d in x.shape] if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"predict expects [N, V, C, T, H, W] or [N, C, T, H, W], got {shape}")
         if x.dim() == 5:
             x = x.unsqueeze(1)

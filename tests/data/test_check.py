@@ -63,3 +63,15 @@ def test_check_of_a_rawframe_list(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "partial: frame file img_00003.jpg not found" in out and "checked 2: 1 ok, 1 bad" in out
+
+
+def test_check_takes_one_video_and_refuses_configs_and_binary_files(tmp_path, capsys):
+    videos = _dataset(tmp_path)
+    assert main(["data", "check", str(videos / "good.mp4")]) == 0
+    assert "checked 1: 1 ok" in capsys.readouterr().out
+    (tmp_path / "cfg.py").write_text("model = dict()\n")
+    assert main(["data", "check", str(tmp_path / "cfg.py")]) == 1
+    assert "lateral data check: error: " in capsys.readouterr().err
+    (tmp_path / "blob.bin").write_bytes(bytes(range(128, 256)))
+    assert main(["data", "check", str(tmp_path / "blob.bin")]) == 1
+    assert "is not a text list file" in capsys.readouterr().err

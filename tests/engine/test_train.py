@@ -320,3 +320,50 @@ def test_three_crop_views_span_the_short_side_the_pipeline_resizes_to():
     assert three[2] == dict(type="ThreeCrop", crop_size=64) and three[0]["num_clips"] == 2
     assert set_test_views(pipeline, 10, 1)[2] == dict(type="TenCrop", crop_size=56)
     assert pipeline[2] == dict(type="CenterCrop", crop_size=56)  # the input is not changed
+
+
+def test_bad_counts_devices_and_learning_rates_are_named(tmp_path, run_config):
+    from lateral.engine.distributed import resolve_device
+
+    for section, key, value, message in [
+        ("train_cfg", "max_epochs", -3, "train_cfg.max_epochs must be a whole number >= 1, got -3"),
+        ("train_cfg", "val_interval", "abc", "train_cfg.val_interval must be a whole number >= 1"),
+    ]:
+        cfg = json.loads(json.dumps(run_config))
+        cfg[section][key] = value
+        with pytest.raises(ConfigError, match=message):
+            Trainer(cfg, tmp_path / "never", progress=False)
+    cfg = json.loads(json.dumps(run_config))
+    cfg["optim_wrapper"]["optimizer"]["lr"] = "fast"
+    with pytest.raises(ConfigError, match="optim_wrapper.optimizer.lr must be a positive number, got 'fast'"):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    cfg = json.loads(json.dumps(run_config))
+    cfg["train_cfgg"] = cfg.pop("train_cfg")
+    with pytest.raises(ConfigError, match="Did you mean 'train_cfg'"):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    with pytest.raises(ValueError, match="'gpu' is not a device name"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match="lateral runs on cpu or cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU here"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_timeline_with_a_stride_longer_than_the_video_has_one_window(motion_data, run_config):
+    from lateral.engine.predict import predict_timeline
+    from lateral.registry import build_model
+
+    video = sorted((motion_data / "videos").rglob("*test*.mp4"))[0]  # 16 frames
+    model = build_model(run_config["model"]).eval()
+    rows = predict_timeline(model, run_config["test_pipeline"], video, window_s=0.2, stride_s=30.0)
+    assert len(rows) == 1 and rows[0].start_s == 0.0 and rows[0].end_s > 0
+
+
+def test_cli_counts_must_be_positive(capsys):
+    from lateral.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", "a.py", "b.pth", "c.mp4", "--topk", "0"])
+    assert "argument --topk: expected a whole number >= 1, got 0" in capsys.readouterr().err
