@@ -333,6 +333,9 @@ def parse_cfg_value(text: str) -> Any:
         return text
 
 
+_PIPELINE_NAMES = ("train_pipeline", "val_pipeline", "test_pipeline")
+
+
 def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
     """Apply ``a.b.c=value`` overrides (list indices allowed: ``train_pipeline.1.clip_len=16``) to a copy of cfg."""
     cfg = copy.deepcopy(cfg)
@@ -348,6 +351,11 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
     for key, value in items:
         parts = key.split(".")
         top = parts[0]
+        # a dataloader built from `pipeline=train_pipeline` holds a copy: an override of the named pipeline goes
+        # to every copy still equal to it, as a reader of the config file expects
+        copies = [loader["dataset"] for loader in cfg.values()
+                  if top in _PIPELINE_NAMES and top in cfg and isinstance(loader, dict)
+                  and isinstance(loader.get("dataset"), dict) and loader["dataset"].get("pipeline") == cfg[top]]
         if top not in cfg and top not in KNOWN_TOP_LEVEL_KEYS:
             hint = suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS])
             if hint:  # a new name that is a near-miss of a real one is a typo, not a new setting
@@ -363,6 +371,8 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
         else:
             parent = ".".join(parts[:-1])
             raise ConfigError(f"--cfg-options {key}: '{parent}' is {node!r}, not a dict or list to set '{last}' in")
+        for dataset in copies:
+            dataset["pipeline"] = copy.deepcopy(cfg[top])
     return cfg
 
 

@@ -147,3 +147,15 @@ def test_cfg_options_cannot_set_a_key_inside_a_number():
     cfg = {"model": {"backbone": {"depth": 18}}}
     with pytest.raises(ConfigError, match="'model.backbone.depth' is 18, not a dict or list to set 'x' in"):
         apply_cfg_options(cfg, ["model.backbone.depth.x=1"])
+
+
+def test_cfg_options_on_a_named_pipeline_reach_the_dataloaders_that_use_it():
+    pipeline = [{"type": "SampleFrames", "clip_len": 8}, {"type": "Resize"}]
+    cfg = {"train_pipeline": pipeline,
+           "train_dataloader": {"dataset": {"type": "VideoDataset", "pipeline": list(pipeline)}},
+           "val_dataloader": {"dataset": {"type": "VideoDataset", "pipeline": [{"type": "Other"}]}}}
+    out = apply_cfg_options(cfg, ["train_pipeline.0.clip_len=16"])
+    assert out["train_pipeline"][0]["clip_len"] == 16
+    assert out["train_dataloader"]["dataset"]["pipeline"][0]["clip_len"] == 16
+    assert out["val_dataloader"]["dataset"]["pipeline"] == [{"type": "Other"}]  # a pipeline of its own stays
+    assert cfg["train_dataloader"]["dataset"]["pipeline"][0]["clip_len"] == 8
