@@ -353,9 +353,10 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
         top = parts[0]
         # a dataloader built from `pipeline=train_pipeline` holds a copy: an override of the named pipeline goes
         # to every copy still equal to it, as a reader of the config file expects
-        copies = [loader["dataset"] for loader in cfg.values()
-                  if top in _PIPELINE_NAMES and top in cfg and isinstance(loader, dict)
-                  and isinstance(loader.get("dataset"), dict) and loader["dataset"].get("pipeline") == cfg[top]]
+        copies = []
+        if top in _PIPELINE_NAMES and top in cfg:
+            copies = [loader["dataset"] for loader in cfg.values() if isinstance(loader, dict)
+                      and isinstance(loader.get("dataset"), dict) and loader["dataset"].get("pipeline") == cfg[top]]
         if top not in cfg and top not in KNOWN_TOP_LEVEL_KEYS:
             hint = suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS])
             if hint:  # a new name that is a near-miss of a real one is a typo, not a new setting

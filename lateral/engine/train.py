@@ -461,9 +461,10 @@ class Trainer:
             if seen == 0:
                 dataset = self.train_loader.dataset
                 summary = dataset.failure_summary() if hasattr(dataset, "failure_summary") else ""
+                kept = "nothing was trained or saved" if epoch == self.start_epoch else "the earlier epochs are saved"
                 raise NoTrainingDataError(
                     f"epoch {epoch + 1}: not one training batch could be read from the {len(dataset)} samples; "
-                    f"nothing was trained or saved. {summary}".strip()
+                    f"{kept}. {summary}".strip()
                 )
             epoch_record = {k: v / max(seen, 1) for k, v in running.items()}
             epoch_record.update(epoch=epoch + 1, seconds=round(time.time() - started, 2), iters=seen)
