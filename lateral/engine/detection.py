@@ -624,6 +624,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.score_thr <= 1.0:
+        raise ConfigError(f"--score-thr is a detection score between 0 and 1, got {args.score_thr}")
     cfg = _load_cfg(args)
     model, meta = _model_from_checkpoint(cfg, args.checkpoint)
     data_cfg = data_section(cfg)

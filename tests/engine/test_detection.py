@@ -318,3 +318,9 @@ def test_misspelt_detection_keys_stop_before_any_work(tmp_path, section, key, me
     with pytest.raises(ConfigError, match=message):
         train_detector(cfg, work_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_score_threshold_outside_zero_one_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--score-thr is a detection score between 0 and 1, got 5.0"):
+        run_cli(["detect", "predict", str(SHAPES_CONFIG), str(tmp_path / "x.pth"), str(tmp_path / "a.png"),
+                 "--score-thr", "5", "--out", str(tmp_path / "out")])
