@@ -27,6 +27,7 @@ class CheckResult:
     num_frames: int
     reason: str = ""
     too_short: bool = False
+    bad_label: bool = False
 
     @property
     def ok(self) -> bool:
@@ -75,8 +76,9 @@ def _join(prefix: Path | None, name: str) -> Path:
 
 
 def collect_entries(source: str | os.PathLike,
-                    data_prefix: str | os.PathLike | None = None) -> list[tuple[str, Path, int | None]]:
-    """What to check: ``(kind, path, total_frames)`` with kind ``'video'`` or ``'frames'``.
+                    data_prefix: str | os.PathLike | None = None) -> list[tuple[str, Path, int | None, str | None]]:
+    """What to check: ``(kind, path, total_frames, label)`` with kind ``'video'`` or ``'frames'``; ``label`` is the
+    list line's last field as written (None for folders, CSVs and single videos).
 
     Raises:
         FileNotFoundError: ``source`` (or ``data_prefix``) does not exist.
@@ -88,13 +90,13 @@ def collect_entries(source: str | os.PathLike,
     if prefix is not None and not prefix.is_dir():
         raise FileNotFoundError(f"--data-prefix '{prefix}' is not a folder")
     if source.is_dir():
-        return [("video", path, None) for path in find_video_files(source)]
+        return [("video", path, None, None) for path in find_video_files(source)]
     if not source.is_file():
         raise FileNotFoundError(f"'{source}' is neither a folder nor a list file")
     from lateral.data.decode import VIDEO_EXTENSIONS
 
     if source.name.lower().endswith(VIDEO_EXTENSIONS):  # one video: check that file
-        return [("video", source, None)]
+        return [("video", source, None, None)]
     if source.suffix.lower() == ".py":
         raise ValueError(f"'{source}' is a config file; pass the list file or folder its dataset reads")
     if source.suffix.lower() == ".csv":
@@ -105,7 +107,8 @@ def collect_entries(source: str | os.PathLike,
         entries = []
         for row in rows:
             stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
-            entries.append(("video", by_stem.get(stem, by_stem.get(row["youtube_id"], root / f"{stem}.mp4")), None))
+            entries.append(("video", by_stem.get(stem, by_stem.get(row["youtube_id"], root / f"{stem}.mp4")), None,
+                            None))
         return entries
     try:
         text = source.read_text(encoding="utf-8")
@@ -126,22 +129,39 @@ def collect_entries(source: str | os.PathLike,
         path = _join(prefix, name)
         if not path.exists() and _join(prefix, fields[0]).exists():
             path, numbers = _join(prefix, fields[0]), len(fields) - 1
+        label = fields[-1] if numbers else None
         if path.is_dir():
             # 'dir total label' and 'dir offset total label': the count comes just before the label
-            total = int(fields[-2]) if numbers >= 2 else None
-            entries.append(("frames", path, total))
+            total = int(fields[-2]) if numbers >= 2 and fields[-2].lstrip("-").isdigit() else None
+            entries.append(("frames", path, total, label))
         else:
-            entries.append(("video", path, None))
+            entries.append(("video", path, None, label))
     return entries
 
 
+def label_problem(label: str | None, num_classes: int | None) -> str:
+    """Why a list line's label is unusable ('' if it is fine or there is none)."""
+    if label is None:
+        return ""
+    if not label.lstrip("-").isdigit():
+        return f"label '{label}' is not a whole number"
+    if int(label) < 0 or (num_classes is not None and int(label) >= num_classes):
+        limit = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+        return f"label {label} is out of range ({limit})"
+    return ""
+
+
 def check_entries(entries, min_frames: int = 1, full: bool = False, filename_tmpl: str = "img_{:05}.jpg",
-                  start_index: int = 1, out=None) -> list[CheckResult]:
-    """Check every entry, print each bad one with its reason, and return all verdicts."""
+                  start_index: int = 1, out=None, num_classes: int | None = None) -> list[CheckResult]:
+    """Check every entry (and its label against ``num_classes``), print each bad one with its reason, and return
+    all verdicts."""
     out = out or sys.stdout
     results = []
-    for kind, path, total in entries:
-        if kind == "frames":
+    for kind, path, total, label in entries:
+        problem = label_problem(label, num_classes)
+        if problem:
+            result = CheckResult(str(path), 0, problem, bad_label=True)
+        elif kind == "frames":
             result = check_frame_folder(path, total, filename_tmpl, start_index, min_frames)
         else:
             result = check_video(path, min_frames, full)
@@ -156,12 +176,15 @@ def run_check(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no videos found in '{args.source}'", file=sys.stderr)
         return 1
-    results = check_entries(entries, args.min_frames, args.full, args.filename_tmpl, args.start_index)
+    results = check_entries(entries, args.min_frames, args.full, args.filename_tmpl, args.start_index,
+                            num_classes=args.num_classes)
     bad = [r for r in results if not r.ok]
     short = sum(r.too_short for r in bad)
+    labels = sum(r.bad_label for r in bad)
     frames = [r.num_frames for r in results if r.ok]
     print(f"checked {len(results)}: {len(results) - len(bad)} ok, {len(bad)} bad "
-          f"({len(bad) - short} unreadable, {short} too short)"
+          f"({len(bad) - short - labels} unreadable, {short} too short"
+          + (f", {labels} with a bad label)" if labels else ")")
           + (f"; frames per video {min(frames)}-{max(frames)}" if frames else ""))
     return 1 if bad else 0
 
@@ -178,6 +201,7 @@ def add_cli(subparsers) -> None:
     check.add_argument("source", metavar="LIST_OR_DIR", help="folder of videos, list file or Kinetics CSV")
     check.add_argument("--data-prefix", default=None, help="folder the list's paths are relative to")
     check.add_argument("--min-frames", type=positive_int, default=1, help="videos with fewer frames are reported (default 1)")
+    check.add_argument("--num-classes", type=positive_int, help="labels must lie in 0..N-1 (a list file's last field)")
     check.add_argument("--full", action="store_true", help="decode every frame, not only first/middle/last")
     check.add_argument("--filename-tmpl", default="img_{:05}.jpg", help="rawframe image names (default img_{:05}.jpg)")
     check.add_argument("--start-index", type=int, default=1, help="index of the first rawframe image (default 1)")

@@ -75,3 +75,17 @@ def test_check_takes_one_video_and_refuses_configs_and_binary_files(tmp_path, ca
     (tmp_path / "blob.bin").write_bytes(bytes(range(128, 256)))
     assert main(["data", "check", str(tmp_path / "blob.bin")]) == 1
     assert "is not a text list file" in capsys.readouterr().err
+
+
+def test_check_reports_labels_that_are_not_numbers_or_out_of_range(tmp_path, capsys):
+    videos = _dataset(tmp_path)
+    ann = tmp_path / "list.txt"
+    ann.write_text("good.mp4 0\ngood.mp4 notanint\ngood.mp4 99\ngood.mp4 7\n")
+    code = main(["data", "check", str(ann), "--data-prefix", str(videos), "--num-classes", "8"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "good.mp4: label 'notanint' is not a whole number" in out
+    assert "good.mp4: label 99 is out of range (0..7)" in out
+    assert "checked 4: 2 ok, 2 bad (0 unreadable, 0 too short, 2 with a bad label)" in out
+    assert main(["data", "check", str(ann), "--data-prefix", str(videos)]) == 1  # without --num-classes: one bad
+    assert "checked 4: 3 ok, 1 bad" in capsys.readouterr().out
