@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest",
-    "check_keys", "check_top_level", "positive_int_setting", "KNOWN_TOP_LEVEL_KEYS",
+    "check_keys", "check_top_level", "positive_int_setting", "positive_number_setting", "KNOWN_TOP_LEVEL_KEYS",
 ]
 
 
@@ -84,6 +84,13 @@ def positive_int_setting(value: Any, key: str) -> int:
     """``value`` as a count that must be a whole number >= 1; a ConfigError names ``key`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def positive_number_setting(value: Any, key: str) -> float:
+    """``value`` as a rate (a learning rate) that must be a number > 0; a ConfigError names ``key`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number, got {value!r}")
     return value
 
 

@@ -40,6 +40,7 @@ from torch import nn
 from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from lateral.config import (
     ConfigError, apply_cfg_options, check_keys, check_top_level, load_config, positive_int_setting,
+    positive_number_setting,
 )
 from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
 from lateral.data.shapes import ensure_shapes_dataset
@@ -180,8 +181,7 @@ def train_detector(
     optim_cfg.update(check_keys(cfg.get("optimizer"), optim_cfg, "optimizer"))
     for key in ("max_iters", "log_interval", "checkpoint_interval"):
         positive_int_setting(schedule[key], f"schedule.{key}")
-    if isinstance(optim_cfg["lr"], bool) or not isinstance(optim_cfg["lr"], (int, float)) or optim_cfg["lr"] <= 0:
-        raise ConfigError(f"optimizer.lr must be a positive number, got {optim_cfg['lr']!r}")
+    positive_number_setting(optim_cfg["lr"], "optimizer.lr")
     work_dir = Path(work_dir or cfg.get("work_dir") or "work_dirs/detection")
     seed = int(cfg.get("seed", 0))
     batch_size = int(data_cfg.get("batch_size", 2))

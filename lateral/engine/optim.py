@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lateral.config import ConfigError, suggest
+from lateral.config import ConfigError, positive_number_setting, suggest
 
 __all__ = ["build_optimizer", "build_lr_factor", "clip_gradients"]
 
@@ -32,9 +32,7 @@ def build_optimizer(model: nn.Module, optim_wrapper: dict) -> torch.optim.Optimi
         raise ConfigError(f"optimizer type '{optim_type}' is not supported.{suggest(optim_type, _OPTIMIZERS)}")
     if "lr" not in cfg:
         raise ConfigError("optim_wrapper.optimizer needs an 'lr'")
-    lr = cfg["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-        raise ConfigError(f"optim_wrapper.optimizer.lr must be a positive number, got {lr!r}")
+    positive_number_setting(cfg["lr"], "optim_wrapper.optimizer.lr")
     weight_decay = cfg.get("weight_decay", 0.0)
     paramwise = dict(optim_wrapper.get("paramwise_cfg") or {})
     norm_mult = paramwise.pop("norm_decay_mult", 1.0)
