@@ -27,7 +27,7 @@ from lateral.models.layers import (
     triple,
 )
 
-__all__ = ["BasicBlock3d", "Bottleneck3d", "ResNet3d", "check_video_input"]
+__all__ = ["BasicBlock3d", "Bottleneck3d", "ResNet3d", "ResidualBlock3d", "check_video_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,42 @@ def check_video_input(x: torch.Tensor, in_channels: int, where: str, min_frames:
     check_input_layout(x, in_channels, where, video=True, min_frames=min_frames)
 
 
-class BasicBlock3d(nn.Module):
+class ResidualBlock3d(nn.Module):
+    """What both residual blocks share: the settings they keep, the style check and ``forward``.
+
+    ``forward`` returns ``relu(_residual(x))``; with ``with_cp`` (and a graph to build) ``_residual`` is recomputed
+    in backward instead of keeping its activations.
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, spatial_stride: int, temporal_stride: int, dilation: int,
+                 style: str, inflate: bool, with_cp: bool):
+        super().__init__()
+        if style not in ("pytorch", "caffe"):
+            raise ConfigError(f"style must be 'pytorch' or 'caffe', got '{style}'")
+        self.inplanes = inplanes
+        self.planes = planes
+        self.spatial_stride = spatial_stride
+        self.temporal_stride = temporal_stride
+        self.dilation = dilation
+        self.style = style
+        self.inflate = inflate
+        self.with_cp = with_cp
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C, T, H, W] -> [N, expansion * planes, T / temporal_stride, H / spatial_stride, W / spatial_stride]."""
+        if self.with_cp and x.requires_grad:
+            out = activation_checkpoint.checkpoint(self._residual, x, use_reentrant=False)
+        else:
+            out = self._residual(x)
+        return self.relu(out)
+
+
+class BasicBlock3d(ResidualBlock3d):
     """Two 3x3 convs (3x3x3 when inflated) with a residual connection.
 
     Args:
@@ -74,17 +109,7 @@ class BasicBlock3d(nn.Module):
         act_cfg: dict = DEFAULT_ACT_CFG,
         with_cp: bool = False,
     ):
-        super().__init__()
-        if style not in ("pytorch", "caffe"):
-            raise ConfigError(f"style must be 'pytorch' or 'caffe', got '{style}'")
-        self.inplanes = inplanes
-        self.planes = planes
-        self.spatial_stride = spatial_stride
-        self.temporal_stride = temporal_stride
-        self.dilation = dilation
-        self.style = style
-        self.inflate = inflate
-        self.with_cp = with_cp
+        super().__init__(inplanes, planes, spatial_stride, temporal_stride, dilation, style, inflate, with_cp)
         kernel_t, pad_t = (3, 1) if inflate else (1, 0)
         self.conv1 = ConvModule(
             inplanes,
@@ -106,16 +131,8 @@ class BasicBlock3d(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         return self.conv2(self.conv1(x)) + identity
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, C, T, H, W] -> [N, planes, T / temporal_stride, H / spatial_stride, W / spatial_stride]."""
-        if self.with_cp and x.requires_grad:
-            out = activation_checkpoint.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
-        return self.relu(out)
 
-
-class Bottleneck3d(nn.Module):
+class Bottleneck3d(ResidualBlock3d):
     """1x1 -> 3x3 -> 1x1 bottleneck with a residual connection, inflated in time by ``inflate_style``.
 
     ``inflate_style='3x1x1'`` puts the temporal kernel of 3 on the first 1x1 conv (SlowFast, I3D);
@@ -140,20 +157,10 @@ class Bottleneck3d(nn.Module):
         act_cfg: dict = DEFAULT_ACT_CFG,
         with_cp: bool = False,
     ):
-        super().__init__()
-        if style not in ("pytorch", "caffe"):
-            raise ConfigError(f"style must be 'pytorch' or 'caffe', got '{style}'")
+        super().__init__(inplanes, planes, spatial_stride, temporal_stride, dilation, style, inflate, with_cp)
         if inflate_style not in ("3x1x1", "3x3x3"):
             raise ConfigError(f"inflate_style must be '3x1x1' or '3x3x3', got '{inflate_style}'")
-        self.inplanes = inplanes
-        self.planes = planes
-        self.spatial_stride = spatial_stride
-        self.temporal_stride = temporal_stride
-        self.dilation = dilation
-        self.style = style
-        self.inflate = inflate
         self.inflate_style = inflate_style
-        self.with_cp = with_cp
         if style == "pytorch":
             conv1_stride, conv2_stride = (1, 1, 1), (temporal_stride, spatial_stride, spatial_stride)
         else:
@@ -187,14 +194,6 @@ class Bottleneck3d(nn.Module):
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         return self.conv3(self.conv2(self.conv1(x))) + identity
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, C, T, H, W] -> [N, 4 * planes, T / temporal_stride, H / spatial_stride, W / spatial_stride]."""
-        if self.with_cp and x.requires_grad:
-            out = activation_checkpoint.checkpoint(self._residual, x, use_reentrant=False)
-        else:
-            out = self._residual(x)
-        return self.relu(out)
 
 
 def _per_block(value: int | Sequence[int], num_blocks: int, name: str) -> tuple[int, ...]:
