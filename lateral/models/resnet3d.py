@@ -43,7 +43,8 @@ def check_video_input(x: torch.Tensor, in_channels: int, where: str, min_frames:
 class ResidualBlock3d(nn.Module):
     """What both residual blocks share: the settings they keep, the style check and ``forward``.
 
-    ``forward`` returns ``relu(_residual(x))``; with ``with_cp`` (and a graph to build) ``_residual`` is recomputed
+    ``forward`` returns ``relu(_residual(x))``, where each block defines ``_residual`` (its convs plus the
+    shortcut) and ``relu``; with ``with_cp`` (and a graph to build) ``_residual`` is recomputed
     in backward instead of keeping its activations.
     """
 
@@ -62,9 +63,6 @@ class ResidualBlock3d(nn.Module):
         self.style = style
         self.inflate = inflate
         self.with_cp = with_cp
-
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C, T, H, W] -> [N, expansion * planes, T / temporal_stride, H / spatial_stride, W / spatial_stride]."""
