@@ -274,6 +274,13 @@ class ResNet3dSlowFast(nn.Module):
         """x: [N, C, T, H, W] -> (slow [N, C_slow, T / tau, H / 32, W / 32], fast [N, C_fast, T * alpha / tau, ...])."""
         check_video_input(x, self.slow_path.in_channels, "ResNet3dSlowFast", min_frames=self.resample_rate)
         num_frames = x.shape[2]
+        if num_frames % self.resample_rate:
+            # otherwise the slow and fast pathways end with different frame counts and the lateral concat fails
+            raise ValueError(
+                f"ResNet3dSlowFast: the clip has {num_frames} frames, but T must be a multiple of resample_rate="
+                f"{self.resample_rate} (e.g. {num_frames // self.resample_rate * self.resample_rate} or "
+                f"{(num_frames // self.resample_rate + 1) * self.resample_rate})"
+            )
         slow_index = slow_frame_indices(num_frames, self.resample_rate, self.slow_frame_sampling)
         if self.slow_frame_sampling == "stride":
             x_slow = x[:, :, :: self.resample_rate][:, :, : slow_index.numel()]

@@ -142,6 +142,7 @@ def test_linspace_slow_sampling_takes_pytorchvideo_frames():
         ((2, 3, 16, 32), "5-D tensor"),
         ((2, 1, 16, 32, 32), "expected 3 channels"),
         ((2, 3, 2, 32, 32), "at least 4 frames"),
+        ((2, 3, 6, 32, 32), "6 frames, but T must be a multiple of resample_rate=4 \\(e.g. 4 or 8\\)"),
     ],
 )
 def test_bad_input_shapes_name_the_expected_layout(shape, message):
