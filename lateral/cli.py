@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors as err:
         print(f"lateral {command}: error: {err}", file=sys.stderr)
         code = 1
+    except KeyboardInterrupt:
+        hint = ""
+        if command.endswith("train"):
+            hint = " The checkpoints written so far are kept: the same command with --resume auto continues from the last."
+        print(f"\nlateral {command}: interrupted.{hint}", file=sys.stderr)
+        code = 130  # the shell's code for a command stopped by Ctrl-C
     from lateral.engine import distributed as dist_utils
 
     if dist_utils.joined_process_group():  # a torchrun worker: skip the teardown where gloo's threads can abort

@@ -357,6 +357,8 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
             items.append((key, parse_cfg_value(text)))
     for key, value in items:
         parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--cfg-options '{key}={value}': the key has an empty part (write a.b.c=value)")
         top = parts[0]
         # a dataloader built from `pipeline=train_pipeline` holds a copy: an override of the named pipeline goes
         # to every copy still equal to it, as a reader of the config file expects
@@ -365,9 +367,13 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
             copies = [loader["dataset"] for loader in cfg.values() if isinstance(loader, dict)
                       and isinstance(loader.get("dataset"), dict) and loader["dataset"].get("pipeline") == cfg[top]]
         if top not in cfg and top not in KNOWN_TOP_LEVEL_KEYS:
-            hint = suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS])
-            if hint:  # a new name that is a near-miss of a real one is a typo, not a new setting
-                raise ConfigError(f"--cfg-options {key}: the config has no '{top}'.{hint}")
+            # the config file has been evaluated already, so a new top-level name could change nothing: it is a
+            # typo or a setting that lives deeper (max_epochs -> train_cfg.max_epochs)
+            deeper = _paths_ending_in(cfg, top)
+            hint = (f" Did you mean {' or '.join(deeper[:3])}?" if deeper
+                    else suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS]))
+            raise ConfigError(f"--cfg-options {key}: the config has no top-level '{top}', and lateral reads no such "
+                              f"setting.{hint}")
         node = cfg
         for i, part in enumerate(parts[:-1]):
             node = _step(node, part, ".".join(parts[: i + 1]), create=True)
@@ -382,6 +388,20 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
         for dataset in copies:
             dataset["pipeline"] = copy.deepcopy(cfg[top])
     return cfg
+
+
+def _paths_ending_in(node: Any, name: str, prefix: str = "", depth: int = 0) -> list[str]:
+    """Dotted paths of the keys called ``name`` inside ``node`` (list items by index), shallowest first."""
+    if depth > 6:
+        return []
+    found, deeper = [], []
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        path = f"{prefix}{key}"
+        if key == name and prefix:
+            found.append(path)
+        deeper += _paths_ending_in(child, name, path + ".", depth + 1)
+    return found + deeper
 
 
 def _index(node: list, part: str, key: str) -> int:

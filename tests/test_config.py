@@ -67,7 +67,8 @@ def test_missing_file_and_base_cycle(tmp_path):
 
 
 def test_cfg_options_override_nested_keys_and_list_items():
-    cfg = {"model": {"cls_head": {"num_classes": 400}}, "pipeline": [{"type": "A"}, {"type": "B", "n": 1}]}
+    cfg = {"model": {"cls_head": {"num_classes": 400}}, "pipeline": [{"type": "A"}, {"type": "B", "n": 1}],
+           "lr": 0.1, "name": "run0", "sizes": (3,)}
     out = apply_cfg_options(cfg, ["model.cls_head.num_classes=10", "pipeline.1.n=8", "lr=0.01", "name=run1", "sizes=1,2"])
     assert out["model"]["cls_head"]["num_classes"] == 10 and out["pipeline"][1]["n"] == 8
     assert out["lr"] == 0.01 and out["name"] == "run1" and out["sizes"] == (1, 2)
@@ -99,12 +100,26 @@ def test_shipped_detection_configs_load_and_build():
 
 def test_cfg_options_refuse_a_near_miss_of_a_top_level_name():
     cfg = {"train_cfg": {"max_epochs": 1}, "model": {}}
-    with pytest.raises(ConfigError, match="no 'trian_cfg'. Did you mean 'train_cfg'"):
+    with pytest.raises(ConfigError, match="no top-level 'trian_cfg'.*Did you mean 'train_cfg'"):
         apply_cfg_options(cfg, ["trian_cfg.max_epochs=3"])
     with pytest.raises(ConfigError, match="Did you mean 'randomness'"):  # known name, absent from this config
         apply_cfg_options(cfg, ["randomnes.seed=3"])
-    out = apply_cfg_options(cfg, ["randomness.seed=3", "channels_last=True", "my_setting=4"])
-    assert out["randomness"] == {"seed": 3} and out["channels_last"] is True and out["my_setting"] == 4
+    out = apply_cfg_options(cfg, ["randomness.seed=3", "channels_last=True"])
+    assert out["randomness"] == {"seed": 3} and out["channels_last"] is True
+
+
+def test_cfg_options_refuse_new_top_level_names_and_point_to_the_nested_setting():
+    # the file is evaluated before the overrides, so a new top-level name could change nothing: it is refused
+    cfg = {"train_cfg": {"max_epochs": 1}, "optim_wrapper": {"optimizer": {"type": "SGD", "lr": 0.1}}}
+    with pytest.raises(ConfigError, match="no top-level 'max_epochs'.*Did you mean train_cfg.max_epochs"):
+        apply_cfg_options(cfg, ["max_epochs=5"])
+    with pytest.raises(ConfigError, match="Did you mean optim_wrapper.optimizer.lr"):
+        apply_cfg_options(cfg, ["lr=0.01"])
+    with pytest.raises(ConfigError, match="lateral reads no such setting"):
+        apply_cfg_options(cfg, ["my_setting=4"])
+    for empty in ("=3", "train_cfg..max_epochs=2", "train_cfg.=2"):
+        with pytest.raises(ConfigError, match="empty part"):
+            apply_cfg_options(cfg, [empty])
 
 
 def test_check_keys_names_the_unknown_key_and_the_close_match():

@@ -43,6 +43,7 @@ __all__ = [
     "ClassFolderDataset",
     "DATASET_TYPES",
     "build_dataset",
+    "check_label_range",
     "load_label_map",
 ]
 
@@ -232,6 +233,30 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
                 if item is not None:
                     break
         return item
+
+
+def check_label_range(dataset: torch.utils.data.Dataset, num_classes: int, where: str) -> None:
+    """Raise a ConfigError if a sample of ``dataset`` has a label outside ``0 .. num_classes - 1``.
+
+    Run before training or testing: such a label would otherwise stop the run only when the loss or the confusion
+    matrix meets it, possibly after hours of training. Label -1 (an unlabelled test sample) is allowed.
+    """
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return
+    bad = []
+    for sample in samples:
+        labels = sample.get("label")
+        for label in labels if isinstance(labels, list) else [labels]:
+            if label is not None and (label >= num_classes or label < -1):
+                bad.append(f"{sample.get('filename', sample.get('frame_dir'))}: label {label}")
+    if bad:
+        shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise ConfigError(
+            f"{where}: {len(bad)} sample(s) have labels outside 0..{num_classes - 1}, but the model has "
+            f"num_classes={num_classes} (model.cls_head.num_classes):\n  {shown}\n"
+            "Set cls_head.num_classes to the number of classes in the lists, or fix the lists."
+        )
 
 
 def _parse_label(token: str, where: str) -> int:

@@ -156,24 +156,35 @@ def run_test(args: argparse.Namespace) -> int:
     loader = build_loader(loader_cfg, train=False, seed=0, distributed=distributed, name="test_dataloader")
     model = build_model(cfg["model"])
     from lateral.checkpoint import load_checkpoint
+    from lateral.data.datasets import check_label_range
 
+    check_label_range(loader.dataset, model.num_classes, "test_dataloader")
     load_checkpoint(model, args.checkpoint, strict=True)
     if args.max_testing_views:
         model.max_testing_views = args.max_testing_views
     model.to(device).eval()
     scores, labels = collect_scores(model, loader, device, resolve_amp(args.amp, device), not args.no_progress)
+    failed = int(dist_utils.sum_over_ranks(getattr(loader.dataset, "num_failures", 0), device))  # every rank's shard
     if dist_utils.is_main_process():
         if len(labels) == 0:
             raise ValueError("no test sample could be decoded")
         metrics = classification_metrics(scores, labels)
+        if metrics["num_samples"] == 0:
+            raise ValueError(f"none of the {len(labels)} test samples has a label (all are -1), so there is nothing "
+                             "to score; `lateral predict` classifies unlabelled videos")
         names = read_label_names(args.labels, cfg, model.num_classes)
         out_dir = Path(args.out or Path(args.checkpoint).parent / "test")
-        save_confusion(metrics["confusion_matrix"], names, out_dir)
-        metrics["failed_samples"] = int(getattr(loader.dataset, "num_failures", 0))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if "confusion_matrix" in metrics:
+            save_confusion(metrics["confusion_matrix"], names, out_dir)
+        metrics["failed_samples"] = failed
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         printable = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
         print(json.dumps(printable, indent=1))
-        print(f"confusion matrix and metrics written to {out_dir}")
+        if metrics.get("num_unlabelled"):
+            print(f"{metrics['num_unlabelled']} unlabelled samples (label -1) were left out of the metrics",
+                  file=sys.stderr)
+        print(f"metrics{' and confusion matrix' if 'confusion_matrix' in metrics else ''} written to {out_dir}")
     dist_utils.cleanup()
     return 0
 

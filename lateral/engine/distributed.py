@@ -22,6 +22,8 @@ __all__ = [
     "barrier",
     "all_gather_objects",
     "broadcast_object",
+    "all_ranks_true",
+    "sum_over_ranks",
     "InferenceSampler",
     "broadcast_buffers",
     "average_buffers",
@@ -117,6 +119,36 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def _reduce_device(device: torch.device | None) -> torch.device:
+    """Where a collective's tensor must live: NCCL reduces only CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return device if device is not None and device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_ranks_true(flag: bool, device: torch.device | None = None) -> bool:
+    """Whether ``flag`` holds on every rank (``flag`` itself without a process group).
+
+    Every rank must call it at the same point. Ranks use it to agree on a step that only some of them could take
+    (a batch one rank could not read): a rank that skipped a step alone would leave the others waiting forever in
+    the gradient all-reduce.
+    """
+    if not is_distributed():
+        return bool(flag)
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_reduce_device(device))
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return bool(box.item())
+
+
+def sum_over_ranks(value: float, device: torch.device | None = None) -> float:
+    """``value`` summed over all ranks (``value`` itself without a process group); every rank must call it."""
+    if not is_distributed():
+        return value
+    box = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device(device))
+    dist.all_reduce(box, op=dist.ReduceOp.SUM)
+    return box.item()
 
 
 class InferenceSampler(torch.utils.data.Sampler):

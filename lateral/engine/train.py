@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lateral.checkpoint import load_checkpoint, read_checkpoint, remove_partial_checkpoints, save_checkpoint
+from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_partial_checkpoints, save_checkpoint
 from lateral.config import ConfigError, check_keys, check_top_level, positive_int_setting
 from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
@@ -83,6 +83,15 @@ def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
             raise ConfigError("--amp fp16 needs a GPU; on CPU use --amp bf16")
         return torch.float16
     raise ConfigError(f"--amp must be bf16, fp16 or none, got '{amp}'")
+
+
+def seed_setting(value: Any) -> int:
+    """``randomness.seed``: a whole number, or None for 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"randomness.seed must be a whole number (or None), got {value!r}")
+    return value
 
 
 def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool, name: str = "the *_dataloader config"):
@@ -167,6 +176,12 @@ def _link_or_save(source: Path, target: Path, state: dict) -> None:
         save_checkpoint(state, target)
 
 
+def _epoch_number(path: Path) -> int:
+    """``epoch_12.pth`` -> 12 (-1 for a name of that pattern without a number)."""
+    suffix = path.stem.split("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
 class Trainer:
     """Runs training (and periodic validation) from a full config dict.
 
@@ -208,7 +223,7 @@ class Trainer:
         self.ckpt_interval = positive_int_setting(ckpt_hook.get("interval", 1), "default_hooks.checkpoint.interval")
         self.max_keep_ckpts = int(ckpt_hook.get("max_keep_ckpts", -1))
         randomness = check_keys(cfg.get("randomness"), RANDOMNESS_KEYS, "randomness")
-        self.seed = int(randomness.get("seed") or 0)
+        self.seed = seed_setting(randomness.get("seed"))
 
         for key in ("model", "train_dataloader", "optim_wrapper"):
             if key not in cfg:
@@ -228,6 +243,11 @@ class Trainer:
         torch.manual_seed(self.seed + dist_utils.rank())
         seed_data_rng(self.seed + dist_utils.rank())
         model = build_model(cfg["model"])
+        from lateral.data.datasets import check_label_range
+
+        check_label_range(self.train_loader.dataset, model.num_classes, "train_dataloader")
+        if self.val_loader is not None:
+            check_label_range(self.val_loader.dataset, model.num_classes, "val_dataloader")
         if cfg.get("load_from"):
             load_checkpoint(model, cfg["load_from"], strict=False, drop_mismatched_head=True)
         if cfg.get("sync_bn") and self.distributed:
@@ -275,13 +295,17 @@ class Trainer:
         if dist_utils.is_main_process():  # a run killed inside a save leaves its temporary file behind
             for stale in remove_partial_checkpoints(self.work_dir):
                 logger.info("removed the partial checkpoint %s left by an interrupted save", stale.name)
-        path = self.work_dir / "latest.pth" if resume == "auto" else Path(resume)
-        if not path.is_file():
-            if resume == "auto":
+        if resume == "auto":
+            found = self._newest_readable_checkpoint()
+            if found is None:
                 logger.info("no checkpoint in %s to resume from; starting from scratch", self.work_dir)
                 return
-            raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-        ckpt = read_checkpoint(path, map_location="cpu")
+            path, ckpt = found
+        else:
+            path = Path(resume)
+            if not path.is_file():
+                raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
+            ckpt = read_checkpoint(path, map_location="cpu")
         load_checkpoint(self.model, ckpt, strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -292,17 +316,61 @@ class Trainer:
         self.iteration = int(meta["iter"])
         self.best_top1 = float(meta.get("best_top1", -1.0))
         self.history = list(meta.get("history", []))
-        if "rng" in ckpt:
-            _set_rng_state(ckpt["rng"])
+        self._restore_rng(ckpt)
         self._log({"event": "resume", "checkpoint": str(path), "epoch": self.start_epoch, "iter": self.iteration})
 
-    def checkpoint_dict(self, epoch: int) -> dict[str, Any]:
+    def _newest_readable_checkpoint(self) -> tuple[Path, dict] | None:
+        """(path, checkpoint) of ``latest.pth``, or of the newest readable ``epoch_N.pth`` when latest.pth is
+        missing or damaged (a disk that filled up, a copy cut short); None when the folder holds no checkpoint."""
+        epochs = sorted(self.work_dir.glob("epoch_*.pth"), key=_epoch_number, reverse=True)
+        candidates = [p for p in [self.work_dir / "latest.pth", *epochs] if p.is_file()]
+        if not candidates:
+            return None
+        problems = []
+        for path in candidates:
+            try:
+                ckpt = read_checkpoint(path, map_location="cpu")
+            except CheckpointError as err:
+                problems.append(str(err))
+                continue
+            if problems and dist_utils.is_main_process():
+                logger.warning("resuming from %s, because %s", path.name, "; ".join(problems))
+            return path, ckpt
+        raise CheckpointError(f"--resume auto: no checkpoint in {self.work_dir} can be read:\n  " + "\n  ".join(problems)
+                              + "\nStart the run again without --resume (or in a new work_dir).")
+
+    def _restore_rng(self, ckpt: dict) -> None:
+        """Give this rank the random-number state it had when the checkpoint was written.
+
+        Checkpoints hold every rank's state (``rng_ranks``). Resumed with another number of processes, the ranks'
+        streams cannot be continued: each is re-seeded from (seed, epoch, rank), and the run is no longer the
+        bit-for-bit continuation of the interrupted one.
+        """
+        per_rank = ckpt.get("rng_ranks") or ([ckpt["rng"]] if "rng" in ckpt else [])
+        if not per_rank:
+            return
+        if len(per_rank) == dist_utils.world_size():
+            _set_rng_state(per_rank[dist_utils.rank()])
+            return
+        if dist_utils.is_main_process():
+            logger.warning("the checkpoint was written by %d process(es) and this run has %d: the random-number "
+                           "streams are re-seeded, so the resumed run is not bit-identical to an uninterrupted one",
+                           len(per_rank), dist_utils.world_size())
+        reseed = self.seed * 100_003 + self.start_epoch * 1009 + dist_utils.rank()
+        random.seed(reseed)
+        np.random.seed(reseed % 2**32)
+        torch.manual_seed(reseed)
+
+    def checkpoint_dict(self, epoch: int, rng_ranks: list[dict] | None = None) -> dict[str, Any]:
+        """What a checkpoint holds; ``rng_ranks``: every rank's random-number state (default: this process's)."""
+        rng_ranks = rng_ranks or [_rng_state()]
         return {
             "state_dict": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
             "meta": {
                 "epoch": epoch,
                 "iter": self.iteration,
@@ -314,10 +382,15 @@ class Trainer:
         }
 
     def save(self, epoch: int, name: str | None = None) -> Path | None:
-        """Write ``epoch_N.pth`` (or ``name``) and ``latest.pth`` atomically; rank 0 only."""
+        """Write ``epoch_N.pth`` (or ``name``) and ``latest.pth`` atomically.
+
+        Every rank must call it: the ranks' random-number states are gathered into the checkpoint, so that a run
+        resumed under ``torchrun`` continues each rank's stream. Rank 0 writes and returns the path; others None.
+        """
+        rng_ranks = dist_utils.all_gather_objects(_rng_state())
         if not dist_utils.is_main_process():
             return None
-        state = self.checkpoint_dict(epoch)
+        state = self.checkpoint_dict(epoch, rng_ranks)
         path = self.work_dir / (name or f"epoch_{epoch}.pth")
         if name is not None:
             save_checkpoint(state, path)
@@ -333,7 +406,7 @@ class Trainer:
     def _prune(self) -> None:
         if self.max_keep_ckpts <= 0:
             return
-        epochs = sorted(self.work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+        epochs = sorted(self.work_dir.glob("epoch_*.pth"), key=_epoch_number)
         for old in epochs[: -self.max_keep_ckpts]:
             old.unlink(missing_ok=True)
 
@@ -362,16 +435,16 @@ class Trainer:
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
         if num_views > 1:
             labels = labels.repeat_interleave(num_views, dim=0)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it afterwards)
+        # the forward updates BatchNorm statistics; a rescue checkpoint after a non-finite loss must not hold those
+        buffers_before = [b.detach().clone() for b in self.model.buffers()]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             scores = self.ddp_model(clips)  # through DDP so that gradients are all-reduced
         losses = recognizer.cls_head.loss(scores.float(), labels)
         loss = sum(v for k, v in losses.items() if k.startswith("loss"))
-        if not torch.isfinite(loss):
-            path = self.save(self._epoch, name=f"nonfinite_iter{self.iteration}.pth")
-            raise NonFiniteLossError(
-                f"loss became {loss.item()} at iteration {self.iteration} (epoch {self._epoch + 1}); the weights "
-                f"before this step are saved in {path}. Lower the learning rate or enable clip_grad."
-            )
+        # all ranks stop together: one rank stopping alone would leave the others in the gradient all-reduce
+        if not dist_utils.all_ranks_true(bool(torch.isfinite(loss)), self.device):
+            self._stop_on_nonfinite_loss(loss, buffers_before)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.clip_grad:
@@ -381,7 +454,24 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.iteration += 1
-        return {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())}
+        return {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach()), "lr": lr}
+
+    def _stop_on_nonfinite_loss(self, loss: torch.Tensor, buffers_before: list[torch.Tensor]) -> None:
+        """Save the model as it was before the failing step (when its weights are still finite) and raise."""
+        failing = self.iteration + 1  # iterations are counted from 1 in the log
+        with torch.no_grad():
+            for buffer, before in zip(self.model.buffers(), buffers_before):
+                buffer.copy_(before)
+        weights_finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        where = f"at iteration {failing} (epoch {self._epoch + 1})"
+        what = "the loss became non-finite on another rank" if bool(torch.isfinite(loss)) else f"the loss became {loss.item()}"
+        if weights_finite:  # the same on every rank: parameters are identical under DDP
+            path = self.save(self._epoch, name=f"nonfinite_iter{failing}.pth")
+            kept = f"the model before this step is saved in {path or self.work_dir / f'nonfinite_iter{failing}.pth'}"
+        else:
+            kept = ("the weights were already non-finite (the previous update overflowed), so no rescue checkpoint "
+                    f"was written; the last finished epoch is in {self.work_dir / 'latest.pth'}")
+        raise NonFiniteLossError(f"{what} {where}; {kept}. Lower the learning rate or enable clip_grad.")
 
     def precise_bn(self, num_iters: int) -> None:
         """Recompute BatchNorm statistics as true averages over ``num_iters`` training batches."""
@@ -401,7 +491,9 @@ class Trainer:
                 if batch is None:
                     continue
                 inputs = prepare_inputs(batch["inputs"], recognizer, self.device)
-                self.ddp_model(inputs.flatten(0, 1))
+                # the bare model, not DDP: no collective per batch (ranks may skip different unreadable batches)
+                # and no broadcast of rank 0's statistics over each rank's own
+                recognizer(inputs.flatten(0, 1))
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
         dist_utils.average_buffers(self.model)  # each rank saw its own batches: average the statistics
@@ -412,7 +504,7 @@ class Trainer:
         if len(labels) == 0:
             return {"num_samples": 0}
         metrics = classification_metrics(scores, labels)
-        metrics.pop("confusion_matrix")
+        metrics.pop("confusion_matrix", None)
         return metrics
 
     def _seed_epoch(self, epoch: int) -> None:
@@ -432,6 +524,10 @@ class Trainer:
         if self.train_loader.num_workers == 0:
             seed_data_rng(self.seed * 100_003 + epoch * 1009 + dist_utils.rank())
 
+    def _failures(self) -> int:
+        """Unreadable sample reads so far in this process and its DataLoader workers."""
+        return int(getattr(self.train_loader.dataset, "num_failures", 0))
+
     def run(self) -> dict:
         """Train to ``max_epochs``; return a summary with the last validation metrics and checkpoint paths."""
         last_val: dict = {}
@@ -443,21 +539,24 @@ class Trainer:
             self.model.train()
             started = time.time()
             running: dict[str, float] = {}
-            seen = 0
+            seen = skipped = 0
+            failures_before = self._failures()
             show = self.progress and dist_utils.is_main_process()
             bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.max_epochs}", disable=not show, leave=False)
             for batch in bar:
-                if batch is None:
+                # a batch whose every sample failed to decode is None; under DDP the step is skipped on all ranks
+                # when any rank has none, since a rank skipping alone would hang the others in the all-reduce
+                if not dist_utils.all_ranks_true(batch is not None, self.device):
+                    skipped += 1
                     continue
                 step = self._train_step(batch)
                 seen += 1
                 for k, v in step.items():
                     running[k] = running.get(k, 0.0) + v
                 if show:
-                    bar.set_postfix(loss=f"{step['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    bar.set_postfix(loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.2e}")
                 if self.iteration % self.log_interval == 0:
-                    self._log({"event": "train", "epoch": epoch + 1, "iter": self.iteration,
-                               "lr": self.optimizer.param_groups[0]["lr"], **step})
+                    self._log({"event": "train", "epoch": epoch + 1, "iter": self.iteration, **step})
             if seen == 0:
                 dataset = self.train_loader.dataset
                 summary = dataset.failure_summary() if hasattr(dataset, "failure_summary") else ""
@@ -468,18 +567,22 @@ class Trainer:
                 )
             epoch_record = {k: v / max(seen, 1) for k, v in running.items()}
             epoch_record.update(epoch=epoch + 1, seconds=round(time.time() - started, 2), iters=seen)
-            failed = getattr(self.train_loader.dataset, "num_failures", 0)
+            failed = int(dist_utils.sum_over_ranks(self._failures() - failures_before, self.device))
             if failed:
-                epoch_record["failed_samples"] = int(failed)
-                logger.warning("epoch %d: %d unreadable training samples skipped so far", epoch + 1, failed)
+                epoch_record["failed_samples"] = failed
+                epoch_record["skipped_batches"] = skipped
+                if dist_utils.is_main_process():
+                    logger.warning("epoch %d: %d unreadable training sample reads skipped (all ranks); %d batches "
+                                   "skipped", epoch + 1, failed, skipped)
             precise = self.cfg.get("precise_bn")
             if precise:
                 self.precise_bn(int(precise.get("num_iters", 200)))
             if self.val_loader is not None and (epoch + 1) >= self.val_begin and (epoch + 1) % self.val_interval == 0:
                 last_val = self.validate()
                 epoch_record.update({f"val_{k}": v for k, v in last_val.items()})
-                if last_val.get("top1_acc", -1) > self.best_top1:
-                    self.best_top1 = last_val["top1_acc"]
+                score = last_val.get("top1_acc", last_val.get("mean_average_precision", -1))  # mAP: multi-label
+                if score > self.best_top1:
+                    self.best_top1 = score
                     self.save(epoch + 1, name="best.pth")
             self.history.append(epoch_record)
             self._log({"event": "epoch", **epoch_record})

@@ -1,6 +1,8 @@
 """Two-process DDP on CPU (gloo) through torchrun: ranks agree on the weights, evaluation counts each sample once."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +24,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_torchrun(cmd: list[str], out_dir: Path) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=HERE.parents[1])
+def run_torchrun(cmd: list[str], out_dir: Path, timeout: int = 600) -> None:
+    # its own process group, so that a hung run (a deadlock between ranks) is killed with its workers
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parents[1],
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s (ranks waiting for each other?): {cmd}")
+    done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     # the files the ranks wrote before a failure tell a crash during the run from one at process exit
     written = sorted(p.name for p in out_dir.iterdir())
     assert done.returncode == 0, f"files written: {written}\n" + done.stdout[-3000:] + done.stderr[-3000:]
@@ -89,6 +100,50 @@ def test_two_rank_detection_training_and_sharded_evaluation(tmp_path):
         assert mine["image_id"] == theirs["image_id"] and mine["category_id"] == theirs["category_id"]
         assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=1e-3)
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
+
+
+def _list_with_bad_files_in_rank0_shard(data: Path, out: Path, num_bad: int) -> Path:
+    """A copy of the training list in which ``num_bad`` of the samples that rank 0 of 2 draws in epoch 1 point to a
+    truncated video, so that only rank 0 meets unreadable batches there."""
+    lines = (data / "train_list.txt").read_text().splitlines()
+    sampler = torch.utils.data.DistributedSampler(range(len(lines)), num_replicas=2, rank=0, shuffle=True, seed=0)
+    sampler.set_epoch(0)
+    rank0_indices = list(sampler)[:num_bad]
+    good = data / lines[0].rsplit(" ", 1)[0]
+    bad = out / "truncated.mp4"
+    bad.write_bytes(good.read_bytes()[:400])
+    for index in rank0_indices:
+        lines[index] = f"{bad} {lines[index].rsplit(' ', 1)[1]}"
+    path = out / "train_with_bad.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.ddp
+def test_two_ranks_survive_unreadable_batches_on_one_rank_and_resume_bit_identically(tmp_path, motion_data):
+    """Unreadable files in only one rank's shard: the ranks agree to skip those steps (a rank skipping alone left
+    the other in the gradient all-reduce forever). A run stopped after epoch 1 and resumed ends with exactly the
+    weights and per-rank BatchNorm statistics of a straight run: every rank gets back its own random state."""
+    ann = _list_with_bad_files_in_rank0_shard(motion_data, tmp_path, num_bad=2)
+    cfg = tiny_run_config(motion_data, epochs=2, ann_train=str(ann))
+    cfg["train_dataloader"]["batch_size"] = 1
+    cfg["train_cfg"] = dict(max_epochs=2, val_interval=5)
+    cfg["model"]["cls_head"]["dropout_ratio"] = 0.5  # a consumer of each rank's torch random stream
+    write_config(cfg, tmp_path / "cfg.py")
+    for mode in ("straight", "resumed"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), str(HERE / "ddp_resume_worker.py"), str(tmp_path / "cfg.py"),
+               str(tmp_path), mode]
+        run_torchrun(cmd, tmp_path, timeout=300)
+    records = [json.loads(line) for line in (tmp_path / "work_straight" / "log.jsonl").read_text().splitlines()]
+    first_epoch = [r for r in records if r["event"] == "epoch"][0]
+    assert first_epoch["skipped_batches"] == 2 and first_epoch["iters"] == 6  # 8 steps per rank, 2 skipped
+    assert first_epoch["failed_samples"] == 2  # counted over both ranks
+    for rank in (0, 1):
+        straight = torch.load(tmp_path / f"straight_rank{rank}.pt", weights_only=True)
+        resumed = torch.load(tmp_path / f"resumed_rank{rank}.pt", weights_only=True)
+        for key in straight:
+            assert torch.equal(straight[key], resumed[key]), (rank, key)
 
 
 def test_exit_worker_flushes_and_keeps_the_exit_code():

@@ -8,7 +8,7 @@ import pytest
 import lateral
 from lateral.config import ConfigError
 from lateral.engine.distributed import InferenceSampler
-from lateral.engine.metrics import classification_metrics, save_confusion, top_k_accuracy
+from lateral.engine.metrics import average_precision, classification_metrics, save_confusion, top_k_accuracy
 from lateral.engine.optim import build_lr_factor, build_optimizer
 
 
@@ -64,6 +64,30 @@ def test_top_k_mean_class_accuracy_and_confusion(tmp_path):
     json_path, png_path = save_confusion(np.array(metrics["confusion_matrix"]), ["a", "b", "c"], tmp_path)
     assert png_path.stat().st_size > 1000 and '"classes": [' in json_path.read_text()
     assert top_k_accuracy(np.array([[1.0, 1.0]]), np.array([1]), (1,))[1] == 0.0  # ties go to the lower index
+
+
+def test_unlabelled_samples_are_left_out_and_out_of_range_labels_refused():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    metrics = classification_metrics(scores, np.array([0, -1, 0, -1]))
+    # only the two labelled samples count (both right); -1 does not wrap into the last row of the matrix
+    assert metrics["top1_acc"] == 1.0 and metrics["num_samples"] == 2 and metrics["num_unlabelled"] == 2
+    assert metrics["confusion_matrix"] == [[2, 0], [0, 0]]
+    with pytest.raises(ValueError, match=r"labels \[2, 5\] are outside 0..1: the model scores 2 classes"):
+        classification_metrics(scores, np.array([0, 2, 5, 1]))
+
+
+def test_average_precision_matches_the_hand_computed_curve_and_multi_label_reports_map():
+    # ranked: 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): precision at the positives 1/1 and 2/3
+    assert average_precision(np.array([0.7, 0.1, 0.9, 0.8]), np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
+    # tied scores enter together: one threshold at 0.5 holding 1 positive of 2 -> precision 1/2 at recall 1
+    assert average_precision(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
+    assert np.isnan(average_precision(np.array([0.3, 0.2]), np.array([0, 0])))
+    scores = np.array([[0.9, 0.2, 0.1], [0.8, 0.7, 0.3], [0.1, 0.6, 0.2]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0]], dtype=np.float32)  # class 2 has no positive: left out
+    metrics = classification_metrics(scores, targets)
+    expected = (average_precision(scores[:, 0], targets[:, 0]) + average_precision(scores[:, 1], targets[:, 1])) / 2
+    assert metrics == {"mean_average_precision": pytest.approx(expected), "num_samples": 3}
+    assert expected == pytest.approx((1.0 + 1.0) / 2)
 
 
 def test_inference_sampler_shards_cover_every_index_once():

@@ -95,14 +95,39 @@ def test_bf16_autocast_training_with_alpha_8_laterals_stays_finite(tmp_path, run
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_nan_loss_stops_with_step_number_and_checkpoint(tmp_path, run_config):
+def test_nan_loss_saves_the_model_before_the_failing_step(tmp_path, run_config):
+    """The rescue checkpoint holds the weights and BatchNorm statistics from before the step whose loss was NaN
+    (the failing forward has already put NaN into the running statistics), named by the step's 1-based number."""
+    trainer = Trainer(run_config, tmp_path / "nan", progress=False)
+    model = trainer.ddp_model
+    calls = []
+
+    def forward_nan_on_second_step(clips):
+        calls.append(1)
+        return model(torch.full_like(clips, float("nan")) if len(calls) == 2 else clips)
+
+    trainer.ddp_model = forward_nan_on_second_step
+    with pytest.raises(NonFiniteLossError, match="at iteration 2 ") as info:
+        trainer.run()
+    rescue = tmp_path / "nan" / "nonfinite_iter2.pth"
+    assert rescue.exists() and "nonfinite_iter2.pth" in str(info.value)
+    ckpt = read_checkpoint(rescue)
+    assert ckpt["meta"]["iter"] == 1
+    running = [k for k in ckpt["state_dict"] if k.endswith("running_mean")]
+    assert running and all(torch.isfinite(ckpt["state_dict"][k]).all() for k in running)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    # it is the model as it stands after the (undone) failing forward: resuming from it repeats nothing broken
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key
+
+
+def test_nan_loss_from_non_finite_weights_writes_no_useless_rescue(tmp_path, run_config):
     trainer = Trainer(run_config, tmp_path / "nan", progress=False)
     with torch.no_grad():
         trainer.model.cls_head.fc_cls.bias[0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match="iteration 0") as info:
+    with pytest.raises(NonFiniteLossError, match="iteration 1 .*already non-finite.*latest.pth"):
         trainer.run()
-    assert (tmp_path / "nan" / "nonfinite_iter0.pth").exists()
-    assert "nonfinite_iter0.pth" in str(info.value)
+    assert not list((tmp_path / "nan").glob("nonfinite_*.pth"))
 
 
 def test_missing_dataset_fails_before_any_work(tmp_path, run_config):
@@ -349,6 +374,61 @@ def test_bad_counts_devices_and_learning_rates_are_named(tmp_path, run_config):
         with pytest.raises(ValueError, match="sees no CUDA GPU here"):
             resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any_work(tmp_path, run_config,
+                                                                                       motion_data):
+    lines = (motion_data / "test_list.txt").read_text().splitlines()
+    ann = tmp_path / "val_oor.txt"
+    ann.write_text("\n".join(lines[:-1] + [lines[-1].rsplit(" ", 1)[0] + " 99"]) + "\n")
+    cfg = json.loads(json.dumps(run_config))
+    cfg["val_dataloader"]["dataset"]["ann_file"] = str(ann)
+    num_classes = cfg["model"]["cls_head"]["num_classes"]
+    with pytest.raises(ConfigError, match=f"(?s)val_dataloader: 1 sample.* outside 0..{num_classes - 1}.*label 99"):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    cfg = json.loads(json.dumps(run_config))
+    cfg["randomness"]["seed"] = "abc"
+    with pytest.raises(ConfigError, match="randomness.seed must be a whole number"):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_logged_lr_is_the_one_each_step_used(tmp_path, run_config):
+    cfg = dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5))
+    train(cfg, tmp_path / "run", progress=False)
+    steps = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"train"' in l]
+    # LinearLR(start_factor=0.5) over the first epoch: the first step runs at half the base rate of 0.01
+    assert steps[0]["iter"] == 1 and steps[0]["lr"] == pytest.approx(0.005)
+    assert steps[1]["lr"] > steps[0]["lr"]
+
+
+def test_resume_auto_falls_back_to_the_newest_readable_epoch_checkpoint(tmp_path, run_config, caplog):
+    work = tmp_path / "run"
+    train(dict(run_config, train_cfg=dict(max_epochs=2, val_interval=5)), work, progress=False)
+    latest = work / "latest.pth"
+    latest.unlink()  # epoch_2.pth is a hard link to the same file: cut a separate copy short
+    latest.write_bytes((work / "epoch_2.pth").read_bytes()[:5000])
+    with caplog.at_level("WARNING", logger="lateral.train"):
+        trainer = Trainer(run_config, work, resume="auto", progress=False)
+    assert trainer.start_epoch == 2
+    assert "resuming from epoch_2.pth, because" in caplog.text and "latest.pth" in caplog.text
+    for name in ("epoch_1.pth", "epoch_2.pth"):
+        (work / name).write_bytes(b"")
+    with pytest.raises(lateral.checkpoint.CheckpointError, match="no checkpoint in .* can be read"):
+        Trainer(run_config, work, resume="auto", progress=False)
+
+
+def test_ctrl_c_during_training_names_resume_auto(monkeypatch, capsys, config_file):
+    import lateral.engine.train as train_module
+    from lateral.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert main(["train", str(config_file), "--no-progress"]) == 130
+    assert "interrupted. The checkpoints written so far are kept: the same command with --resume auto" in \
+        capsys.readouterr().err
 
 
 def test_timeline_with_a_stride_longer_than_the_video_has_one_window(motion_data, run_config):
