@@ -20,7 +20,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "remove_partial_checkpoints",
-    "save_checkpoint",
+    "save_checkpoint", "local_checkpoint_path", "load_pretrained",
 ]
 
 _STATE_DICT_KEYS = ("state_dict", "model_state", "model", "module")
@@ -30,6 +30,69 @@ _IGNORABLE_PREFIXES = ("data_preprocessor.",)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message lists every problem."""
+
+
+def local_checkpoint_path(value: Any, key: str) -> Path:
+    """The file a ``pretrained`` / ``init_cfg.checkpoint`` / ``load_from`` setting names, checked to exist.
+
+    Raises:
+        CheckpointError: a URL or model-zoo name (lateral downloads nothing), a value that is not a path, or a
+            file that does not exist.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise CheckpointError(f"{key} must be the path of a checkpoint file, got {type(value).__name__} {value!r}")
+    text = str(value)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        hint = ""
+        if scheme == "torchvision":
+            arch = text.split("://", 1)[1]
+            hint = (f" For torchvision's {arch}: torch.save(torchvision.models.{arch}(weights='DEFAULT').state_dict(), "
+                    f"'{arch}.pth') on a machine with internet, then {key}='{arch}.pth' (2D weights are inflated).")
+        raise CheckpointError(f"{key}='{text}': lateral does not download weights (nothing is fetched at run time). "
+                              f"Download the file once and set {key} to its local path.{hint}")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{key}: checkpoint file not found: {path}")
+    return path
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix: str | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Fill ``model`` from a checkpoint that may cover only part of it (mmengine ``init_cfg=dict(type='Pretrained')``
+    semantics: non-strict), but never silently load nothing.
+
+    Args:
+        prefix: keep only the checkpoint keys that start with it, stripped (``'backbone.'``); a checkpoint saved
+            from a wrapper (``module.``) is unwrapped first.
+        state: the file's state dict, if the caller has read it already.
+
+    Returns:
+        The :func:`load_checkpoint` report (``loaded``: the model keys filled).
+
+    Raises:
+        CheckpointError: not one tensor of the checkpoint fits the model (the message shows both sides' keys).
+    """
+    path = local_checkpoint_path(path, key)
+    state = read_state_dict(path) if state is None else state
+    if prefix:
+        selected = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+        if not selected:
+            raise CheckpointError(f"{key}: {path} has no key starting with prefix '{prefix}' "
+                                  f"(its first keys: {list(state)[:4]})")
+        state = selected
+    report = load_checkpoint(model, state, strict=False, source=str(path))
+    own = model.state_dict()
+    if not report["loaded"]:
+        raise CheckpointError(f"{key}: not one tensor of {path} fits {type(model).__name__}: its keys look like "
+                              f"{list(state)[:3]}, the model's like {list(own)[:3]}")
+    # BatchNorm fills a missing num_batches_tracked itself: it is no gap
+    kept = [k for k in own if k not in set(report["loaded"]) and not k.endswith("num_batches_tracked")]
+    if kept:
+        shown = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")
+        warnings.warn(f"{key}: {path} filled {len(report['loaded'])} of {len(own)} tensors of "
+                      f"{type(model).__name__}; {len(kept)} keep their initialisation ({shown})", stacklevel=2)
+    return report
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -44,17 +107,64 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         kind = "an empty file" if not head else f"a file starting with {head!r}"
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}; torch.save writes a zip archive)")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            blocked = _blocked_globals(path)
+            if not blocked or any(not _is_numpy_data(name) for name in blocked):
+                raise
+            # numpy scalars and arrays in ``meta`` (mmcv's best_score): plain data, allowed by name, nothing else
+            with torch.serialization.safe_globals([_resolve(name) for name in blocked] + _numpy_dtype_classes()):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        blocked = _blocked_globals(path)
+        what = f" ({', '.join(blocked[:5])})" if blocked else ""
         raise CheckpointError(
-            f"{path} holds objects other than tensors and plain containers, so it was not loaded "
-            f"(weights_only=True): {str(err).splitlines()[0]}"
+            f"{path} holds objects other than tensors, numpy arrays and plain containers{what}, so it was not "
+            "loaded: reading it would run code from the file (torch.load weights_only=True refuses that). Re-save "
+            "only its state_dict from a trusted environment."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err!r}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
     return obj
+
+
+def _blocked_globals(path: Path) -> list[str]:
+    """The classes and functions a checkpoint's pickle names beyond what ``weights_only`` allows by default."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a pickle that cannot even be scanned: report it without names
+        return []
+
+
+def _is_numpy_data(name: str) -> bool:
+    """Whether a pickle global only rebuilds numpy numbers or arrays (never code)."""
+    if not name.startswith("numpy."):
+        return False
+    last = name.rsplit(".", 1)[-1]
+    return (name in ("numpy.dtype", "numpy.ndarray") or last in ("scalar", "_reconstruct") and ".multiarray." in name
+            or name.startswith("numpy.dtypes.") and last.endswith("DType") and last != "ObjectDType")
+
+
+def _numpy_dtype_classes() -> list[type]:
+    """numpy's dtype classes of numbers, booleans and dates (``Float64DType``, ...), which rebuilding an array or a
+    scalar names only once its first globals are allowed; object and void dtypes are left out."""
+    import numpy as np
+
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is None:
+        return []
+    return [getattr(dtypes, name) for name in dir(dtypes)
+            if name.endswith("DType") and name not in ("ObjectDType", "VoidDType", "StringDType")]
+
+
+def _resolve(name: str) -> Any:
+    import importlib
+
+    module, attr = name.rsplit(".", 1)
+    return getattr(importlib.import_module(module), attr)
 
 
 def extract_state_dict(obj: dict[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -103,7 +213,8 @@ def load_checkpoint(
         source: what error messages call the checkpoint (default: its path, or 'checkpoint dict').
 
     Returns:
-        ``{'missing': [...], 'unexpected': [...], 'dropped': [...], 'meta': checkpoint meta or {}}``.
+        ``{'missing': [...], 'unexpected': [...], 'dropped': [...], 'loaded': [model keys filled],
+        'meta': checkpoint meta or {}}``.
 
     Raises:
         CheckpointError: one error listing every missing, unexpected and shape-mismatched key.
@@ -142,7 +253,8 @@ def load_checkpoint(
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointError(_mismatch_message(source, model, missing if strict else [], unexpected if strict else [], mismatched))
     result = model.load_state_dict(state, strict=False)
-    return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys), "dropped": dropped, "meta": meta}
+    return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys), "dropped": dropped,
+            "loaded": [k for k in state if k in own], "meta": meta}
 
 
 def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: list, mismatched: list) -> str:

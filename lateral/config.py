@@ -16,6 +16,7 @@ import difflib
 import operator
 import os
 import pprint
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,12 @@ _BINARY_OPS = {
     ast.Pow: operator.pow,
 }
 _UNARY_OPS = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+# Bounds on what a config expression may build, so that a file cannot hang or exhaust the machine that reads it
+# (``10 ** 10 ** 9``, ``'a' * 10 ** 10``, ``f'{x:999999999}'``): far beyond any real setting.
+_MAX_ITEMS = 1_000_000  # characters of a string, items of a list or tuple
+_MAX_INT_BITS = 10_000  # about 3000 digits: below Python's 4300-digit limit on printing an int
+_MAX_FORMAT_WIDTH = 10_000
+_MAX_FILE_BYTES = 10_000_000
 _CONSTRUCTORS = {"dict": dict, "list": list, "tuple": tuple}
 
 
@@ -150,6 +157,10 @@ class _Evaluator:
             return {self.eval(e) for e in node.elts}
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
             left, right = self.eval(node.left), self.eval(node.right)
+            too_big = _too_big(node.op, left, right)
+            if too_big:
+                raise ConfigError(f"{self.path}:{node.lineno}: this expression would build {too_big}, more than a "
+                                  "config may hold")
             try:
                 return _BINARY_OPS[type(node.op)](left, right)
             except Exception as err:  # e.g. 'a' - 1
@@ -163,6 +174,9 @@ class _Evaluator:
                     parts.append(str(value.value))
                 elif isinstance(value, ast.FormattedValue):
                     spec = self.eval(value.format_spec) if value.format_spec is not None else ""
+                    if any(int(width) > _MAX_FORMAT_WIDTH for width in re.findall(r"\d+", str(spec))):
+                        raise ConfigError(f"{self.path}:{node.lineno}: the format '{spec}' asks for a field wider "
+                                          f"than {_MAX_FORMAT_WIDTH} characters")
                     parts.append(format(self.eval(value.value), spec))
                 else:
                     raise self.fail(value, "this f-string part")
@@ -208,9 +222,43 @@ class _Evaluator:
         return value
 
 
+def _too_big(op: ast.operator, left: Any, right: Any) -> str:
+    """What ``left <op> right`` would build if that exceeds the config bounds ('' when it does not)."""
+    if isinstance(op, ast.Pow) and type(left) is int and type(right) is int and right > 0 and abs(left) > 1:
+        if abs(left).bit_length() * right > _MAX_INT_BITS:
+            return f"a number of about {abs(left).bit_length() * right} bits"
+    if isinstance(op, ast.Mult):
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, (str, bytes, list, tuple)) and type(count) is int and len(seq) * count > _MAX_ITEMS:
+                return f"a sequence of {len(seq) * count} items"
+    if isinstance(op, ast.Mod) and isinstance(left, str):
+        fields = re.findall(r"%[-+ #0]*(\*|\d*)(?:\.(\*|\d*))?", left)
+        widths = [int(w) for field in fields for w in field if w.isdigit()]
+        if "*" in str(fields):  # widths taken from the arguments
+            widths += [v for v in (right if isinstance(right, tuple) else (right,)) if type(v) is int]
+        if any(width > _MAX_FORMAT_WIDTH for width in widths):
+            return f"a %-format field wider than {_MAX_FORMAT_WIDTH} characters"
+    if isinstance(op, (ast.Add, ast.Mult)) and type(left) is int and type(right) is int:
+        if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+            return "a number too large"
+    return ""
+
+
+def _target_names(target: ast.AST) -> list[str]:
+    """The names an assignment target binds (``a``, and ``a``, ``b`` of ``a, b = ...``)."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts for name in _target_names(element)]
+    return []
+
+
 def _parse_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (merged base config, names the file itself assigns); base names are readable in the file."""
     try:
+        size = path.stat().st_size
+        if size > _MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is too large for a config file (at most {_MAX_FILE_BYTES})")
         source = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -218,6 +266,15 @@ def _parse_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any]
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as err:
         raise ConfigError(f"{path}:{err.lineno}: not valid Python syntax: {err.msg}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{path}: nested too deeply to be read as a config") from None
+    try:
+        return _run_statements(tree, path, seen)
+    except RecursionError:  # an expression nested thousands deep (1 + 1 + ... or [[[...]]])
+        raise ConfigError(f"{path}: an expression is nested too deeply to be read as a config") from None
+
+
+def _run_statements(tree: ast.Module, path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     names: dict[str, Any] = {}
     base_cfg: dict[str, Any] = {}
     evaluator = _Evaluator(str(path), names)
@@ -237,8 +294,7 @@ def _parse_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any]
                 evaluator.own_names = set(own)
             else:
                 for t in stmt.targets:
-                    if isinstance(t, ast.Name):
-                        evaluator.own_names.add(t.id)
+                    evaluator.own_names.update(_target_names(t))
             continue
         if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and isinstance(stmt.target, ast.Name):
             names[stmt.target.id] = evaluator.eval(stmt.value)

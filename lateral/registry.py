@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 from typing import Any
 
-from lateral.config import ConfigError, load_config, suggest
+from lateral.config import ConfigError, check_keys, load_config, suggest
 
-__all__ = ["MODEL_TYPES", "build_model", "lookup_type", "check_kwargs"]
+__all__ = ["MODEL_TYPES", "build_model", "lookup_type", "check_kwargs", "take_init_cfg", "apply_pretrained_init"]
 
 MODEL_TYPES: dict[str, str] = {
     # recognizers
@@ -36,8 +37,61 @@ MODEL_TYPES: dict[str, str] = {
     "FasterRCNN": "lateral.models.detector:build_faster_rcnn",
 }
 
-# Config keys that mmaction2/mmengine accept on every model and that carry no architecture.
-_IGNORED_KEYS = {"init_cfg"}
+# mmengine ``init_cfg`` types that describe a random initialisation; lateral's modules initialise as mmaction2's
+# own ``init_weights`` does, so these are reported and not applied
+_INIT_SCHEMES = {"Kaiming", "Xavier", "Normal", "TruncNormal", "Uniform", "Constant", "Caffe2Xavier"}
+_PRETRAINED_KEYS = {"type", "checkpoint", "prefix", "map_location"}
+
+logger = logging.getLogger("lateral.registry")
+
+
+def take_init_cfg(kwargs: dict[str, Any], target: Any, where: str) -> dict | None:
+    """Pop mmengine's ``init_cfg`` from a model's keyword arguments and act on it.
+
+    ``dict(type='Pretrained', checkpoint=PATH, prefix=...)`` becomes ``pretrained=PATH`` for a class that takes
+    ``pretrained`` (the ResNet3d family, which inflates 2D files); for any other class it is returned, to be loaded
+    into the built module with :func:`apply_pretrained_init`. Initialisation schemes (``Kaiming``, ``Normal``, ...)
+    are logged as not applied. A list may mix both.
+
+    Raises:
+        ConfigError: an unknown ``init_cfg`` type or key, or both ``pretrained`` and a ``Pretrained`` init_cfg.
+    """
+    init_cfg = kwargs.pop("init_cfg", None)
+    if init_cfg is None:
+        return None
+    entries = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    pending = None
+    for entry in entries:
+        if not isinstance(entry, dict) or "type" not in entry:
+            raise ConfigError(f"{where}.init_cfg must be a dict with a 'type' (or a list of them), got {entry!r}")
+        kind = entry["type"]
+        if kind in _INIT_SCHEMES:
+            logger.info("%s.init_cfg type '%s' is not applied: lateral initialises %s as mmaction2's init_weights "
+                        "does", where, kind, where)
+            continue
+        if kind != "Pretrained":
+            raise ConfigError(f"{where}.init_cfg: unknown type '{kind}'."
+                              f"{suggest(kind, [*_INIT_SCHEMES, 'Pretrained'])}")
+        check_keys(entry, sorted(_PRETRAINED_KEYS), f"{where}.init_cfg")
+        if "checkpoint" not in entry:
+            raise ConfigError(f"{where}.init_cfg: type 'Pretrained' needs a 'checkpoint' (a local file path)")
+        takes_pretrained = "pretrained" in (_accepted_keys(target) or [])
+        if takes_pretrained and entry.get("prefix") in (None, "backbone."):
+            if kwargs.get("pretrained"):
+                raise ConfigError(f"{where}: both pretrained={kwargs['pretrained']!r} and init_cfg "
+                                  f"checkpoint={entry['checkpoint']!r} are set; keep one")
+            kwargs["pretrained"] = entry["checkpoint"]
+        else:
+            pending = entry
+    return pending
+
+
+def apply_pretrained_init(module: Any, entry: dict, where: str) -> None:
+    """Load an ``init_cfg=dict(type='Pretrained', ...)`` checkpoint into a built module (non-strict, as mmengine,
+    but an error if nothing fits and a warning for what stays initialised)."""
+    from lateral.checkpoint import load_pretrained
+
+    load_pretrained(module, entry["checkpoint"], f"{where}.init_cfg.checkpoint", prefix=entry.get("prefix"))
 
 
 def lookup_type(type_name: str) -> Any:
@@ -115,8 +169,10 @@ def build_model(cfg: dict | str | os.PathLike, **overrides: Any):
     if "type" not in kwargs:
         raise ConfigError(f"a model config needs a 'type' key; got keys {sorted(kwargs)}")
     type_name = kwargs.pop("type")
-    for key in _IGNORED_KEYS:
-        kwargs.pop(key, None)
     target = lookup_type(type_name)
+    pending_init = take_init_cfg(kwargs, target, type_name)
     check_kwargs(target, kwargs, f"{type_name}")
-    return target(**kwargs)
+    module = target(**kwargs)
+    if pending_init is not None:
+        apply_pretrained_init(module, pending_init, type_name)
+    return module

@@ -158,3 +158,19 @@ def test_saving_onto_a_folder_names_the_folder(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder; give the checkpoint a file name"):
         save_checkpoint({"state_dict": {}}, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_numpy_numbers_in_meta_load_and_code_beside_them_is_named(tmp_path, monkeypatch):
+    import numpy as np
+
+    src = small_model()
+    meta = {"hook_msgs": {"best_score": np.float64(0.7), "epochs": np.int64(3), "curve": np.array([0.1, 0.2])}}
+    torch.save({"state_dict": src.state_dict(), "meta": meta}, tmp_path / "mmcv.pth")
+    report = load_checkpoint(small_model(), tmp_path / "mmcv.pth")  # as mmcv's EvalHook writes them
+    assert report["meta"]["hook_msgs"]["best_score"] == 0.7 and list(report["meta"]["hook_msgs"]["curve"]) == [0.1, 0.2]
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": src.state_dict(), "meta": meta, "evil": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"\(.*(posix|os)\.system.*\), so it was not loaded") as info:
+        read_state_dict(tmp_path / "evil.pth")
+    assert "\x1b[" not in str(info.value)  # no terminal colour codes from torch's message
+    assert not (tmp_path / "pwned_by_checkpoint").exists()

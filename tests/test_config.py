@@ -174,3 +174,34 @@ def test_cfg_options_on_a_named_pipeline_reach_the_dataloaders_that_use_it():
     assert out["train_dataloader"]["dataset"]["pipeline"][0]["clip_len"] == 16
     assert out["val_dataloader"]["dataset"]["pipeline"] == [{"type": "Other"}]  # a pipeline of its own stays
     assert cfg["train_dataloader"]["dataset"]["pipeline"][0]["clip_len"] == 8
+
+
+def test_tuple_unpacking_assignments_are_kept(tmp_path):
+    (tmp_path / "a.py").write_text("clip_len, frame_interval = 32, 2\n(h, w), name = (224, 256), 'x'\n")
+    assert load_config(tmp_path / "a.py") == {"clip_len": 32, "frame_interval": 2, "h": 224, "w": 256, "name": "x"}
+
+
+@pytest.mark.parametrize("source, message", [
+    ("x = 10 ** 10 ** 9", "a number of about 4000000000 bits"),
+    ("x = 'a' * 10 ** 10", "a sequence of 10000000000 items"),
+    ("x = [0] * 10 ** 9", "a sequence of 1000000000 items"),
+    ("x = f'{1:999999999}'", "asks for a field wider than 10000"),
+    ("w = 999999999\nx = f'{1:{w}}'", "asks for a field wider than 10000"),
+    ("x = '%999999999d' % 1", "%-format field wider"),
+    ("x = '%*d' % (999999999, 1)", "%-format field wider"),
+    ("x = '%.999999999f' % 1.0", "%-format field wider"),
+    ("x = " + "+".join(["1"] * 100_000), "nested too deeply"),
+])
+def test_expressions_that_would_exhaust_the_machine_are_refused_at_once(tmp_path, source, message):
+    import time
+
+    (tmp_path / "a.py").write_text(source + "\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "a.py")
+    assert time.perf_counter() - started < 5  # refused before computing, not after
+
+
+def test_ordinary_arithmetic_stays_allowed(tmp_path):
+    (tmp_path / "a.py").write_text("x = 2 ** 64\ny = 'ab' * 3\nz = [1, 2] * 4\nf = f'{0.5:.3f}'\np = '%05d' % 7\n")
+    assert load_config(tmp_path / "a.py") == {"x": 2 ** 64, "y": "ababab", "z": [1, 2] * 4, "f": "0.500", "p": "00007"}

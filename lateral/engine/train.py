@@ -249,7 +249,7 @@ class Trainer:
         if self.val_loader is not None:
             check_label_range(self.val_loader.dataset, model.num_classes, "val_dataloader")
         if cfg.get("load_from"):
-            load_checkpoint(model, cfg["load_from"], strict=False, drop_mismatched_head=True)
+            self._load_from(model, cfg["load_from"])
         if cfg.get("sync_bn") and self.distributed:
             if self.device.type != "cuda":
                 raise ConfigError("sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); remove sync_bn")
@@ -288,6 +288,23 @@ class Trainer:
         self._resume(resume)
 
     # ------------------------------------------------------------ checkpoints
+
+    @staticmethod
+    def _load_from(model: nn.Module, value: Any) -> None:
+        """``load_from``: start from a checkpoint's weights (a head of another class count is re-initialised)."""
+        from lateral.checkpoint import local_checkpoint_path
+
+        path = local_checkpoint_path(value, "load_from")
+        report = load_checkpoint(model, path, strict=False, drop_mismatched_head=True)
+        own = model.state_dict()
+        if not report["loaded"]:
+            raise CheckpointError(f"load_from={path}: not one tensor fits the model (checkpoint keys like "
+                                  f"{report['unexpected'][:3]}, model keys like {list(own)[:3]})")
+        missing = [k for k in own if k not in set(report["loaded"]) | set(report["dropped"])
+                   and not k.endswith("num_batches_tracked")]
+        if missing:
+            warnings.warn(f"load_from={path} leaves {len(missing)} of {len(own)} model tensors initialised "
+                          f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})", stacklevel=3)
 
     def _resume(self, resume: str | None) -> None:
         if not resume:

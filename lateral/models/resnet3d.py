@@ -40,6 +40,11 @@ def check_video_input(x: torch.Tensor, in_channels: int, where: str, min_frames:
     check_input_layout(x, in_channels, where, video=True, min_frames=min_frames)
 
 
+def _backbone_prefix(state: dict) -> str | None:
+    """'backbone.' for the checkpoint of a whole recognizer or classifier (``backbone.*`` and ``cls_head.*`` keys)."""
+    return "backbone." if any(k.startswith("backbone.") for k in state) else None
+
+
 class ResidualBlock3d(nn.Module):
     """What both residual blocks share: the settings they keep, the style check and ``forward``.
 
@@ -523,22 +528,34 @@ class ResNet3d(nn.Module):
         self._freeze_stages()
         if self.pretrained is None:
             return None
-        if not isinstance(self.pretrained, str):
-            raise ConfigError(f"pretrained must be a file path or None, got {type(self.pretrained).__name__}")
-        from lateral.checkpoint import load_checkpoint, read_state_dict
+        from lateral.checkpoint import CheckpointError, load_pretrained, local_checkpoint_path, read_state_dict
 
-        if self.pretrained2d:
-            report = self.inflate_weights(read_state_dict(self.pretrained))
-            logger.info(
-                "inflated %d tensors from %s; %d modules kept their initialisation; %d 2D tensors unused",
-                len(report["loaded"]),
-                self.pretrained,
-                len(report["skipped"]),
-                len(report["unused"]),
-            )
-            return report
-        load_checkpoint(self, self.pretrained, strict=False, strip_prefix="backbone.")
-        return None
+        name = type(self).__name__
+        path = local_checkpoint_path(self.pretrained, f"{name}.pretrained")
+        state = read_state_dict(path)
+        prefix = _backbone_prefix(state)
+        if not self.pretrained2d:
+            conv1 = state.get(f"{prefix or ''}conv1.weight")
+            if conv1 is not None and conv1.dim() == 4:
+                raise CheckpointError(f"{name}.pretrained={path} holds a 2D ResNet (conv1.weight "
+                                      f"{list(conv1.shape)}), but pretrained2d=False: set pretrained2d=True to inflate it")
+            load_pretrained(self, path, f"{name}.pretrained (pretrained2d=False)", prefix=prefix, state=state)
+            return None
+        state_2d = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
+        report = self.inflate_weights(state_2d)
+        if not report["loaded"]:
+            misfits = [reason for reason in report["skipped"] if "does not fit" in reason or "channels" in reason]
+            why = (f"none of its tensors fits this network ({misfits[0]})" if misfits else
+                   f"it holds no torchvision-layout 2D ResNet keys (conv1.weight, layer1.0.conv1.weight, ...); its "
+                   f"first keys: {list(state_2d)[:4]}")
+            raise CheckpointError(f"{name}.pretrained={path}: nothing could be inflated, because {why}. A 3D "
+                                  "checkpoint of this network needs pretrained2d=False.")
+        if report["skipped"]:
+            warnings.warn(f"{name}: inflated {len(report['loaded'])} tensors from {path}; {len(report['skipped'])} "
+                          f"modules keep their initialisation ({'; '.join(report['skipped'][:3])})", stacklevel=2)
+        logger.info("inflated %d tensors from %s; %d 2D tensors unused", len(report["loaded"]), path,
+                    len(report["unused"]))
+        return report
 
     # ---------------------------------------------------------------- train / forward
 

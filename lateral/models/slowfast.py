@@ -246,11 +246,14 @@ class ResNet3dSlowFast(nn.Module):
 
     @staticmethod
     def _build_pathway(kwargs: dict, where: str) -> ResNet3dPathway:
-        from lateral.registry import check_kwargs
+        from lateral.registry import check_kwargs, take_init_cfg
 
         pathway_type = kwargs.pop("type", "resnet3d")
         if pathway_type not in ("resnet3d", "ResNet3dPathway"):
             raise ConfigError(f"{where}: unknown pathway type '{pathway_type}'; the known one is 'resnet3d'")
+        if take_init_cfg(kwargs, ResNet3dPathway, where) is not None:  # a prefix other than 'backbone.'
+            raise ConfigError(f"{where}.init_cfg: a pathway loads its Pretrained checkpoint as 'pretrained' does; "
+                              "drop 'prefix'")
         check_kwargs(ResNet3dPathway, kwargs, where)
         return ResNet3dPathway(**kwargs)
 
@@ -259,11 +262,12 @@ class ResNet3dSlowFast(nn.Module):
         if pretrained:
             self.pretrained = pretrained
         if self.pretrained is None:
-            self.fast_path.init_weights()
-            return {"slow_path": self.slow_path.init_weights(), "fast_path": None}
-        from lateral.checkpoint import load_checkpoint
+            fast_report = self.fast_path.init_weights()  # fast first: the order draws of the random init
+            return {"slow_path": self.slow_path.init_weights(), "fast_path": fast_report}
+        from lateral.checkpoint import load_checkpoint, local_checkpoint_path
 
-        load_checkpoint(self, self.pretrained, strict=True, strip_prefix="backbone.")
+        path = local_checkpoint_path(self.pretrained, f"{type(self).__name__}.pretrained")
+        load_checkpoint(self, path, strict=True, strip_prefix="backbone.")
         return None
 
     @property

@@ -5,6 +5,8 @@ import torch
 
 import lateral
 from golden import GoldenCase, synth_state_dict
+from lateral.checkpoint import CheckpointError
+from lateral.config import ConfigError
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -126,3 +128,53 @@ def test_inflated_kernel_is_2d_kernel_spread_over_time(tmp_path):
     assert torch.count_nonzero(w3d[:, 512:]) == 0  # lateral channels start at zero
     # lateral convs were not touched by inflation: still Kaiming-initialised, not zero, not 2D weights
     assert backbone.slow_path.layer1_lateral.conv.weight.abs().sum() > 0
+
+
+def _slowonly(**backbone):
+    return dict(type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=50, **backbone),
+                cls_head=dict(type="I3DHead", in_channels=2048, num_classes=5))
+
+
+def test_pretrained_2d_checkpoints_load_through_every_mmaction2_spelling(tmp_path):
+    """A torchvision ResNet-50 reaches the slow-only network as ``pretrained``, as mmaction2 1.x
+    ``init_cfg=dict(type='Pretrained')``, and inside a classifier checkpoint with ``backbone.`` keys."""
+    case = GoldenCase("inflate_slowfast_r50_seed")
+    resnet2d = synth_state_dict(case.keys)
+    torch.save(resnet2d, tmp_path / "r50.pth")
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in resnet2d.items()}}, tmp_path / "tsn.pth")
+    expected = resnet2d["layer2.0.conv1.weight"]
+    for backbone in (dict(pretrained=str(tmp_path / "r50.pth")),
+                     dict(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "r50.pth"))),
+                     dict(pretrained=str(tmp_path / "tsn.pth"))):
+        model = lateral.build_model(_slowonly(**backbone))
+        torch.testing.assert_close(model.backbone.layer2[0].conv1.conv.weight[:, :, 0], expected, msg=str(backbone))
+
+
+def test_pretrained_files_that_fill_nothing_are_errors_not_silence(tmp_path):
+    case = GoldenCase("inflate_slowfast_r50_seed")
+    torch.save(synth_state_dict(case.keys), tmp_path / "r50.pth")
+    torch.save({"state_dict": {"blocks.0.weight": torch.zeros(3)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="holds a 2D ResNet .*set pretrained2d=True"):
+        lateral.build_model(_slowonly(pretrained=str(tmp_path / "r50.pth"), pretrained2d=False))
+    with pytest.raises(CheckpointError, match="nothing could be inflated.*no torchvision-layout 2D ResNet keys"):
+        lateral.build_model(_slowonly(pretrained=str(tmp_path / "other.pth")))
+    with pytest.raises(CheckpointError, match="lateral does not download weights.*torchvision.models.resnet50"):
+        lateral.build_model(_slowonly(pretrained="torchvision://resnet50"))
+    with pytest.raises(CheckpointError, match="init_cfg.checkpoint: not one tensor of .*other.pth fits Recognizer3D"):
+        lateral.build_model(dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "other.pth"))))
+    with pytest.raises(ConfigError, match="unknown type 'Pretrainde'. Did you mean 'Pretrained'"):
+        lateral.build_model(_slowonly(init_cfg=dict(type="Pretrainde", checkpoint="x.pth")))
+    with pytest.raises(ConfigError, match="both pretrained=.* and init_cfg"):
+        lateral.build_model(_slowonly(pretrained="a.pth", init_cfg=dict(type="Pretrained", checkpoint="b.pth")))
+
+
+def test_whole_model_init_cfg_loads_a_recognizer_checkpoint_and_warns_about_gaps(tmp_path):
+    source = lateral.build_model(_slowonly())
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "full.pth")
+    model = lateral.build_model(dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth"))))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in source.state_dict().items())
+    backbone_only = {k: v for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    torch.save(backbone_only, tmp_path / "backbone.pth")
+    with pytest.warns(UserWarning, match=r"filled \d+ of \d+ tensors of Recognizer3D; 2 keep their initialisation "
+                                         r"\(cls_head.fc_cls.weight, cls_head.fc_cls.bias\)"):
+        lateral.build_model(dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "backbone.pth"))))
