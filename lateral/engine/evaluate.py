@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lateral.config import ConfigError
 from lateral.engine import distributed as dist_utils
 
-__all__ = ["prepare_inputs", "collect_scores", "unwrap"]
+__all__ = ["prepare_inputs", "collect_scores", "unwrap", "require_class_scores"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -17,11 +18,21 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+def require_class_scores(model: nn.Module, what: str) -> None:
+    """Raise a ConfigError when ``model.predict`` returns features (``test_cfg.feature_extraction``), which
+    ``what`` (e.g. 'testing') cannot score."""
+    if getattr(unwrap(model), "feature_extraction", False):
+        raise ConfigError(f"the model's test_cfg sets feature_extraction=True, so predict returns pooled features, "
+                          f"not class scores, and {what} needs scores: remove it from test_cfg (extract features in "
+                          "Python with model.predict)")
+
+
 def prepare_inputs(inputs: torch.Tensor, model: nn.Module, device: torch.device) -> torch.Tensor:
     """Batch from the data loader -> float model input on ``device``.
 
-    inputs: [B, V, C, T, H, W] uint8 (normalised here with ``model.data_preprocessor`` mean/std, in the 0-255
-    range as mmaction2 does) or float (already normalised by a ``Normalize`` pipeline step).
+    inputs: [B, V, C, T, H, W] uint8 (channel order swapped if ``model.data_preprocessor`` has ``to_rgb``, then
+    normalised with its mean/std, in the 0-255 range as mmaction2 does) or float (already normalised by a
+    ``Normalize`` pipeline step).
     """
     mean = model.data_preprocessor.get("mean")
     std = model.data_preprocessor.get("std")
@@ -29,6 +40,8 @@ def prepare_inputs(inputs: torch.Tensor, model: nn.Module, device: torch.device)
         raise ValueError(f"a batch of clips must be [B, V, C, T, H, W], got {list(inputs.shape)}")
     inputs = inputs.to(device, non_blocking=True)
     if inputs.dtype == torch.uint8:
+        if model.data_preprocessor.get("to_rgb"):  # mmaction2 swaps the channel order before normalising
+            inputs = inputs.flip(2)
         inputs = inputs.float()
         if mean is not None and std is not None:
             shape = (1, 1, -1, 1, 1, 1)
@@ -53,6 +66,7 @@ def collect_scores(
     unpadded shards), so gathering in rank order holds every decodable sample once.
     """
     recognizer = unwrap(model)
+    require_class_scores(recognizer, desc)
     recognizer.eval()
     all_scores, all_labels = [], []
     show = progress and dist_utils.is_main_process()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lateral.config import ConfigError
-from lateral.engine.evaluate import prepare_inputs
+from lateral.engine.evaluate import prepare_inputs, require_class_scores
 
 __all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "parse_seconds"]
 
@@ -78,6 +78,7 @@ def _clips_for(results: dict, steps) -> torch.Tensor:
 
 @torch.no_grad()
 def _probabilities(model: nn.Module, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+    require_class_scores(model, "prediction")
     inputs = prepare_inputs(clips.unsqueeze(0), model, device)
     # a bf16 model comes from lateral.optimize, which runs its backbone in bf16 itself: no autocast here
     scores = model.predict(inputs)

@@ -255,6 +255,7 @@ class Trainer:
                 raise ConfigError("sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); remove sync_bn")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
+        self.blending = self._build_blending(model)
         self.channels_last = bool(cfg.get("channels_last"))
         if self.channels_last:
             model.to(memory_format=torch.channels_last_3d)
@@ -288,6 +289,20 @@ class Trainer:
         self._resume(resume)
 
     # ------------------------------------------------------------ checkpoints
+
+    @staticmethod
+    def _build_blending(model: nn.Module):
+        """mmaction2's ``data_preprocessor.blending`` (mixup / cutmix on each training batch), or None."""
+        blending_cfg = getattr(model, "data_preprocessor", {}).get("blending")
+        if not blending_cfg:
+            return None
+        from lateral.data.blending import build_blending
+
+        blending = build_blending(blending_cfg)
+        if blending.num_classes != model.num_classes:
+            raise ConfigError(f"data_preprocessor.blending has num_classes={blending.num_classes}, but the model has "
+                              f"{model.num_classes} (model.cls_head.num_classes)")
+        return blending
 
     @staticmethod
     def _load_from(model: nn.Module, value: Any) -> None:
@@ -446,6 +461,8 @@ class Trainer:
         recognizer = unwrap(self.model)
         inputs = prepare_inputs(batch["inputs"], recognizer, self.device)
         labels = torch.as_tensor(batch["label"]).to(self.device)
+        if self.blending is not None:  # [B, V, C, T, H, W] and [B] -> blended clips and soft labels [B, K]
+            inputs, labels = self.blending(inputs, labels)
         num_views = inputs.shape[1]
         clips = inputs.flatten(0, 1)  # [B * V, C, T, H, W]
         if self.channels_last:

@@ -7,12 +7,49 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lateral.config import ConfigError
+from lateral.config import ConfigError, check_keys
 from lateral.models.heads import average_clips
 
-__all__ = ["Recognizer3D"]
+__all__ = ["Recognizer3D", "check_data_preprocessor"]
 
 _TEST_CFG_KEYS = {"average_clips", "max_testing_views", "feature_extraction", "fcn_test"}
+# mmaction2 1.x ActionDataPreprocessor arguments
+_PREPROCESSOR_KEYS = ("type", "mean", "std", "to_rgb", "to_float32", "format_shape", "blending")
+
+
+def check_data_preprocessor(cfg: dict | None, in_channels: int) -> dict:
+    """Validate mmaction2's ``data_preprocessor`` for a 3D recognizer and return it as a dict.
+
+    ``mean`` / ``std`` (0-255 scale, one per channel) and ``to_rgb`` (swap the channel order before normalising)
+    are applied by :func:`lateral.engine.evaluate.prepare_inputs`; ``blending`` (mixup / cutmix) by the trainer.
+
+    Raises:
+        ConfigError: an unknown key or type, a layout other than NCTHW, or mean/std of the wrong length.
+    """
+    cfg = dict(check_keys(cfg, _PREPROCESSOR_KEYS, "data_preprocessor"))
+    kind = cfg.get("type", "ActionDataPreprocessor")
+    if kind != "ActionDataPreprocessor":
+        from lateral.config import suggest
+
+        raise ConfigError(f"data_preprocessor: unknown type '{kind}'.{suggest(str(kind), ['ActionDataPreprocessor'])} "
+                          "A 3D recognizer takes 'ActionDataPreprocessor'")
+    if cfg.get("format_shape", "NCTHW") != "NCTHW":
+        raise ConfigError(f"data_preprocessor.format_shape='{cfg['format_shape']}': Recognizer3D takes clips as NCTHW "
+                          "(NCHW is the layout of 2D recognizers such as TSN)")
+    for key in ("mean", "std"):
+        values = cfg.get(key)
+        if values is None:
+            continue
+        if (not isinstance(values, (list, tuple)) or len(values) != in_channels
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise ConfigError(f"data_preprocessor.{key} must be {in_channels} numbers (one per channel), got {values!r}")
+    if cfg.get("std") is not None and any(v == 0 for v in cfg["std"]):
+        raise ConfigError(f"data_preprocessor.std must not contain 0, got {cfg['std']!r}")
+    if cfg.get("blending") is not None:
+        from lateral.data.blending import build_blending
+
+        build_blending(cfg["blending"])  # a typo in the blending fails when the model is built
+    return cfg
 
 
 class Recognizer3D(nn.Module):
@@ -22,11 +59,14 @@ class Recognizer3D(nn.Module):
         backbone: backbone config dict (e.g. ``dict(type='ResNet3dSlowFast', ...)``) or module.
         cls_head: head config dict (e.g. ``dict(type='SlowFastHead', ...)``) or module.
         neck: not supported (kept so that configs naming ``neck=None`` load).
-        train_cfg: training options (kept for compatibility; mixup/cutmix live in the engine).
-        test_cfg: ``average_clips`` ('prob' | 'score' | None) and ``max_testing_views`` (views per backbone call
-            at test time, bounding memory).
-        data_preprocessor: mmaction2 1.x ``ActionDataPreprocessor`` settings (``mean``, ``std``,
-            ``format_shape``); the data pipeline reads them, ``forward`` does not normalise.
+        train_cfg: training options (kept for compatibility; mixup/cutmix come from ``data_preprocessor.blending``).
+        test_cfg: ``average_clips`` ('prob' | 'score' | None), ``max_testing_views`` (views per backbone call
+            at test time, bounding memory), ``feature_extraction`` (``predict`` returns pooled backbone features
+            ``[N, C_feat]`` averaged over views instead of class scores) and ``fcn_test`` (accepted: the heads pool
+            globally, so any test crop size is already scored fully-convolutionally).
+        data_preprocessor: mmaction2 1.x ``ActionDataPreprocessor`` settings (``mean``, ``std``, ``to_rgb``,
+            ``format_shape``, ``blending``), checked by :func:`check_data_preprocessor`; the engine applies them,
+            ``forward`` does not normalise.
     """
 
     def __init__(
@@ -52,7 +92,8 @@ class Recognizer3D(nn.Module):
         unknown = set(self.test_cfg) - _TEST_CFG_KEYS
         if unknown:
             raise ConfigError(f"test_cfg: unknown keys {sorted(unknown)}; accepted: {sorted(_TEST_CFG_KEYS)}")
-        self.data_preprocessor = dict(data_preprocessor or {})
+        self.data_preprocessor = check_data_preprocessor(data_preprocessor, self.in_channels)
+        self.feature_extraction = bool(self.test_cfg.get("feature_extraction", False))
         if "average_clips" in self.test_cfg:
             self.average_clips = self.test_cfg["average_clips"]
         else:
@@ -93,6 +134,16 @@ class Recognizer3D(nn.Module):
             )
         return self.cls_head(self.extract_feat(x))
 
+    def _pooled_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips: [M, C, T, H, W] -> [M, C_feat]: each backbone output averaged over T, H, W, concatenated."""
+        size = self.max_testing_views or clips.shape[0]
+        pooled = []
+        for part in clips.split(size):
+            features = self.extract_feat(part)
+            features = features if isinstance(features, (tuple, list)) else (features,)
+            pooled.append(torch.cat([f.mean(dim=(2, 3, 4)) for f in features], dim=1))
+        return torch.cat(pooled)
+
     def _scores_in_chunks(self, clips: torch.Tensor) -> torch.Tensor:
         """clips: [M, C, T, H, W] -> raw scores [M, K], at most ``max_testing_views`` clips per backbone call."""
         if self.max_testing_views is None or clips.shape[0] <= self.max_testing_views:
@@ -109,7 +160,8 @@ class Recognizer3D(nn.Module):
 
         Returns:
             [N, num_classes] averaged per ``average_clips`` ('prob': softmax then mean; 'score': mean of logits), or
-            [N, V, num_classes] when ``average_clips`` is None.
+            [N, V, num_classes] when ``average_clips`` is None; with ``test_cfg.feature_extraction``, the backbone's
+            globally pooled features (SlowFast: slow then fast, concatenated) averaged over views, [N, C_feat].
         """
         if not isinstance(x, torch.Tensor) or x.dim() not in (5, 6):
             shape = [int(d) for d in x.shape] if isinstance(x, torch.Tensor) else type(x).__name__
@@ -118,6 +170,8 @@ class Recognizer3D(nn.Module):
             x = x.unsqueeze(1)
         num_samples, num_views = x.shape[:2]
         clips = x.reshape(num_samples * num_views, *x.shape[2:])
+        if self.feature_extraction:
+            return self._pooled_features(clips).view(num_samples, num_views, -1).mean(dim=1)
         scores = self._scores_in_chunks(clips)
         return average_clips(scores, num_views, self.average_clips, getattr(self.cls_head, "multi_class", False))
 

@@ -393,6 +393,26 @@ def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any
     assert not (tmp_path / "never").exists()
 
 
+def test_mixup_blending_from_the_data_preprocessor_trains_on_soft_labels(tmp_path, run_config):
+    num_classes = run_config["model"]["cls_head"]["num_classes"]
+    preprocessor = dict(run_config["model"]["data_preprocessor"],
+                        blending=dict(type="RandomBatchAugment", augments=[
+                            dict(type="MixupBlending", num_classes=num_classes, alpha=0.2),
+                            dict(type="CutmixBlending", num_classes=num_classes, alpha=0.2)]))
+    cfg = dict(run_config, model=dict(run_config["model"], data_preprocessor=preprocessor),
+               train_cfg=dict(max_epochs=1, val_interval=5))
+    trainer = Trainer(cfg, tmp_path / "mix", progress=False)
+    seen = []
+    loss = trainer.model.cls_head.loss
+    trainer.model.cls_head.loss = lambda scores, labels: seen.append(labels) or loss(scores, labels)
+    trainer.run()
+    assert seen and all(labels.shape[1] == num_classes and labels.dtype == torch.float32 for labels in seen)
+    assert any((labels > 0).sum(dim=1).max() == 2 for labels in seen)  # some labels are mixes of two classes
+    wrong = dict(preprocessor, blending=dict(type="MixupBlending", num_classes=num_classes + 1))
+    with pytest.raises(ConfigError, match=f"blending has num_classes={num_classes + 1}, but the model has {num_classes}"):
+        Trainer(dict(cfg, model=dict(cfg["model"], data_preprocessor=wrong)), tmp_path / "never", progress=False)
+
+
 def test_logged_lr_is_the_one_each_step_used(tmp_path, run_config):
     cfg = dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5))
     train(cfg, tmp_path / "run", progress=False)
