@@ -208,8 +208,9 @@ def load_checkpoint(
         map_location: where tensors are loaded.
         drop_mismatched_head: skip classifier tensors whose shape differs (fine-tuning to another number of
             classes) with a warning instead of raising; the model keeps its own initialisation for them.
-        strip_prefix: remove this prefix from checkpoint keys that have it (e.g. ``'backbone.'`` to load a
-            recognizer checkpoint into a bare backbone).
+        strip_prefix: load the part of the checkpoint under this prefix, stripped (``'backbone.'`` loads a
+            recognizer checkpoint into a bare backbone; its ``cls_head.*`` keys are left out). Ignored when the
+            model's own keys have the prefix.
         source: what error messages call the checkpoint (default: its path, or 'checkpoint dict').
 
     Returns:
@@ -225,12 +226,11 @@ def load_checkpoint(
     meta = obj.get("meta", {}) if isinstance(obj.get("meta"), dict) else {}
     state = extract_state_dict(obj, source)
     own = model.state_dict()
-    if strip_prefix:
-        stripped = OrderedDict(
-            (k[len(strip_prefix) :] if k.startswith(strip_prefix) else k, v) for k, v in state.items()
-        )
-        if not any(k.startswith(strip_prefix) for k in own):
-            state = stripped
+    if strip_prefix and not any(k.startswith(strip_prefix) for k in own):
+        # the part of a bigger model under the prefix (the backbone of a recognizer): keys outside it (cls_head.*)
+        # belong to the rest of that model, not to this one
+        state = OrderedDict((k[len(strip_prefix):] if k.startswith(strip_prefix) else k, v) for k, v in state.items()
+                            if k.startswith(strip_prefix) or k in own)
     state = OrderedDict((k, v) for k, v in state.items() if not (k.startswith(_IGNORABLE_PREFIXES) and k not in own))
 
     missing = [k for k in own if k not in state]

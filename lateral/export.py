@@ -59,8 +59,24 @@ def config_clip_len(cfg: dict) -> int | None:
     return None
 
 
+def config_input_shape(cfg: dict) -> tuple[int, ...] | None:
+    """The config's own ``input_shape`` (``[N, C, T, H, W]`` or ``[N, C, H, W]``), checked; None if it has none."""
+    shape = cfg.get("input_shape")
+    if shape is None:
+        return None
+    if (not isinstance(shape, (list, tuple)) or len(shape) not in (4, 5)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ConfigError(f"input_shape must be 4 or 5 positive whole numbers ([N, C, T, H, W] or [N, C, H, W]), got "
+                          f"{shape!r}")
+    return tuple(shape)
+
+
 def default_input_shape(module: nn.Module, cfg: dict) -> tuple[int, ...]:
-    """1x3xTx224x224 for a 3D model (T from :func:`config_clip_len`, else 32); 1x3x800x1216 for a 2D one."""
+    """The config's ``input_shape``; else 1x3xTx224x224 for a 3D model (T from :func:`config_clip_len`, else 32)
+    and 1x3x800x1216 for a 2D one."""
+    own = config_input_shape(cfg)
+    if own is not None:
+        return own
     if any(isinstance(m, nn.Conv3d) for m in module.modules()):
         return (1, 3, config_clip_len(cfg) or 32, 224, 224)
     return (1, 3, 800, 1216)

@@ -147,17 +147,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def default_input_shape(cfg: dict) -> tuple[int, ...]:
-    """The config's ``input_shape``, else one clip of its test pipeline's ``clip_len`` at 224x224."""
-    if "input_shape" in cfg:
-        return tuple(cfg["input_shape"])
-    clip_len = 32
-    for step in cfg.get("test_pipeline", []) or cfg.get("val_pipeline", []):
-        if isinstance(step, dict) and step.get("type") == "SampleFrames":
-            clip_len = step.get("clip_len", clip_len)
+    """The config's ``input_shape``, else one clip of its test pipeline's ``clip_len`` (32 if it has none) at
+    224x224, or one 224x224 image for a detection model."""
+    from lateral.export import config_clip_len, config_input_shape
+
+    own = config_input_shape(cfg)
+    if own is not None:
+        return own
     model_type = cfg.get("model", {}).get("type", "")
     if model_type in ("ResNetFPN", "FasterRCNN"):
         return (1, 3, 224, 224)
-    return (1, 3, clip_len, 224, 224)
+    return (1, 3, config_clip_len(cfg) or 32, 224, 224)
 
 
 def run_summary(args: argparse.Namespace) -> int:

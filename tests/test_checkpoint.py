@@ -174,3 +174,12 @@ def test_numpy_numbers_in_meta_load_and_code_beside_them_is_named(tmp_path, monk
         read_state_dict(tmp_path / "evil.pth")
     assert "\x1b[" not in str(info.value)  # no terminal colour codes from torch's message
     assert not (tmp_path / "pwned_by_checkpoint").exists()
+
+
+def test_the_strip_prefix_hint_leads_to_a_load_that_works():
+    backbone = lateral.build_model(dict(type="ResNet3dSlowOnly", depth=18, base_channels=4))
+    recognizer_state = small_model().state_dict()
+    with pytest.raises(CheckpointError, match="pass strip_prefix='backbone.'"):
+        load_checkpoint(backbone, recognizer_state)
+    report = load_checkpoint(backbone, recognizer_state, strict=True, strip_prefix="backbone.")  # cls_head.* left out
+    assert report["unexpected"] == [] and len(report["loaded"]) == len(backbone.state_dict())

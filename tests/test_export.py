@@ -20,6 +20,7 @@ from torch import nn
 
 import lateral
 from golden import GoldenCase
+from lateral.config import ConfigError
 from lateral.cli import main as cli_main
 from lateral.inference import optimization as optimize_module
 from lateral.inference.exporters import check_export, export_onnx, export_torchscript
@@ -502,6 +503,13 @@ def test_default_export_input_takes_the_clip_length_of_the_test_pipeline(thin_mo
     assert default_input_shape(thin_model, cfg) == (1, 3, 16, 224, 224)
     assert default_input_shape(thin_model, {**cfg, "clip_len": 8}) == (1, 3, 8, 224, 224)
     assert default_input_shape(thin_model, {}) == (1, 3, 32, 224, 224)
+    # the config's own input_shape comes first (export, bench and summary read it alike)
+    assert default_input_shape(thin_model, {**cfg, "input_shape": [2, 3, 8, 112, 112]}) == (2, 3, 8, 112, 112)
+    from lateral.summary import default_input_shape as summary_shape
+
+    assert summary_shape({**cfg, "input_shape": [2, 3, 8, 112, 112]}) == (2, 3, 8, 112, 112)
+    with pytest.raises(ConfigError, match="input_shape must be 4 or 5 positive whole numbers"):
+        default_input_shape(thin_model, {"input_shape": [1, 3, "32", 224, 224]})
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lateral.models.layers import bf16_conv3d_unsafe
+from lateral.models.layers import bf16_conv3d_unsafe, check_float_input
 
 __all__ = [
     "PRECISIONS",
@@ -634,6 +634,8 @@ class InferenceModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         """x: [N, C, T, H, W] (or [N, C, H, W] for 2D models), any float dtype -> the module's outputs in float32."""
+        if isinstance(x, torch.Tensor):
+            check_float_input(x, "the inference copy")  # converting uint8 frames to float would skip normalising
         with torch.no_grad():
             if self.convert_input and _input_format_ok(x, self.memory_format):
                 x = x.to(dtype=self.dtype, memory_format=self.memory_format)

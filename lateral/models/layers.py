@@ -56,6 +56,17 @@ def check_input_layout(x: torch.Tensor, in_channels: int, where: str, video: boo
         )
     if video and x.shape[2] < min_frames:
         raise ValueError(f"{where}: needs at least {min_frames} frames (dim 2), got shape {shape}")
+    if 0 in shape:
+        raise ValueError(f"{where}: got an empty {kind} of shape {shape}; every dimension of {layout} must be >= 1")
+    check_float_input(x, where)
+
+
+def check_float_input(x: torch.Tensor, where: str) -> None:
+    """Raise a ValueError for integer pixels: raw frames (uint8) must be normalised to float before a model."""
+    if not x.is_floating_point():
+        raise ValueError(f"{where}: expected float input, got {x.dtype}; raw frames must be normalised first "
+                         "((x.float() - mean) / std, as lateral.engine.evaluate.prepare_inputs does with the "
+                         "model's data_preprocessor)")
 
 MAX_STEM_CHANNELS = 4  # input channels of a conv treated as a video stem (RGB, or RGB + one more)
 STEM_FOLD = 4  # output frames per conv2d call in a folded bf16 stem (measured best of 2, 4, 8, 16)
