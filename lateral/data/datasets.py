@@ -235,12 +235,15 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
         return item
 
 
-def check_label_range(dataset: torch.utils.data.Dataset, num_classes: int, where: str) -> None:
+def check_label_range(dataset: torch.utils.data.Dataset, num_classes: int, where: str,
+                      allow_unlabelled: bool = True) -> None:
     """Raise a ConfigError if a sample of ``dataset`` has a label outside ``0 .. num_classes - 1``.
 
     Run before training or testing: such a label would otherwise stop the run only when the loss or the confusion
-    matrix meets it, possibly after hours of training. Label -1 (an unlabelled test sample) is allowed.
+    matrix meets it, possibly after hours of training. Label -1 (an unlabelled test sample) is allowed when
+    ``allow_unlabelled`` (evaluation), not for training data.
     """
+    lowest = -1 if allow_unlabelled else 0
     samples = getattr(dataset, "samples", None)
     if samples is None:
         return
@@ -248,12 +251,13 @@ def check_label_range(dataset: torch.utils.data.Dataset, num_classes: int, where
     for sample in samples:
         labels = sample.get("label")
         for label in labels if isinstance(labels, list) else [labels]:
-            if label is not None and (label >= num_classes or label < -1):
+            if label is not None and (label >= num_classes or label < lowest):
                 bad.append(f"{sample.get('filename', sample.get('frame_dir'))}: label {label}")
     if bad:
         shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        unlabelled = " (-1, unlabelled, is allowed in test and validation lists only)" if lowest == 0 else ""
         raise ConfigError(
-            f"{where}: {len(bad)} sample(s) have labels outside 0..{num_classes - 1}, but the model has "
+            f"{where}: {len(bad)} sample(s) have labels outside 0..{num_classes - 1}{unlabelled}, but the model has "
             f"num_classes={num_classes} (model.cls_head.num_classes):\n  {shown}\n"
             "Set cls_head.num_classes to the number of classes in the lists, or fix the lists."
         )

@@ -245,7 +245,7 @@ class Trainer:
         model = build_model(cfg["model"])
         from lateral.data.datasets import check_label_range
 
-        check_label_range(self.train_loader.dataset, model.num_classes, "train_dataloader")
+        check_label_range(self.train_loader.dataset, model.num_classes, "train_dataloader", allow_unlabelled=False)
         if self.val_loader is not None:
             check_label_range(self.val_loader.dataset, model.num_classes, "val_dataloader")
         if cfg.get("load_from"):

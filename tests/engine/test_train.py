@@ -386,6 +386,13 @@ def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any
     num_classes = cfg["model"]["cls_head"]["num_classes"]
     with pytest.raises(ConfigError, match=f"(?s)val_dataloader: 1 sample.* outside 0..{num_classes - 1}.*label 99"):
         Trainer(cfg, tmp_path / "never", progress=False)
+    train_lines = (motion_data / "train_list.txt").read_text().splitlines()
+    unlabelled = tmp_path / "train_unlabelled.txt"
+    unlabelled.write_text("\n".join(train_lines[1:] + [train_lines[0].rsplit(" ", 1)[0] + " -1"]) + "\n")
+    cfg = json.loads(json.dumps(run_config))
+    cfg["train_dataloader"]["dataset"]["ann_file"] = str(unlabelled)
+    with pytest.raises(ConfigError, match=r"(?s)train_dataloader: 1 sample.*\(-1, unlabelled, is allowed in test"):
+        Trainer(cfg, tmp_path / "never", progress=False)
     cfg = json.loads(json.dumps(run_config))
     cfg["randomness"]["seed"] = "abc"
     with pytest.raises(ConfigError, match="randomness.seed must be a whole number"):
