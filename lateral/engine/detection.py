@@ -260,7 +260,7 @@ def train_detector(
                 )
             iteration += 1
             # a step needs images on every rank (DDP all-reduces the gradients of each backward)
-            if _all_ranks_have(bool(items), device):
+            if dist_utils.all_ranks_true(bool(items), device):
                 images, targets = _to_device(items, device)
                 losses = trained(images, targets)
                 loss = sum(losses.values())
@@ -325,18 +325,9 @@ def _silent(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-def _all_ranks_have(flag: bool, device: torch.device) -> bool:
-    """``flag`` on every rank (a 1-element all-reduce); ``flag`` itself without a process group."""
-    if not dist_utils.is_distributed():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    return bool(value.item() > 0)
-
-
 def _finite_on_all_ranks(loss: torch.Tensor, device: torch.device) -> bool:
     """Whether the loss is finite everywhere, so that every rank stops together on a NaN, not just one."""
-    return _all_ranks_have(bool(torch.isfinite(loss.detach()).item()), device)
+    return dist_utils.all_ranks_true(bool(torch.isfinite(loss.detach()).item()), device)
 
 
 def _tuples(value: Any) -> Any:
