@@ -208,6 +208,27 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     assert (tmp_path / "timeline" / "timeline.png").exists()
 
 
+def test_cli_test_leaves_unlabelled_samples_out_and_refuses_a_list_without_labels(tmp_path, run_config, config_file,
+                                                                                    motion_data, capsys):
+    from lateral.cli import main
+
+    ckpt = tmp_path / "random.pth"
+    torch.save({"state_dict": lateral.build_model(run_config["model"]).state_dict()}, ckpt)
+    lines = (motion_data / "test_list.txt").read_text().splitlines()
+    half = tmp_path / "half_labelled.txt"
+    half.write_text("".join(f"{l.rsplit(' ', 1)[0]} -1\n" if i % 2 else f"{l}\n" for i, l in enumerate(lines)))
+    none = tmp_path / "unlabelled.txt"
+    none.write_text("".join(f"{l.rsplit(' ', 1)[0]}\n" for l in lines))  # test lists may omit the labels
+    args = ["test", str(config_file), str(ckpt), "--no-progress", "--out", str(tmp_path / "out"), "--cfg-options"]
+    assert main(args + [f"test_dataloader.dataset.ann_file={half}"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_samples"] == len(lines) // 2 and metrics["num_unlabelled"] == len(lines) - len(lines) // 2
+    assert sum(map(sum, metrics["confusion_matrix"])) == len(lines) // 2  # -1 is not counted in any row
+    assert "unlabelled samples (label -1) were left out" in capsys.readouterr().err
+    assert main(args + [f"test_dataloader.dataset.ann_file={none}"]) == 1
+    assert f"none of the {len(lines)} test samples has a label" in capsys.readouterr().err
+
+
 def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, motion_data):
     lines = (motion_data / "train_list.txt").read_text().splitlines()
     chosen = [next(l for l in lines if l.endswith(f" {label}")) for label in (2, 5)]
