@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -76,6 +77,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix:
     path = local_checkpoint_path(path, key)
     state = read_state_dict(path) if state is None else state
     if prefix:
+        if prefix.startswith("module.") and not any(k.startswith(prefix) for k in state):
+            prefix = prefix[len("module."):]  # read_state_dict has unwrapped the DDP prefix already
         selected = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
         if not selected:
             raise CheckpointError(f"{key}: {path} has no key starting with prefix '{prefix}' "
@@ -107,17 +110,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         kind = "an empty file" if not head else f"a file starting with {head!r}"
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}; torch.save writes a zip archive)")
     try:
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            blocked = _blocked_globals(path)
-            if not blocked or any(not _is_numpy_data(name) for name in blocked):
-                raise
-            # numpy scalars and arrays in ``meta`` (mmcv's best_score): plain data, allowed by name, nothing else
-            with torch.serialization.safe_globals([_resolve(name) for name in blocked] + _numpy_dtype_classes()):
-                obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        blocked = _blocked_globals(path)
+        obj = _load_weights_only(path, map_location)
+    except pickle.UnpicklingError as err:
+        blocked = [name for name in _blocked_globals(path) if not _is_numpy_data(name)]
+        blocked = blocked or re.findall(r"GLOBAL ([\w.]+)", str(err))  # the legacy format cannot be scanned
         what = f" ({', '.join(blocked[:5])})" if blocked else ""
         raise CheckpointError(
             f"{path} holds objects other than tensors, numpy arrays and plain containers{what}, so it was not "
@@ -139,6 +135,16 @@ def _blocked_globals(path: Path) -> list[str]:
         return []
 
 
+def _load_weights_only(path: Path, map_location) -> Any:
+    """``torch.load(weights_only=True)``, and once more with numpy's data classes allowed by name when the first
+    attempt meets them (mmcv writes numpy scalars into ``meta``, e.g. ``best_score``); nothing else is allowed."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _is_numpy_data(name: str) -> bool:
     """Whether a pickle global only rebuilds numpy numbers or arrays (never code)."""
     if not name.startswith("numpy."):
@@ -148,23 +154,24 @@ def _is_numpy_data(name: str) -> bool:
             or name.startswith("numpy.dtypes.") and last.endswith("DType") and last != "ObjectDType")
 
 
-def _numpy_dtype_classes() -> list[type]:
-    """numpy's dtype classes of numbers, booleans and dates (``Float64DType``, ...), which rebuilding an array or a
-    scalar names only once its first globals are allowed; object and void dtypes are left out."""
-    import numpy as np
-
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
-    if dtypes is None:
-        return []
-    return [getattr(dtypes, name) for name in dir(dtypes)
-            if name.endswith("DType") and name not in ("ObjectDType", "VoidDType", "StringDType")]
-
-
-def _resolve(name: str) -> Any:
+def _numpy_data_globals() -> list[Any]:
+    """What rebuilding numpy numbers and arrays names: ``dtype``, ``ndarray``, ``multiarray.scalar`` and
+    ``_reconstruct`` (under ``numpy._core`` in numpy 2, ``numpy.core`` before), and the dtype classes of numbers,
+    booleans and dates (``Float64DType``, ...); object, void and string dtypes are left out."""
     import importlib
 
-    module, attr = name.rsplit(".", 1)
-    return getattr(importlib.import_module(module), attr)
+    import numpy as np
+
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy 1.x
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    found: list[Any] = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is not None:
+        found += [getattr(dtypes, name) for name in dir(dtypes)
+                  if name.endswith("DType") and name not in ("ObjectDType", "VoidDType", "StringDType")]
+    return found
 
 
 def extract_state_dict(obj: dict[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -332,9 +332,14 @@ def _assign(evaluator: _Evaluator, target: ast.AST, value: Any, names: dict[str,
     if isinstance(target, ast.Name):
         names[target.id] = value
     elif isinstance(target, (ast.Tuple, ast.List)):
+        if any(isinstance(t, ast.Starred) for t in target.elts):
+            raise evaluator.fail(target, "a starred assignment target ('*rest')")
+        if not isinstance(value, (list, tuple, str)):
+            raise ConfigError(f"{evaluator.path}:{target.lineno}: cannot unpack {type(value).__name__} {value!r} into "
+                              f"{len(target.elts)} names")
         values = list(value)
         if len(values) != len(target.elts):
-            raise evaluator.fail(target, "unpacking with a different number of values")
+            raise ConfigError(f"{evaluator.path}:{target.lineno}: {len(target.elts)} names take {len(values)} values")
         for t, v in zip(target.elts, values):
             _assign(evaluator, t, v, names)
     else:
@@ -419,6 +424,10 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
         # a dataloader built from `pipeline=train_pipeline` holds a copy: an override of the named pipeline goes
         # to every copy still equal to it, as a reader of the config file expects
         copies = []
+        if top in _PIPELINE_NAMES and top not in cfg and len(parts) > 1:
+            loader = top.replace("_pipeline", "_dataloader")
+            raise ConfigError(f"--cfg-options {key}: the config has no top-level '{top}' (its pipeline is written "
+                              f"inside {loader}): set {loader}.dataset.pipeline.{'.'.join(parts[1:])} instead")
         if top in _PIPELINE_NAMES and top in cfg:
             copies = [loader["dataset"] for loader in cfg.values() if isinstance(loader, dict)
                       and isinstance(loader.get("dataset"), dict) and loader["dataset"].get("pipeline") == cfg[top]]

@@ -16,7 +16,8 @@ from typing import Any
 
 from lateral.config import ConfigError, check_keys, load_config, suggest
 
-__all__ = ["MODEL_TYPES", "build_model", "lookup_type", "check_kwargs", "take_init_cfg", "apply_pretrained_init"]
+__all__ = ["MODEL_TYPES", "build_model", "lookup_type", "check_kwargs", "take_init_cfg", "apply_pretrained_init",
+           "reapply_pretrained_inits"]
 
 MODEL_TYPES: dict[str, str] = {
     # recognizers
@@ -88,10 +89,24 @@ def take_init_cfg(kwargs: dict[str, Any], target: Any, where: str) -> dict | Non
 
 def apply_pretrained_init(module: Any, entry: dict, where: str) -> None:
     """Load an ``init_cfg=dict(type='Pretrained', ...)`` checkpoint into a built module (non-strict, as mmengine,
-    but an error if nothing fits and a warning for what stays initialised)."""
+    but an error if nothing fits and a warning for what stays initialised).
+
+    The entry stays on the module as ``pretrained_init``: a parent that re-initialises its children (a recognizer's
+    ``init_weights``) loads it again afterwards, so the checkpoint is what the child ends up with.
+    """
     from lateral.checkpoint import load_pretrained
 
     load_pretrained(module, entry["checkpoint"], f"{where}.init_cfg.checkpoint", prefix=entry.get("prefix"))
+    module.pretrained_init = (entry, where)
+
+
+def reapply_pretrained_inits(parent: Any) -> None:
+    """Load again every ``init_cfg`` checkpoint held by a sub-module of ``parent`` (after ``parent`` re-initialised
+    them)."""
+    for child in parent.modules():
+        if child is not parent and getattr(child, "pretrained_init", None) is not None:
+            entry, where = child.pretrained_init
+            apply_pretrained_init(child, entry, where)
 
 
 def lookup_type(type_name: str) -> Any:

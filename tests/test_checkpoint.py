@@ -166,13 +166,22 @@ def test_numpy_numbers_in_meta_load_and_code_beside_them_is_named(tmp_path, monk
     src = small_model()
     meta = {"hook_msgs": {"best_score": np.float64(0.7), "epochs": np.int64(3), "curve": np.array([0.1, 0.2])}}
     torch.save({"state_dict": src.state_dict(), "meta": meta}, tmp_path / "mmcv.pth")
-    report = load_checkpoint(small_model(), tmp_path / "mmcv.pth")  # as mmcv's EvalHook writes them
-    assert report["meta"]["hook_msgs"]["best_score"] == 0.7 and list(report["meta"]["hook_msgs"]["curve"]) == [0.1, 0.2]
+    torch.save({"state_dict": src.state_dict(), "meta": meta}, tmp_path / "legacy.pth",
+               _use_new_zipfile_serialization=False)  # the format of older model-zoo files
+    for name in ("mmcv.pth", "legacy.pth"):
+        report = load_checkpoint(small_model(), tmp_path / name)  # as mmcv's EvalHook writes them
+        assert report["meta"]["hook_msgs"]["best_score"] == 0.7
+        assert list(report["meta"]["hook_msgs"]["curve"]) == [0.1, 0.2]
     monkeypatch.chdir(tmp_path)
     torch.save({"state_dict": src.state_dict(), "meta": meta, "evil": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match=r"\(.*(posix|os)\.system.*\), so it was not loaded") as info:
         read_state_dict(tmp_path / "evil.pth")
     assert "\x1b[" not in str(info.value)  # no terminal colour codes from torch's message
+    assert "numpy" not in str(info.value).split("(")[1]  # only what is refused is named, not the numpy data
+    torch.save({"state_dict": src.state_dict(), "evil": Payload()}, tmp_path / "evil_legacy.pth",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"\((posix|os)\.system\), so it was not loaded"):
+        read_state_dict(tmp_path / "evil_legacy.pth")
     assert not (tmp_path / "pwned_by_checkpoint").exists()
 
 

@@ -205,3 +205,18 @@ def test_expressions_that_would_exhaust_the_machine_are_refused_at_once(tmp_path
 def test_ordinary_arithmetic_stays_allowed(tmp_path):
     (tmp_path / "a.py").write_text("x = 2 ** 64\ny = 'ab' * 3\nz = [1, 2] * 4\nf = f'{0.5:.3f}'\np = '%05d' % 7\n")
     assert load_config(tmp_path / "a.py") == {"x": 2 ** 64, "y": "ababab", "z": [1, 2] * 4, "f": "0.500", "p": "00007"}
+
+
+def test_bad_unpacking_and_overrides_of_absent_pipelines_are_named(tmp_path):
+    for source, message in [("a, b = 5\n", "a.py:1: cannot unpack int 5 into 2 names"),
+                            ("a, b = 1, 2, 3\n", "a.py:1: 2 names take 3 values"),
+                            ("a, *rest = [1, 2, 3]\n", "a starred assignment target")]:
+        (tmp_path / "a.py").write_text(source)
+        with pytest.raises(ConfigError, match=message):
+            load_config(tmp_path / "a.py")
+    cfg = {"train_dataloader": {"dataset": {"pipeline": [{"type": "A"}, {"type": "SampleFrames", "clip_len": 8}]}}}
+    with pytest.raises(ConfigError, match="no top-level 'train_pipeline'.*set train_dataloader.dataset.pipeline.1."
+                                          "clip_len instead"):
+        apply_cfg_options(cfg, ["train_pipeline.1.clip_len=4"])
+    assert apply_cfg_options(cfg, ["train_dataloader.dataset.pipeline.1.clip_len=4"])[
+        "train_dataloader"]["dataset"]["pipeline"][1]["clip_len"] == 4

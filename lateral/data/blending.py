@@ -99,11 +99,13 @@ class RandomBatchAugment:
         self.augments = [build_blending(cfg) for cfg in augments]
         if probs is None:
             probs = [1.0 / len(self.augments)] * len(self.augments)
-        probs = [probs] if isinstance(probs, (int, float)) else list(probs)
-        if len(probs) != len(self.augments) or any(p < 0 for p in probs) or sum(probs) > 1 + 1e-6:
+        probs = [probs] if isinstance(probs, (int, float)) else probs
+        numbers = isinstance(probs, (list, tuple)) and all(
+            isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs)
+        if not numbers or len(probs) != len(self.augments) or any(p < 0 for p in probs) or sum(probs) > 1 + 1e-6:
             raise ConfigError(f"RandomBatchAugment: probs must be {len(self.augments)} non-negative numbers summing "
                               f"to at most 1, got {probs}")
-        self.probs = probs
+        self.probs = list(probs)
         class_counts = {augment.num_classes for augment in self.augments}
         if len(class_counts) != 1:
             raise ConfigError(f"RandomBatchAugment: the augments disagree on num_classes ({sorted(class_counts)})")
@@ -134,4 +136,7 @@ def build_blending(cfg: dict[str, Any]) -> Any:
         raise ConfigError(f"unknown blending type '{kind}'.{suggest(str(kind), BLENDING_TYPES)} Known types: "
                           f"{', '.join(BLENDING_TYPES)}")
     check_keys(cfg, _BLENDING_KEYS[kind], kind)
+    required = "augments" if kind == "RandomBatchAugment" else "num_classes"
+    if required not in cfg:
+        raise ConfigError(f"{kind} needs {required}" + (" (the model's class count)" if required == "num_classes" else ""))
     return BLENDING_TYPES[kind](**{k: v for k, v in cfg.items() if k != "type"})

@@ -44,6 +44,7 @@ __all__ = [
     "DATASET_TYPES",
     "build_dataset",
     "check_label_range",
+    "count_labelled",
     "load_label_map",
 ]
 
@@ -261,6 +262,14 @@ def check_label_range(dataset: torch.utils.data.Dataset, num_classes: int, where
             f"num_classes={num_classes} (model.cls_head.num_classes):\n  {shown}\n"
             "Set cls_head.num_classes to the number of classes in the lists, or fix the lists."
         )
+
+
+def count_labelled(dataset: torch.utils.data.Dataset) -> int | None:
+    """How many samples of ``dataset`` carry a label (not -1, not an empty multi-label list); None if unknown."""
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return None
+    return sum(1 for sample in samples if sample.get("label") not in (None, -1, []))
 
 
 def _parse_label(token: str, where: str) -> int:

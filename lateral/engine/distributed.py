@@ -142,13 +142,15 @@ def all_ranks_true(flag: bool, device: torch.device | None = None) -> bool:
     return bool(box.item())
 
 
-def sum_over_ranks(value: float, device: torch.device | None = None) -> float:
-    """``value`` summed over all ranks (``value`` itself without a process group); every rank must call it."""
-    if not is_distributed():
-        return value
-    box = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device(device))
-    dist.all_reduce(box, op=dist.ReduceOp.SUM)
-    return box.item()
+def sum_over_ranks(value: float | list[float], device: torch.device | None = None) -> float | list[float]:
+    """``value`` (a number, or a list of numbers summed element-wise in one all-reduce) summed over all ranks;
+    ``value`` itself, as floats, without a process group. Every rank must call it."""
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+    if is_distributed():
+        box = torch.tensor(values, dtype=torch.float64, device=_reduce_device(device))
+        dist.all_reduce(box, op=dist.ReduceOp.SUM)
+        values = box.tolist()
+    return values if isinstance(value, (list, tuple)) else values[0]
 
 
 class InferenceSampler(torch.utils.data.Sampler):

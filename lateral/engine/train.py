@@ -243,11 +243,15 @@ class Trainer:
         torch.manual_seed(self.seed + dist_utils.rank())
         seed_data_rng(self.seed + dist_utils.rank())
         model = build_model(cfg["model"])
-        from lateral.data.datasets import check_label_range
+        from lateral.data.datasets import check_label_range, count_labelled
 
         check_label_range(self.train_loader.dataset, model.num_classes, "train_dataloader", allow_unlabelled=False)
         if self.val_loader is not None:
             check_label_range(self.val_loader.dataset, model.num_classes, "val_dataloader")
+            if count_labelled(self.val_loader.dataset) == 0:
+                raise ConfigError(f"val_dataloader: none of the {len(self.val_loader.dataset)} samples has a label "
+                                  "(all -1), so validation could score nothing; give a labelled list or drop "
+                                  "val_dataloader")
         if cfg.get("load_from"):
             self._load_from(model, cfg["load_from"])
         if cfg.get("sync_bn") and self.distributed:
@@ -276,6 +280,7 @@ class Trainer:
         self.iteration = 0
         self.best_top1 = -1.0
         self.history: list[dict] = []
+        self._last_batch: dict | None = None  # this rank's last readable batch (a stand-in under DDP)
         if dist_utils.is_main_process():
             self.work_dir.mkdir(parents=True, exist_ok=True)
         self.tb_writer = None
@@ -457,7 +462,13 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
 
-    def _train_step(self, batch: dict) -> dict[str, float]:
+    def _train_step(self, batch: dict, loss_weight: float = 1.0, stand_in: bool = False) -> dict[str, float]:
+        """One optimizer step on ``batch``; returns the logged values (losses unweighted, the step's lr).
+
+        ``loss_weight`` scales the loss that is back-propagated. ``stand_in``: this rank had no readable batch and
+        runs a former one at weight 0 only to take part in DDP's gradient all-reduce; its BatchNorm statistics are
+        put back afterwards, so the stale batch leaves no trace.
+        """
         recognizer = unwrap(self.model)
         inputs = prepare_inputs(batch["inputs"], recognizer, self.device)
         labels = torch.as_tensor(batch["label"]).to(self.device)
@@ -480,7 +491,11 @@ class Trainer:
         if not dist_utils.all_ranks_true(bool(torch.isfinite(loss)), self.device):
             self._stop_on_nonfinite_loss(loss, buffers_before)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
+        if stand_in:  # after backward: the forward's BatchNorm saved the statistics it updated in place
+            with torch.no_grad():
+                for buffer, before in zip(self.model.buffers(), buffers_before):
+                    buffer.copy_(before)
         if self.clip_grad:
             self.scaler.unscale_(self.optimizer)
             clip_gradients(self.model, self.clip_grad)
@@ -503,9 +518,12 @@ class Trainer:
             path = self.save(self._epoch, name=f"nonfinite_iter{failing}.pth")
             kept = f"the model before this step is saved in {path or self.work_dir / f'nonfinite_iter{failing}.pth'}"
         else:
+            latest = self.work_dir / "latest.pth"
+            last = f"the last finished epoch is in {latest}" if latest.exists() else "no epoch had finished yet"
             kept = ("the weights were already non-finite (the previous update overflowed), so no rescue checkpoint "
-                    f"was written; the last finished epoch is in {self.work_dir / 'latest.pth'}")
-        raise NonFiniteLossError(f"{what} {where}; {kept}. Lower the learning rate or enable clip_grad.")
+                    f"was written; {last}")
+        advice = "Lower the learning rate" + (" (clip_grad is already on)" if self.clip_grad else " or enable clip_grad")
+        raise NonFiniteLossError(f"{what} {where}; {kept}. {advice}.")
 
     def precise_bn(self, num_iters: int) -> None:
         """Recompute BatchNorm statistics as true averages over ``num_iters`` training batches."""
@@ -539,6 +557,8 @@ class Trainer:
             return {"num_samples": 0}
         metrics = classification_metrics(scores, labels)
         metrics.pop("confusion_matrix", None)
+        if metrics["num_samples"] == 0:  # nothing labelled could be read: no accuracy to report or to pick best.pth by
+            return {k: v for k, v in metrics.items() if k.startswith("num_")}
         return metrics
 
     def _seed_epoch(self, epoch: int) -> None:
@@ -573,18 +593,29 @@ class Trainer:
             self.model.train()
             started = time.time()
             running: dict[str, float] = {}
-            seen = skipped = 0
+            seen = own_steps = skipped = 0
             failures_before = self._failures()
             show = self.progress and dist_utils.is_main_process()
             bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.max_epochs}", disable=not show, leave=False)
             for batch in bar:
-                # a batch whose every sample failed to decode is None; under DDP the step is skipped on all ranks
-                # when any rank has none, since a rank skipping alone would hang the others in the all-reduce
-                if not dist_utils.all_ranks_true(batch is not None, self.device):
+                # A batch whose every sample failed to decode is None. Under DDP every rank must take part in each
+                # step's gradient all-reduce (one skipping alone would hang the others), so a rank without a batch
+                # stands in with its last readable one at loss weight 0, and the ranks with data scale theirs so
+                # that the gradient is their mean. A step no rank (or a rank with nothing yet) can join is skipped.
+                have = batch is not None
+                if have:
+                    self._last_batch = batch
+                with_data, ready = dist_utils.sum_over_ranks(
+                    [have, have or self._last_batch is not None], self.device)
+                if with_data == 0 or ready < dist_utils.world_size():
                     skipped += 1
                     continue
-                step = self._train_step(batch)
+                weight = dist_utils.world_size() / with_data if have else 0.0
+                step = self._train_step(batch if have else self._last_batch, loss_weight=weight, stand_in=not have)
                 seen += 1
+                if not have:
+                    continue
+                own_steps += 1
                 for k, v in step.items():
                     running[k] = running.get(k, 0.0) + v
                 if show:
@@ -599,7 +630,7 @@ class Trainer:
                     f"epoch {epoch + 1}: not one training batch could be read from the {len(dataset)} samples; "
                     f"{kept}. {summary}".strip()
                 )
-            epoch_record = {k: v / max(seen, 1) for k, v in running.items()}
+            epoch_record = {k: v / max(own_steps, 1) for k, v in running.items()}
             epoch_record.update(epoch=epoch + 1, seconds=round(time.time() - started, 2), iters=seen)
             failed = int(dist_utils.sum_over_ranks(self._failures() - failures_before, self.device))
             if failed:

@@ -43,6 +43,12 @@ def check_data_preprocessor(cfg: dict | None, in_channels: int) -> dict:
         if (not isinstance(values, (list, tuple)) or len(values) != in_channels
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
             raise ConfigError(f"data_preprocessor.{key} must be {in_channels} numbers (one per channel), got {values!r}")
+    if (cfg.get("mean") is None) != (cfg.get("std") is None):
+        raise ConfigError("data_preprocessor: give both mean and std, or neither (as mmaction2 requires); with only "
+                          "one the frames would not be normalised")
+    for key in ("to_rgb", "to_float32"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"data_preprocessor.{key} must be True or False, got {cfg[key]!r}")
     if cfg.get("std") is not None and any(v == 0 for v in cfg["std"]):
         raise ConfigError(f"data_preprocessor.std must not contain 0, got {cfg['std']!r}")
     if cfg.get("blending") is not None:
@@ -59,7 +65,8 @@ class Recognizer3D(nn.Module):
         backbone: backbone config dict (e.g. ``dict(type='ResNet3dSlowFast', ...)``) or module.
         cls_head: head config dict (e.g. ``dict(type='SlowFastHead', ...)``) or module.
         neck: not supported (kept so that configs naming ``neck=None`` load).
-        train_cfg: training options (kept for compatibility; mixup/cutmix come from ``data_preprocessor.blending``).
+        train_cfg: must be empty or None (kept so that configs naming it load); mixup/cutmix come from
+            ``data_preprocessor.blending``.
         test_cfg: ``average_clips`` ('prob' | 'score' | None), ``max_testing_views`` (views per backbone call
             at test time, bounding memory), ``feature_extraction`` (``predict`` returns pooled backbone features
             ``[N, C_feat]`` averaged over views instead of class scores) and ``fcn_test`` (accepted: the heads pool
@@ -88,12 +95,21 @@ class Recognizer3D(nn.Module):
             raise ConfigError("Recognizer3D needs a cls_head (e.g. dict(type='SlowFastHead', ...))")
         self.cls_head = build_model(cls_head) if isinstance(cls_head, dict) else cls_head
         self.train_cfg = dict(train_cfg or {})
+        if "blending" in self.train_cfg:
+            raise ConfigError("model.train_cfg.blending is where mmaction2 0.x kept mixup/cutmix; mmaction2 1.x and "
+                              "lateral read it from data_preprocessor=dict(..., blending=...): move it there")
+        if self.train_cfg:
+            raise ConfigError(f"model.train_cfg: unknown keys {sorted(self.train_cfg)} (a Recognizer3D reads none; "
+                              "training settings go in the top-level train_cfg)")
         self.test_cfg = dict(test_cfg or {})
         unknown = set(self.test_cfg) - _TEST_CFG_KEYS
         if unknown:
             raise ConfigError(f"test_cfg: unknown keys {sorted(unknown)}; accepted: {sorted(_TEST_CFG_KEYS)}")
         self.data_preprocessor = check_data_preprocessor(data_preprocessor, self.in_channels)
-        self.feature_extraction = bool(self.test_cfg.get("feature_extraction", False))
+        for key in ("feature_extraction", "fcn_test"):
+            if key in self.test_cfg and not isinstance(self.test_cfg[key], bool):
+                raise ConfigError(f"test_cfg.{key} must be True or False, got {self.test_cfg[key]!r}")
+        self.feature_extraction = self.test_cfg.get("feature_extraction", False)
         if "average_clips" in self.test_cfg:
             self.average_clips = self.test_cfg["average_clips"]
         else:
@@ -116,9 +132,12 @@ class Recognizer3D(nn.Module):
 
     def init_weights(self) -> dict | None:
         """Initialise backbone and head as mmaction2 does (loading/inflating ``pretrained`` files if set)."""
+        from lateral.registry import reapply_pretrained_inits
+
         report = self.backbone.init_weights() if hasattr(self.backbone, "init_weights") else None
         if hasattr(self.cls_head, "init_weights"):
             self.cls_head.init_weights()
+        reapply_pretrained_inits(self)  # a child's init_cfg checkpoint wins over the initialisation above
         return report
 
     def extract_feat(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:

@@ -467,7 +467,9 @@ class ResNet3d(nn.Module):
             if bn_name + ".weight" not in state_dict_2d:
                 skipped.append(f"{name}.bn: no '{bn_name}.weight' in the 2D checkpoint")
             else:
-                self._inflate_bn(module.bn, state_dict_2d, bn_name, loaded)
+                reason = self._inflate_bn(module.bn, state_dict_2d, bn_name, loaded)
+                if reason:
+                    skipped.append(f"{name}.bn: {reason}")
         unused = sorted(set(state_dict_2d) - set(loaded))
         return {"loaded": loaded, "skipped": skipped, "unused": unused}
 
@@ -493,18 +495,18 @@ class ResNet3d(nn.Module):
         return None
 
     @staticmethod
-    def _inflate_bn(bn: nn.Module, state_dict_2d: dict, name_2d: str, loaded: list[str]) -> None:
+    def _inflate_bn(bn: nn.Module, state_dict_2d: dict, name_2d: str, loaded: list[str]) -> str | None:
+        """Copy a 2D BatchNorm into ``bn``; the reason it was left as initialised (another width), else None."""
+        source_weight = state_dict_2d[name_2d + ".weight"]
+        if source_weight.shape != bn.weight.shape:
+            return f"'{name_2d}.weight' has shape {list(source_weight.shape)}, the 3D network {list(bn.weight.shape)}"
         for param_name, tensor in list(bn.named_parameters()) + list(bn.named_buffers()):
             key = f"{name_2d}.{param_name}"
-            if key not in state_dict_2d:
-                continue
-            source = state_dict_2d[key]
-            if source.shape != tensor.shape:
-                warnings.warn(f"'{key}' has shape {list(source.shape)}, expected {list(tensor.shape)}; not loaded")
-                continue
-            with torch.no_grad():
-                tensor.copy_(source)
-            loaded.append(key)
+            if key in state_dict_2d and state_dict_2d[key].shape == tensor.shape:
+                with torch.no_grad():
+                    tensor.copy_(state_dict_2d[key])
+                loaded.append(key)
+        return None
 
     def init_weights(self, pretrained: str | None = None) -> dict | None:
         """Initialise from scratch (Kaiming convs, unit BN, zero last BN per block) or from ``pretrained``.
@@ -535,6 +537,9 @@ class ResNet3d(nn.Module):
         state = read_state_dict(path)
         prefix = _backbone_prefix(state)
         if not self.pretrained2d:
+            if any(k.startswith(f"{prefix or ''}slow_path.") for k in state):
+                raise CheckpointError(f"{name}.pretrained={path} holds a whole SlowFast backbone (slow_path.*, "
+                                      "fast_path.*): set it as the ResNet3dSlowFast's pretrained, not a pathway's")
             conv1 = state.get(f"{prefix or ''}conv1.weight")
             if conv1 is not None and conv1.dim() == 4:
                 raise CheckpointError(f"{name}.pretrained={path} holds a 2D ResNet (conv1.weight "
@@ -543,8 +548,9 @@ class ResNet3d(nn.Module):
             return None
         state_2d = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
         report = self.inflate_weights(state_2d)
-        if not report["loaded"]:
-            misfits = [reason for reason in report["skipped"] if "does not fit" in reason or "channels" in reason]
+        if not [k for k in report["loaded"] if not k.endswith("num_batches_tracked")]:  # counters are no weights
+            misfits = [reason for reason in report["skipped"]
+                       if "does not fit" in reason or "channels" in reason or "has shape" in reason]
             why = (f"none of its tensors fits this network ({misfits[0]})" if misfits else
                    f"it holds no torchvision-layout 2D ResNet keys (conv1.weight, layer1.0.conv1.weight, ...); its "
                    f"first keys: {list(state_2d)[:4]}")

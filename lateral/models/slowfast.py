@@ -264,10 +264,16 @@ class ResNet3dSlowFast(nn.Module):
         if self.pretrained is None:
             fast_report = self.fast_path.init_weights()  # fast first: the order draws of the random init
             return {"slow_path": self.slow_path.init_weights(), "fast_path": fast_report}
-        from lateral.checkpoint import load_checkpoint, local_checkpoint_path
+        from lateral.checkpoint import CheckpointError, load_checkpoint, local_checkpoint_path, read_state_dict
 
         path = local_checkpoint_path(self.pretrained, f"{type(self).__name__}.pretrained")
-        load_checkpoint(self, path, strict=True, strip_prefix="backbone.")
+        state = read_state_dict(path)
+        conv1 = state.get("conv1.weight", state.get("backbone.conv1.weight"))
+        if conv1 is not None and conv1.dim() == 4:
+            raise CheckpointError(f"{type(self).__name__}.pretrained={path} holds a 2D ResNet (conv1.weight "
+                                  f"{list(conv1.shape)}): a 2D network is inflated into a pathway, so set it as "
+                                  "slow_pathway=dict(..., pretrained=..., pretrained2d=True)")
+        load_checkpoint(self, state, strict=True, strip_prefix="backbone.", source=str(path))
         return None
 
     @property

@@ -125,7 +125,8 @@ def test_nan_loss_from_non_finite_weights_writes_no_useless_rescue(tmp_path, run
     trainer = Trainer(run_config, tmp_path / "nan", progress=False)
     with torch.no_grad():
         trainer.model.cls_head.fc_cls.bias[0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match="iteration 1 .*already non-finite.*latest.pth"):
+    with pytest.raises(NonFiniteLossError, match=r"iteration 1 .*already non-finite.*no epoch had finished yet\. "
+                                                 r"Lower the learning rate \(clip_grad is already on\)"):
         trainer.run()
     assert not list((tmp_path / "nan").glob("nonfinite_*.pth"))
 
@@ -413,6 +414,12 @@ def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any
     cfg = json.loads(json.dumps(run_config))
     cfg["train_dataloader"]["dataset"]["ann_file"] = str(unlabelled)
     with pytest.raises(ConfigError, match=r"(?s)train_dataloader: 1 sample.*\(-1, unlabelled, is allowed in test"):
+        Trainer(cfg, tmp_path / "never", progress=False)
+    none = tmp_path / "val_unlabelled.txt"
+    none.write_text("".join(f"{l.rsplit(' ', 1)[0]}\n" for l in lines))
+    cfg = json.loads(json.dumps(run_config))
+    cfg["val_dataloader"]["dataset"]["ann_file"] = str(none)
+    with pytest.raises(ConfigError, match="val_dataloader: none of the 8 samples has a label"):
         Trainer(cfg, tmp_path / "never", progress=False)
     cfg = json.loads(json.dumps(run_config))
     cfg["randomness"]["seed"] = "abc"

@@ -23,8 +23,13 @@ def tiny(**extra):
     (dict(type="ActionDataPreprocesor"), "unknown type 'ActionDataPreprocesor'. Did you mean 'ActionDataPreprocessor'"),
     (dict(format_shape="NCHW"), "format_shape='NCHW': Recognizer3D takes clips as NCTHW"),
     (dict(mean=[1.0, 2.0]), "data_preprocessor.mean must be 3 numbers"),
-    (dict(std=[1.0, 0, 1.0]), "std must not contain 0"),
+    (dict(mean=[0, 0, 0], std=[1.0, 0, 1.0]), "std must not contain 0"),
     (dict(blending=dict(type="Mixup", num_classes=3)), "unknown blending type 'Mixup'"),
+    (dict(mean=[123.7, 116.3, 103.5]), "give both mean and std, or neither"),
+    (dict(to_rgb="yes"), "to_rgb must be True or False"),
+    (dict(blending=dict(type="MixupBlending", alpha=0.2)), "MixupBlending needs num_classes"),
+    (dict(blending=dict(type="RandomBatchAugment", augments=[dict(type="MixupBlending", num_classes=3)], probs="0.5")),
+     "probs must be 1 non-negative numbers"),
 ])
 def test_data_preprocessor_mistakes_stop_the_build(preprocessor, message):
     with pytest.raises(ConfigError, match=message):
@@ -51,3 +56,12 @@ def test_feature_extraction_returns_pooled_features_and_scoring_refuses_them():
     torch.testing.assert_close(features[1], expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="feature_extraction=True, so predict returns pooled features"):
         collect_scores(model, [], torch.device("cpu"), progress=False)
+
+
+def test_misplaced_or_mistyped_recognizer_settings_are_refused():
+    with pytest.raises(ConfigError, match="model.train_cfg.blending is where mmaction2 0.x kept mixup"):
+        lateral.build_model(tiny(train_cfg=dict(blending=dict(type="MixupBlending", num_classes=3))))
+    with pytest.raises(ConfigError, match=r"model.train_cfg: unknown keys \['foo'\]"):
+        lateral.build_model(tiny(train_cfg=dict(foo=1)))
+    with pytest.raises(ConfigError, match="test_cfg.feature_extraction must be True or False, got 'False'"):
+        lateral.build_model(tiny(test_cfg=dict(feature_extraction="False")))

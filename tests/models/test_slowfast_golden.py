@@ -178,3 +178,27 @@ def test_whole_model_init_cfg_loads_a_recognizer_checkpoint_and_warns_about_gaps
     with pytest.warns(UserWarning, match=r"filled \d+ of \d+ tensors of Recognizer3D; 2 keep their initialisation "
                                          r"\(cls_head.fc_cls.weight, cls_head.fc_cls.bias\)"):
         lateral.build_model(dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "backbone.pth"))))
+
+
+def test_a_child_init_cfg_checkpoint_survives_the_recognizer_initialisation(tmp_path):
+    """The head's (or a prefixed backbone's) init_cfg checkpoint is loaded when the child is built; the recognizer's
+    own init_weights afterwards must not replace it with a fresh random initialisation."""
+    source = lateral.build_model(_slowonly())
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "full.pth")
+    torch.save({f"model.{k}": v for k, v in source.state_dict().items()}, tmp_path / "wrapped.pth")
+    head = dict(type="I3DHead", in_channels=2048, num_classes=5,
+                init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth"), prefix="cls_head."))
+    model = lateral.build_model(dict(_slowonly(), cls_head=head))
+    assert torch.equal(model.cls_head.fc_cls.weight, source.cls_head.fc_cls.weight)
+    model = lateral.build_model(_slowonly(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "wrapped.pth"),
+                                                        prefix="model.backbone.")))
+    assert all(torch.equal(v, source.backbone.state_dict()[k]) for k, v in model.backbone.state_dict().items())
+
+
+def test_a_2d_resnet_of_other_widths_inflates_nothing_and_says_why(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")  # 64 wide
+    narrow = dict(type="ResNet3dSlowOnly", depth=18, base_channels=4, pretrained=str(tmp_path / "r18.pth"))
+    with pytest.raises(CheckpointError, match="nothing could be inflated, because none of its tensors fits"):
+        lateral.build_model(narrow).init_weights()  # a bare backbone loads its pretrained file here, as mmaction2's
