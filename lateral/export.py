@@ -37,6 +37,9 @@ def exportable_module(model: nn.Module) -> tuple[nn.Module, str]:
     Returns:
         (module, note) where note says what was picked when it is not the whole model.
     """
+    if getattr(model, "feature_extraction", False):
+        return model, ("test_cfg.feature_extraction applies to predict only: the exported model is the forward pass, "
+                       "[N, C, T, H, W] -> class scores [N, K]")
     if hasattr(model, "cls_head") or not isinstance(getattr(model, "backbone", None), nn.Module):
         return model, ""
     return model.backbone, f"exporting the backbone of {type(model).__name__} (its detection heads are not exported)"
