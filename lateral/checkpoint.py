@@ -77,6 +77,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix:
     path = local_checkpoint_path(path, key)
     state = read_state_dict(path) if state is None else state
     if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."  # 'backbone' means 'backbone.', as in mmengine
         if prefix.startswith("module.") and not any(k.startswith(prefix) for k in state):
             prefix = prefix[len("module."):]  # read_state_dict has unwrapped the DDP prefix already
         selected = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))

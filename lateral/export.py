@@ -107,8 +107,17 @@ def _input(args: argparse.Namespace, module: nn.Module, cfg: dict) -> torch.Tens
 # ------------------------------------------------------------------------------------------------------ export
 
 
+def _weights_of(args: argparse.Namespace) -> str | None:
+    """The checkpoint to load: the one given, else the config argument itself when it is a checkpoint (which
+    carries its config); None (random weights) when neither holds weights."""
+    if args.checkpoint is None and not args.config.endswith(".py"):
+        return args.config
+    return args.checkpoint
+
+
 def run_export(args: argparse.Namespace) -> int:
     """``lateral export``: write ONNX / TorchScript and, with ``--check``, compare it with PyTorch."""
+    args.checkpoint = _weights_of(args)
     if args.checkpoint is None or args.checkpoint.lower() == "none":
         warnings.warn("no checkpoint given: exporting randomly initialised weights", stacklevel=1)
     model, cfg = _build(args.config, args.checkpoint, args.cfg_options)
@@ -173,7 +182,7 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     else:
         names = bench_variants(precisions, args.compile, args.onnx, args.openvino)
-    model, cfg = _build(args.config, args.checkpoint, args.cfg_options)
+    model, cfg = _build(args.config, _weights_of(args), args.cfg_options)
     module, note = exportable_module(model)
     if note:
         print(note.replace("exporting", "timing"))

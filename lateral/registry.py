@@ -77,7 +77,7 @@ def take_init_cfg(kwargs: dict[str, Any], target: Any, where: str) -> dict | Non
         if "checkpoint" not in entry:
             raise ConfigError(f"{where}.init_cfg: type 'Pretrained' needs a 'checkpoint' (a local file path)")
         takes_pretrained = "pretrained" in (_accepted_keys(target) or [])
-        if takes_pretrained and entry.get("prefix") in (None, "backbone."):
+        if takes_pretrained and entry.get("prefix") in (None, "backbone.", "backbone"):
             if kwargs.get("pretrained"):
                 raise ConfigError(f"{where}: both pretrained={kwargs['pretrained']!r} and init_cfg "
                                   f"checkpoint={entry['checkpoint']!r} are set; keep one")

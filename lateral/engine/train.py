@@ -532,32 +532,45 @@ class Trainer:
             return
         recognizer = unwrap(self.model)
         momenta = [bn.momentum for bn in bns]
+        before = [[b.clone() for b in bn.buffers()] for bn in bns]
         for bn in bns:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative moving average
         self.model.train()
+        used = 0
         with torch.no_grad():
-            for i, batch in enumerate(self.train_loader):
-                if i >= num_iters:
+            for batch in self.train_loader:
+                if used >= num_iters:
                     break
-                if batch is None:
+                if batch is None:  # unreadable batches do not count towards num_iters
                     continue
                 inputs = prepare_inputs(batch["inputs"], recognizer, self.device)
                 # the bare model, not DDP: no collective per batch (ranks may skip different unreadable batches)
                 # and no broadcast of rank 0's statistics over each rank's own
                 recognizer(inputs.flatten(0, 1))
-        for bn, momentum in zip(bns, momenta):
+                used += 1
+        for bn, momentum, saved in zip(bns, momenta, before):
             bn.momentum = momentum
+            if used == 0:  # nothing was read: keep the statistics from training rather than the reset ones
+                for buffer, old in zip(bn.buffers(), saved):
+                    buffer.copy_(old)
+        if used == 0:
+            logger.warning("precise_bn: not one training batch could be read on rank %d; its BatchNorm statistics "
+                           "stay those of training", dist_utils.rank())
         dist_utils.average_buffers(self.model)  # each rank saw its own batches: average the statistics
 
     def validate(self) -> dict:
         dist_utils.broadcast_buffers(self.model)  # score every shard with the BN statistics the checkpoint holds
         scores, labels = collect_scores(self.model, self.val_loader, self.device, self.amp_dtype, self.progress, "val")
         if len(labels) == 0:
+            if dist_utils.is_main_process():
+                logger.warning("validation scored nothing: not one validation sample could be read")
             return {"num_samples": 0}
         metrics = classification_metrics(scores, labels)
         metrics.pop("confusion_matrix", None)
         if metrics["num_samples"] == 0:  # nothing labelled could be read: no accuracy to report or to pick best.pth by
+            if dist_utils.is_main_process():
+                logger.warning("validation scored nothing: no labelled validation sample could be read")
             return {k: v for k, v in metrics.items() if k.startswith("num_")}
         return metrics
 
@@ -577,6 +590,23 @@ class Trainer:
             generator.manual_seed(self.seed * 100_003 + epoch)
         if self.train_loader.num_workers == 0:
             seed_data_rng(self.seed * 100_003 + epoch * 1009 + dist_utils.rank())
+
+    def _stand_in_batch(self) -> dict | None:
+        """A batch for a rank that must join a step before it has read one: the first readable sample of the whole
+        dataset, repeated to the loader's batch size (so a stand-in forward draws as many random numbers as one on a
+        real batch). The random-number states are put back afterwards. None if no sample can be read at all."""
+        from lateral.data.loader import collate
+
+        dataset = self.train_loader.dataset
+        saved = _rng_state()
+        try:
+            for index in range(len(dataset)):
+                item = dataset[index]
+                if item is not None:
+                    return collate([item] * (self.train_loader.batch_size or 1))
+            return None
+        finally:
+            _set_rng_state(saved)
 
     def _failures(self) -> int:
         """Unreadable sample reads so far in this process and its DataLoader workers."""
@@ -600,11 +630,14 @@ class Trainer:
             for batch in bar:
                 # A batch whose every sample failed to decode is None. Under DDP every rank must take part in each
                 # step's gradient all-reduce (one skipping alone would hang the others), so a rank without a batch
-                # stands in with its last readable one at loss weight 0, and the ranks with data scale theirs so
-                # that the gradient is their mean. A step no rank (or a rank with nothing yet) can join is skipped.
+                # stands in with its last readable one (before its first: the dataset's first readable sample) at
+                # loss weight 0, and the ranks with data scale theirs so that the gradient is their mean. A step
+                # that no rank has data for is skipped.
                 have = batch is not None
                 if have:
                     self._last_batch = batch
+                elif self._last_batch is None:  # nothing read yet in this run (or since a resume)
+                    self._last_batch = self._stand_in_batch()
                 with_data, ready = dist_utils.sum_over_ranks(
                     [have, have or self._last_batch is not None], self.device)
                 if with_data == 0 or ready < dist_utils.world_size():

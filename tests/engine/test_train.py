@@ -448,6 +448,21 @@ def test_mixup_blending_from_the_data_preprocessor_trains_on_soft_labels(tmp_pat
         Trainer(dict(cfg, model=dict(cfg["model"], data_preprocessor=wrong)), tmp_path / "never", progress=False)
 
 
+def test_precise_bn_counts_readable_batches_and_keeps_statistics_when_none_is_read(tmp_path, run_config, caplog):
+    trainer = Trainer(dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5)), tmp_path / "pbn", progress=False)
+    trainer.run()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running_" in k}
+    batch = next(b for b in trainer.train_loader if b is not None)
+    trainer.train_loader = [None, None]  # every batch unreadable
+    with caplog.at_level("WARNING", logger="lateral.train"):
+        trainer.precise_bn(2)
+    assert "precise_bn: not one training batch could be read" in caplog.text
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())  # not reset to 0 / 1
+    trainer.train_loader = [None, None, batch]
+    trainer.precise_bn(1)
+    assert int(trainer.model.backbone.slow_path.conv1.bn.num_batches_tracked) == 1  # the None did not use it up
+
+
 def test_logged_lr_is_the_one_each_step_used(tmp_path, run_config):
     cfg = dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5))
     train(cfg, tmp_path / "run", progress=False)

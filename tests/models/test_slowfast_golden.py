@@ -186,10 +186,11 @@ def test_a_child_init_cfg_checkpoint_survives_the_recognizer_initialisation(tmp_
     source = lateral.build_model(_slowonly())
     torch.save({"state_dict": source.state_dict()}, tmp_path / "full.pth")
     torch.save({f"model.{k}": v for k, v in source.state_dict().items()}, tmp_path / "wrapped.pth")
-    head = dict(type="I3DHead", in_channels=2048, num_classes=5,
-                init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth"), prefix="cls_head."))
-    model = lateral.build_model(dict(_slowonly(), cls_head=head))
-    assert torch.equal(model.cls_head.fc_cls.weight, source.cls_head.fc_cls.weight)
+    for prefix in ("cls_head.", "cls_head"):  # mmengine adds the missing dot
+        head = dict(type="I3DHead", in_channels=2048, num_classes=5,
+                    init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth"), prefix=prefix))
+        model = lateral.build_model(dict(_slowonly(), cls_head=head))
+        assert torch.equal(model.cls_head.fc_cls.weight, source.cls_head.fc_cls.weight)
     model = lateral.build_model(_slowonly(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "wrapped.pth"),
                                                         prefix="model.backbone.")))
     assert all(torch.equal(v, source.backbone.state_dict()[k]) for k, v in model.backbone.state_dict().items())
