@@ -140,6 +140,11 @@ def run_test(args: argparse.Namespace) -> int:
     from lateral.engine.train import build_loader, resolve_amp
     from lateral.registry import build_model
 
+    if args.checkpoint is None:
+        if args.config.endswith(".py"):
+            raise ConfigError("lateral test CONFIG.py needs a CHECKPOINT to test (or give one checkpoint that carries "
+                              "its config)")
+        args.checkpoint = args.config
     cfg = load_run_config(args.config, args.cfg_options)
     loader_cfg = dict(cfg.get("test_dataloader") or {})
     if not loader_cfg:
@@ -326,8 +331,9 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("test", help="evaluate a checkpoint: top-1/top-5, mean class accuracy, confusion matrix")
-    p.add_argument("config")
-    p.add_argument("checkpoint")
+    p.add_argument("config", help="config file (.py), or a checkpoint that carries its config (then CHECKPOINT may "
+                                  "be left out)")
+    p.add_argument("checkpoint", nargs="?", help="the weights to test (default: CONFIG, when it is a checkpoint)")
     p.add_argument("--views", help="CROPSxCLIPS, e.g. 3x10 (3 crops of 10 clips)")
     p.add_argument("--out", help="folder for metrics.json and the confusion matrix (default: next to the checkpoint)")
     p.add_argument("--labels", help="label map text file, one class name per line")

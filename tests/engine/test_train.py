@@ -162,6 +162,10 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert metrics["num_samples"] == 8 and 0 <= metrics["top1_acc"] <= 1
     assert (tmp_path / "test" / "confusion_matrix.png").stat().st_size > 1000
+    from lateral.cli import main  # a training checkpoint carries its config: CKPT alone is enough
+
+    assert main(["test", str(ckpt), "--views", "1x3", "--out", str(tmp_path / "test_ckpt"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "test_ckpt" / "metrics.json").read_text())["top1_acc"] == metrics["top1_acc"]
     video = sorted((motion_data / "videos").rglob("*test*.mp4"))[0]  # the same file whatever the listing order
     out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video), "--topk", "3"],
                          cwd=REPO, capture_output=True, text=True)
@@ -228,6 +232,8 @@ def test_cli_test_leaves_unlabelled_samples_out_and_refuses_a_list_without_label
     assert "unlabelled samples (label -1) were left out" in capsys.readouterr().err
     assert main(args + [f"test_dataloader.dataset.ann_file={none}"]) == 1
     assert f"none of the {len(lines)} test samples has a label" in capsys.readouterr().err
+    assert main(["test", str(config_file), "--no-progress"]) == 1
+    assert "needs a CHECKPOINT to test" in capsys.readouterr().err
 
 
 def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, motion_data):
