@@ -21,7 +21,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "remove_partial_checkpoints",
-    "save_checkpoint", "local_checkpoint_path", "load_pretrained",
+    "save_checkpoint", "local_checkpoint_path", "load_pretrained", "unfilled_keys",
 ]
 
 _STATE_DICT_KEYS = ("state_dict", "model_state", "model", "module")
@@ -58,6 +58,13 @@ def local_checkpoint_path(value: Any, key: str) -> Path:
     return path
 
 
+def unfilled_keys(own: dict[str, torch.Tensor], report: dict[str, Any]) -> list[str]:
+    """The model keys a non-strict :func:`load_checkpoint` left as initialised (classifier tensors it dropped on
+    purpose and BatchNorm's num_batches_tracked, which BatchNorm fills itself, are no gap)."""
+    filled = set(report["loaded"]) | set(report.get("dropped", []))
+    return [k for k in own if k not in filled and not k.endswith("num_batches_tracked")]
+
+
 def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix: str | None = None,
                     state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Fill ``model`` from a checkpoint that may cover only part of it (mmengine ``init_cfg=dict(type='Pretrained')``
@@ -90,8 +97,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix:
     if not report["loaded"]:
         raise CheckpointError(f"{key}: not one tensor of {path} fits {type(model).__name__}: its keys look like "
                               f"{list(state)[:3]}, the model's like {list(own)[:3]}")
-    # BatchNorm fills a missing num_batches_tracked itself: it is no gap
-    kept = [k for k in own if k not in set(report["loaded"]) and not k.endswith("num_batches_tracked")]
+    kept = unfilled_keys(own, report)
     if kept:
         shown = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")
         warnings.warn(f"{key}: {path} filled {len(report['loaded'])} of {len(own)} tensors of "

@@ -312,7 +312,7 @@ class Trainer:
     @staticmethod
     def _load_from(model: nn.Module, value: Any) -> None:
         """``load_from``: start from a checkpoint's weights (a head of another class count is re-initialised)."""
-        from lateral.checkpoint import local_checkpoint_path
+        from lateral.checkpoint import local_checkpoint_path, unfilled_keys
 
         path = local_checkpoint_path(value, "load_from")
         report = load_checkpoint(model, path, strict=False, drop_mismatched_head=True)
@@ -320,8 +320,7 @@ class Trainer:
         if not report["loaded"]:
             raise CheckpointError(f"load_from={path}: not one tensor fits the model (checkpoint keys like "
                                   f"{report['unexpected'][:3]}, model keys like {list(own)[:3]})")
-        missing = [k for k in own if k not in set(report["loaded"]) | set(report["dropped"])
-                   and not k.endswith("num_batches_tracked")]
+        missing = unfilled_keys(own, report)
         if missing:
             warnings.warn(f"load_from={path} leaves {len(missing)} of {len(own)} model tensors initialised "
                           f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})", stacklevel=3)

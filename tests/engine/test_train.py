@@ -469,6 +469,21 @@ def test_precise_bn_counts_readable_batches_and_keeps_statistics_when_none_is_re
     assert int(trainer.model.backbone.slow_path.conv1.bn.num_batches_tracked) == 1  # the None did not use it up
 
 
+def test_load_from_starts_from_the_weights_and_refuses_urls_and_files_that_fit_nothing(tmp_path, run_config):
+    other_head = dict(run_config["model"], cls_head=dict(run_config["model"]["cls_head"], num_classes=3))
+    source = lateral.build_model(other_head)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "pretrained.pth")
+    with pytest.warns(UserWarning, match="dropped 2 head tensors"):
+        trainer = Trainer(dict(run_config, load_from=str(tmp_path / "pretrained.pth")), tmp_path / "a", progress=False)
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(trainer.model.backbone.state_dict()[key], value), key
+    torch.save({"state_dict": {"blocks.0.weight": torch.zeros(2)}}, tmp_path / "unrelated.pth")
+    with pytest.raises(lateral.checkpoint.CheckpointError, match="load_from=.*unrelated.pth: not one tensor fits"):
+        Trainer(dict(run_config, load_from=str(tmp_path / "unrelated.pth")), tmp_path / "b", progress=False)
+    with pytest.raises(lateral.checkpoint.CheckpointError, match="lateral does not download weights"):
+        Trainer(dict(run_config, load_from="https://download.openmmlab.com/x.pth"), tmp_path / "c", progress=False)
+
+
 def test_logged_lr_is_the_one_each_step_used(tmp_path, run_config):
     cfg = dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5))
     train(cfg, tmp_path / "run", progress=False)
