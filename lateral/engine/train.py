@@ -641,6 +641,9 @@ class Trainer:
                     [have, have or self._last_batch is not None], self.device)
                 if with_data == 0 or ready < dist_utils.world_size():
                     skipped += 1
+                    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose here
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.scheduler.step()  # the schedule keeps to its planned length: epochs end where it says
                     continue
                 weight = dist_utils.world_size() / with_data if have else 0.0
                 step = self._train_step(batch if have else self._last_batch, loss_weight=weight, stand_in=not have)

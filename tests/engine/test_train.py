@@ -484,6 +484,20 @@ def test_load_from_starts_from_the_weights_and_refuses_urls_and_files_that_fit_n
         Trainer(dict(run_config, load_from="https://download.openmmlab.com/x.pth"), tmp_path / "c", progress=False)
 
 
+def test_a_skipped_batch_still_advances_the_learning_rate_schedule(tmp_path, run_config):
+    trainer = Trainer(dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5)), tmp_path / "skip", progress=False)
+    readable = [b for b in trainer.train_loader if b is not None]
+
+    class Batches(list):  # a loader whose second batch could not be read at all
+        num_workers = 0
+        dataset = trainer.train_loader.dataset
+
+    trainer.train_loader = Batches([readable[0], None, *readable[1:]])
+    trainer.run()
+    # the schedule was planned over len(loader) steps per epoch; a skipped batch must not stretch it
+    assert trainer.scheduler.last_epoch == len(readable) + 1 and trainer.iteration == len(readable)
+
+
 def test_logged_lr_is_the_one_each_step_used(tmp_path, run_config):
     cfg = dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5))
     train(cfg, tmp_path / "run", progress=False)
