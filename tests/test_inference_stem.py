@@ -90,7 +90,7 @@ def test_folded_weight_follows_weight_changes_and_is_not_state():
         stem.load_state_dict({"weight": other.weight, "bias": other.bias})
         torch.testing.assert_close(stem(x), reference(other, x), atol=ATOL, rtol=RTOL)
     clone = copy.deepcopy(stem)
-    assert clone._folded is None
+    assert clone._folded == {}
     with torch.no_grad():
         torch.testing.assert_close(clone(x), stem(x), atol=0, rtol=0)
 
@@ -154,3 +154,41 @@ def test_bf16_stem_and_lateral_are_close_to_fp32():
         out = lateral_bf16(y.bfloat16().contiguous(memory_format=torch.channels_last_3d))
         assert torch.isfinite(out.float()).all()
         torch.testing.assert_close(out.float(), lateral_fp32(y), atol=5e-2, rtol=2e-2)
+
+
+def test_stem_with_two_routes_times_them_once_per_size_and_matches_the_plain_conv():
+    from lateral.inference.stem import stem_routes_for
+
+    conv = stem_conv()
+    routes = stem_routes_for(OneDnnConv(conv), torch.float32)
+    assert routes == [("3d", 2), ("2d", 4)]
+    assert stem_routes_for(OneDnnConv(conv), torch.bfloat16) == [("2d", 4), ("3d", 2)]
+    assert stem_routes_for(OneDnnConv(stem_conv(kernel=(1, 7, 7), padding=(0, 3, 3))), torch.float32) == [("3d", 1)]
+    stem = FoldedStemConv(OneDnnConv(conv, relu=True), *routes[0], routes=routes)
+    calls = []
+    original = stem._run
+    stem._run = lambda x, route: calls.append(route) or original(x, route)
+    x = clip(8, batch=2)
+    with torch.no_grad():
+        expected = reference(conv, x)
+        torch.testing.assert_close(stem(x), expected, atol=ATOL, rtol=RTOL)
+        assert set(calls[:-1]) == set(routes) and len(calls) == 2 * 3 + 1  # three timed rounds, then the call
+        chosen = stem.routes_chosen[(8, (20 * 20 - 1).bit_length())]
+        assert chosen in routes and (stem.mode, stem.fold) == chosen
+        calls.clear()
+        torch.testing.assert_close(stem(x), expected, atol=ATOL, rtol=RTOL)
+        assert calls == [chosen]  # measured once per size class
+        for route in routes:  # each route on its own gives the plain conv
+            torch.testing.assert_close(original(x, route), expected, atol=ATOL, rtol=RTOL)
+
+
+def test_fastest_route_keeps_the_default_unless_another_is_clearly_faster():
+    import time
+
+    from lateral.inference.winograd import fastest_route
+
+    delays = {"direct": 0.004, "f2x2": 0.0, "f4x4": 0.002}
+    assert fastest_route(list(delays), lambda route: time.sleep(delays[route])) == "f2x2"
+    delays = {"direct": 0.0, "f2x2": 0.004}
+    assert fastest_route(list(delays), lambda route: time.sleep(delays[route])) == "direct"
+    assert fastest_route(["only"], lambda route: None) == "only"

@@ -20,6 +20,11 @@ output frame's window):
 
 A stem whose temporal kernel is 1 (the slow pathway's 1x7x7) becomes a plain conv2d over ``[N * T, C_in, H, W]``
 in bf16 (G = 1) and stays a plain conv3d in fp32. Outputs equal the plain conv's to float rounding.
+
+Which fold is faster depends on the CPU, so a stem with a temporal kernel tries both (:func:`stem_routes_for`) on
+the first clip of each size and keeps the faster, as the Winograd convs do. On a 2-core AVX-512 BF16 AMD EPYC
+(Zen 4, no AMX) the bf16 fast stem took 25 ms with the 3D fold against 30-31 ms with the 2D fold; on the AMX Xeon
+the 2D fold was the faster one (numbers above).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 
 from lateral.inference.optimization import OneDnnConv
 from lateral.inference.scratch import scratch
+from lateral.inference.winograd import fastest_route, size_class
 from lateral.models.layers import (
     MAX_STEM_CHANNELS,
     STEM_FOLD,
@@ -39,7 +45,7 @@ from lateral.models.layers import (
     unfold_stem_frames,
 )
 
-__all__ = ["FoldedStemConv", "stem_fold_for", "use_folded_stems"]
+__all__ = ["FoldedStemConv", "stem_fold_for", "stem_routes_for", "use_folded_stems"]
 
 FP32_FOLD = 2  # measured best of 1, 2, 4, 8 for the 3D fold
 BF16_FOLD = STEM_FOLD  # the 2D fold, as in training (measured best of 2, 4, 8, 16)
@@ -63,6 +69,18 @@ def stem_fold_for(conv: OneDnnConv, dtype: torch.dtype) -> tuple[str, int] | Non
     return "3d", FP32_FOLD if kernel_t > 1 else 1
 
 
+def stem_routes_for(conv: OneDnnConv, dtype: torch.dtype) -> list[tuple[str, int]]:
+    """The (mode, G) routes a stem conv run in ``dtype`` may take, the default (:func:`stem_fold_for`) first; [] if
+    the conv is not a stem this module handles. Stems with a temporal kernel get both folds, to be timed."""
+    default = stem_fold_for(conv, dtype)
+    if default is None:
+        return []
+    if conv.kernel_size[0] == 1:
+        return [default]
+    other = ("3d", FP32_FOLD) if default[0] == "2d" else ("2d", BF16_FOLD)
+    return [default, other]
+
+
 class FoldedStemConv(OneDnnConv):
     """A stem conv3d computed ``fold`` output frames at a time (see the module docstring); same weights and outputs.
 
@@ -74,18 +92,25 @@ class FoldedStemConv(OneDnnConv):
         mode: '3d' (output frames folded into channels of a strided conv3d) or '2d' (input frames stacked into
             channels of a conv2d).
         fold: output frames per group, ``G``.
+        routes: (mode, fold) pairs to time against each other on the first clip of each size class (the fastest is
+            kept in ``routes_chosen`` and used for that class); None or one pair: always ``(mode, fold)``.
+
+    ``mode`` and ``fold`` are the route of the last call.
     """
 
-    def __init__(self, conv: OneDnnConv, mode: str, fold: int):
+    def __init__(self, conv: OneDnnConv, mode: str, fold: int, routes: list[tuple[str, int]] | None = None):
         super().__init__(conv, relu=conv.relu)
-        if mode not in ("2d", "3d"):
-            raise ValueError(f"mode must be '2d' or '3d', got {mode!r}")
-        if fold < 1:
-            raise ValueError(f"fold must be >= 1, got {fold}")
+        self.routes = [(mode, fold)] if not routes else [tuple(route) for route in routes]
+        for route_mode, route_fold in self.routes:
+            if route_mode not in ("2d", "3d"):
+                raise ValueError(f"mode must be '2d' or '3d', got {route_mode!r}")
+            if route_fold < 1:
+                raise ValueError(f"fold must be >= 1, got {route_fold}")
         self.mode, self.fold = mode, fold
+        self.routes_chosen: dict[tuple, tuple[str, int]] = {}  # size class -> (mode, fold)
         self.pool: dict | None = None  # max-pool over H, W applied before frames are unfolded (see fuse_pool)
-        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (key, weight, bias)
-        self._grouped: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # the folded ones, repeated per group
+        self._folded: dict[tuple, tuple] = {}  # route -> (dtype and versions, weight, bias)
+        self._grouped: dict[tuple, tuple] = {}  # route -> (groups, dtype and versions, the folded ones repeated)
         self._selection: tuple[tuple, torch.Tensor] | None = None  # stacking matrix of the 2D fold
 
     def fuse_pool(self, pool: nn.MaxPool3d) -> bool:
@@ -105,14 +130,14 @@ class FoldedStemConv(OneDnnConv):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_folded"] = state["_grouped"] = state["_selection"] = None
+        state["_folded"], state["_grouped"], state["_selection"] = {}, {}, None
         return state
 
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight and bias of the folded conv: ``[G * C_out, C_in, kt + G - 1, kh, kw]`` channels-last-3d ('3d')
         or ``[G * C_out, C_in * (kt + G - 1), kh, kw]`` channels-last ('2d'), and the bias repeated G times."""
-        key = (self.weight.dtype, self.weight._version, self.bias._version)
-        if self._folded is None or self._folded[0] != key:
+        route, version = (self.mode, self.fold), (self.weight.dtype, self.weight._version, self.bias._version)
+        if route not in self._folded or self._folded[route][0] != version:
             out_channels, in_channels, kernel_t, kernel_h, kernel_w = self.weight.shape
             fold, window = self.fold, kernel_t + self.fold - 1
             weight = fold_stem_weight(self.weight.detach(), fold)  # [G * C_out, C_in * window, kh, kw]
@@ -121,12 +146,22 @@ class FoldedStemConv(OneDnnConv):
             else:
                 weight = weight.reshape(fold * out_channels, in_channels, window, kernel_h, kernel_w)
                 weight = weight.contiguous(memory_format=torch.channels_last_3d)
-            self._folded = (key, weight, self.bias.detach().repeat(fold))
-        return self._folded[1], self._folded[2]
+            self._folded[route] = (version, weight, self.bias.detach().repeat(fold))
+        return self._folded[route][1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, T, H, W], any float dtype and memory layout -> [N, C_out, T', H', W'] channels-last-3d in the
         weight's dtype."""
+        if len(self.routes) > 1:
+            key = size_class(x)
+            if key not in self.routes_chosen:
+                # timed on one sample, as the Winograd routes are
+                self.routes_chosen[key] = fastest_route(self.routes, lambda route: self._run(x[:1], route))
+            self.mode, self.fold = self.routes_chosen[key]
+        return self._run(x, (self.mode, self.fold))
+
+    def _run(self, x: torch.Tensor, route: tuple[str, int]) -> torch.Tensor:
+        self.mode, self.fold = route
         frames_out = x.shape[2] + 2 * self.padding[0] - self.kernel_size[0] + 1
         if self.mode == "3d":
             x = x.to(self.weight.dtype)
@@ -218,15 +253,17 @@ class FoldedStemConv(OneDnnConv):
     def grouped_weight(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The folded weight and bias repeated for ``groups`` conv groups (channels-last)."""
         weight, bias = self.folded_weight()
-        key = (groups, self._folded[0])
-        if self._grouped is None or self._grouped[0] != key:
+        route, version = (self.mode, self.fold), (groups, self.weight.dtype, self.weight._version, self.bias._version)
+        if route not in self._grouped or self._grouped[route][0] != version:
             repeated = weight.repeat(groups, 1, 1, 1).contiguous(memory_format=torch.channels_last)
-            self._grouped = (key, repeated, bias.repeat(groups))
-        return self._grouped[1], self._grouped[2]
+            self._grouped[route] = (version, repeated, bias.repeat(groups))
+        return self._grouped[route][1:]
 
     def extra_repr(self) -> str:
         pool = "" if self.pool is None else f", max_pool={self.pool}"
-        return f"{super().extra_repr()}, mode={self.mode}, fold={self.fold}{pool}"
+        chosen = ", ".join(f"{key[0]} frames of ~2^{key[1]} px: {mode} fold {fold}"
+                           for key, (mode, fold) in self.routes_chosen.items())
+        return f"{super().extra_repr()}, mode={self.mode}, fold={self.fold}{pool}" + (f" ({chosen})" if chosen else "")
 
 
 def use_folded_stems(module: nn.Module, dtype: torch.dtype) -> bool:
@@ -247,10 +284,10 @@ def use_folded_stems(module: nn.Module, dtype: torch.dtype) -> bool:
         conv = getattr(stem, "conv", None)
         if type(conv) is not OneDnnConv or getattr(stem, "activate", None) is not None:
             continue
-        choice = stem_fold_for(conv, dtype)
-        if choice is None:
+        routes = stem_routes_for(conv, dtype)
+        if not routes:
             continue
-        stem.conv = FoldedStemConv(conv, *choice)
+        stem.conv = FoldedStemConv(conv, *routes[0], routes=routes)
         pool = getattr(pathway, "maxpool", None)
         if pathway.with_pool1 and isinstance(pool, nn.MaxPool3d) and stem.conv.fuse_pool(pool):
             pathway.maxpool = nn.Identity()

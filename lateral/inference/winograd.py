@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +32,7 @@ from lateral.inference.optimization import OneDnnConv
 from lateral.inference.scratch import scratch
 
 __all__ = [
-    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "replace_convs", "route_summary",
+    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "fastest_route", "replace_convs", "route_summary",
     "size_class",
     "use_winograd_convs", "winograd_conv3x3", "winograd_weight",
 ]
@@ -263,14 +263,7 @@ class WinogradConv(OneDnnConv):
         return self._forward_winograd(x, route, residual=other, relu=True)
 
     def _measure(self, x: torch.Tensor, other: torch.Tensor | None) -> str:
-        best = dict.fromkeys(self.ROUTES, float("inf"))
-        for _ in range(_MEASURE_ROUNDS):
-            for route in self.ROUTES:
-                start = time.perf_counter()
-                self._run(x, route, other)
-                best[route] = min(best[route], time.perf_counter() - start)
-        fastest = min(self.ALGORITHMS, key=best.__getitem__)
-        return fastest if best[fastest] * _MIN_GAIN < best["direct"] else "direct"
+        return fastest_route(self.ROUTES, lambda route: self._run(x, route, other))
 
     def _route(self, x: torch.Tensor, other: torch.Tensor | None = None) -> str:
         """The route for this input: forced by ``mode``, or measured once per size class (and use: with or without
@@ -307,6 +300,22 @@ class WinogradConv(OneDnnConv):
         routes = ", ".join(f"{key[0]} maps/sample of ~2^{key[1]} px{' + shortcut' if len(key) > 2 else ''}: {route}"
                            for key, route in self.routes.items())
         return super().extra_repr() + f", winograd={self.mode}" + (f" ({routes})" if routes else "")
+
+
+def fastest_route(routes: Sequence[Hashable], run: Callable[[Hashable], object]) -> Hashable:
+    """The route for which ``run(route)`` took least time (best of ``_MEASURE_ROUNDS`` calls each, in turn, so load
+    changes hit every route alike); the first route, the default, unless another is ``_MIN_GAIN`` times faster."""
+    best = dict.fromkeys(routes, float("inf"))
+    for _ in range(_MEASURE_ROUNDS):
+        for route in routes:
+            start = time.perf_counter()
+            run(route)
+            best[route] = min(best[route], time.perf_counter() - start)
+    default, *others = routes
+    if not others:
+        return default
+    fastest = min(others, key=best.__getitem__)
+    return fastest if best[fastest] * _MIN_GAIN < best[default] else default
 
 
 def _as_maps(x: torch.Tensor) -> torch.Tensor:
