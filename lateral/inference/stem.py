@@ -152,16 +152,17 @@ class FoldedStemConv(OneDnnConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, T, H, W], any float dtype and memory layout -> [N, C_out, T', H', W'] channels-last-3d in the
         weight's dtype."""
+        route = (self.mode, self.fold)
         if len(self.routes) > 1:
             key = size_class(x)
             if key not in self.routes_chosen:
                 # timed on one sample, as the Winograd routes are
-                self.routes_chosen[key] = fastest_route(self.routes, lambda route: self._run(x[:1], route))
-            self.mode, self.fold = self.routes_chosen[key]
-        return self._run(x, (self.mode, self.fold))
+                self.routes_chosen[key] = fastest_route(self.routes, lambda candidate: self._run(x[:1], candidate))
+            route = self.routes_chosen[key]
+        return self._run(x, route)
 
     def _run(self, x: torch.Tensor, route: tuple[str, int]) -> torch.Tensor:
-        self.mode, self.fold = route
+        self.mode, self.fold = route  # read by folded_weight and the _forward_* methods
         frames_out = x.shape[2] + 2 * self.padding[0] - self.kernel_size[0] + 1
         if self.mode == "3d":
             x = x.to(self.weight.dtype)

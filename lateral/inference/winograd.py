@@ -32,8 +32,8 @@ from lateral.inference.optimization import OneDnnConv
 from lateral.inference.scratch import scratch
 
 __all__ = [
-    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "fastest_route", "replace_convs", "route_summary",
-    "size_class",
+    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "fastest_route", "replace_convs",
+    "route_summary", "size_class",
     "use_winograd_convs", "winograd_conv3x3", "winograd_weight",
 ]
 
