@@ -158,6 +158,7 @@ def test_bf16_stem_and_lateral_are_close_to_fp32():
 
 def test_stem_with_two_routes_times_them_once_per_size_and_matches_the_plain_conv():
     from lateral.inference.stem import stem_routes_for
+    from lateral.inference.winograd import size_class
 
     conv = stem_conv()
     routes = stem_routes_for(OneDnnConv(conv), torch.float32)
@@ -173,7 +174,7 @@ def test_stem_with_two_routes_times_them_once_per_size_and_matches_the_plain_con
         expected = reference(conv, x)
         torch.testing.assert_close(stem(x), expected, atol=ATOL, rtol=RTOL)
         assert set(calls[:-1]) == set(routes) and len(calls) == 2 * 3 + 1  # three timed rounds, then the call
-        chosen = stem.routes_chosen[(8, (20 * 20 - 1).bit_length())]
+        chosen = stem.routes_chosen[size_class(x)]
         assert chosen in routes and (stem.mode, stem.fold) == chosen
         calls.clear()
         torch.testing.assert_close(stem(x), expected, atol=ATOL, rtol=RTOL)
