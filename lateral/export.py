@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from lateral.cli import positive_int
 from lateral.config import ConfigError
 from lateral.inference.exporters import EXPORT_FORMATS, MissingDependencyError, check_export, export_model
 from lateral.inference.optimization import PRECISIONS, PrecisionError, optimize, resolve_precision
-from lateral.inference.timing import VARIANTS, benchmark, parse_input_shape
+from lateral.inference.timing import VARIANTS, BenchmarkResult, benchmark, parse_input_shape
 
 __all__ = ["add_cli", "exportable_module", "optimize", "run_bench", "run_export"]
 
@@ -161,6 +162,43 @@ def bench_variants(precisions: list[str], compile: bool, onnx: bool, openvino: b
     return names
 
 
+# how each timed variant is asked for: flags of ``lateral predict`` (recognizers) and arguments of
+# ``lateral.optimize`` (any backbone); onnxruntime runs an exported file
+_PREDICT_FLAGS = {
+    "eager-fp32": "--eager", "fused-fp32": "--precision fp32", "fused-bf16": "--precision bf16",
+    "compiled-fp32": "--compile", "compiled-bf16": "--precision bf16 --compile",
+    "openvino-fp32": "--backend openvino", "openvino-bf16": "--backend openvino --precision bf16",
+}
+_OPTIMIZE_CALLS = {
+    "eager-fp32": "the model itself", "fused-fp32": "lateral.optimize(model)",
+    "fused-bf16": "lateral.optimize(model, precision='bf16')", "compiled-fp32": "lateral.optimize(model, compile=True)",
+    "compiled-bf16": "lateral.optimize(model, precision='bf16', compile=True)",
+    "openvino-fp32": "lateral.inference.exporters.OpenVinoRunner(model, x)",
+    "openvino-bf16": "lateral.inference.exporters.OpenVinoRunner(model, x, precision='bf16')",
+}
+
+
+def how_to_run_fastest(result: BenchmarkResult, recognizer: bool) -> str:
+    """Lines naming the fastest fp32 and the fastest bf16 variant of ``result`` and how to run each: the flags of
+    ``lateral predict`` for a recognizer, the Python call otherwise, the export command for onnxruntime."""
+    eager = next((v for v in result.variants if v.name == "eager-fp32" and v.times), None)
+    lines = []
+    for precision in ("fp32", "bf16"):
+        best = result.fastest(precision)
+        if best is None:
+            continue
+        median = statistics.median(best.times)
+        ratio = f", {statistics.median(eager.times) / median:.2f}x eager fp32" if eager is not None else ""
+        if best.name == "onnxruntime":
+            how = "lateral export CONFIG CKPT --format onnx, then run the file with onnxruntime"
+        elif recognizer:
+            how = f"lateral predict CONFIG CKPT VIDEO {_PREDICT_FLAGS[best.name]}"
+        else:
+            how = _OPTIMIZE_CALLS[best.name]
+        lines.append(f"fastest {precision} here: {best.name} ({1e3 * median:.1f} ms{ratio}); run it with: {how}")
+    return "\n".join(lines)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """``lateral bench``: time the inference variants of a config's model, interleaved, and print a table."""
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -198,6 +236,7 @@ def run_bench(args: argparse.Namespace) -> int:
         measure_peaks=not args.no_peak,
     )
     print(result.table(f"lateral bench {args.config}"))
+    print(how_to_run_fastest(result, recognizer=hasattr(module, "cls_head")))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.as_dict(), indent=1))

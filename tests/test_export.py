@@ -25,7 +25,8 @@ from lateral.cli import main as cli_main
 from lateral.inference import optimization as optimize_module
 from lateral.inference.exporters import check_export, export_onnx, export_torchscript
 from lateral.inference.optimization import OneDnnConv, PrecisionError, bf16_supported, compile_available, fold_batchnorm
-from lateral.inference.timing import count_macs, flop_counter_macs, parse_input_shape
+from lateral.export import how_to_run_fastest
+from lateral.inference.timing import BenchmarkResult, Variant, count_macs, flop_counter_macs, parse_input_shape
 
 HERE = Path(__file__).resolve().parent
 GOLDEN_RECOGNIZERS = ["slowfast_r50_4x16_seed", "slowfast_r50_8x8", "slowonly_r50_8x8", "slowfast_r50_multiview"]
@@ -567,11 +568,37 @@ def test_cli_bench_small(thin_files, tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "eager-fp32" in text and "fused-fp32" in text and "x eager" in text
+    assert "fastest fp32 here: " in text and "run it with: lateral predict CONFIG CKPT VIDEO" in text
     data = json.loads(report.read_text())
     assert data["macs"] > 0 and data["macs"] == data["flop_counter_macs"]
     for name in ("eager-fp32", "fused-fp32"):
         assert len(data["variants"][name]["times_s"]) == 2
         assert data["variants"][name]["max_rel_diff"] < 1e-4
+
+
+def test_bench_names_the_fastest_variant_per_precision_and_how_to_run_it():
+    def timed(name: str, *times: float) -> Variant:
+        return Variant(name, run=lambda: None, times=list(times))
+
+    variants = [timed("eager-fp32", 1.0, 1.2, 0.8), timed("fused-fp32", 0.5, 0.5), timed("openvino-fp32", 0.4, 0.45),
+                timed("fused-bf16", 0.3), timed("compiled-bf16", 0.2, 0.25), Variant("onnxruntime", run=lambda: None)]
+    result = BenchmarkResult(variants, macs=1, flop_counter_macs=1, peak_fp32=0.0, peak_bf16=None,
+                             input_shape=(1, 3, 8, 32, 32), threads=1)
+    assert result.fastest("fp32").name == "openvino-fp32"
+    assert result.fastest("bf16").name == "compiled-bf16"
+    assert result.fastest().name == "compiled-bf16"
+    lines = how_to_run_fastest(result, recognizer=True).splitlines()
+    assert lines == [
+        "fastest fp32 here: openvino-fp32 (425.0 ms, 2.35x eager fp32); run it with: "
+        "lateral predict CONFIG CKPT VIDEO --backend openvino",
+        "fastest bf16 here: compiled-bf16 (225.0 ms, 4.44x eager fp32); run it with: "
+        "lateral predict CONFIG CKPT VIDEO --precision bf16 --compile",
+    ]
+    backbone = how_to_run_fastest(result, recognizer=False)
+    assert "lateral.optimize(model, precision='bf16', compile=True)" in backbone
+    variants[-1].times = [0.1]  # onnxruntime now the fastest fp32 path: it runs an exported file
+    assert "fastest fp32 here: onnxruntime" in how_to_run_fastest(result, recognizer=True)
+    assert "--format onnx" in how_to_run_fastest(result, recognizer=True)
 
 
 def test_cli_bench_bf16_without_native_support(thin_files, capsys, monkeypatch):

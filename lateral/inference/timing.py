@@ -283,6 +283,15 @@ class BenchmarkResult:
         )
         return head + "\n" + format_table(self.variants, self.macs, self.peak_fp32, self.peak_bf16)
 
+    def fastest(self, precision: str | None = None) -> Variant | None:
+        """The timed variant with the lowest median, among those of ``precision`` ('fp32' or 'bf16'; onnxruntime
+        counts as fp32) if given; None if no such variant ran."""
+        timed = [v for v in self.variants if v.times]
+        if precision is not None:
+            timed = [v for v in timed if v.name.rsplit("-", 1)[-1] == precision
+                     or (precision == "fp32" and v.name == "onnxruntime")]
+        return min(timed, key=lambda v: statistics.median(v.times), default=None)
+
     def as_dict(self) -> dict:
         rows = {}
         for v in self.variants:
