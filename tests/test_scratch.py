@@ -25,3 +25,34 @@ def test_dtypes_and_threads_get_their_own_buffers():
     worker.start()
     worker.join()
     assert seen and seen[0] != scratch("test.own", (8,)).data_ptr()
+
+
+def test_a_buffer_made_under_inference_mode_is_writable_outside_it():
+    with torch.inference_mode():
+        first = scratch("test.inference_mode", (16,))
+        first.zero_()
+    assert not first.is_inference()
+    scratch("test.inference_mode", (16,)).fill_(1.0)  # an inference tensor would refuse this in-place write
+
+
+def test_fpn_copy_runs_inside_and_outside_inference_mode():
+    import lateral
+    from lateral.inference.winograd import WinogradConv
+    from lateral.models.fpn import ResNetFPN
+
+    torch.manual_seed(0)
+    model = ResNetFPN(depth=18).eval()
+    fast = lateral.optimize(model)
+    for conv in fast.modules():
+        if isinstance(conv, WinogradConv):
+            conv.mode = "f4x4"  # the route that fills scratch buffers in place
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        reference = model(x)
+    with torch.inference_mode():
+        first = fast(x)
+    second = fast(x)
+    for name, level in reference.items():
+        scale = level.abs().max()
+        assert (first[name] - level).abs().max() <= 1e-4 * scale
+        assert torch.equal(first[name], second[name])

@@ -25,5 +25,8 @@ def scratch(name: str, shape: tuple[int, ...] | list[int], dtype: torch.dtype = 
     numel = math.prod(shape)
     buffer = by_key.get((name, dtype))
     if buffer is None or buffer.numel() < numel:
-        buffer = by_key[(name, dtype)] = torch.empty(numel, dtype=dtype)
+        # a normal tensor even when first asked for under torch.inference_mode: an inference tensor could not be
+        # written to by a later call outside that mode
+        with torch.inference_mode(False):
+            buffer = by_key[(name, dtype)] = torch.empty(numel, dtype=dtype)
     return buffer[:numel].view(shape)
