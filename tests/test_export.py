@@ -233,7 +233,7 @@ def test_packed_weights_follow_the_input_shape_and_survive_copies(thin_model):
             expected, got = thin_model(x), opt(x)
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
         assert conv._packed is not None and conv._packed[1].is_mkldnn
-        assert conv._packed[0][0] == batch  # repacked for the new shape
+        assert conv._packed[0][0][0] == batch  # repacked for the new shape
         outputs[(batch, size)] = got
     assert "_packed" not in "".join(opt.state_dict())  # the packed copy is a cache, not state
     clone = copy.deepcopy(opt)
@@ -241,6 +241,41 @@ def test_packed_weights_follow_the_input_shape_and_survive_copies(thin_model):
     x = thin_input(batch=1)
     with torch.no_grad():
         torch.testing.assert_close(clone(x), opt(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_copy_follows_load_state_dict_for_shapes_it_has_run(precision):
+    """Packed, Winograd-transformed and folded stem weights are caches of the weights: loading other weights into a
+    copy that has already run an input shape must not leave that shape on the old ones."""
+    from lateral.inference.winograd import WinogradConv
+    from lateral.models.fpn import ResNetFPN
+
+    if precision == "bf16" and not bf16_supported():
+        pytest.skip("no native bf16 on this CPU")
+
+    def fpn(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return ResNetFPN(depth=18).eval()
+
+    def slowfast(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return randomise_norms(lateral.build_model(thin_config()), seed=seed).eval()
+
+    cases = [(fpn(1), fpn(2), torch.randn(1, 3, 64, 96)), (slowfast(1), slowfast(2), thin_input())]
+    for model_a, model_b, x in cases:
+        fast_a, fast_b = lateral.optimize(model_a, precision), lateral.optimize(model_b, precision)
+        for conv in fast_a.modules():
+            if isinstance(conv, WinogradConv) and precision == "fp32":
+                conv.mode = conv.ROUTES[-1]  # a Winograd route, whose transformed weight is cached too
+        with torch.no_grad():
+            before = fast_a(x)
+            fast_a.load_state_dict(fast_b.state_dict())
+            after, wanted = fast_a(x), fast_b(x)
+        if isinstance(wanted, dict):
+            before, after, wanted = (list(out.values())[0] for out in (before, after, wanted))
+        tolerance = 2e-2 if precision == "bf16" else 1e-4
+        assert (before - wanted).abs().max() > 0.1 * wanted.abs().max()  # the two models differ
+        assert (after - wanted).abs().max() <= tolerance * wanted.abs().max()
 
 
 def test_torchvision_blocks_fuse_in_the_fpn_copy():

@@ -193,3 +193,34 @@ def test_fastest_route_keeps_the_default_unless_another_is_clearly_faster():
     delays = {"direct": 0.0, "f2x2": 0.004}
     assert fastest_route(list(delays), lambda route: time.sleep(delays[route])) == "direct"
     assert fastest_route(["only"], lambda route: None) == "only"
+
+
+def test_threads_with_clips_of_different_size_classes_keep_their_own_routes():
+    """One copy called from several threads: each call runs the route chosen for its own clip's size class."""
+    import threading
+
+    from lateral.inference.winograd import size_class
+
+    conv = stem_conv()
+    stem = FoldedStemConv(OneDnnConv(conv, relu=True), "3d", 2, routes=[("3d", 2), ("2d", 4)])
+    clips = [clip(8, size=20), clip(16, size=36, batch=2)]
+    stem.routes_chosen = {size_class(clips[0]): ("3d", 2), size_class(clips[1]): ("2d", 4)}  # as if measured
+    expected = [reference(conv, x) for x in clips]
+    failures = []
+
+    def work(index: int) -> None:
+        for _ in range(40):
+            try:
+                with torch.no_grad():
+                    got = stem(clips[index])
+                if got.shape != expected[index].shape or not torch.allclose(got, expected[index], atol=ATOL, rtol=RTOL):
+                    failures.append("wrong result")
+            except RuntimeError as err:
+                failures.append(str(err).splitlines()[0])
+
+    threads = [threading.Thread(target=work, args=(i % 2,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

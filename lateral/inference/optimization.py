@@ -239,7 +239,7 @@ class OneDnnConv(nn.Module):
         unsafe = len(self.kernel_size) == 3 and bf16_conv3d_unsafe(self.kernel_size, self.stride)
         self.gather_frames_in_bf16 = unsafe and not bf16_conv3d_unsafe(self.kernel_size[1:], self.stride[1:])
         self.fp32_in_bf16 = unsafe and not self.gather_frames_in_bf16
-        self._packed: tuple[tuple[int, ...], torch.Tensor] | None = None  # (input shape, weight in oneDNN's layout)
+        self._packed: tuple[tuple, torch.Tensor] | None = None  # ((input shape, weight version), oneDNN's layout)
 
     @property
     def unary_op(self) -> str:
@@ -251,17 +251,20 @@ class OneDnnConv(nn.Module):
 
         Passing the plain weight makes oneDNN reorder it on every call, which costs a third of the time of a 1x1x1
         fp32 conv on a batch-1 clip (packing made the bf16 seed SlowFast 9-15 % faster on an AMX CPU). The packed
-        copy is kept for the last input shape seen and redone when it changes. 1D convs get the plain weight.
+        copy is kept for the last input shape seen and redone when that or the weight changes (``load_state_dict``
+        writes into the weight in place, which bumps its version). 1D convs get the plain weight.
         """
         reorder = {5: torch._C._nn.mkldnn_reorder_conv3d_weight, 4: torch._C._nn.mkldnn_reorder_conv2d_weight}
         if x.dtype not in (torch.float32, torch.bfloat16) or self.weight.dtype != x.dtype or x.dim() not in reorder:
             return self.weight
-        shape = tuple(x.shape)
-        if self._packed is None or self._packed[0] != shape:
+        key = (tuple(x.shape), weight_version(self.weight))
+        packed = self._packed  # read once: another thread may replace it meanwhile
+        if packed is None or packed[0] != key:
             weight = self.weight.detach().contiguous().to_mkldnn()
-            packed = reorder[x.dim()](weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
-            self._packed = (shape, packed)
-        return self._packed[1]
+            packed = self._packed = (
+                key, reorder[x.dim()](weight, self.padding, self.stride, self.dilation, self.groups, list(key[0]))
+            )
+        return packed[1]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -348,6 +351,12 @@ class OneDnnConv(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
             f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, relu={self.relu}"
         )
+
+
+def weight_version(weight: torch.Tensor) -> tuple[int, int, torch.dtype]:
+    """What changes when a weight does: its version counter (in-place writes, e.g. ``load_state_dict``), its storage
+    (a new tensor assigned) and its dtype; the key of every cache derived from a weight."""
+    return weight._version, weight.data_ptr(), weight.dtype
 
 
 def frames_inside(start: int, step: int, count: int, frames: int) -> tuple[int, int]:

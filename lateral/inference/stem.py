@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lateral.inference.optimization import OneDnnConv
+from lateral.inference.optimization import OneDnnConv, weight_version
 from lateral.inference.scratch import scratch
 from lateral.inference.winograd import fastest_route, size_class
 from lateral.models.layers import (
@@ -95,7 +95,8 @@ class FoldedStemConv(OneDnnConv):
         routes: (mode, fold) pairs to time against each other on the first clip of each size class (the fastest is
             kept in ``routes_chosen`` and used for that class); None or one pair: always ``(mode, fold)``.
 
-    ``mode`` and ``fold`` are the route of the last call.
+    ``mode`` and ``fold`` are the route of the last call, for display: each call passes its route down as an argument,
+    so threads that run clips of different size classes through one copy do not mix routes.
     """
 
     def __init__(self, conv: OneDnnConv, mode: str, fold: int, routes: list[tuple[str, int]] | None = None):
@@ -133,21 +134,25 @@ class FoldedStemConv(OneDnnConv):
         state["_folded"], state["_grouped"], state["_selection"] = {}, {}, None
         return state
 
-    def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weight and bias of the folded conv: ``[G * C_out, C_in, kt + G - 1, kh, kw]`` channels-last-3d ('3d')
-        or ``[G * C_out, C_in * (kt + G - 1), kh, kw]`` channels-last ('2d'), and the bias repeated G times."""
-        route, version = (self.mode, self.fold), (self.weight.dtype, self.weight._version, self.bias._version)
-        if route not in self._folded or self._folded[route][0] != version:
+    def folded_weight(self, route: tuple[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight and bias of the folded conv for ``route`` (default: ``(mode, fold)``): ``[G * C_out, C_in,
+        kt + G - 1, kh, kw]`` channels-last-3d ('3d') or ``[G * C_out, C_in * (kt + G - 1), kh, kw]`` channels-last
+        ('2d'), and the bias repeated G times."""
+        route = (self.mode, self.fold) if route is None else route
+        version = (weight_version(self.weight), weight_version(self.bias))
+        cached = self._folded.get(route)
+        if cached is None or cached[0] != version:
+            mode, fold = route
             out_channels, in_channels, kernel_t, kernel_h, kernel_w = self.weight.shape
-            fold, window = self.fold, kernel_t + self.fold - 1
+            window = kernel_t + fold - 1
             weight = fold_stem_weight(self.weight.detach(), fold)  # [G * C_out, C_in * window, kh, kw]
-            if self.mode == "2d":
+            if mode == "2d":
                 weight = weight.contiguous(memory_format=torch.channels_last)
             else:
                 weight = weight.reshape(fold * out_channels, in_channels, window, kernel_h, kernel_w)
                 weight = weight.contiguous(memory_format=torch.channels_last_3d)
-            self._folded[route] = (version, weight, self.bias.detach().repeat(fold))
-        return self._folded[route][1:]
+            cached = self._folded[route] = (version, weight, self.bias.detach().repeat(fold))
+        return cached[1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, T, H, W], any float dtype and memory layout -> [N, C_out, T', H', W'] channels-last-3d in the
@@ -162,11 +167,11 @@ class FoldedStemConv(OneDnnConv):
         return self._run(x, route)
 
     def _run(self, x: torch.Tensor, route: tuple[str, int]) -> torch.Tensor:
-        self.mode, self.fold = route  # read by folded_weight and the _forward_* methods
+        self.mode, self.fold = mode, fold = route  # for display only: the route goes down as an argument
         frames_out = x.shape[2] + 2 * self.padding[0] - self.kernel_size[0] + 1
-        if self.mode == "3d":
+        if mode == "3d":
             x = x.to(self.weight.dtype)
-            if self.fold == 1 or frames_out % self.fold:
+            if fold == 1 or frames_out % fold:
                 out = super().forward(x.contiguous(memory_format=torch.channels_last_3d))
                 if self.pool is None:
                     return out
@@ -175,34 +180,34 @@ class FoldedStemConv(OneDnnConv):
                     out, (1, *pool["kernel_size"]), (1, *pool["stride"]), (0, *pool["padding"]),
                     ceil_mode=pool["ceil_mode"],
                 )
-            return self._forward_3d(x, frames_out)
-        return self._forward_2d(x, frames_out)
+            return self._forward_3d(x, frames_out, fold)
+        return self._forward_2d(x, frames_out, fold)
 
-    def _forward_3d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
-        weight, bias = self.folded_weight()
-        stride = [self.fold, *self.stride[1:]]
+    def _forward_3d(self, x: torch.Tensor, frames_out: int, fold: int) -> torch.Tensor:
+        weight, bias = self.folded_weight(("3d", fold))
+        stride = [fold, *self.stride[1:]]
         out = torch.ops.mkldnn._convolution_pointwise(
             x.contiguous(memory_format=torch.channels_last_3d), weight, bias, self.padding, stride, self.dilation, 1,
             self.unary_op, [], "",
         )  # [N, G * C_out, T' / G, H', W'] channels-last-3d, i.e. [N * T' / G, G * C_out, H', W'] channels-last
         batch, channels, groups, height, width = out.shape
         out = self._pool2d(out.permute(0, 2, 1, 3, 4).reshape(batch * groups, channels, height, width))
-        return unfold_stem_frames(out, batch, self.out_channels, self.fold, frames_out, channels_last=True)
+        return unfold_stem_frames(out, batch, self.out_channels, fold, frames_out, channels_last=True)
 
-    def _forward_2d(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
+    def _forward_2d(self, x: torch.Tensor, frames_out: int, fold: int) -> torch.Tensor:
         # with G = 1 (a 1xkxk stem) the copies only move frames into the batch: the GEMM measured slower there
-        if self.fold > 1 and x.shape[1] * x.shape[2] <= MATMUL_STACK_MAX_PLANES:
-            return self._forward_2d_grouped(x, frames_out)
-        weight, bias = self.folded_weight()
+        if fold > 1 and x.shape[1] * x.shape[2] <= MATMUL_STACK_MAX_PLANES:
+            return self._forward_2d_grouped(x, frames_out, fold)
+        weight, bias = self.folded_weight(("2d", fold))
         # cast first: the stacking copies then move half the bytes in bf16
-        stacked = stack_stem_frames(x.to(self.weight.dtype), self.kernel_size[0], self.padding[0], self.fold)
+        stacked = stack_stem_frames(x.to(self.weight.dtype), self.kernel_size[0], self.padding[0], fold)
         out = torch.ops.mkldnn._convolution_pointwise(
             stacked, weight, bias, self.padding[1:], self.stride[1:], self.dilation[1:], 1, self.unary_op, [], "",
         )  # [N * T' / G, G * C_out, H', W'] channels-last
-        return unfold_stem_frames(self._pool2d(out), x.shape[0], self.out_channels, self.fold, frames_out,
+        return unfold_stem_frames(self._pool2d(out), x.shape[0], self.out_channels, fold, frames_out,
                                   channels_last=True)
 
-    def _forward_2d_grouped(self, x: torch.Tensor, frames_out: int) -> torch.Tensor:
+    def _forward_2d_grouped(self, x: torch.Tensor, frames_out: int, fold: int) -> torch.Tensor:
         """The 2D fold with every group's frames stacked by one GEMM and every group convolved by one grouped conv.
 
         Stacking by copies runs aten's copy kernels on 3-channel interleaves at 1-2 GB/s; here the clip's
@@ -215,50 +220,53 @@ class FoldedStemConv(OneDnnConv):
         about as long as the batched one, and the whole stem 25 instead of 30 ms (interleaved, in the model).
         """
         batch, channels, frames, height, width = x.shape
-        groups = -(-frames_out // self.fold)
+        groups = -(-frames_out // fold)
         dtype = self.weight.dtype
         planes = scratch("stem.planes", (batch, channels, frames, height, width), dtype)
         planes.copy_(x)  # casts, and reads any layout
-        selection = self.selection(channels, frames, groups)
+        selection = self.selection(channels, frames, groups, fold)
         stacked = scratch("stem.stacked", (batch, height * width, selection.shape[1]), dtype)
         for n in range(batch):
             torch.mm(planes[n].view(channels * frames, height * width).t(), selection, out=stacked[n])
         stacked = stacked.view(batch, height, width, -1).permute(0, 3, 1, 2)  # channels-last
-        weight, bias = self.grouped_weight(groups)
+        weight, bias = self.grouped_weight(groups, fold)
         out = torch.ops.mkldnn._convolution_pointwise(
             stacked, weight, bias, self.padding[1:], self.stride[1:], self.dilation[1:], groups, self.unary_op, [], "",
         )
         out = self._pool2d(out)  # [N, groups * G * C_out, H', W'] channels-last: memory [N, H', W', groups, G, C_out]
         out_h, out_w = out.shape[-2:]
-        frames_first = out.permute(0, 2, 3, 1).view(batch, out_h, out_w, groups * self.fold, self.out_channels)
+        frames_first = out.permute(0, 2, 3, 1).view(batch, out_h, out_w, groups * fold, self.out_channels)
         result = out.new_empty((batch, frames_out, out_h, out_w, self.out_channels))
         result.copy_(frames_first.permute(0, 3, 1, 2, 4)[:, :frames_out])
         return result.permute(0, 4, 1, 2, 3)  # [N, C_out, T', H', W'] channels-last-3d
 
-    def selection(self, channels: int, frames: int, groups: int) -> torch.Tensor:
+    def selection(self, channels: int, frames: int, groups: int, fold: int) -> torch.Tensor:
         """[C * T, groups * C * window] 0/1 matrix in the weight's dtype: column ``(g * C + c) * window + f`` has its
         1 in row ``c * T + g * G + f - pad_t`` when that frame is inside the clip (kept for the last clip shape)."""
-        key = (channels, frames, groups, self.weight.dtype)
-        if self._selection is None or self._selection[0] != key:
-            window, pad_t = self.kernel_size[0] + self.fold - 1, self.padding[0]
+        key = (channels, frames, groups, fold, self.weight.dtype)
+        cached = self._selection
+        if cached is None or cached[0] != key:
+            window, pad_t = self.kernel_size[0] + fold - 1, self.padding[0]
             selection = torch.zeros(channels, frames, groups, channels, window)
             for g in range(groups):
                 for f in range(window):
-                    frame = g * self.fold + f - pad_t
+                    frame = g * fold + f - pad_t
                     if 0 <= frame < frames:
                         selection[torch.arange(channels), frame, g, torch.arange(channels), f] = 1
             matrix = selection.view(channels * frames, groups * channels * window).to(self.weight.dtype)
-            self._selection = (key, matrix)
-        return self._selection[1]
+            cached = self._selection = (key, matrix)
+        return cached[1]
 
-    def grouped_weight(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The folded weight and bias repeated for ``groups`` conv groups (channels-last)."""
-        weight, bias = self.folded_weight()
-        route, version = (self.mode, self.fold), (groups, self.weight.dtype, self.weight._version, self.bias._version)
-        if route not in self._grouped or self._grouped[route][0] != version:
+    def grouped_weight(self, groups: int, fold: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 2D fold's weight and bias for ``fold`` repeated for ``groups`` conv groups (channels-last)."""
+        weight, bias = self.folded_weight(("2d", fold))
+        route = ("2d", fold)
+        version = (groups, weight_version(self.weight), weight_version(self.bias))
+        cached = self._grouped.get(route)
+        if cached is None or cached[0] != version:
             repeated = weight.repeat(groups, 1, 1, 1).contiguous(memory_format=torch.channels_last)
-            self._grouped[route] = (version, repeated, bias.repeat(groups))
-        return self._grouped[route][1:]
+            cached = self._grouped[route] = (version, repeated, bias.repeat(groups))
+        return cached[1:]
 
     def extra_repr(self) -> str:
         pool = "" if self.pool is None else f", max_pool={self.pool}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lateral.inference.optimization import OneDnnConv
+from lateral.inference.optimization import OneDnnConv, weight_version
 from lateral.inference.scratch import scratch
 
 __all__ = [
@@ -217,7 +217,7 @@ class WinogradConv(OneDnnConv):
         super().__init__(_ConvView(conv), relu=conv.relu)
         self.mode = "auto"
         self.routes: dict[tuple, str] = {}
-        self._transformed: dict[str, torch.Tensor] = {}
+        self._transformed: dict[str, tuple] = {}  # algorithm -> (weight version, transformed weight)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -225,10 +225,15 @@ class WinogradConv(OneDnnConv):
         return state
 
     def transformed_weight(self, algorithm: str) -> torch.Tensor:
-        """The weight as ``WEIGHT_TRANSFORM`` gives it for ``algorithm`` (a key of ``ALGORITHMS``), made once."""
-        if algorithm not in self._transformed:
-            self._transformed[algorithm] = self.WEIGHT_TRANSFORM(self.weight, self.ALGORITHMS[algorithm])
-        return self._transformed[algorithm]
+        """The weight as ``WEIGHT_TRANSFORM`` gives it for ``algorithm`` (a key of ``ALGORITHMS``), made once per
+        weight version."""
+        version = weight_version(self.weight)
+        cached = self._transformed.get(algorithm)
+        if cached is None or cached[0] != version:
+            cached = self._transformed[algorithm] = (
+                version, self.WEIGHT_TRANSFORM(self.weight, self.ALGORITHMS[algorithm])
+            )
+        return cached[1]
 
     def _forward_winograd(self, x: torch.Tensor, algorithm: str, residual: torch.Tensor | None = None,
                           relu: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
