@@ -44,3 +44,29 @@ def test_openvino_bf16_keeps_top1():
     expected = case.expected["logits"]
     assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
     assert (got.softmax(dim=1) - expected.softmax(dim=1)).abs().max().item() <= 1e-2
+
+
+def test_openvino_copy_follows_load_state_dict_and_survives_copies():
+    import copy
+    import io
+    import pickle
+
+    from test_export import randomise_norms, thin_config, thin_input
+
+    def thin(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return randomise_norms(lateral.build_model(thin_config()), seed=seed).eval()
+
+    model_a, model_b = thin(1), thin(2)
+    x = thin_input()
+    opt = lateral.optimize(model_a, backend="openvino")
+    with torch.no_grad():
+        before = opt(x)
+        torch.testing.assert_close(before, model_a(x), atol=ATOL, rtol=RTOL)
+        buffer = io.BytesIO()
+        torch.save(opt, buffer)  # pickle protocol 2
+        buffer.seek(0)
+        for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt)), torch.load(buffer, weights_only=False)):
+            torch.testing.assert_close(clone(x), before, atol=1e-6, rtol=1e-6)
+        opt.load_state_dict(lateral.optimize(model_b, backend="openvino").state_dict())
+        torch.testing.assert_close(opt(x), model_b(x), atol=ATOL, rtol=RTOL)  # converted again for the new weights

@@ -254,14 +254,26 @@ class OpenVinoBackend:
         self.module = module
         self.precision = precision
         self.threads = threads
-        self._runners: dict[tuple[int, ...], OpenVinoRunner] = {}
+        self._runners: dict[tuple[int, ...], OpenVinoRunner] = {}  # sample shape -> compiled model
+        self._weights: tuple = ()  # the module's weight versions the runners were converted from
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_runners"] = {}  # OpenVINO's compiled models neither pickle nor deep-copy; rebuilt on the next call
+        return state
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """x: the module's input, e.g. [N, C, T, H, W] float32 -> the module's outputs in float32."""
+        from lateral.inference.optimization import weight_version
+
+        weights = tuple(weight_version(t) for t in self.module.state_dict().values())
+        if weights != self._weights:  # new weights (load_state_dict): every shape is converted again
+            self._runners, self._weights = {}, weights
         sample_shape = tuple(x.shape[1:])
-        if sample_shape not in self._runners:
-            self._runners[sample_shape] = OpenVinoRunner(self.module, x[:1].float(), self.precision, self.threads)
-        runner = self._runners[sample_shape]
+        runner = self._runners.get(sample_shape)
+        if runner is None:
+            runner = self._runners[sample_shape] = OpenVinoRunner(self.module, x[:1].float(), self.precision,
+                                                                  self.threads)
         per_sample = [runner(sample) for sample in x.split(1)]
         outputs = [torch.cat(parts) for parts in zip(*per_sample)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

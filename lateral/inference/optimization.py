@@ -623,6 +623,18 @@ class InferenceModule(nn.Module):
         # kept out of the submodule registry so the state dict has one copy of each weight
         object.__setattr__(self, "_runner", runner)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        # torch.save pickles with protocol 2, where a torch.memory_format does not pickle: keep its name
+        state["memory_format"] = str(self.memory_format).removeprefix("torch.")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        if isinstance(state.get("memory_format"), str):
+            state["memory_format"] = getattr(torch, state["memory_format"])
+        super().__setstate__(state)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
