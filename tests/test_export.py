@@ -6,6 +6,7 @@ SlowFast (base_channels 16 / 2) whose BatchNorm statistics are randomised, so th
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -413,8 +414,13 @@ def test_optimized_copy_predicts_multi_view_and_refuses_training(thin_model):
     clips = torch.randn(2, 3, *THIN_INPUT[1:], generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(opt.predict(clips), thin_model.predict(clips), atol=ATOL, rtol=RTOL)
     assert opt.in_channels == 3  # backbone attributes stay reachable through the wrapper
+    assert not any(module.training for module in opt.modules())
     with pytest.raises(RuntimeError, match="cannot be trained"):
         opt.train()
+    assert not any(module.training for module in opt.modules())  # refused before any flag was switched
+    assert opt.eval() is opt and opt.train(False) is opt
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        copy.deepcopy(opt).train()
     with pytest.raises(ValueError, match="predict"):
         opt(clips)  # 6-D input: the model's own message about the layout
 

@@ -587,6 +587,20 @@ def _to_float32(out: Any) -> Any:
     return out
 
 
+TRAINING_REFUSED = (
+    "this is an inference copy (BatchNorm folded into the convs) and cannot be trained; "
+    "train the original model and call lateral.optimize again"
+)
+
+
+def refuse_training(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``module.train`` of a recognizer's inference copy: ``train(False)`` / ``eval()`` work, ``train()`` raises
+    before any flag is switched (nn.Module.train would set the recognizer's own flag, then fail in its backbone)."""
+    if mode:
+        raise RuntimeError(TRAINING_REFUSED)
+    return type(module).train(module, False)
+
+
 class InferenceModule(nn.Module):
     """Runs ``module`` without autograd in the inference layout and precision; returns float32.
 
@@ -622,6 +636,7 @@ class InferenceModule(nn.Module):
             runner = torch.compile(module) if compile else module
         # kept out of the submodule registry so the state dict has one copy of each weight
         object.__setattr__(self, "_runner", runner)
+        super().train(False)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -647,10 +662,7 @@ class InferenceModule(nn.Module):
 
     def train(self, mode: bool = True) -> InferenceModule:
         if mode:
-            raise RuntimeError(
-                "this is an inference copy (BatchNorm folded into the convs) and cannot be trained; "
-                "train the original model and call lateral.optimize again"
-            )
+            raise RuntimeError(TRAINING_REFUSED)
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> Any:
@@ -770,8 +782,9 @@ def optimize(
 
         runner = OpenVinoBackend(opt.backbone, precision, threads=torch.get_num_threads())
         opt.backbone = InferenceModule(opt.backbone, runner=runner)  # fp32 in and out; OpenVINO picks bf16 inside
-        return opt
-    if is_recognizer:
+    elif is_recognizer:
         opt.backbone = _prepare(opt.backbone, dtype, compile)
+    if is_recognizer:
+        opt.train = functools.partial(refuse_training, opt)  # an instance attribute: copies and pickles keep it
         return opt
     return _prepare(opt, dtype, compile)
