@@ -201,10 +201,9 @@ def how_to_run_fastest(result: BenchmarkResult, recognizer: bool) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     """``lateral bench``: time the inference variants of a config's model, interleaved, and print a table."""
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"--precision takes a comma-separated list of {sorted(PRECISIONS)}, got '{args.precision}'")
+    precisions = list(dict.fromkeys(p.strip() for p in args.precision.split(",") if p.strip()))  # once each
+    if not precisions or any(precision not in PRECISIONS for precision in precisions):
+        raise ConfigError(f"--precision takes a comma-separated list of {sorted(PRECISIONS)}, got '{args.precision}'")
     if "bf16" in precisions and not args.force_bf16:
         on_unsupported = "fp32" if args.fallback_fp32 else "error"
         try:
@@ -214,7 +213,9 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"lateral bench: error: {err}", file=sys.stderr)
             return 1
     if args.variants:
-        names = [n.strip() for n in args.variants.split(",") if n.strip()]
+        names = list(dict.fromkeys(n.strip() for n in args.variants.split(",") if n.strip()))
+        if not names:
+            raise ConfigError(f"--variants takes a comma-separated list of {', '.join(VARIANTS)}")
         unknown = [n for n in names if n not in VARIANTS]
         if unknown:
             raise ConfigError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")

@@ -511,6 +511,18 @@ def test_onnx_export_switches_a_training_model_to_eval(thin_model, tmp_path):
     assert result["max_rel_diff"] < 1e-4
 
 
+def test_export_of_an_inference_copy_says_to_export_the_original(thin_model, tmp_path):
+    from lateral.models.fpn import ResNetFPN
+
+    cases = [(lateral.optimize(thin_model), thin_input()), (lateral.optimize(ResNetFPN(depth=18).eval()),
+                                                           torch.randn(1, 3, 64, 64))]
+    exporters = [export_torchscript] + ([export_onnx] if importlib.util.find_spec("onnx") else [])
+    for opt, x in cases:
+        for export in exporters:
+            with pytest.raises(ValueError, match="inference copy made by lateral.optimize.*export the original"):
+                export(opt, tmp_path / "copy.model", x)
+
+
 @needs_ort
 def test_onnx_fpn_outputs(tmp_path):
     from lateral.models.fpn import ResNetFPN
@@ -657,6 +669,17 @@ def test_bench_names_the_fastest_variant_per_precision_and_how_to_run_it():
     variants[-1].times = [0.1]  # onnxruntime now the fastest fp32 path: it runs an exported file
     assert "fastest fp32 here: onnxruntime" in how_to_run_fastest(result, recognizer=True)
     assert "--format onnx" in how_to_run_fastest(result, recognizer=True)
+
+
+def test_cli_bench_refuses_empty_lists_and_times_each_variant_once(thin_files, capsys):
+    config, checkpoint = thin_files
+    base = ["bench", config, checkpoint, "--input", "1x3x8x32x32", "--threads", "1", "--no-peak"]
+    for option in (["--precision", ","], ["--precision", "fp16"], ["--variants", " , "], ["--variants", "fused-fp8"]):
+        assert cli_main(base + option) == 1
+        assert "lateral bench: error: --" in capsys.readouterr().err
+    assert cli_main(base + ["--precision", "fp32,fp32", "--repeats", "1", "--warmup", "0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fused-fp32 ")]
+    assert len(rows) == 1
 
 
 def test_cli_bench_bf16_without_native_support(thin_files, capsys, monkeypatch):

@@ -62,7 +62,18 @@ def inference_copy(model: nn.Module) -> nn.Module:
 
     A model in training mode is switched to eval mode (with a warning): dropout and batch statistics have no place
     in an exported inference graph.
+
+    Raises:
+        ValueError: ``model`` is (or holds) a copy made by ``lateral.optimize``, whose direct oneDNN calls and cached
+            packed weights do not trace.
     """
+    from lateral.inference.optimization import InferenceModule
+
+    if any(isinstance(module, InferenceModule) for module in model.modules()):
+        raise ValueError(
+            "this is an inference copy made by lateral.optimize (oneDNN calls, packed weights), which does not export; "
+            "export the original model: the export folds its BatchNorm itself and runtimes pick their own layouts"
+        )
     if model.training:
         warnings.warn(
             f"{type(model).__name__} is in training mode; exporting it in eval mode (dropout off, BatchNorm running "
