@@ -285,6 +285,7 @@ class PyAVReader:
         ctx = self._stream.codec_context
         next_pos = 0  # position in ``wanted`` of the first frame not yet decoded
         fed_max = -1  # largest frame index handed to the decoder since the last seek
+        sought = -1  # keyframe of the last seek: never sought again, where the container landed before it
         packets = None
         while next_pos < len(wanted):
             target = wanted[next_pos]
@@ -292,10 +293,10 @@ class PyAVReader:
             keyframe = index.keyframes[k] if k >= 0 else 0
             # Seek when the keyframe before the next wanted frame lies beyond what the decoder has been fed:
             # everything still inside the decoder is then older than the wanted frame, so flushing loses nothing.
-            if packets is None or keyframe > fed_max + 1:
+            if packets is None or (keyframe > fed_max + 1 and keyframe > sought):
                 self._container.seek(index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
                 packets = self._container.demux(self._stream)
-                fed_max = -1
+                fed_max, sought = -1, keyframe
                 landed = None
             else:
                 landed = -1
@@ -321,7 +322,9 @@ class PyAVReader:
                 if next_pos == len(wanted):
                     break
                 next_keyframe = index.keyframes[bisect.bisect_right(index.keyframes, wanted[next_pos]) - 1]
-                if next_keyframe > fed_max + 1:
+                # a container whose seek lands before the keyframe asked for (a keyframe missing from its seek index,
+                # seen in variable-frame-rate MP4s) is decoded forward from where it landed, not sought again
+                if next_keyframe > fed_max + 1 and next_keyframe > sought:
                     break  # re-seek
             else:
                 break  # end of stream (the last packet flushes the decoder)

@@ -50,6 +50,27 @@ def test_seek_gives_the_same_frames_as_a_full_decode_and_decodes_less(tmp_path):
         assert reader.frames_decoded < 50
 
 
+@pytest.mark.timeout(60)
+def test_a_seek_that_lands_before_the_keyframe_asked_for_decodes_forward(tmp_path, monkeypatch):
+    """Some containers cannot seek to every keyframe the packets flag (a variable-frame-rate MP4 seeks to frame 0
+    for its second keyframe): the reader then decodes forward from where it landed instead of seeking again and
+    again."""
+    import av
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, size=(64, 32, 32, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)
+    path = write_video(tmp_path / "gop.mp4", frames, gop_size=16, bframes=2)
+    with PyAVReader(path, num_threads=1) as reader:
+        full = reader.decode_all()
+    seek = av.container.InputContainer.seek
+    monkeypatch.setattr(av.container.InputContainer, "seek",
+                        lambda self, offset, **kwargs: seek(self, 0, **kwargs))  # every seek lands at frame 0
+    with PyAVReader(path, num_threads=1) as reader:
+        for wanted in (np.array([60]), np.arange(40, 56, 3), np.array([50, 5, 33, 63])):
+            np.testing.assert_array_equal(reader.get_frames(wanted), full[wanted])
+
+
 @pytest.mark.skipif(not (MEDIA / "bikes.mp4").is_file(), reason="shared media not present")
 def test_seek_matches_full_decode_on_a_real_h264_file():
     with PyAVReader(MEDIA / "bikes.mp4", num_threads=1) as reader:
