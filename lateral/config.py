@@ -107,11 +107,34 @@ _BINARY_OPS = {
 _UNARY_OPS = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 # Bounds on what a config expression may build, so that a file cannot hang or exhaust the machine that reads it
 # (``10 ** 10 ** 9``, ``'a' * 10 ** 10``, ``f'{x:999999999}'``): far beyond any real setting.
-_MAX_ITEMS = 1_000_000  # characters of a string, items of a list or tuple
+_MAX_ITEMS = 1_000_000  # characters of a string, items of a list or tuple; also the most a value may hold, nested
+# items and characters counted, and the most one statement may read through names (each read is a copy)
 _MAX_INT_BITS = 10_000  # about 3000 digits: below Python's 4300-digit limit on printing an int
 _MAX_FORMAT_WIDTH = 10_000
 _MAX_FILE_BYTES = 10_000_000
 _CONSTRUCTORS = {"dict": dict, "list": list, "tuple": tuple}
+_CONVERSIONS = {ord("r"): repr, ord("s"): str, ord("a"): ascii}  # ast.FormattedValue.conversion codes
+
+
+def value_size(value: Any, limit: int) -> int:
+    """Items of ``value``'s containers, nested ones included, plus the characters of its strings (so ``[0] * n``
+    and ``'a' * n`` both count n); the count stops soon after it passes ``limit``, so a huge value costs no more
+    than a small one."""
+    total, pending = 0, [value]
+    while pending and total <= limit:
+        item = pending.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, dict):
+            total += len(item)
+            if total <= limit:
+                pending.extend(item.keys())
+                pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += len(item)
+            if total <= limit:
+                pending.extend(item)
+    return total
 
 
 class _Evaluator:
@@ -121,6 +144,32 @@ class _Evaluator:
         self.path = path
         self.names = names
         self.own_names: set[str] = set()  # names the file assigns itself (the rest came from _base_)
+        self.read_items = 0  # items copied out of names by the current statement (see _MAX_ITEMS)
+        self._sizes: dict[str, tuple[int, int]] = {}  # name -> (id of its value, value_size of it)
+
+    def _read(self, node: ast.Name) -> Any:
+        """A copy of the value of ``node.id``, counted against the statement's read budget: without it,
+        ``a = a + a`` on ten lines, or ``[a, a, a, a]``, would double or quadruple a value until memory runs out."""
+        value = self.names[node.id]
+        cached = self._sizes.get(node.id)
+        if cached is None or cached[0] != id(value):
+            cached = self._sizes[node.id] = (id(value), value_size(value, _MAX_ITEMS))
+        self.read_items += cached[1]
+        if self.read_items > _MAX_ITEMS:
+            raise ConfigError(f"{self.path}:{node.lineno}: this statement copies more than {_MAX_ITEMS} items and "
+                              f"characters out of names defined earlier, more than a config may hold")
+        return copy.deepcopy(value)
+
+    def binary(self, node: ast.AST, op: ast.operator, left: Any, right: Any) -> Any:
+        """``left <op> right`` for ``a <op> b`` and ``a <op>= b``, refused where it would build too much."""
+        too_big = _too_big(op, left, right)
+        if too_big:
+            raise ConfigError(f"{self.path}:{node.lineno}: this expression would build {too_big}, more than a "
+                              "config may hold")
+        try:
+            return _BINARY_OPS[type(op)](left, right)
+        except Exception as err:  # e.g. 'a' - 1
+            raise ConfigError(f"{self.path}:{node.lineno}: cannot compute this expression: {err}") from None
 
     def fail(self, node: ast.AST, what: str) -> ConfigError:
         line = getattr(node, "lineno", "?")
@@ -134,7 +183,7 @@ class _Evaluator:
             return node.value
         if isinstance(node, ast.Name):
             if node.id in self.names:
-                return copy.deepcopy(self.names[node.id])
+                return self._read(node)
             if node.id in ("True", "False", "None"):
                 return {"True": True, "False": False, "None": None}[node.id]
             raise ConfigError(
@@ -156,15 +205,7 @@ class _Evaluator:
         if isinstance(node, ast.Set):
             return {self.eval(e) for e in node.elts}
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
-            left, right = self.eval(node.left), self.eval(node.right)
-            too_big = _too_big(node.op, left, right)
-            if too_big:
-                raise ConfigError(f"{self.path}:{node.lineno}: this expression would build {too_big}, more than a "
-                                  "config may hold")
-            try:
-                return _BINARY_OPS[type(node.op)](left, right)
-            except Exception as err:  # e.g. 'a' - 1
-                raise ConfigError(f"{self.path}:{node.lineno}: cannot compute this expression: {err}") from None
+            return self.binary(node, node.op, self.eval(node.left), self.eval(node.right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
             return _UNARY_OPS[type(node.op)](self.eval(node.operand))
         if isinstance(node, ast.JoinedStr):
@@ -177,7 +218,8 @@ class _Evaluator:
                     if any(int(width) > _MAX_FORMAT_WIDTH for width in re.findall(r"\d+", str(spec))):
                         raise ConfigError(f"{self.path}:{node.lineno}: the format '{spec}' asks for a field wider "
                                           f"than {_MAX_FORMAT_WIDTH} characters")
-                    parts.append(format(self.eval(value.value), spec))
+                    converted = _CONVERSIONS.get(value.conversion, lambda v: v)(self.eval(value.value))  # !r !s !a
+                    parts.append(format(converted, spec))
                 else:
                     raise self.fail(value, "this f-string part")
             return "".join(parts)
@@ -279,36 +321,67 @@ def _run_statements(tree: ast.Module, path: Path, seen: tuple[Path, ...]) -> tup
     base_cfg: dict[str, Any] = {}
     evaluator = _Evaluator(str(path), names)
     for stmt in tree.body:
-        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
-            continue  # a docstring
-        if isinstance(stmt, ast.Assign):
-            value = evaluator.eval(stmt.value)
-            for target in stmt.targets:
-                _assign(evaluator, target, value, names)
-            if any(isinstance(t, ast.Name) and t.id == "_base_" for t in stmt.targets):
-                base_cfg = _load_bases(path, names.pop("_base_"), seen)
-                own = dict(names)
-                names.clear()
-                names.update(copy.deepcopy(base_cfg))
-                names.update(own)
-                evaluator.own_names = set(own)
-            else:
-                for t in stmt.targets:
-                    evaluator.own_names.update(_target_names(t))
-            continue
-        if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and isinstance(stmt.target, ast.Name):
-            names[stmt.target.id] = evaluator.eval(stmt.value)
-            evaluator.own_names.add(stmt.target.id)
-            continue
-        if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and type(stmt.op) in _BINARY_OPS:
-            current = evaluator.eval(stmt.target)
-            names[stmt.target.id] = _BINARY_OPS[type(stmt.op)](current, evaluator.eval(stmt.value))
-            evaluator.own_names.add(stmt.target.id)
-            continue
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            raise evaluator.fail(stmt, "an import (new-style mmengine configs with read_base() are not supported)")
-        raise evaluator.fail(stmt, f"the statement '{type(stmt).__name__}'")
+        evaluator.read_items = 0
+        try:
+            bases = _run_statement(stmt, evaluator, names, path, seen)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, LookupError) as err:  # list(5), {[1]: 2}, -'a', dict(**{1: 2})
+            raise ConfigError(f"{path}:{stmt.lineno}: cannot compute this value: {type(err).__name__}: {err}") from None
+        except MemoryError:
+            raise ConfigError(f"{path}:{stmt.lineno}: this value is too large for a config") from None
+        if bases is not None:
+            base_cfg = bases
     return base_cfg, {k: v for k, v in names.items() if k in evaluator.own_names}
+
+
+def _run_statement(stmt: ast.stmt, evaluator: _Evaluator, names: dict[str, Any], path: Path,
+                   seen: tuple[Path, ...]) -> dict[str, Any] | None:
+    """Run one top-level statement of a config file (an assignment, or a docstring; anything else is refused).
+
+    Returns:
+        The merged config of the ``_base_`` files when the statement assigns ``_base_``, else None.
+    """
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+        return None  # a docstring
+    if isinstance(stmt, ast.Assign):
+        value = evaluator.eval(stmt.value)
+        _check_value_size(evaluator, stmt, value)
+        for target in stmt.targets:
+            _assign(evaluator, target, value, names)
+        if not any(isinstance(t, ast.Name) and t.id == "_base_" for t in stmt.targets):
+            for t in stmt.targets:
+                evaluator.own_names.update(_target_names(t))
+            return None
+        base_cfg = _load_bases(path, names.pop("_base_"), seen)
+        own = dict(names)
+        names.clear()
+        names.update(copy.deepcopy(base_cfg))
+        names.update(own)
+        evaluator.own_names = set(own)
+        return base_cfg
+    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and isinstance(stmt.target, ast.Name):
+        value = evaluator.eval(stmt.value)
+        _check_value_size(evaluator, stmt, value)
+        names[stmt.target.id] = value
+        evaluator.own_names.add(stmt.target.id)
+        return None
+    if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and type(stmt.op) in _BINARY_OPS:
+        # bounded like the same BinOp: 'x **= 5000' or "s *= 10 ** 6" is refused, not computed
+        value = evaluator.binary(stmt, stmt.op, evaluator.eval(stmt.target), evaluator.eval(stmt.value))
+        _check_value_size(evaluator, stmt, value)
+        names[stmt.target.id] = value
+        evaluator.own_names.add(stmt.target.id)
+        return None
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        raise evaluator.fail(stmt, "an import (new-style mmengine configs with read_base() are not supported)")
+    raise evaluator.fail(stmt, f"the statement '{type(stmt).__name__}'")
+
+
+def _check_value_size(evaluator: _Evaluator, stmt: ast.stmt, value: Any) -> None:
+    if value_size(value, _MAX_ITEMS) > _MAX_ITEMS:
+        raise ConfigError(f"{evaluator.path}:{stmt.lineno}: this value holds more than {_MAX_ITEMS} items and "
+                          "characters, more than a config may hold")
 
 
 def _load_bases(path: Path, bases: Any, seen: tuple[Path, ...]) -> dict[str, Any]:

@@ -191,6 +191,14 @@ def test_tuple_unpacking_assignments_are_kept(tmp_path):
     ("x = '%*d' % (999999999, 1)", "%-format field wider"),
     ("x = '%.999999999f' % 1.0", "%-format field wider"),
     ("x = " + "+".join(["1"] * 100_000), "nested too deeply"),
+    # growth over several statements, which no single expression shows
+    ("x = 2 ** 5000\nx **= 5000", "a.py:2: this expression would build a number of about 250[0-9]+ bits"),
+    ("x = 'a' * 1000000\nx *= 1000000", "a sequence of 1000000000000 items"),
+    ("a = 'a' * 1000000\n" + "a = a + a\n" * 12, "a.py:2: this statement copies more than 1000000"),
+    ("a = [0] * 1000000\n" + "a = a + a\n" * 10, "a.py:2: this statement copies more than 1000000"),
+    ("a = 'a' * 300000\n" + "a = f'{a}{a}{a}{a}'\n" * 6, "a.py:2: this statement copies more than 1000000"),
+    ("a = [0] * 1000\n" + "a = [a] * 1000\n" * 3, "a.py:2: this value holds more than 1000000"),
+    ("a = [0] * 1000\n" + "a = [a, a, a, a]\n" * 30, "a.py:6: this statement copies more than 1000000"),
 ])
 def test_expressions_that_would_exhaust_the_machine_are_refused_at_once(tmp_path, source, message):
     import time
@@ -200,6 +208,26 @@ def test_expressions_that_would_exhaust_the_machine_are_refused_at_once(tmp_path
     with pytest.raises(ConfigError, match=message):
         load_config(tmp_path / "a.py")
     assert time.perf_counter() - started < 5  # refused before computing, not after
+
+
+@pytest.mark.parametrize("source, message", [
+    ("x = -'a'", "a.py:1: cannot compute this value: TypeError: bad operand type for unary -"),
+    ("x = list(5)", "a.py:1: cannot compute this value: TypeError"),
+    ("x = {[1]: 2}", "a.py:1: cannot compute this value: TypeError: .*unhashable"),
+    ("x = {[1]}", "a.py:1: cannot compute this value: TypeError: .*unhashable"),
+    ("x = dict(**{1: 2})", "a.py:1: cannot compute this value: TypeError: keywords must be strings"),
+    ("y = 0\nx = [1][0:2:0]", "a.py:2: cannot compute this value: ValueError: slice step cannot be zero"),
+    ("x = f'{1:zz}'", "a.py:1: cannot compute this value: ValueError: Unknown format code"),
+])
+def test_values_python_cannot_compute_are_named_by_file_and_line(tmp_path, source, message):
+    (tmp_path / "a.py").write_text(source + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "a.py")
+
+
+def test_f_string_conversions_are_applied(tmp_path):
+    (tmp_path / "a.py").write_text("x = f'{1!r:>5}'\ny = f'{x!r}'\nz = f'{\"é\"!a}{x!s}'\n")
+    assert load_config(tmp_path / "a.py") == {"x": "    1", "y": "'    1'", "z": "'\\xe9'    1"}
 
 
 def test_ordinary_arithmetic_stays_allowed(tmp_path):
