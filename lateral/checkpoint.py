@@ -234,6 +234,10 @@ def load_checkpoint(
     Raises:
         CheckpointError: one error listing every missing, unexpected and shape-mismatched key.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_checkpoint fills an nn.Module, got {type(model).__name__}")
+    if not isinstance(checkpoint, (str, os.PathLike, dict)):
+        raise TypeError(f"load_checkpoint takes a file path or a checkpoint dict, got {type(checkpoint).__name__}")
     if source is None:
         source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint dict"
     obj = read_checkpoint(checkpoint, map_location) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
@@ -313,6 +317,13 @@ def remove_partial_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
     path = Path(path)
@@ -321,6 +332,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes the file owner-only; a checkpoint is as open as a plain file
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()

@@ -465,7 +465,11 @@ def load_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
 
 
 def parse_cfg_value(text: str) -> Any:
-    """Read the value of a ``--cfg-options key=value`` pair: a Python literal if it is one, else a string."""
+    """Read the value of a ``--cfg-options key=value`` pair: a Python literal if it is one (``true``, ``false`` and
+    ``none`` in any case too, as mmengine reads them), else a string."""
+    words = {"true": True, "false": False, "none": None}
+    if text.strip().lower() in words:
+        return words[text.strip().lower()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

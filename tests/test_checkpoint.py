@@ -192,3 +192,13 @@ def test_the_strip_prefix_hint_leads_to_a_load_that_works():
         load_checkpoint(backbone, recognizer_state)
     report = load_checkpoint(backbone, recognizer_state, strict=True, strip_prefix="backbone.")  # cls_head.* left out
     assert report["unexpected"] == [] and len(report["loaded"]) == len(backbone.state_dict())
+
+
+def test_load_checkpoint_names_wrong_argument_types():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="takes a file path or a checkpoint dict, got NoneType"):
+        lateral.load_checkpoint(model, None)
+    with pytest.raises(TypeError, match="takes a file path or a checkpoint dict, got int"):
+        lateral.load_checkpoint(model, 3)
+    with pytest.raises(TypeError, match="fills an nn.Module, got NoneType"):
+        lateral.load_checkpoint(None, {"weight": torch.zeros(2, 2)})

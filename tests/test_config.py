@@ -248,3 +248,12 @@ def test_bad_unpacking_and_overrides_of_absent_pipelines_are_named(tmp_path):
         apply_cfg_options(cfg, ["train_pipeline.1.clip_len=4"])
     assert apply_cfg_options(cfg, ["train_dataloader.dataset.pipeline.1.clip_len=4"])[
         "train_dataloader"]["dataset"]["pipeline"][1]["clip_len"] == 4
+
+
+def test_cfg_option_words_true_false_none_in_any_case():
+    from lateral.config import parse_cfg_value
+
+    assert [parse_cfg_value(t) for t in ("false", "False", "TRUE", "none", "None")] == [False, False, True, None, None]
+    assert parse_cfg_value("falsey") == "falsey" and parse_cfg_value("0") == 0
+    cfg = apply_cfg_options({"channels_last": True}, ["channels_last=false"])
+    assert cfg["channels_last"] is False

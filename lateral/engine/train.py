@@ -342,7 +342,15 @@ class Trainer:
             if not path.is_file():
                 raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
             ckpt = read_checkpoint(path, map_location="cpu")
+        missing = [key for key in ("optimizer", "scheduler", "meta") if key not in ckpt]
+        if missing:
+            raise CheckpointError(
+                f"--resume {path}: this file holds no training state ({', '.join(missing)} missing; a model-zoo or "
+                "exported checkpoint carries weights only). To start training from its weights, set "
+                f"load_from='{path}' in the config (or --cfg-options load_from={path}) and leave out --resume."
+            )
         load_checkpoint(self.model, ckpt, strict=True)
+        self._check_optimizer_matches(ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt:
@@ -354,6 +362,28 @@ class Trainer:
         self.history = list(meta.get("history", []))
         self._restore_rng(ckpt)
         self._log({"event": "resume", "checkpoint": str(path), "epoch": self.start_epoch, "iter": self.iteration})
+
+    def _check_optimizer_matches(self, ckpt: dict, path: Path) -> None:
+        """Refuse to resume with another optimizer than the one that wrote ``ckpt``: torch would load its state and
+        fail on the first step (SGD reading AdamW's groups finds no 'momentum'), or say only that the group counts
+        differ."""
+        saved_cfg = ckpt["meta"].get("config") if isinstance(ckpt["meta"], dict) else None
+        saved_type = None
+        if isinstance(saved_cfg, dict):
+            saved_type = ((saved_cfg.get("optim_wrapper") or {}).get("optimizer") or {}).get("type")
+        current_type = ((self.cfg.get("optim_wrapper") or {}).get("optimizer") or {}).get("type")
+        if saved_type is not None and current_type is not None and saved_type != current_type:
+            raise CheckpointError(
+                f"--resume {path}: the run was started with optimizer {saved_type} and this config asks for "
+                f"{current_type}; resume with {saved_type}, or start a new run from these weights with load_from"
+            )
+        groups = ckpt["optimizer"].get("param_groups", []) if isinstance(ckpt["optimizer"], dict) else []
+        if len(groups) != len(self.optimizer.param_groups):
+            raise CheckpointError(
+                f"--resume {path}: the checkpoint's optimizer has {len(groups)} parameter group(s) and this config's "
+                f"has {len(self.optimizer.param_groups)} (paramwise_cfg changed?); resume with the config the run "
+                "was started with"
+            )
 
     def _newest_readable_checkpoint(self) -> tuple[Path, dict] | None:
         """(path, checkpoint) of ``latest.pth``, or of the newest readable ``epoch_N.pth`` when latest.pth is

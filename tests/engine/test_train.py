@@ -523,6 +523,35 @@ def test_resume_auto_falls_back_to_the_newest_readable_epoch_checkpoint(tmp_path
         Trainer(run_config, work, resume="auto", progress=False)
 
 
+def test_resume_refuses_weights_only_files_and_another_optimizer_with_the_way_out(tmp_path, run_config):
+    work = tmp_path / "run"
+    train(dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5)), work, progress=False)
+    saved = read_checkpoint(work / "latest.pth")
+    zoo = tmp_path / "zoo" / "latest.pth"  # what a model-zoo file holds: weights and meta
+    zoo.parent.mkdir()
+    torch.save({"state_dict": saved["state_dict"], "meta": {}}, zoo)
+    with pytest.raises(lateral.checkpoint.CheckpointError, match="holds no training state .*load_from="):
+        Trainer(run_config, tmp_path / "other", resume=str(zoo), progress=False)
+    with pytest.raises(lateral.checkpoint.CheckpointError, match="holds no training state"):
+        Trainer(run_config, zoo.parent, resume="auto", progress=False)
+    optimizer = dict(run_config["optim_wrapper"]["optimizer"])
+    other_type = "AdamW" if optimizer["type"] != "AdamW" else "SGD"
+    changed = dict(run_config, optim_wrapper=dict(run_config["optim_wrapper"], optimizer=dict(type=other_type, lr=0.01)))
+    with pytest.raises(lateral.checkpoint.CheckpointError, match=f"started with optimizer {optimizer['type']} .* {other_type}"):
+        Trainer(changed, work, resume="auto", progress=False)
+
+
+def test_checkpoints_are_as_readable_as_plain_files(tmp_path):
+    from lateral.checkpoint import save_checkpoint
+
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint({"x": torch.zeros(1)}, tmp_path / "a.pth")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644
+
+
 def test_ctrl_c_during_training_names_resume_auto(monkeypatch, capsys, config_file):
     import lateral.engine.train as train_module
     from lateral.cli import main
