@@ -152,7 +152,7 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     load_checkpoint(model, best)
     model.eval()
     device = torch.device("cpu")
-    loader = build_loader(cfg["test_dataloader"], train=False, seed=0, distributed=False)
+    loader = build_loader(cfg["test_dataloader"], train=False, seed=0, distributed=False, name="test_dataloader")
     scores, labels = collect_scores(model, loader, device, progress=progress)
     metrics = classification_metrics(scores, labels)
     names = [l.strip() for l in Path(cfg["label_map"]).read_text().splitlines() if l.strip()]

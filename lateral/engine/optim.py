@@ -8,12 +8,25 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lateral.config import ConfigError, positive_number_setting, suggest
+import inspect
+
+from lateral.config import ConfigError, check_keys, positive_number_setting, suggest
 
 __all__ = ["build_optimizer", "build_lr_factor", "clip_gradients"]
 
 _OPTIMIZERS = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}
 _OPTIM_WRAPPER_KEYS = {"type", "optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts", "dtype", "loss_scale"}
+CLIP_GRAD_KEYS = ("max_norm", "norm_type", "type", "error_if_nonfinite")
+# what each schedule reads (see _schedule_factor); mmengine's convert_to_iter_based and verbose are accepted and unused
+_SCHEDULE_COMMON = ("type", "begin", "end", "by_epoch", "convert_to_iter_based", "verbose")
+_SCHEDULER_KEYS = {
+    "LinearLR": ("start_factor", "end_factor"),
+    "ConstantLR": ("factor",),
+    "CosineAnnealingLR": ("T_max", "eta_min", "eta_min_ratio"),
+    "MultiStepLR": ("milestones", "gamma"),
+    "StepLR": ("step_size", "gamma"),
+    "PolyLR": ("eta_min", "power"),
+}
 
 
 def build_optimizer(model: nn.Module, optim_wrapper: dict) -> torch.optim.Optimizer:
@@ -30,6 +43,9 @@ def build_optimizer(model: nn.Module, optim_wrapper: dict) -> torch.optim.Optimi
     optim_type = cfg.pop("type", "SGD")
     if optim_type not in _OPTIMIZERS:
         raise ConfigError(f"optimizer type '{optim_type}' is not supported.{suggest(optim_type, _OPTIMIZERS)}")
+    accepted = [name for name in inspect.signature(_OPTIMIZERS[optim_type]).parameters if name != "params"]
+    check_keys(cfg, accepted, f"optim_wrapper.optimizer ({optim_type})")
+    check_keys(optim_wrapper.get("clip_grad"), CLIP_GRAD_KEYS, "optim_wrapper.clip_grad")
     if "lr" not in cfg:
         raise ConfigError("optim_wrapper.optimizer needs an 'lr'")
     positive_number_setting(cfg["lr"], "optim_wrapper.optimizer.lr")
@@ -103,7 +119,7 @@ def _schedule_factor(cfg: dict, t: float, base_lr: float, max_t: float) -> float
     raise AssertionError(kind)
 
 
-_SCHEDULERS = {"LinearLR", "ConstantLR", "CosineAnnealingLR", "MultiStepLR", "StepLR", "PolyLR"}
+_SCHEDULERS = set(_SCHEDULER_KEYS)
 
 
 def build_lr_factor(
@@ -120,10 +136,13 @@ def build_lr_factor(
         schedulers = [param_scheduler]
     else:
         schedulers = list(param_scheduler)
-    for cfg in schedulers:
+    for index, cfg in enumerate(schedulers):
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"param_scheduler.{index} must be a dict, got {type(cfg).__name__}: {cfg!r}")
         kind = cfg.get("type")
         if kind not in _SCHEDULERS:
             raise ConfigError(f"param_scheduler type '{kind}' is not supported.{suggest(str(kind), _SCHEDULERS)}")
+        check_keys(cfg, _SCHEDULE_COMMON + _SCHEDULER_KEYS[kind], f"param_scheduler.{index} ({kind})")
         if kind == "MultiStepLR" and "milestones" not in cfg:
             raise ConfigError("MultiStepLR needs 'milestones'")
         if kind == "StepLR" and "step_size" not in cfg:

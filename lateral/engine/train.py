@@ -48,6 +48,7 @@ HOOK_KEYS = {
     "visualization": ("type", "enable", "interval", "show", "wait_time", "out_dir"),
 }
 RANDOMNESS_KEYS = ("seed", "diff_rank_seed", "deterministic")
+SAMPLER_KEYS = ("type", "shuffle", "seed", "round_up")  # mmengine DefaultSampler's; only shuffle changes anything here
 LOADER_KEYS = ("dataset", "batch_size", "num_workers", "persistent_workers", "sampler", "pin_memory", "drop_last",
                "collate_fn", "prefetch_factor", "batch_sampler")
 
@@ -111,7 +112,8 @@ def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool, na
             sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
         else:
             sampler = dist_utils.InferenceSampler(len(dataset))
-    shuffle = train and sampler is None and loader_cfg.get("sampler", {}).get("shuffle", True)
+    sampler_cfg = check_keys(loader_cfg.get("sampler"), SAMPLER_KEYS, f"{name}.sampler")
+    shuffle = train and sampler is None and sampler_cfg.get("shuffle", True)
     return build_dataloader(
         dataset,
         batch_size=loader_cfg.get("batch_size", 1),
@@ -221,7 +223,17 @@ class Trainer:
         self.log_interval = positive_int_setting(logger_hook.get("interval", 20), "default_hooks.logger.interval")
         ckpt_hook = check_keys(hooks.get("checkpoint"), HOOK_KEYS["checkpoint"], "default_hooks.checkpoint")
         self.ckpt_interval = positive_int_setting(ckpt_hook.get("interval", 1), "default_hooks.checkpoint.interval")
-        self.max_keep_ckpts = int(ckpt_hook.get("max_keep_ckpts", -1))
+        max_keep = ckpt_hook.get("max_keep_ckpts", -1)
+        if type(max_keep) is not int:
+            raise ConfigError(f"default_hooks.checkpoint.max_keep_ckpts must be a whole number (-1 keeps all), got "
+                              f"{max_keep!r}")
+        self.max_keep_ckpts = max_keep
+        precise = check_keys(cfg.get("precise_bn"), ("num_iters",), "precise_bn")
+        if precise:
+            positive_int_setting(precise.get("num_iters", 200), "precise_bn.num_iters")
+        for flag in ("channels_last", "sync_bn", "tensorboard"):
+            if flag in cfg and not isinstance(cfg[flag], bool):
+                raise ConfigError(f"{flag} must be True or False, got {cfg[flag]!r}")
         randomness = check_keys(cfg.get("randomness"), RANDOMNESS_KEYS, "randomness")
         self.seed = seed_setting(randomness.get("seed"))
 
@@ -231,10 +243,10 @@ class Trainer:
         for key in ("train_dataloader", "val_dataloader", "test_dataloader"):  # a typo in any stops the run now
             check_keys(cfg.get(key), LOADER_KEYS, key)
         # data first: a missing dataset path fails here, before any model is built or file written
-        self.train_loader = build_loader(cfg["train_dataloader"], True, self.seed, self.distributed)
-        self.val_loader = (
-            build_loader(cfg["val_dataloader"], False, self.seed, self.distributed) if cfg.get("val_dataloader") else None
-        )
+        self.train_loader = build_loader(cfg["train_dataloader"], True, self.seed, self.distributed, "train_dataloader")
+        self.val_loader = None
+        if cfg.get("val_dataloader"):
+            self.val_loader = build_loader(cfg["val_dataloader"], False, self.seed, self.distributed, "val_dataloader")
 
         from lateral.data.sampling import seed_data_rng
 

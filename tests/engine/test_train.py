@@ -328,6 +328,28 @@ def test_misspelt_runtime_keys_stop_training_before_any_work(tmp_path, run_confi
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    ("param_scheduler.0.ned=1", r"param_scheduler.0 \(LinearLR\): unknown key 'ned'. Did you mean 'end'"),
+    ("optim_wrapper.clip_grad.max_nrm=3", "optim_wrapper.clip_grad: unknown key 'max_nrm'. Did you mean 'max_norm'"),
+    ("train_dataloader.sampler.shufle=False", "train_dataloader.sampler: unknown key 'shufle'. Did you mean 'shuffle'"),
+    ("precise_bn.num_iter=2", "precise_bn: unknown key 'num_iter'. Did you mean 'num_iters'"),
+    ("optim_wrapper.optimizer.lrr=0.1", r"optim_wrapper.optimizer \(SGD\): unknown key 'lrr'. Did you mean 'lr'"),
+    ("default_hooks.checkpoint.max_keep_ckpts=abc", "max_keep_ckpts must be a whole number"),
+    ("channels_last=0", "channels_last must be True or False"),
+])
+def test_misspelt_keys_of_schedules_optimizers_samplers_and_flags_are_refused(tmp_path, run_config, option, message):
+    from lateral.config import apply_cfg_options
+
+    cfg = dict(run_config, param_scheduler=[dict(type="LinearLR", start_factor=0.5, by_epoch=True, begin=0, end=1)],
+               optim_wrapper=dict(run_config["optim_wrapper"], clip_grad=dict(max_norm=40)),
+               train_dataloader=dict(run_config["train_dataloader"], sampler=dict(type="DefaultSampler", shuffle=True)),
+               precise_bn=dict(num_iters=2))
+    Trainer(cfg, tmp_path / "fine", progress=False).close()  # the spelled-right config trains
+    with pytest.raises(ConfigError, match=message):
+        Trainer(apply_cfg_options(cfg, [option]), tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
 def test_an_epoch_without_one_readable_sample_fails_and_saves_nothing(tmp_path, motion_data):
     lines = (motion_data / "train_list.txt").read_text().splitlines()
     ann = tmp_path / "all_missing.txt"
