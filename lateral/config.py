@@ -479,6 +479,9 @@ def parse_cfg_value(text: str) -> Any:
 
 
 _PIPELINE_NAMES = ("train_pipeline", "val_pipeline", "test_pipeline")
+# known top-level names that only feed other settings while the file is read (mmaction2's variables)
+_FILE_VARIABLES = ("dataset_type", "data_root", "data_root_val", "ann_file_train", "ann_file_val", "ann_file_test",
+                   "file_client_args")
 
 
 def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
@@ -516,6 +519,13 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
                     else suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS]))
             raise ConfigError(f"--cfg-options {key}: the config has no top-level '{top}', and lateral reads no such "
                               f"setting.{hint}")
+        deeper = _paths_ending_in(cfg, top) if len(parts) == 1 and top in cfg else []
+        if deeper and (top not in KNOWN_TOP_LEVEL_KEYS or top in _FILE_VARIABLES):
+            # a variable of the file (clip_len = 8) was copied into the settings named after it when the file was
+            # read: setting the variable now would leave them as they are
+            raise ConfigError(f"--cfg-options {key}: '{top}' is a variable of the config file, already written into "
+                              f"the settings that use it, so overriding it alone would change nothing; set "
+                              f"{', '.join(deeper[:4])}{', ...' if len(deeper) > 4 else ''} instead")
         node = cfg
         for i, part in enumerate(parts[:-1]):
             node = _step(node, part, ".".join(parts[: i + 1]), create=True)

@@ -257,3 +257,17 @@ def test_cfg_option_words_true_false_none_in_any_case():
     assert parse_cfg_value("falsey") == "falsey" and parse_cfg_value("0") == 0
     cfg = apply_cfg_options({"channels_last": True}, ["channels_last=false"])
     assert cfg["channels_last"] is False
+
+
+def test_overriding_a_file_variable_that_was_copied_into_settings_points_to_them(tmp_path):
+    (tmp_path / "a.py").write_text(
+        "clip_len = 8\nother = 3\ntrain_pipeline = [dict(type='SampleFrames', clip_len=clip_len)]\n"
+        "train_dataloader = dict(dataset=dict(pipeline=train_pipeline))\n"
+    )
+    cfg = load_config(tmp_path / "a.py")
+    with pytest.raises(ConfigError, match="'clip_len' is a variable of the config file.*set train_pipeline.0.clip_len, "
+                                          "train_dataloader.dataset.pipeline.0.clip_len instead"):
+        apply_cfg_options(cfg, ["clip_len=4"])
+    assert apply_cfg_options(cfg, ["train_pipeline.0.clip_len=4"])["train_dataloader"]["dataset"]["pipeline"][0][
+        "clip_len"] == 4
+    assert apply_cfg_options(cfg, ["other=5"])["other"] == 5  # copied nowhere under its own name: taken as given
