@@ -293,6 +293,7 @@ class Trainer:
         self.best_top1 = -1.0
         self.history: list[dict] = []
         self._last_batch: dict | None = None  # this rank's last readable batch (a stand-in under DDP)
+        self._nothing_readable = False  # the stand-in search read the whole dataset and found no readable sample
         if dist_utils.is_main_process():
             self.work_dir.mkdir(parents=True, exist_ok=True)
         self.tb_writer = None
@@ -677,8 +678,11 @@ class Trainer:
                 have = batch is not None
                 if have:
                     self._last_batch = batch
-                elif self._last_batch is None:  # nothing read yet in this run (or since a resume)
+                elif self._last_batch is None and self.distributed and not self._nothing_readable:
+                    # nothing read yet in this run (or since a resume); a single process skips the step anyway, and
+                    # a dataset found unreadable once is not searched again for every empty batch
                     self._last_batch = self._stand_in_batch()
+                    self._nothing_readable = self._last_batch is None
                 with_data, ready = dist_utils.sum_over_ranks(
                     [have, have or self._last_batch is not None], self.device)
                 if with_data == 0 or ready < dist_utils.world_size():

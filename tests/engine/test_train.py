@@ -356,9 +356,10 @@ def test_an_epoch_without_one_readable_sample_fails_and_saves_nothing(tmp_path, 
     ann.write_text("".join(f"{tmp_path / 'gone'}_{i}.mp4 {line.split()[-1]}\n" for i, line in enumerate(lines)))
     cfg = tiny_run_config(motion_data, epochs=2, ann_train=str(ann))
     with pytest.raises(NoTrainingDataError, match=f"epoch 1: not one training batch could be read from the "
-                                                  f"{len(lines)} samples; nothing was trained or saved"):
+                                                  f"{len(lines)} samples; nothing was trained or saved") as caught:
         train(cfg, tmp_path / "run", progress=False)
     assert not list((tmp_path / "run").glob("*.pth"))
+    assert f"{len(lines)} sample reads failed" in str(caught.value)  # each sample read once, not once per batch
 
 
 def test_predict_takes_several_videos_and_folders_and_skips_undecodable_ones(tmp_path, config_file, motion_data):
