@@ -603,18 +603,22 @@ class Trainer:
 
     def validate(self) -> dict:
         dist_utils.broadcast_buffers(self.model)  # score every shard with the BN statistics the checkpoint holds
+        failures_before = int(getattr(self.val_loader.dataset, "num_failures", 0))
         scores, labels = collect_scores(self.model, self.val_loader, self.device, self.amp_dtype, self.progress, "val")
+        failed = int(dist_utils.sum_over_ranks(
+            int(getattr(self.val_loader.dataset, "num_failures", 0)) - failures_before, self.device))
+        counts = {"failed_samples": failed} if failed else {}  # unreadable val files, every rank's shard
         if len(labels) == 0:
             if dist_utils.is_main_process():
                 logger.warning("validation scored nothing: not one validation sample could be read")
-            return {"num_samples": 0}
+            return {"num_samples": 0, **counts}
         metrics = classification_metrics(scores, labels)
         metrics.pop("confusion_matrix", None)
         if metrics["num_samples"] == 0:  # nothing labelled could be read: no accuracy to report or to pick best.pth by
             if dist_utils.is_main_process():
                 logger.warning("validation scored nothing: no labelled validation sample could be read")
-            return {k: v for k, v in metrics.items() if k.startswith("num_")}
-        return metrics
+            return {**{k: v for k, v in metrics.items() if k.startswith("num_")}, **counts}
+        return {**metrics, **counts}
 
     def _seed_epoch(self, epoch: int) -> None:
         """Make an epoch's shuffling and augmentation a function of (seed, epoch), so a resumed run repeats it.

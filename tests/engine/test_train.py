@@ -146,10 +146,15 @@ def test_corrupt_videos_are_skipped_and_counted(tmp_path, motion_data):
     lines = (motion_data / "train_list.txt").read_text().splitlines()
     ann = tmp_path / "train_with_bad.txt"
     ann.write_text("\n".join(lines + [f"{bad} 0", f"{tmp_path / 'missing.mp4'} 1"]) + "\n")
-    cfg = tiny_run_config(motion_data, epochs=1, ann_train=str(ann))
+    cfg = tiny_run_config(motion_data, epochs=2, ann_train=str(ann))
+    val_ann = tmp_path / "val_with_bad.txt"
+    val_ann.write_text(Path(cfg["val_dataloader"]["dataset"]["ann_file"]).read_text() + f"{bad} 0\n")
+    cfg["val_dataloader"]["dataset"]["ann_file"] = str(val_ann)
     result = train(cfg, tmp_path / "run", progress=False)
-    assert result["history"][-1]["failed_samples"] == 2
+    assert [epoch["failed_samples"] for epoch in result["history"]] == [2, 2]
     assert result["history"][-1]["iters"] >= 1
+    # validation too: each epoch's record counts that epoch's unreadable val files
+    assert [epoch["val_failed_samples"] for epoch in result["history"]] == [1, 1]
 
 
 def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
