@@ -36,7 +36,7 @@ __all__ = [
 
 logger = logging.getLogger("lateral.data")
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".m2ts", ".mts")
 
 
 class DecodeError(RuntimeError):
@@ -143,9 +143,21 @@ class _PacketIndex:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
                     continue
+                if packet.is_corrupt:  # e.g. the last packet of a truncated AVI: its frame would be garbage
+                    error = f"a damaged packet at stamp {packet.pts} was left out"
+                    continue
                 records.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
         except Exception as err:  # a truncated or damaged file: keep what was read before the damage
             error = f"{type(err).__name__}: {err}"
+        decode_order_stamps = (
+            bool(stream.codec_context.has_b_frames) and len(records) > 1
+            and all(r[0] is not None for r in records)
+            and all(a[0] < b[0] for a, b in zip(records, records[1:]))
+        )
+        if decode_order_stamps:
+            # a codec that reorders frames, yet stamps that never go back in packet order: the container stamped
+            # packets in decode order (H.264 with B-frames in AVI), so the stamps cannot number displayed frames
+            records = [(None, None, keyframe) for _, _, keyframe in records]
         if all(r[0] is not None for r in records):
             key, stamps = "pts", [r[0] for r in records]
         elif all(r[1] is not None for r in records):
@@ -268,7 +280,7 @@ class PyAVReader:
         frames = []
         for frame in self._container.decode(self._stream):
             self.frames_decoded += 1
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(self._rgb(frame))
         return np.stack(frames)
 
     def _frame_index(self, frame) -> int:
@@ -287,6 +299,7 @@ class PyAVReader:
         fed_max = -1  # largest frame index handed to the decoder since the last seek
         sought = -1  # keyframe of the last seek: never sought again, where the container landed before it
         packets = None
+        last_out = -1  # index of the last frame the decoder gave since the last seek
         while next_pos < len(wanted):
             target = wanted[next_pos]
             k = bisect.bisect_right(index.keyframes, target) - 1
@@ -296,13 +309,19 @@ class PyAVReader:
             if packets is None or (keyframe > fed_max + 1 and keyframe > sought):
                 self._container.seek(index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
                 packets = self._container.demux(self._stream)
-                fed_max, sought = -1, keyframe
+                fed_max, sought, last_out = -1, keyframe, -1
                 landed = None
             else:
                 landed = -1
             for packet in packets:
+                if packet.is_corrupt and packet.size:  # left out of the index: never handed to the decoder
+                    continue
                 packet_index = index.frame_of.get(packet.pts if index.key == "pts" else packet.dts)
                 if packet_index is not None:
+                    if fed_max < 0 and landed is None and packet_index > keyframe:
+                        # the seek landed past the keyframe (MPEG-TS seeks by byte estimates): the frames up to the
+                        # next keyframe cannot be decoded from here, so number frames by decoding from the start
+                        raise _TimestampMismatch
                     fed_max = max(fed_max, packet_index)
                     # a frame nobody wants and nobody references is not decoded at all
                     ctx.skip_frame = "DEFAULT" if packet_index in wanted_set else "NONREF"
@@ -311,12 +330,17 @@ class PyAVReader:
                 for frame in packet.decode():
                     self.frames_decoded += 1
                     frame_index = self._frame_index(frame)
+                    if frame_index <= last_out:
+                        # frames leave the decoder in display order: stamps that do not rise are not display-order
+                        # times (H.264 with B-frames in AVI stamps packets in decode order), so count frames instead
+                        raise _TimestampMismatch
+                    last_out = frame_index
                     if landed is None:
                         landed = frame_index
                         if frame_index > target:  # the container's seek overshot: decode from the start
                             raise _TimestampMismatch
                     if frame_index in wanted_set and frame_index not in frames:
-                        frames[frame_index] = frame.to_ndarray(format="rgb24")
+                        frames[frame_index] = self._rgb(frame)
                 while next_pos < len(wanted) and wanted[next_pos] in frames:
                     next_pos += 1
                 if next_pos == len(wanted):
@@ -338,13 +362,23 @@ class PyAVReader:
         frames: dict[int, np.ndarray] = {}
         self._container.seek(0, stream=self._stream)
         self._stream.codec_context.skip_frame = "DEFAULT"
-        for frame_index, frame in enumerate(self._container.decode(self._stream)):
-            self.frames_decoded += 1
-            if frame_index in wanted_set:
-                frames[frame_index] = frame.to_ndarray(format="rgb24")
+        frame_index = -1
+        for packet in self._container.demux(self._stream):
+            if packet.is_corrupt and packet.size:  # left out of the index, as in _decode_seeking
+                continue
+            for frame in packet.decode():
+                frame_index += 1
+                self.frames_decoded += 1
+                if frame_index in wanted_set:
+                    frames[frame_index] = self._rgb(frame)
             if frame_index >= last:
                 break
         return frames
+
+    def _rgb(self, frame) -> np.ndarray:
+        """[H, W, 3] uint8 RGB at the stream's size: a stream whose resolution changes midway is scaled to the size
+        it started with, so every clip stacks."""
+        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
 
 
 class _TimestampMismatch(Exception):

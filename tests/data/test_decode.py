@@ -166,3 +166,76 @@ def test_a_missing_relative_path_names_where_it_was_looked_for(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DecodeError, match=f"missing.mp4: file not found \\(looked for {tmp_path / 'missing.mp4'}\\)"):
         PyAVReader("missing.mp4")
+
+
+def _grey_ramp(count: int, size: int = 32) -> np.ndarray:
+    """Frame i is flat grey 8 * i: any frame handed out under another number shows at once."""
+    return np.stack([np.full((size, size, 3), 8 * i, np.uint8) for i in range(count)])
+
+
+def _write_with_pyav(path, frames, codec: str, container_format: str | None = None, gop_size: int = 6) -> None:
+    import av
+
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.gop_size = gop_size
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.timeout(120)
+def test_h264_with_b_frames_in_avi_gives_frames_in_display_order(tmp_path):
+    """AVI stamps H.264 packets in decode order (pts = dts + 1): those stamps cannot number displayed frames."""
+    path = write_video(tmp_path / "b.avi", _grey_ramp(30), codec="libx264", gop_size=6, bframes=2)
+    with PyAVReader(path, num_threads=1) as reader:
+        full = reader.decode_all()
+    np.testing.assert_allclose(full[:, 0, 0, 0], 8 * np.arange(30), atol=3)  # the decoder's own order is right
+    for wanted in ([1], [3], [4], [9, 10], list(range(30))):
+        with PyAVReader(path, num_threads=1) as reader:
+            np.testing.assert_array_equal(reader.get_frames(wanted), full[wanted])
+
+
+@pytest.mark.timeout(120)
+def test_mpeg_ts_frames_after_the_last_keyframe_decode(tmp_path):
+    """An MPEG-TS seek lands past the keyframe asked for; the frames of the last GOP must still come out."""
+    path = tmp_path / "clip.ts"
+    _write_with_pyav(path, _grey_ramp(30), "libx264", "mpegts")
+    with PyAVReader(path, num_threads=1) as reader:
+        full = reader.decode_all()
+        assert reader.num_frames == len(full) == 30
+    for wanted in ([28], [29], [5, 29], [12, 13, 27]):
+        with PyAVReader(path, num_threads=1) as reader:
+            np.testing.assert_array_equal(reader.get_frames(wanted), full[wanted])
+
+
+def test_a_damaged_last_packet_of_a_truncated_avi_is_left_out(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, size=(20, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "src.avi", frames, codec="mpeg4", gop_size=5)
+    with PyAVReader(path, num_threads=1) as reader:
+        source = reader.decode_all()
+    cut = tmp_path / "cut.avi"
+    data = path.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.97)])
+    with PyAVReader(cut, num_threads=1) as reader:
+        assert reader.num_frames < len(source)
+        got = reader.get_frames(list(range(reader.num_frames)))
+    assert np.array_equal(got, source[: len(got)])  # no frame decoded from a partly read packet
+
+
+@pytest.mark.timeout(120)
+def test_a_resolution_change_midway_scales_to_the_first_size(tmp_path):
+    first, second = tmp_path / "a.mpg", tmp_path / "b.mpg"
+    _write_with_pyav(first, _grey_ramp(12, size=64), "mpeg1video", "mpeg")
+    _write_with_pyav(second, np.full((12, 48, 80, 3), 200, np.uint8), "mpeg1video", "mpeg")
+    joined = tmp_path / "joined.mpg"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    with PyAVReader(joined, num_threads=1) as reader:
+        assert reader.num_frames >= 20
+        frames = reader.get_frames([0, 16])  # one frame of each part
+    assert frames.shape == (2, 64, 64, 3)
+    assert frames[1].mean() > 150  # the second part's frame, scaled to 64x64
