@@ -83,14 +83,17 @@ def parse_views(text: str) -> tuple[int, int]:
 
 
 def read_label_names(path: str | None, cfg: dict, num_classes: int) -> list[str]:
-    """Class names from ``--labels`` (one per line), the config's ``label_map`` file or list, else indices."""
+    """Class names from ``--labels``, the config's ``label_map`` file or list, else indices; a file in any layout
+    :func:`lateral.data.datasets.load_label_map` reads (a name per line, ``index name`` lines, an ``id,name`` CSV)."""
+    from lateral.data.datasets import load_label_map
+
     source = path or cfg.get("label_map")
     if isinstance(source, (list, tuple)):
         names = [str(n) for n in source]
     elif source:
         if not Path(source).is_file():
             raise FileNotFoundError(f"label map not found: {source}")
-        names = [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+        names = load_label_map(source)
     else:
         return [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
@@ -212,10 +215,13 @@ def predict_targets(paths: list[str]) -> tuple[str, str, list[Path]]:
             raise ConfigError(usage)
         config_path = checkpoint = paths[0]
         targets = paths[1:]
+    from lateral.data.datasets import find_video_files
+
     videos: list[Path] = []
     for target in map(Path, targets):
         if target.is_dir():
-            found = sorted(f for f in target.iterdir() if f.is_file() and f.name.lower().endswith(VIDEO_EXTENSIONS))
+            # the files lateral data check finds: subfolders too, and broken links, which then fail, counted
+            found = find_video_files(target)
             if not found:
                 raise FileNotFoundError(f"{target} is a folder with no video files ({', '.join(VIDEO_EXTENSIONS)})")
             videos.extend(found)
@@ -255,6 +261,30 @@ def prediction_model(args: argparse.Namespace, cfg: dict, checkpoint: str) -> tu
     return model, device
 
 
+def timeline_folder_names(videos: list[Path]) -> dict[Path, str]:
+    """``<stem>_timeline`` per video; videos whose names would collide (a/clip.mp4, b/clip.mp4, b/clip.webm) get
+    their parent folder and suffix in it, then a number, so no timeline overwrites another."""
+    def plain(video: Path) -> str:
+        return f"{video.stem}_timeline"
+
+    def longer(video: Path) -> str:
+        return f"{video.parent.name}_{video.stem}_{video.suffix.lstrip('.')}_timeline"
+
+    counts: dict[str, int] = {}
+    for video in videos:
+        counts[plain(video)] = counts.get(plain(video), 0) + 1
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for video in videos:
+        name = plain(video) if counts[plain(video)] == 1 else longer(video)
+        base, number = name, 2
+        while name in taken:
+            name, number = f"{base}_{number}", number + 1
+        taken.add(name)
+        names[video] = name
+    return names
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from lateral.data.decode import DecodeError
     from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
@@ -267,6 +297,7 @@ def run_predict(args: argparse.Namespace) -> int:
     pipeline = video_pipeline(cfg)
     names = read_label_names(args.labels, cfg, model.num_classes)
     several = len(videos) > 1
+    timeline_names = timeline_folder_names(videos)
     results, failed = [], []
     for video in videos:
         if several:
@@ -277,7 +308,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 rows = predict_timeline(model, pipeline, video, parse_seconds(args.window), stride, device)
                 out_dir = Path(args.out) if args.out else None
                 if out_dir is None or several:
-                    out_dir = (out_dir or Path(".")) / (video.stem + "_timeline")
+                    out_dir = (out_dir or Path(".")) / timeline_names[video]
                 paths = write_timeline(rows, names, out_dir, args.topk)
                 for r in rows:
                     top = int(r.probs.argmax())
@@ -285,7 +316,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
                 continue
             probs = predict_video(model, pipeline, video, device)
-        except DecodeError as err:
+        except (DecodeError, FileNotFoundError) as err:  # a broken link in a folder is missing, not undecodable
             if not several:
                 raise
             print(f"skipped: {err}", file=sys.stderr)

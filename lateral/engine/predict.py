@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import copy
 import csv
 import json
@@ -122,10 +124,14 @@ def parse_seconds(text: str) -> float:
     text = text.strip().lower()
     try:
         if text.endswith("ms"):
-            return float(text[:-2]) / 1000
-        return float(text[:-1]) if text.endswith("s") else float(text)
+            seconds = float(text[:-2]) / 1000
+        else:
+            seconds = float(text[:-1]) if text.endswith("s") else float(text)
     except ValueError:
         raise ConfigError(f"a duration is written like 2s, 1.5 or 500ms, got '{text}'") from None
+    if not math.isfinite(seconds):
+        raise ConfigError(f"a duration must be a finite number of seconds, got '{text}'")
+    return seconds
 
 
 def predict_timeline(

@@ -374,14 +374,18 @@ def test_predict_takes_several_videos_and_folders_and_skips_undecodable_ones(tmp
     (folder / videos[0].name).write_bytes(videos[0].read_bytes())
     (folder / "broken.mp4").write_bytes(videos[1].read_bytes()[:200])
     (folder / "notes.txt").write_text("not a video")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "deeper.mp4").write_bytes(videos[0].read_bytes())  # subfolders are searched, as data check does
+    (folder / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")  # a broken link: counted, not dropped
     out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none", str(videos[1]),
                           str(folder), "--topk", "2", "--out", str(tmp_path / "top.json")],
                          cwd=REPO, capture_output=True, text=True)
-    assert out.returncode == 1, out.stderr  # one video could not be decoded
+    assert out.returncode == 1, out.stderr  # two videos could not be read
     assert "Traceback" not in out.stderr
-    assert f"1 of 3 videos could not be decoded: {folder / 'broken.mp4'}" in out.stderr
+    assert f"2 of 5 videos could not be decoded: {folder / 'broken.mp4'}, {folder / 'gone.mp4'}" in out.stderr
     results = json.loads((tmp_path / "top.json").read_text())
-    assert [r["video"] for r in results] == [str(videos[1]), str(folder / videos[0].name)]
+    assert [r["video"] for r in results] == [str(videos[1]), str(folder / videos[0].name),
+                                             str(folder / "sub" / "deeper.mp4")]
     assert all(len(r["top"]) == 2 for r in results)
     # one undecodable video on its own: the error line, no traceback
     out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none", str(folder / "broken.mp4")],
@@ -390,6 +394,31 @@ def test_predict_takes_several_videos_and_folders_and_skips_undecodable_ones(tmp
     out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none"], cwd=REPO,
                          capture_output=True, text=True)
     assert out.returncode == 1 and "predict takes CONFIG CKPT VIDEO [VIDEO ...]" in out.stderr
+
+
+def test_timeline_folders_of_same_named_videos_do_not_collide_and_durations_are_finite():
+    from lateral.engine.commands import timeline_folder_names
+    from lateral.engine.predict import parse_seconds
+
+    videos = [Path("a/clip.mp4"), Path("b/clip.mp4"), Path("b/clip.webm"), Path("c/other.mp4")]
+    names = timeline_folder_names(videos)
+    assert len(set(names.values())) == 4
+    assert names[Path("c/other.mp4")] == "other_timeline"
+    assert names[Path("a/clip.mp4")] == "a_clip_mp4_timeline" and names[Path("b/clip.webm")] == "b_clip_webm_timeline"
+    assert parse_seconds("500ms") == 0.5 and parse_seconds("2s") == 2.0
+    for text in ("inf", "nan", "-infs"):
+        with pytest.raises(ConfigError, match="finite number of seconds"):
+            parse_seconds(text)
+
+
+def test_label_names_read_every_documented_label_map_layout(tmp_path):
+    from lateral.engine.commands import read_label_names
+
+    layouts = {"plain.txt": "run\nwalk\njump\n", "indexed.txt": "1 run\n2 walk\n3 jump\n",
+               "map.csv": "id,name\n0,run\n1,walk\n2,jump\n"}
+    for name, text in layouts.items():
+        (tmp_path / name).write_text(text)
+        assert read_label_names(str(tmp_path / name), {}, 3) == ["run", "walk", "jump"], name
 
 
 def test_three_crop_views_span_the_short_side_the_pipeline_resizes_to():
