@@ -115,6 +115,13 @@ def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
     must agree with it otherwise."""
     if "model" not in cfg:
         raise ConfigError("the config defines no 'model'")
+    if not isinstance(cfg["model"], dict):
+        raise ConfigError(f"model must be a dict, got {type(cfg['model']).__name__}")
+    model_type = cfg["model"].get("type")
+    if model_type != "FasterRCNN":
+        raise ConfigError(f"the config's model is a {model_type}, not a detector: the detect commands take a "
+                          "FasterRCNN config (e.g. configs/detection/faster_rcnn_r18_fpn_shapes.py); recognizers run "
+                          "with lateral train / test / predict")
     model_cfg = dict(cfg["model"])
     if num_classes is not None:
         configured = model_cfg.setdefault("num_classes", num_classes)

@@ -307,6 +307,14 @@ def test_resume_of_a_missing_checkpoint_and_bad_model_class_count(tmp_path):
         train_detector(cfg)
 
 
+def test_a_recognition_config_is_refused_by_the_detect_commands(tmp_path):
+    cfg = lateral.load_config(SHAPES_CONFIG)
+    cfg["model"] = dict(type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly"), cls_head=dict(type="I3DHead"))
+    with pytest.raises(ConfigError, match="model is a Recognizer3D, not a detector"):
+        train_detector(cfg, work_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize("section, key, message", [
     ("schedule", "max_iter", "schedule: unknown key 'max_iter'. Did you mean 'max_iters'"),
     ("optimizer", "weight_decai", "optimizer: unknown key 'weight_decai'. Did you mean 'weight_decay'"),
