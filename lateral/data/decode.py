@@ -151,12 +151,12 @@ class _PacketIndex:
             error = f"{type(err).__name__}: {err}"
         decode_order_stamps = (
             bool(stream.codec_context.has_b_frames) and len(records) > 1
-            and all(r[0] is not None for r in records)
-            and all(a[0] < b[0] for a, b in zip(records, records[1:]))
+            and all(r[0] is not None and r[1] is not None for r in records)
+            and len({r[0] - r[1] for r in records}) == 1
         )
         if decode_order_stamps:
-            # a codec that reorders frames, yet stamps that never go back in packet order: the container stamped
-            # packets in decode order (H.264 with B-frames in AVI), so the stamps cannot number displayed frames
+            # a codec that reorders frames, yet every pts is its dts plus one constant: the container stamped packets
+            # in decode order (H.264 with B-frames in AVI: pts = dts + 1), so the stamps cannot number shown frames
             records = [(None, None, keyframe) for _, _, keyframe in records]
         if all(r[0] is not None for r in records):
             key, stamps = "pts", [r[0] for r in records]
@@ -166,14 +166,64 @@ class _PacketIndex:
             key, stamps = "none", []
         if key != "none" and len(set(stamps)) == len(stamps):
             order = sorted(range(len(stamps)), key=stamps.__getitem__)
+            shown = [stamps[i] for i in order]
+            keyframe_positions = [r for r, i in enumerate(order) if records[i][2]]
+            missing_before_tail = _frames_cut_off_ahead(
+                shown, keyframe_positions[-1] if keyframe_positions else 0, bool(stream.codec_context.has_b_frames),
+                _stamps_per_frame(stream),
+            )
+            if missing_before_tail:
+                error = (f"the stream ends inside a group of frames: its last {missing_before_tail} frame(s), whose "
+                         "preceding frames are missing, were left out")
+                order = order[: len(order) - missing_before_tail]
             pts = [stamps[i] for i in order]
             rank = {i: r for r, i in enumerate(order)}
-            keyframes = sorted(rank[i] for i, r in enumerate(records) if r[2])
+            keyframes = sorted(rank[i] for i, r in enumerate(records) if r[2] and i in rank)
         else:  # no usable timestamps: frames are only known by counting while decoding
             key, pts, keyframes = "none", [0] * len(records), []
         if error:
             logger.debug("%s: demuxing stopped after %d packets (%s)", path, len(records), error)
         return cls(pts, keyframes, key, error)
+
+
+def _stamps_per_frame(stream) -> float | None:
+    """Time-base units per frame from the stream's average (else guessed) rate, or None if neither is known."""
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate or not stream.time_base:
+        return None
+    return float(1 / (rate * stream.time_base))
+
+
+def _frames_cut_off_ahead(shown: list[int], first_of_last_group: int, reorders: bool,
+                          nominal_step: float | None) -> int:
+    """How many frames at the end of display order to leave out because the stream was cut inside its last group.
+
+    A codec with B-frames sends reference frames before the frames shown between them, so a file cut inside a
+    group of frames holds later frames without some earlier ones; numbering frames by their stamps would then hand
+    out a later frame under an earlier number, silently. Earlier groups are complete (a group's frames are all sent
+    before the next keyframe), so the last group is cut back to before its first gap wider than 1.5 frame steps
+    and wider than every gap of the complete groups (a variable frame rate has wide gaps of its own).
+
+    Args:
+        shown: the frames' stamps in display order.
+        first_of_last_group: display index of the last keyframe.
+        reorders: whether the codec reorders frames (B-frames); streams without them lose no frame in between.
+        nominal_step: stamp units per frame from the stream's rate, used when no complete group shows the step.
+    """
+    if not reorders or len(shown) < 2:
+        return 0
+    complete = shown[: first_of_last_group + 1]
+    steps = [b - a for a, b in zip(complete, complete[1:]) if b > a]
+    if steps:  # a variable frame rate shows its longer gaps in the complete groups too: those are no holes
+        largest_gap = max(1.5 * min(steps), max(steps))
+    elif nominal_step:
+        largest_gap = 1.5 * nominal_step
+    else:
+        return 0
+    for position in range(max(first_of_last_group, 0) + 1, len(shown)):
+        if shown[position] - shown[position - 1] > largest_gap:
+            return len(shown) - position
+    return 0
 
 
 class PyAVReader:

@@ -239,3 +239,27 @@ def test_a_resolution_change_midway_scales_to_the_first_size(tmp_path):
         frames = reader.get_frames([0, 16])  # one frame of each part
     assert frames.shape == (2, 64, 64, 3)
     assert frames[1].mean() > 150  # the second part's frame, scaled to 64x64
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.3, 0.6])
+def test_a_truncated_mkv_with_b_frames_hands_out_no_frame_under_another_number(tmp_path, keep):
+    """Cut inside a group of frames, the file holds reference frames without the B-frames shown before them; those
+    frames must not be numbered as if they followed on."""
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 255, size=(40, 32, 32, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)
+    path = write_video(tmp_path / "src.mkv", frames, gop_size=10, bframes=2)
+    with PyAVReader(path, num_threads=1) as reader:
+        source = reader.decode_all()
+    cut = tmp_path / "cut.mkv"
+    data = path.read_bytes()
+    cut.write_bytes(data[: int(len(data) * keep)])
+    try:
+        reader = PyAVReader(cut, num_threads=1)
+    except DecodeError:
+        return  # nothing readable is fine too: refused, not wrong
+    with reader:
+        assert 0 < reader.num_frames < len(source)
+        got = reader.get_frames(list(range(reader.num_frames)))
+    for index in range(len(got)):
+        np.testing.assert_array_equal(got[index], source[index], err_msg=f"frame {index} of {len(got)}")
