@@ -42,7 +42,10 @@ def check_video(path: str | os.PathLike, min_frames: int = 1, full: bool = False
         with PyAVReader(path, num_threads=1) as reader:
             num_frames = reader.num_frames
             if full:
-                reader.get_frames(range(num_frames))
+                errors = _decoder_errors(lambda: reader.get_frames(range(num_frames)))
+                if errors:  # damage inside the stream decodes to wrong pixels without an exception
+                    return CheckResult(str(path), num_frames, f"the decoder reported {len(errors)} error(s), first: "
+                                                              f"{errors[0]}")
             else:
                 reader.get_frames(sorted({0, num_frames // 2, num_frames - 1}))
     except DecodeError as err:
@@ -51,6 +54,20 @@ def check_video(path: str | os.PathLike, min_frames: int = 1, full: bool = False
         return CheckResult(str(path), num_frames, f"too short: {num_frames} frames, need at least {min_frames}",
                            too_short=True)
     return CheckResult(str(path), num_frames)
+
+
+def _decoder_errors(decode) -> list[str]:
+    """Run ``decode()`` and return the error messages FFmpeg logged meanwhile (PyAV keeps its log quiet otherwise)."""
+    import av.logging
+
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture() as logs:
+            decode()
+    finally:
+        av.logging.set_level(previous)
+    return [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
 
 
 def check_frame_folder(path: str | os.PathLike, total_frames: int | None, filename_tmpl: str, start_index: int,

@@ -89,3 +89,22 @@ def test_check_reports_labels_that_are_not_numbers_or_out_of_range(tmp_path, cap
     assert "checked 4: 2 ok, 2 bad (0 unreadable, 0 too short, 2 with a bad label)" in out
     assert main(["data", "check", str(ann), "--data-prefix", str(videos)]) == 1  # without --num-classes: one bad
     assert "checked 4: 3 ok, 1 bad" in capsys.readouterr().out
+
+
+def test_full_check_reports_damage_inside_a_stream(tmp_path, capsys):
+    """Zeroed bytes in the middle of an H.264 file decode to wrong pixels without an exception; --full says so."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 255, size=(40, 32, 32, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)
+    path = write_video(tmp_path / "clip.mp4", frames, codec="libx264", gop_size=10)
+    assert main(["data", "check", str(path), "--full"]) == 0
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 100] = bytes(100)  # here the decoder conceals the damage and logs errors
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["data", "check", str(damaged), "--full"]) == 1
+    assert "the decoder reported" in capsys.readouterr().out
