@@ -105,16 +105,26 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix:
     return report
 
 
+# torch.save's legacy (non-zip) format pickles this number first; pickle writes it as LONG1 with 10 bytes
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint file safely (tensors and plain containers only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     with open(path, "rb") as handle:
-        head = handle.read(4)
-    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle (protocol byte 0x80)
+        head = handle.read(32)
+    # torch.save writes a zip archive (PK..) or, in the legacy format, a pickle that starts with torch's magic number
+    if head[:1] == b"\x80" and _LEGACY_MAGIC not in head:
+        raise CheckpointError(
+            f"{path} is a plain Python pickle, not a file torch.save wrote (Caffe2 and Detectron weights, e.g. "
+            "PySlowFast's .pkl files, are such pickles); lateral reads PyTorch checkpoints (.pth/.pyth): convert the "
+            "weights to PyTorch with the tools of the project that wrote them"
+        )
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        kind = "an empty file" if not head else f"a file starting with {head!r}"
+        kind = "an empty file" if not head else f"a file starting with {head[:4]!r}"
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}; torch.save writes a zip archive)")
     try:
         obj = _load_weights_only(path, map_location)

@@ -202,3 +202,19 @@ def test_load_checkpoint_names_wrong_argument_types():
         lateral.load_checkpoint(model, 3)
     with pytest.raises(TypeError, match="fills an nn.Module, got NoneType"):
         lateral.load_checkpoint(None, {"weight": torch.zeros(2, 2)})
+
+
+def test_a_plain_pickle_is_named_as_such(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from lateral.checkpoint import CheckpointError, read_checkpoint
+
+    path = tmp_path / "caffe2.pyth"
+    path.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.zeros(3)}}, protocol=4))
+    with pytest.raises(CheckpointError, match="is a plain Python pickle, not a file torch.save wrote"):
+        read_checkpoint(path)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)  # still read
+    assert torch.equal(read_checkpoint(legacy)["w"], torch.ones(2))
