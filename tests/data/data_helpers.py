@@ -21,3 +21,10 @@ def numbered_frames(num_frames: int, height: int = 32, width: int = 48, step: in
 def frame_numbers(frames: np.ndarray, step: int = 5) -> np.ndarray:
     """Invert :func:`numbered_frames` (valid while ``t * step < 250``): ``[T, H, W, 3] -> [T]``."""
     return np.round(np.asarray(frames).reshape(len(frames), -1).mean(axis=1) / step).astype(np.int64)
+
+
+def blocky_noise(num_frames: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Random frames made of 4x4 blocks (content codecs keep well, unlike per-pixel noise): ``[T, S, S, 3]`` uint8."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, size=(num_frames, size, size, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lateral.cli import main
-from data_helpers import numbered_frames
+from data_helpers import blocky_noise, numbered_frames
 from lateral.data import write_video
 
 
@@ -93,11 +93,7 @@ def test_check_reports_labels_that_are_not_numbers_or_out_of_range(tmp_path, cap
 
 def test_full_check_reports_damage_inside_a_stream(tmp_path, capsys):
     """Zeroed bytes in the middle of an H.264 file decode to wrong pixels without an exception; --full says so."""
-    import numpy as np
-
-    rng = np.random.default_rng(5)
-    frames = rng.integers(0, 255, size=(40, 32, 32, 3), dtype=np.uint8)
-    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)
+    frames = blocky_noise(40, seed=5)
     path = write_video(tmp_path / "clip.mp4", frames, codec="libx264", gop_size=10)
     assert main(["data", "check", str(path), "--full"]) == 0
     data = bytearray(path.read_bytes())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_helpers import MEDIA, frame_numbers, numbered_frames
+from data_helpers import MEDIA, blocky_noise, frame_numbers, numbered_frames
 from lateral.data import DecodeError, PyAVReader, build_pipeline, probe_video, write_video
 
 
@@ -31,9 +31,7 @@ def test_header_count_may_be_missing_but_counting_is_exact(make_video):
 
 def test_seek_gives_the_same_frames_as_a_full_decode_and_decodes_less(tmp_path):
     # B-frames and a keyframe every 16 frames: the wanted clip sits far from the start
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, size=(96, 32, 32, 3), dtype=np.uint8)
-    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)  # blocky, codec-friendly content
+    frames = blocky_noise(96, seed=0)
     path = write_video(tmp_path / "gop.mp4", frames, gop_size=16, bframes=2)
     with PyAVReader(path, num_threads=1) as reader:
         full = reader.decode_all()
@@ -57,9 +55,7 @@ def test_a_seek_that_lands_before_the_keyframe_asked_for_decodes_forward(tmp_pat
     again."""
     import av
 
-    rng = np.random.default_rng(1)
-    frames = rng.integers(0, 255, size=(64, 32, 32, 3), dtype=np.uint8)
-    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)
+    frames = blocky_noise(64, seed=1)
     path = write_video(tmp_path / "gop.mp4", frames, gop_size=16, bframes=2)
     with PyAVReader(path, num_threads=1) as reader:
         full = reader.decode_all()
@@ -168,11 +164,6 @@ def test_a_missing_relative_path_names_where_it_was_looked_for(tmp_path, monkeyp
         PyAVReader("missing.mp4")
 
 
-def _grey_ramp(count: int, size: int = 32) -> np.ndarray:
-    """Frame i is flat grey 8 * i: any frame handed out under another number shows at once."""
-    return np.stack([np.full((size, size, 3), 8 * i, np.uint8) for i in range(count)])
-
-
 def _write_with_pyav(path, frames, codec: str, container_format: str | None = None, gop_size: int = 6) -> None:
     import av
 
@@ -190,7 +181,7 @@ def _write_with_pyav(path, frames, codec: str, container_format: str | None = No
 @pytest.mark.timeout(120)
 def test_h264_with_b_frames_in_avi_gives_frames_in_display_order(tmp_path):
     """AVI stamps H.264 packets in decode order (pts = dts + 1): those stamps cannot number displayed frames."""
-    path = write_video(tmp_path / "b.avi", _grey_ramp(30), codec="libx264", gop_size=6, bframes=2)
+    path = write_video(tmp_path / "b.avi", numbered_frames(30, 32, 32, step=8), codec="libx264", gop_size=6, bframes=2)
     with PyAVReader(path, num_threads=1) as reader:
         full = reader.decode_all()
     np.testing.assert_allclose(full[:, 0, 0, 0], 8 * np.arange(30), atol=3)  # the decoder's own order is right
@@ -203,7 +194,7 @@ def test_h264_with_b_frames_in_avi_gives_frames_in_display_order(tmp_path):
 def test_mpeg_ts_frames_after_the_last_keyframe_decode(tmp_path):
     """An MPEG-TS seek lands past the keyframe asked for; the frames of the last GOP must still come out."""
     path = tmp_path / "clip.ts"
-    _write_with_pyav(path, _grey_ramp(30), "libx264", "mpegts")
+    _write_with_pyav(path, numbered_frames(30, 32, 32, step=8), "libx264", "mpegts")
     with PyAVReader(path, num_threads=1) as reader:
         full = reader.decode_all()
         assert reader.num_frames == len(full) == 30
@@ -230,7 +221,7 @@ def test_a_damaged_last_packet_of_a_truncated_avi_is_left_out(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_resolution_change_midway_scales_to_the_first_size(tmp_path):
     first, second = tmp_path / "a.mpg", tmp_path / "b.mpg"
-    _write_with_pyav(first, _grey_ramp(12, size=64), "mpeg1video", "mpeg")
+    _write_with_pyav(first, numbered_frames(12, 64, 64, step=8), "mpeg1video", "mpeg")
     _write_with_pyav(second, np.full((12, 48, 80, 3), 200, np.uint8), "mpeg1video", "mpeg")
     joined = tmp_path / "joined.mpg"
     joined.write_bytes(first.read_bytes() + second.read_bytes())
@@ -245,9 +236,7 @@ def test_a_resolution_change_midway_scales_to_the_first_size(tmp_path):
 def test_a_truncated_mkv_with_b_frames_hands_out_no_frame_under_another_number(tmp_path, keep):
     """Cut inside a group of frames, the file holds reference frames without the B-frames shown before them; those
     frames must not be numbered as if they followed on."""
-    rng = np.random.default_rng(4)
-    frames = rng.integers(0, 255, size=(40, 32, 32, 3), dtype=np.uint8)
-    frames = np.repeat(np.repeat(frames[:, ::4, ::4], 4, axis=1), 4, axis=2)
+    frames = blocky_noise(40, seed=4)
     path = write_video(tmp_path / "src.mkv", frames, gop_size=10, bframes=2)
     with PyAVReader(path, num_threads=1) as reader:
         source = reader.decode_all()
