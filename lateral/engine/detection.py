@@ -110,9 +110,8 @@ def data_section(cfg: dict) -> dict:
     return check_keys(cfg.get("data"), DATA_KEYS, "data")
 
 
-def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
-    """The config's ``model``; ``num_classes`` (from a dataset) fills it in when the config leaves it out and
-    must agree with it otherwise."""
+def check_detector_config(cfg: dict) -> None:
+    """Refuse a config whose ``model`` is not a detector (a recognition config given to a detect command)."""
     if "model" not in cfg:
         raise ConfigError("the config defines no 'model'")
     if not isinstance(cfg["model"], dict):
@@ -122,6 +121,12 @@ def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
         raise ConfigError(f"the config's model is a {model_type}, not a detector: the detect commands take a "
                           "FasterRCNN config (e.g. configs/detection/faster_rcnn_r18_fpn_shapes.py); recognizers run "
                           "with lateral train / test / predict")
+
+
+def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
+    """The config's ``model``; ``num_classes`` (from a dataset) fills it in when the config leaves it out and
+    must agree with it otherwise."""
+    check_detector_config(cfg)
     model_cfg = dict(cfg["model"])
     if num_classes is not None:
         configured = model_cfg.setdefault("num_classes", num_classes)
@@ -179,6 +184,7 @@ def train_detector(
         detector, on ``device``, in eval mode after the evaluation).
     """
     check_top_level(cfg)
+    check_detector_config(cfg)  # before any data is read or written
     data_cfg = data_section(cfg)
     if "train" not in data_cfg:
         raise ConfigError("the config has no data.train split to train on")
