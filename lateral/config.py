@@ -145,16 +145,13 @@ class _Evaluator:
         self.names = names
         self.own_names: set[str] = set()  # names the file assigns itself (the rest came from _base_)
         self.read_items = 0  # items copied out of names by the current statement (see _MAX_ITEMS)
-        self._sizes: dict[str, tuple[int, int]] = {}  # name -> (id of its value, value_size of it)
 
     def _read(self, node: ast.Name) -> Any:
         """A copy of the value of ``node.id``, counted against the statement's read budget: without it,
         ``a = a + a`` on ten lines, or ``[a, a, a, a]``, would double or quadruple a value until memory runs out."""
         value = self.names[node.id]
-        cached = self._sizes.get(node.id)
-        if cached is None or cached[0] != id(value):
-            cached = self._sizes[node.id] = (id(value), value_size(value, _MAX_ITEMS))
-        self.read_items += cached[1]
+        # counting costs at most what the budget allows in all, since the statement stops once it is spent
+        self.read_items += value_size(value, _MAX_ITEMS)
         if self.read_items > _MAX_ITEMS:
             raise ConfigError(f"{self.path}:{node.lineno}: this statement copies more than {_MAX_ITEMS} items and "
                               f"characters out of names defined earlier, more than a config may hold")
