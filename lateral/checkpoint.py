@@ -342,7 +342,8 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes the file owner-only; a checkpoint is as open as a plain file
+        # mkstemp makes the file owner-only: a checkpoint gets the mode a plain file would (teammates read best.pth)
+        os.chmod(tmp_name, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()

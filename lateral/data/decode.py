@@ -36,7 +36,8 @@ __all__ = [
 
 logger = logging.getLogger("lateral.data")
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".m2ts", ".mts")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts",
+                    ".m2ts", ".mts")
 
 
 class DecodeError(RuntimeError):

@@ -593,8 +593,10 @@ def test_resume_refuses_weights_only_files_and_another_optimizer_with_the_way_ou
         Trainer(run_config, zoo.parent, resume="auto", progress=False)
     optimizer = dict(run_config["optim_wrapper"]["optimizer"])
     other_type = "AdamW" if optimizer["type"] != "AdamW" else "SGD"
-    changed = dict(run_config, optim_wrapper=dict(run_config["optim_wrapper"], optimizer=dict(type=other_type, lr=0.01)))
-    with pytest.raises(lateral.checkpoint.CheckpointError, match=f"started with optimizer {optimizer['type']} .* {other_type}"):
+    changed = dict(run_config,
+                   optim_wrapper=dict(run_config["optim_wrapper"], optimizer=dict(type=other_type, lr=0.01)))
+    with pytest.raises(lateral.checkpoint.CheckpointError,
+                       match=f"started with optimizer {optimizer['type']} .* {other_type}"):
         Trainer(changed, work, resume="auto", progress=False)
 
 
