@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # module -> provides add_cli(subparsers); each sub-parser sets ``func`` to the function that runs the command
@@ -34,6 +35,24 @@ def positive_int(text: str) -> int:
 # commands that run a trained model over many inputs: they keep freed memory in the heap (lateral.heap), which made
 # FPN-50 at 800x1216 8-25 % faster; `bench` does not, so that its eager reference runs with the stock allocator
 INFERENCE_COMMANDS = ("predict", "test")
+
+
+def says_errors() -> bool:
+    """Whether this process prints a user error. Under torchrun, an error raised before the ranks joined one process
+    group comes from the arguments and files that every rank of a machine reads alike, so only local rank 0 says it
+    (once per machine, not once per rank); after joining, each rank says its own."""
+    from lateral.engine import distributed as dist_utils
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist_utils.joined_process_group():
+        return True
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def rank_tag() -> str:
+    """' [rank N]' in a process of a process group, so that ranks' messages can be told apart; '' otherwise."""
+    from lateral.engine import distributed as dist_utils
+
+    return f" [rank {os.environ.get('RANK', '0')}]" if dist_utils.joined_process_group() else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args.func(args) or 0)
     except user_errors as err:
-        print(f"lateral {command}: error: {err}", file=sys.stderr)
+        if says_errors():
+            print(f"lateral {command}{rank_tag()}: error: {err}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         hint = ""

@@ -640,3 +640,15 @@ def test_cli_counts_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "a.py", "b.pth", "c.mp4", "--topk", "0"])
     assert "argument --topk: expected a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+def test_under_torchrun_an_error_before_the_ranks_join_is_said_once_per_machine(tmp_path, capsys, monkeypatch):
+    from lateral.cli import main
+
+    missing = str(tmp_path / "missing.py")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank, says in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert main(["train", missing]) == 1
+        err = capsys.readouterr().err
+        assert ("lateral train: error:" in err) is says, (local_rank, err)
