@@ -144,9 +144,11 @@ class _PacketIndex:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
                     continue
-                if packet.is_corrupt:  # e.g. the last packet of a truncated AVI: its frame would be garbage
-                    error = f"a damaged packet at stamp {packet.pts} was left out"
-                    continue
+                if packet.is_corrupt:
+                    # e.g. the half-written last packet of a truncated file: its frame would be garbage, and frames
+                    # after it would take the numbers of the ones it stands for, so the stream ends here
+                    error = f"a damaged packet (stamp {packet.pts}) ends the readable part of the stream"
+                    break
                 records.append((packet.pts, packet.dts, bool(packet.is_keyframe)))
         except Exception as err:  # a truncated or damaged file: keep what was read before the damage
             error = f"{type(err).__name__}: {err}"
@@ -155,6 +157,10 @@ class _PacketIndex:
             and all(r[0] is not None and r[1] is not None for r in records)
             and len({r[0] - r[1] for r in records}) == 1
         )
+        if container.format.name == "mpeg":
+            # MPEG program streams (.mpg) stamp packets differently after a seek than in a sequential read, one
+            # frame off with B-frames: such files are numbered by decoding from the start
+            decode_order_stamps = True
         if decode_order_stamps:
             # a codec that reorders frames, yet every pts is its dts plus one constant: the container stamped packets
             # in decode order (H.264 with B-frames in AVI: pts = dts + 1), so the stamps cannot number shown frames
@@ -169,8 +175,10 @@ class _PacketIndex:
             order = sorted(range(len(stamps)), key=stamps.__getitem__)
             shown = [stamps[i] for i in order]
             keyframe_positions = [r for r, i in enumerate(order) if records[i][2]]
+            # B-frames sent after a keyframe may be shown before it (open groups): holes can lie in the last two groups
             missing_before_tail = _frames_cut_off_ahead(
-                shown, keyframe_positions[-1] if keyframe_positions else 0, bool(stream.codec_context.has_b_frames),
+                shown, keyframe_positions[-2] if len(keyframe_positions) > 1 else 0,
+                keyframe_positions[-1] if keyframe_positions else 0, bool(stream.codec_context.has_b_frames),
                 _stamps_per_frame(stream),
             )
             if missing_before_tail:
@@ -195,33 +203,35 @@ def _stamps_per_frame(stream) -> float | None:
     return float(1 / (rate * stream.time_base))
 
 
-def _frames_cut_off_ahead(shown: list[int], first_of_last_group: int, reorders: bool,
+def _frames_cut_off_ahead(shown: list[int], check_from: int, last_keyframe: int, reorders: bool,
                           nominal_step: float | None) -> int:
-    """How many frames at the end of display order to leave out because the stream was cut inside its last group.
+    """How many frames at the end of display order to leave out because the stream was cut inside its last groups.
 
     A codec with B-frames sends reference frames before the frames shown between them, so a file cut inside a
     group of frames holds later frames without some earlier ones; numbering frames by their stamps would then hand
-    out a later frame under an earlier number, silently. Earlier groups are complete (a group's frames are all sent
-    before the next keyframe), so the last group is cut back to before its first gap wider than 1.5 frame steps
-    and wider than every gap of the complete groups (a variable frame rate has wide gaps of its own).
+    out a later frame under an earlier number, silently. With open groups, frames sent after a keyframe may be shown
+    before it, so holes can lie anywhere from the second-to-last keyframe on; from there the stream is cut back to
+    before its first gap wider than 1.5 frame steps and wider than nine in ten of the gaps up to the last keyframe
+    (a variable frame rate has wide gaps of its own).
 
     Args:
         shown: the frames' stamps in display order.
-        first_of_last_group: display index of the last keyframe.
+        check_from: display index of the keyframe from which frames may be missing.
+        last_keyframe: display index of the last keyframe; the gaps before it show the stream's own rhythm.
         reorders: whether the codec reorders frames (B-frames); streams without them lose no frame in between.
-        nominal_step: stamp units per frame from the stream's rate, used when no complete group shows the step.
+        nominal_step: stamp units per frame from the stream's rate, for streams too short to show their rhythm.
     """
     if not reorders or len(shown) < 2:
         return 0
-    complete = shown[: first_of_last_group + 1]
-    steps = [b - a for a, b in zip(complete, complete[1:]) if b > a]
-    if steps:  # a variable frame rate shows its longer gaps in the complete groups too: those are no holes
-        largest_gap = max(1.5 * min(steps), max(steps))
+    before = shown[: last_keyframe + 1]
+    gaps = sorted(b - a for a, b in zip(before, before[1:]) if b > a)
+    if len(gaps) >= 5:
+        largest_gap = max(1.5 * gaps[0], gaps[(len(gaps) * 9) // 10 - 1])
     elif nominal_step:
         largest_gap = 1.5 * nominal_step
     else:
         return 0
-    for position in range(max(first_of_last_group, 0) + 1, len(shown)):
+    for position in range(max(check_from, 0) + 1, len(shown)):
         if shown[position] - shown[position - 1] > largest_gap:
             return len(shown) - position
     return 0
@@ -364,10 +374,12 @@ class PyAVReader:
                 landed = None
             else:
                 landed = -1
+            ended = False
             for packet in packets:
-                if packet.is_corrupt and packet.size:  # left out of the index: never handed to the decoder
-                    continue
-                packet_index = index.frame_of.get(packet.pts if index.key == "pts" else packet.dts)
+                if packet.is_corrupt and packet.size:  # where the index ends: flush what the decoder holds, stop
+                    packet, ended = None, True
+                packet_index = None if packet is None else index.frame_of.get(
+                    packet.pts if index.key == "pts" else packet.dts)
                 if packet_index is not None:
                     if fed_max < 0 and landed is None and packet_index > keyframe:
                         # the seek landed past the keyframe (MPEG-TS seeks by byte estimates): the frames up to the
@@ -378,7 +390,7 @@ class PyAVReader:
                     ctx.skip_frame = "DEFAULT" if packet_index in wanted_set else "NONREF"
                 else:
                     ctx.skip_frame = "DEFAULT"
-                for frame in packet.decode():
+                for frame in (ctx.decode(None) if packet is None else packet.decode()):
                     self.frames_decoded += 1
                     frame_index = self._frame_index(frame)
                     if frame_index <= last_out:
@@ -394,7 +406,7 @@ class PyAVReader:
                         frames[frame_index] = self._rgb(frame)
                 while next_pos < len(wanted) and wanted[next_pos] in frames:
                     next_pos += 1
-                if next_pos == len(wanted):
+                if next_pos == len(wanted) or ended:
                     break
                 next_keyframe = index.keyframes[bisect.bisect_right(index.keyframes, wanted[next_pos]) - 1]
                 # a container whose seek lands before the keyframe asked for (a keyframe missing from its seek index,
@@ -403,6 +415,8 @@ class PyAVReader:
                     break  # re-seek
             else:
                 break  # end of stream (the last packet flushes the decoder)
+            if ended:
+                break
         ctx.skip_frame = "DEFAULT"
         return frames
 
@@ -415,14 +429,13 @@ class PyAVReader:
         self._stream.codec_context.skip_frame = "DEFAULT"
         frame_index = -1
         for packet in self._container.demux(self._stream):
-            if packet.is_corrupt and packet.size:  # left out of the index, as in _decode_seeking
-                continue
-            for frame in packet.decode():
+            ended = bool(packet.is_corrupt and packet.size)  # where the index ends, as in _decode_seeking
+            for frame in (self._stream.codec_context.decode(None) if ended else packet.decode()):
                 frame_index += 1
                 self.frames_decoded += 1
                 if frame_index in wanted_set:
                     frames[frame_index] = self._rgb(frame)
-            if frame_index >= last:
+            if frame_index >= last or ended:
                 break
         return frames
 
