@@ -112,6 +112,7 @@ _MAX_ITEMS = 1_000_000  # characters of a string, items of a list or tuple; also
 _MAX_INT_BITS = 10_000  # about 3000 digits: below Python's 4300-digit limit on printing an int
 _MAX_FORMAT_WIDTH = 10_000
 _MAX_FILE_BYTES = 10_000_000
+_MAX_FILE_READS = 5_000_000  # items copied out of names by all statements of one file: a few seconds at most
 _CONSTRUCTORS = {"dict": dict, "list": list, "tuple": tuple}
 _CONVERSIONS = {ord("r"): repr, ord("s"): str, ord("a"): ascii}  # ast.FormattedValue.conversion codes
 
@@ -145,13 +146,19 @@ class _Evaluator:
         self.names = names
         self.own_names: set[str] = set()  # names the file assigns itself (the rest came from _base_)
         self.read_items = 0  # items copied out of names by the current statement (see _MAX_ITEMS)
+        self.file_read_items = 0  # the same over the whole file (see _MAX_FILE_READS)
 
     def _read(self, node: ast.Name) -> Any:
         """A copy of the value of ``node.id``, counted against the statement's read budget: without it,
         ``a = a + a`` on ten lines, or ``[a, a, a, a]``, would double or quadruple a value until memory runs out."""
         value = self.names[node.id]
         # counting costs at most what the budget allows in all, since the statement stops once it is spent
-        self.read_items += value_size(value, _MAX_ITEMS)
+        size = value_size(value, _MAX_ITEMS)
+        self.read_items += size
+        self.file_read_items += size
+        if self.file_read_items > _MAX_FILE_READS:
+            raise ConfigError(f"{self.path}:{node.lineno}: the file copies more than {_MAX_FILE_READS} items and "
+                              f"characters out of names in all, more than a config may")
         if self.read_items > _MAX_ITEMS:
             raise ConfigError(f"{self.path}:{node.lineno}: this statement copies more than {_MAX_ITEMS} items and "
                               f"characters out of names defined earlier, more than a config may hold")
@@ -517,12 +524,13 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
             raise ConfigError(f"--cfg-options {key}: the config has no top-level '{top}', and lateral reads no such "
                               f"setting.{hint}")
         deeper = _paths_ending_in(cfg, top) if len(parts) == 1 and top in cfg else []
-        if deeper and (top not in KNOWN_TOP_LEVEL_KEYS or top in _FILE_VARIABLES):
-            # a variable of the file (clip_len = 8) was copied into the settings named after it when the file was
-            # read: setting the variable now would leave them as they are
+        if len(parts) == 1 and top in cfg and (top in _FILE_VARIABLES or (deeper and top not in KNOWN_TOP_LEVEL_KEYS)):
+            # a variable of the file (clip_len = 8, data_root = ...) was copied into the settings built from it when
+            # the file was read: setting the variable now would leave them as they are
+            where = (f"set {', '.join(deeper[:4])}{', ...' if len(deeper) > 4 else ''} instead" if deeper
+                     else "set the settings built from it instead (e.g. the dataloaders' ann_file and data_prefix)")
             raise ConfigError(f"--cfg-options {key}: '{top}' is a variable of the config file, already written into "
-                              f"the settings that use it, so overriding it alone would change nothing; set "
-                              f"{', '.join(deeper[:4])}{', ...' if len(deeper) > 4 else ''} instead")
+                              f"the settings that use it, so overriding it alone would change nothing; {where}")
         node = cfg
         for i, part in enumerate(parts[:-1]):
             node = _step(node, part, ".".join(parts[: i + 1]), create=True)

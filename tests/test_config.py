@@ -271,3 +271,22 @@ def test_overriding_a_file_variable_that_was_copied_into_settings_points_to_them
     assert apply_cfg_options(cfg, ["train_pipeline.0.clip_len=4"])["train_dataloader"]["dataset"]["pipeline"][0][
         "clip_len"] == 4
     assert apply_cfg_options(cfg, ["other=5"])["other"] == 5  # copied nowhere under its own name: taken as given
+
+
+def test_overriding_a_variable_the_file_built_settings_from_is_refused(tmp_path):
+    (tmp_path / "a.py").write_text("data_root = 'data/x'\nann_file_train = f'{data_root}/train.txt'\n"
+                                   "train_dataloader = dict(dataset=dict(ann_file=ann_file_train))\n")
+    cfg = load_config(tmp_path / "a.py")
+    for option in ("data_root=/elsewhere", "ann_file_train=/x.txt"):
+        with pytest.raises(ConfigError, match="is a variable of the config file.*ann_file and data_prefix"):
+            apply_cfg_options(cfg, [option])
+
+
+def test_many_statements_that_each_copy_a_big_value_are_refused_quickly(tmp_path):
+    import time
+
+    (tmp_path / "a.py").write_text("a = [0] * 900000\n" + "".join(f"b{i} = a + [{i}]\n" for i in range(400)))
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="the file copies more than 5000000 items"):
+        load_config(tmp_path / "a.py")
+    assert time.perf_counter() - started < 20
