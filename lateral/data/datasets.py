@@ -67,14 +67,29 @@ def load_label_map(path: str | os.PathLike) -> list[str]:
     if not lines:
         raise ValueError(f"label map '{path}' is empty")
     if lines[0].lower().replace(" ", "") in ("id,name", "id,label", "index,name"):
-        rows = list(csv.reader(lines[1:]))
-        return [name for _, name in sorted(((int(r[0]), r[1].strip()) for r in rows), key=lambda r: r[0])]
+        pairs = []
+        for line_number, row in enumerate(csv.reader(lines[1:]), start=2):
+            if len(row) < 2 or not row[0].strip().isdigit() or not row[1].strip():
+                raise ValueError(f"label map '{path}', line {line_number}: expected 'id,name', got {','.join(row)!r}")
+            pairs.append((int(row[0]), row[1].strip()))
+        return _names_by_index(pairs, path)
     numbered = [re.match(r"^(\d+)[\s,]+(.+)$", line) for line in lines]
     if all(numbered):
-        indices = [int(m.group(1)) for m in numbered]
-        if indices in (list(range(len(lines))), list(range(1, len(lines) + 1))):
-            return [m.group(2).strip() for m in numbered]
+        pairs = [(int(m.group(1)), m.group(2).strip()) for m in numbered]
+        if sorted(i for i, _ in pairs) in (list(range(len(pairs))), list(range(1, len(pairs) + 1))):
+            return [name for _, name in sorted(pairs)]  # 'index name' lines, in any order
     return lines
+
+
+def _names_by_index(pairs: list[tuple[int, str]], path: Path) -> list[str]:
+    """Names ordered by their ids, which must be 0..N-1 or 1..N each once: a gap or a repeat would shift every
+    later name onto another class."""
+    ids = sorted(i for i, _ in pairs)
+    if ids not in (list(range(len(ids))), list(range(1, len(ids) + 1))):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        what = f"ids {repeated[:5]} appear more than once" if repeated else "the ids leave gaps"
+        raise ValueError(f"label map '{path}': {what}; ids must run 0..N-1 (or 1..N), each once")
+    return [name for _, name in sorted(pairs)]
 
 
 def _prefix(data_prefix: str | os.PathLike | dict | None, key: str) -> Path | None:

@@ -217,6 +217,15 @@ def test_label_map_formats(tmp_path):
     assert load_label_map(table) == ["a", "b"]
     with pytest.raises(FileNotFoundError):
         load_label_map(tmp_path / "none.txt")
+    shuffled = tmp_path / "shuffled.txt"
+    shuffled.write_text("2 walk\n0 run\n1 jump\n")  # 'index name' lines in any order
+    assert load_label_map(shuffled) == ["run", "jump", "walk"]
+    for name, text, message in [("gap.csv", "id,name\n0,a\n1,b\n3,c\n", "leave gaps"),
+                                ("dup.csv", "id,name\n0,a\n1,b\n1,c\n", r"ids \[1\] appear more than once"),
+                                ("short.csv", "id,name\n0\n", "line 2: expected 'id,name'")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):  # names would land on other classes
+            load_label_map(tmp_path / name)
 
 
 def test_collate_rejects_mixed_shapes():
