@@ -421,6 +421,12 @@ def test_optimized_copy_predicts_multi_view_and_refuses_training(thin_model):
     assert opt.eval() is opt and opt.train(False) is opt
     with pytest.raises(RuntimeError, match="cannot be trained"):
         copy.deepcopy(opt).train()
+    for part in (opt.cls_head, opt.backbone.module):  # a part of the copy: its dropout would come back on
+        with pytest.raises(RuntimeError, match="cannot be trained"):
+            part.train()
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        opt.apply(lambda module: module.train())
+    assert not any(module.training for module in opt.modules())
     with pytest.raises(ValueError, match="predict"):
         opt(clips)  # 6-D input: the model's own message about the layout
 

@@ -594,8 +594,8 @@ TRAINING_REFUSED = (
 
 
 def refuse_training(module: nn.Module, mode: bool = True) -> nn.Module:
-    """``module.train`` of a recognizer's inference copy: ``train(False)`` / ``eval()`` work, ``train()`` raises
-    before any flag is switched (nn.Module.train would set the recognizer's own flag, then fail in its backbone)."""
+    """``module.train`` of every part of an inference copy: ``train(False)`` / ``eval()`` work, ``train()`` raises
+    before any flag is switched (nn.Module.train would set the module's own flag, then fail further down)."""
     if mode:
         raise RuntimeError(TRAINING_REFUSED)
     return type(module).train(module, False)
@@ -784,7 +784,11 @@ def optimize(
         opt.backbone = InferenceModule(opt.backbone, runner=runner)  # fp32 in and out; OpenVINO picks bf16 inside
     elif is_recognizer:
         opt.backbone = _prepare(opt.backbone, dtype, compile)
-    if is_recognizer:
-        opt.train = functools.partial(refuse_training, opt)  # an instance attribute: copies and pickles keep it
-        return opt
-    return _prepare(opt, dtype, compile)
+    if not is_recognizer:
+        opt = _prepare(opt, dtype, compile)
+    for module in opt.modules():
+        if not isinstance(module, InferenceModule):  # which refuses training itself
+            # an instance attribute, so copies and pickles keep it: train() on the copy or on any part of it (a
+            # head with dropout) is refused before a flag changes
+            module.train = functools.partial(refuse_training, module)
+    return opt
