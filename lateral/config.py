@@ -95,6 +95,14 @@ def positive_number_setting(value: Any, key: str) -> float:
     return value
 
 
+def check_bool_flags(section: dict, keys, where: str = "") -> None:
+    """Each of ``keys`` present in ``section`` must be True or False (a string 'false' would read as true); a
+    ConfigError names it as ``where + key``."""
+    for key in keys:
+        if key in section and not isinstance(section[key], bool):
+            raise ConfigError(f"{where}{key} must be True or False, got {section[key]!r}")
+
+
 _BINARY_OPS = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,

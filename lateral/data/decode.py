@@ -395,7 +395,8 @@ class PyAVReader:
                     frame_index = self._frame_index(frame)
                     if frame_index <= last_out:
                         # frames leave the decoder in display order: stamps that do not rise are not display-order
-                        # times (H.264 with B-frames in AVI stamps packets in decode order), so count frames instead
+                        # times (a container stamped packets in decode order in a way the index could not tell), so
+                        # count frames instead
                         raise _TimestampMismatch
                     last_out = frame_index
                     if landed is None:

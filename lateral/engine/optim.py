@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
-
-import inspect
 
 from lateral.config import ConfigError, check_keys, positive_number_setting, suggest
 

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_partial_checkpoints, save_checkpoint
-from lateral.config import ConfigError, check_keys, check_top_level, positive_int_setting
+from lateral.config import ConfigError, check_bool_flags, check_keys, check_top_level, positive_int_setting
 from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
 from lateral.engine.metrics import classification_metrics
@@ -231,9 +231,7 @@ class Trainer:
         precise = check_keys(cfg.get("precise_bn"), ("num_iters",), "precise_bn")
         if precise:
             positive_int_setting(precise.get("num_iters", 200), "precise_bn.num_iters")
-        for flag in ("channels_last", "sync_bn", "tensorboard"):
-            if flag in cfg and not isinstance(cfg[flag], bool):
-                raise ConfigError(f"{flag} must be True or False, got {cfg[flag]!r}")
+        check_bool_flags(cfg, ("channels_last", "sync_bn", "tensorboard"))
         randomness = check_keys(cfg.get("randomness"), RANDOMNESS_KEYS, "randomness")
         self.seed = seed_setting(randomness.get("seed"))
 
@@ -603,10 +601,9 @@ class Trainer:
 
     def validate(self) -> dict:
         dist_utils.broadcast_buffers(self.model)  # score every shard with the BN statistics the checkpoint holds
-        failures_before = int(getattr(self.val_loader.dataset, "num_failures", 0))
+        failures_before = self._failures(self.val_loader)
         scores, labels = collect_scores(self.model, self.val_loader, self.device, self.amp_dtype, self.progress, "val")
-        failed = int(dist_utils.sum_over_ranks(
-            int(getattr(self.val_loader.dataset, "num_failures", 0)) - failures_before, self.device))
+        failed = int(dist_utils.sum_over_ranks(self._failures(self.val_loader) - failures_before, self.device))
         counts = {"failed_samples": failed} if failed else {}  # unreadable val files, every rank's shard
         if len(labels) == 0:
             if dist_utils.is_main_process():
@@ -654,9 +651,10 @@ class Trainer:
         finally:
             _set_rng_state(saved)
 
-    def _failures(self) -> int:
-        """Unreadable sample reads so far in this process and its DataLoader workers."""
-        return int(getattr(self.train_loader.dataset, "num_failures", 0))
+    @staticmethod
+    def _failures(loader) -> int:
+        """Unreadable sample reads of ``loader``'s dataset so far, in this process and its DataLoader workers."""
+        return int(getattr(loader.dataset, "num_failures", 0))
 
     def run(self) -> dict:
         """Train to ``max_epochs``; return a summary with the last validation metrics and checkpoint paths."""
@@ -670,7 +668,7 @@ class Trainer:
             started = time.time()
             running: dict[str, float] = {}
             seen = own_steps = skipped = 0
-            failures_before = self._failures()
+            failures_before = self._failures(self.train_loader)
             show = self.progress and dist_utils.is_main_process()
             bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.max_epochs}", disable=not show, leave=False)
             for batch in bar:
@@ -717,7 +715,7 @@ class Trainer:
                 )
             epoch_record = {k: v / max(own_steps, 1) for k, v in running.items()}
             epoch_record.update(epoch=epoch + 1, seconds=round(time.time() - started, 2), iters=seen)
-            failed = int(dist_utils.sum_over_ranks(self._failures() - failures_before, self.device))
+            failed = int(dist_utils.sum_over_ranks(self._failures(self.train_loader) - failures_before, self.device))
             if failed:
                 epoch_record["failed_samples"] = failed
                 epoch_record["skipped_batches"] = skipped

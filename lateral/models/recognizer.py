@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lateral.config import ConfigError, check_keys
+from lateral.config import ConfigError, check_bool_flags, check_keys
 from lateral.models.heads import average_clips
 
 __all__ = ["Recognizer3D", "check_data_preprocessor"]
@@ -46,9 +46,7 @@ def check_data_preprocessor(cfg: dict | None, in_channels: int) -> dict:
     if (cfg.get("mean") is None) != (cfg.get("std") is None):
         raise ConfigError("data_preprocessor: give both mean and std, or neither (as mmaction2 requires); with only "
                           "one the frames would not be normalised")
-    for key in ("to_rgb", "to_float32"):
-        if key in cfg and not isinstance(cfg[key], bool):
-            raise ConfigError(f"data_preprocessor.{key} must be True or False, got {cfg[key]!r}")
+    check_bool_flags(cfg, ("to_rgb", "to_float32"), "data_preprocessor.")
     if cfg.get("std") is not None and any(v == 0 for v in cfg["std"]):
         raise ConfigError(f"data_preprocessor.std must not contain 0, got {cfg['std']!r}")
     if cfg.get("blending") is not None:
@@ -106,9 +104,7 @@ class Recognizer3D(nn.Module):
         if unknown:
             raise ConfigError(f"test_cfg: unknown keys {sorted(unknown)}; accepted: {sorted(_TEST_CFG_KEYS)}")
         self.data_preprocessor = check_data_preprocessor(data_preprocessor, self.in_channels)
-        for key in ("feature_extraction", "fcn_test"):
-            if key in self.test_cfg and not isinstance(self.test_cfg[key], bool):
-                raise ConfigError(f"test_cfg.{key} must be True or False, got {self.test_cfg[key]!r}")
+        check_bool_flags(self.test_cfg, ("feature_extraction", "fcn_test"), "test_cfg.")
         self.feature_extraction = self.test_cfg.get("feature_extraction", False)
         if "average_clips" in self.test_cfg:
             self.average_clips = self.test_cfg["average_clips"]
