@@ -25,6 +25,7 @@ import csv
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,6 +52,13 @@ __all__ = [
 logger = logging.getLogger("lateral.data")
 
 _MAX_WORKER_SLOTS = 64
+
+
+def _process_slot() -> int:
+    """This process's slot in a dataset's shared counters: 0 in the main process, 1 + the worker id in a
+    DataLoader worker."""
+    info = torch.utils.data.get_worker_info()
+    return 0 if info is None else 1 + info.id % (_MAX_WORKER_SLOTS - 1)
 
 
 def load_label_map(path: str | os.PathLike) -> list[str]:
@@ -159,6 +167,9 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
         # one failure counter per process (slot 0: main, 1..: workers) in shared memory, so the main process
         # sees the workers' counts without any locking
         self._failure_counts = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
+        # what each process is reading now: [slot] = (sample index + 1, start time in ms; 0 when idle), so that a
+        # stalled DataLoader can name the file a worker is stuck on (lateral.data.loader)
+        self._reads_now = torch.zeros(_MAX_WORKER_SLOTS, 2, dtype=torch.int64).share_memory_()
 
     @abc.abstractmethod
     def load_samples(self) -> list[dict[str, Any]]:
@@ -200,9 +211,7 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
     def _record_failure(self, index: int, reason: str) -> None:
         path = self._source_of(index)
         self.failures.append((path, reason))
-        info = torch.utils.data.get_worker_info()
-        slot = 0 if info is None else 1 + info.id % (_MAX_WORKER_SLOTS - 1)
-        self._failure_counts[slot] += 1
+        self._failure_counts[_process_slot()] += 1
         if path not in self._warned:
             self._warned.add(path)
             logger.warning("skipping unreadable sample %s: %s", path, reason)
@@ -241,11 +250,30 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
             return None
         return ensure_inputs(out)
 
+    def reads_in_progress(self) -> list[tuple[str, str, float]]:
+        """``(process, file, seconds)`` for every process (``'main process'`` or ``'worker N'``) that is reading a
+        sample of this dataset right now, longest first."""
+        now_ms = int(time.time() * 1000)
+        reads = []
+        for slot, (index_plus_one, start_ms) in enumerate(self._reads_now.tolist()):
+            if index_plus_one:
+                process = "main process" if slot == 0 else f"worker {slot - 1}"
+                reads.append((process, self._source_of(index_plus_one - 1), (now_ms - start_ms) / 1000))
+        return sorted(reads, key=lambda read: -read[2])
+
+    def _load_recorded(self, index: int) -> dict[str, Any] | None:
+        slot = _process_slot()
+        self._reads_now[slot] = torch.tensor([index + 1, int(time.time() * 1000)])
+        try:
+            return self._load(index)
+        finally:
+            self._reads_now[slot] = 0
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        item = self._load(index)
+        item = self._load_recorded(index)
         if item is None and self.on_error == "next":
             for step in range(1, self.max_refetch + 1):
-                item = self._load((index + step) % len(self))
+                item = self._load_recorded((index + step) % len(self))
                 if item is not None:
                     break
         return item

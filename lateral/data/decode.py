@@ -252,6 +252,7 @@ class PyAVReader:
         self.path = str(path)
         self.num_threads = int(num_threads)
         self._container = None
+        self._reformatter = None
         self._open()
         self.fps = _stream_fps(self._stream)
         self.height = int(self._stream.codec_context.height)
@@ -287,6 +288,7 @@ class PyAVReader:
         if self._container is not None:
             self._container.close()
             self._container = None
+        self._reformatter = None  # frees its scaler and the scaler's threads
 
     def __enter__(self) -> "PyAVReader":
         return self
@@ -442,8 +444,19 @@ class PyAVReader:
 
     def _rgb(self, frame) -> np.ndarray:
         """[H, W, 3] uint8 RGB at the stream's size: a stream whose resolution changes midway is scaled to the size
-        it started with, so every clip stacks."""
-        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        it started with, so every clip stacks.
+
+        The reader converts with a scaler of its own, freed on :meth:`close`. ``frame.to_ndarray(format=...)``
+        would use PyAV's per-thread cached scaler (PyAV >= 18.1.1), which outlives the reader and, with its slice
+        threads, is inherited by a forked process that then blocks in its first conversion.
+        """
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        rgb = self._reformatter.reformat(frame, format="rgb24", width=self.width, height=self.height,
+                                         threads=self.num_threads)
+        return rgb.to_ndarray()
 
 
 class _TimestampMismatch(Exception):

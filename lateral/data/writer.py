@@ -66,6 +66,7 @@ def write_video(
         The path written.
     """
     import av
+    from av.video.reformatter import VideoReformatter
 
     path = Path(path)
     frames = np.asarray(frames)
@@ -118,11 +119,14 @@ def write_video(
                                                 "sc_threshold": "0"}
         if bframes is not None:
             stream.codec_context.max_b_frames = bframes
+        # a scaler of this call's own, with no threads: frame.reformat() would leave PyAV's per-thread cached one
+        # (with slice threads) behind in this process, which hangs DataLoader workers forked later (PyAV 18.1.1)
+        reformatter = VideoReformatter()
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             # converted here rather than inside encode(): with the implicit conversion there, 60 encodes of the same
             # 32x32 frames gave 7 different files, with it 1
-            frame = frame.reformat(format=stream.pix_fmt)
+            frame = reformatter.reformat(frame, format=stream.pix_fmt, threads=1)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

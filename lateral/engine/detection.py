@@ -43,6 +43,7 @@ from lateral.config import (
     positive_number_setting,
 )
 from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
+from lateral.data.loader import worker_context
 from lateral.data.shapes import ensure_shapes_dataset
 from lateral.engine import distributed as dist_utils
 from lateral.registry import build_model
@@ -254,6 +255,7 @@ def train_detector(
     processes = f" on {world_size} processes" if distributed else ""
     log(f"training {type(model).__name__} on {len(dataset)} images for {max_iters} iterations{processes} "
         f"({device.type}) -> {work_dir}")
+    num_workers = int(data_cfg.get("num_workers", 0))
     while iteration < max_iters:
         epoch, offset = divmod(iteration, iters_per_epoch)
         # every rank draws the same global batches and takes its own slice of each
@@ -263,7 +265,8 @@ def train_detector(
             dataset,
             batch_sampler=batches,
             collate_fn=collate_detection,
-            num_workers=int(data_cfg.get("num_workers", 0)),
+            num_workers=num_workers,
+            multiprocessing_context=worker_context() if num_workers else None,
         )
         for items, dropped in loader:
             skipped += dropped

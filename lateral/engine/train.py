@@ -50,7 +50,7 @@ HOOK_KEYS = {
 RANDOMNESS_KEYS = ("seed", "diff_rank_seed", "deterministic")
 SAMPLER_KEYS = ("type", "shuffle", "seed", "round_up")  # mmengine DefaultSampler's; only shuffle changes anything here
 LOADER_KEYS = ("dataset", "batch_size", "num_workers", "persistent_workers", "sampler", "pin_memory", "drop_last",
-               "collate_fn", "prefetch_factor", "batch_sampler")
+               "collate_fn", "prefetch_factor", "batch_sampler", "timeout", "multiprocessing_context")
 
 __all__ = ["NoTrainingDataError", "NonFiniteLossError", "Trainer", "train", "resolve_amp", "build_loader"]
 
@@ -122,7 +122,23 @@ def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool, na
         sampler=sampler,
         drop_last=False,
         seed=seed,
+        **_worker_settings(loader_cfg, name),
     )
+
+
+def _worker_settings(loader_cfg: dict, name: str) -> dict[str, Any]:
+    """``timeout`` (seconds without a batch before the loader is called stalled; 0: no limit) and
+    ``multiprocessing_context`` (how workers start) of a ``*_dataloader`` dict, checked."""
+    from lateral.data.loader import DEFAULT_STALL_TIMEOUT, worker_start_methods
+
+    timeout = loader_cfg.get("timeout", DEFAULT_STALL_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ConfigError(f"{name}.timeout must be a number of seconds >= 0 (0: no limit), got {timeout!r}")
+    start_method = loader_cfg.get("multiprocessing_context")
+    if start_method is not None and start_method not in worker_start_methods():
+        raise ConfigError(f"{name}.multiprocessing_context must be one of {worker_start_methods()} (or None), got "
+                          f"{start_method!r}")
+    return {"timeout": float(timeout), "start_method": start_method}
 
 
 def _rng_state() -> dict[str, Any]:
