@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lateral.textfile import TextFileError, read_text
+
 __all__ = [
     "ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest",
     "check_keys", "check_top_level", "positive_int_setting", "positive_number_setting", "KNOWN_TOP_LEVEL_KEYS",
@@ -359,9 +361,11 @@ def _parse_file(path: Path, load: _ConfigLoad) -> tuple[dict[str, Any], dict[str
         size = path.stat().st_size
         if size > _MAX_FILE_BYTES:
             raise ConfigError(f"{path}: {size} bytes is too large for a config file (at most {_MAX_FILE_BYTES})")
-        source = path.read_text(encoding="utf-8")
+        source = read_text(path, "config file")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except TextFileError as err:
+        raise ConfigError(str(err)) from None
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as err:
@@ -514,8 +518,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         A dict such as ``{'model': {...}, 'train_pipeline': [...], ...}``; ``_base_`` is resolved and removed.
 
     Raises:
-        ConfigError: for a missing file, a cycle in ``_base_``, a chain of more than 32 ``_base_`` files or more than
-            1000 ``_base_`` entries in all, or any construct that is not data.
+        ConfigError: for a missing file, a file that is not UTF-8 text (or UTF-16 with a byte-order mark), a cycle in
+            ``_base_``, a chain of more than 32 ``_base_`` files or more than 1000 ``_base_`` entries in all, or any
+            construct that is not data.
     """
     return _ConfigLoad().config(Path(path).resolve())
 

@@ -345,3 +345,16 @@ def test_a_long_base_chain_is_refused_with_its_depth_not_as_a_nested_expression(
         load_config(tmp_path / "c0.py")
     assert load_config(tmp_path / "c167.py") == {"x": 1}  # 32 files: the limit itself
 
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_configs_with_a_byte_order_mark_are_read(tmp_path, encoding):
+    (tmp_path / "base.py").write_bytes("name = 'café'\n".encode(encoding))
+    (tmp_path / "c.py").write_bytes("_base_ = ['base.py']\nmodel = dict(name=name)\n".encode(encoding))
+    assert load_config(tmp_path / "c.py") == {"name": "café", "model": {"name": "café"}}
+
+
+def test_a_config_in_another_encoding_is_refused_naming_the_file_and_the_place(tmp_path):
+    (tmp_path / "c.py").write_bytes("x = 1\nname = 'café'\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"config file '.*c.py': byte 0xe9 at offset 17 \(line 2\) is not UTF-8; "
+                                          r"lateral reads text files as UTF-8 \(or UTF-16 with a byte-order mark\)"):
+        load_config(tmp_path / "c.py")
