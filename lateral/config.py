@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lateral.textfile import TextFileError, read_text
+
 __all__ = [
     "ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest",
     "check_keys", "check_top_level", "positive_int_setting", "positive_number_setting", "KNOWN_TOP_LEVEL_KEYS",
@@ -121,6 +123,10 @@ _MAX_INT_BITS = 10_000  # about 3000 digits: below Python's 4300-digit limit on 
 _MAX_FORMAT_WIDTH = 10_000
 _MAX_FILE_BYTES = 10_000_000
 _MAX_FILE_READS = 5_000_000  # items copied out of names by all statements of one file: a few seconds at most
+# Bounds on _base_ inheritance (mmaction2's own configs go 4 files deep and list at most 4 bases): each file is read
+# once per load, so the work grows with the entries followed, not with the paths through them
+_MAX_BASE_DEPTH = 32  # files in one chain of _base_ files (a.py -> b.py -> ...)
+_MAX_BASE_ENTRIES = 1000  # _base_ entries followed in one load, repeats included
 _CONSTRUCTORS = {"dict": dict, "list": list, "tuple": tuple}
 _CONVERSIONS = {ord("r"): repr, ord("s"): str, ord("a"): ascii}  # ast.FormattedValue.conversion codes
 
@@ -307,15 +313,59 @@ def _target_names(target: ast.AST) -> list[str]:
     return []
 
 
-def _parse_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+class _ConfigLoad:
+    """One :func:`load_config` call: the configs of the files read so far, the chain of ``_base_`` files being read,
+    and the ``_base_`` entries followed.
+
+    A file listed by several others (or several times) is read once: five files each listing the next 1000 times
+    would otherwise be read 10^12 times.
+    """
+
+    def __init__(self) -> None:
+        self.done: dict[Path, dict[str, Any]] = {}
+        self.chain: list[Path] = []
+        self.base_entries = 0
+
+    def config(self, path: Path) -> dict[str, Any]:
+        """The config of ``path`` (resolved) with its ``_base_`` files merged in."""
+        if path in self.chain:
+            raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in self.chain + [path])}")
+        if path in self.done:
+            return self.done[path]
+        if path.suffix != ".py":
+            raise ConfigError(f"config files are Python-dict files ending in .py, got {path}")
+        if len(self.chain) >= _MAX_BASE_DEPTH:
+            first = " -> ".join(p.name for p in self.chain[:3])
+            raise ConfigError(f"{self.chain[0]}: its _base_ files nest more than {_MAX_BASE_DEPTH} deep ({first} -> "
+                              f"... -> {self.chain[-1].name} -> {path.name}); a config may inherit through a chain "
+                              f"of at most {_MAX_BASE_DEPTH} files")
+        self.chain.append(path)
+        try:
+            base_cfg, own = _parse_file(path, self)
+        finally:
+            self.chain.pop()
+        self.done[path] = merge_dicts(base_cfg, own)
+        return self.done[path]
+
+    def follow(self, path: Path, count: int) -> None:
+        """Count the ``count`` ``_base_`` entries of ``path`` against the load's bound."""
+        self.base_entries += count
+        if self.base_entries > _MAX_BASE_ENTRIES:
+            raise ConfigError(f"{path}: with its {count} _base_ entries, reading {self.chain[0]} follows more than "
+                              f"{_MAX_BASE_ENTRIES} _base_ entries in all (repeats included), more than a config may")
+
+
+def _parse_file(path: Path, load: _ConfigLoad) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (merged base config, names the file itself assigns); base names are readable in the file."""
     try:
         size = path.stat().st_size
         if size > _MAX_FILE_BYTES:
             raise ConfigError(f"{path}: {size} bytes is too large for a config file (at most {_MAX_FILE_BYTES})")
-        source = path.read_text(encoding="utf-8")
+        source = read_text(path, "config file")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except TextFileError as err:
+        raise ConfigError(str(err)) from None
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as err:
@@ -323,19 +373,19 @@ def _parse_file(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any]
     except (RecursionError, MemoryError):
         raise ConfigError(f"{path}: nested too deeply to be read as a config") from None
     try:
-        return _run_statements(tree, path, seen)
+        return _run_statements(tree, path, load)
     except RecursionError:  # an expression nested thousands deep (1 + 1 + ... or [[[...]]])
         raise ConfigError(f"{path}: an expression is nested too deeply to be read as a config") from None
 
 
-def _run_statements(tree: ast.Module, path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run_statements(tree: ast.Module, path: Path, load: _ConfigLoad) -> tuple[dict[str, Any], dict[str, Any]]:
     names: dict[str, Any] = {}
     base_cfg: dict[str, Any] = {}
     evaluator = _Evaluator(str(path), names)
     for stmt in tree.body:
         evaluator.read_items = 0
         try:
-            bases = _run_statement(stmt, evaluator, names, path, seen)
+            bases = _run_statement(stmt, evaluator, names, path, load)
         except ConfigError:
             raise
         except (TypeError, ValueError, ArithmeticError, LookupError) as err:  # list(5), {[1]: 2}, -'a', dict(**{1: 2})
@@ -348,7 +398,7 @@ def _run_statements(tree: ast.Module, path: Path, seen: tuple[Path, ...]) -> tup
 
 
 def _run_statement(stmt: ast.stmt, evaluator: _Evaluator, names: dict[str, Any], path: Path,
-                   seen: tuple[Path, ...]) -> dict[str, Any] | None:
+                   load: _ConfigLoad) -> dict[str, Any] | None:
     """Run one top-level statement of a config file (an assignment, or a docstring; anything else is refused).
 
     Returns:
@@ -365,7 +415,7 @@ def _run_statement(stmt: ast.stmt, evaluator: _Evaluator, names: dict[str, Any],
             for t in stmt.targets:
                 evaluator.own_names.update(_target_names(t))
             return None
-        base_cfg = _load_bases(path, names.pop("_base_"), seen)
+        base_cfg = _load_bases(path, names.pop("_base_"), load)
         own = dict(names)
         names.clear()
         names.update(copy.deepcopy(base_cfg))
@@ -396,16 +446,19 @@ def _check_value_size(evaluator: _Evaluator, stmt: ast.stmt, value: Any) -> None
                           "characters, more than a config may hold")
 
 
-def _load_bases(path: Path, bases: Any, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _load_bases(path: Path, bases: Any, load: _ConfigLoad) -> dict[str, Any]:
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, (list, tuple)):
         raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    load.follow(path, len(bases))
     cfg: dict[str, Any] = {}
     for base in bases:
         if not (path.parent / base).is_file():
             raise ConfigError(f"{path}: _base_ file not found: {path.parent / base}")
-        base_cfg = load_config(path.parent / base, seen + (path,))
+        # a base listed twice, or two bases sharing a base with settings, define its names twice: refused, as
+        # mmengine refuses duplicate keys among the bases of one file
+        base_cfg = load.config((path.parent / base).resolve())
         overlap = set(cfg) & set(base_cfg)
         if overlap:
             raise ConfigError(f"{path}: the _base_ files define {sorted(overlap)} more than once")
@@ -455,7 +508,7 @@ def _strip_delete(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a config file (and its ``_base_`` files) into a plain dict of its top-level names.
 
     Args:
@@ -465,15 +518,11 @@ def load_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[s
         A dict such as ``{'model': {...}, 'train_pipeline': [...], ...}``; ``_base_`` is resolved and removed.
 
     Raises:
-        ConfigError: for a missing file, a cycle in ``_base_``, or any construct that is not data.
+        ConfigError: for a missing file, a file that is not UTF-8 text (or UTF-16 with a byte-order mark), a cycle in
+            ``_base_``, a chain of more than 32 ``_base_`` files or more than 1000 ``_base_`` entries in all, or any
+            construct that is not data.
     """
-    path = Path(path).resolve()
-    if path in _seen:
-        raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in _seen + (path,))}")
-    if path.suffix != ".py":
-        raise ConfigError(f"config files are Python-dict files ending in .py, got {path}")
-    base_cfg, own = _parse_file(path, _seen)
-    return merge_dicts(base_cfg, own)
+    return _ConfigLoad().config(Path(path).resolve())
 
 
 def parse_cfg_value(text: str) -> Any:

@@ -290,3 +290,71 @@ def test_many_statements_that_each_copy_a_big_value_are_refused_quickly(tmp_path
     with pytest.raises(ConfigError, match="the file copies more than 5000000 items"):
         load_config(tmp_path / "a.py")
     assert time.perf_counter() - started < 20
+
+
+def test_a_base_listed_many_times_is_read_once(tmp_path, monkeypatch):
+    import lateral.config as config
+
+    write(tmp_path, "d.py", '"""no settings"""\n')
+    for name, base in (("a.py", "b.py"), ("b.py", "c.py"), ("c.py", "d.py")):
+        write(tmp_path, name, f"_base_ = ['./{base}'] * 10\n")
+    write(tmp_path, "top.py", "_base_ = ['a.py']\nx = 1\n")
+    parsed = []
+    real_parse = config._parse_file
+    monkeypatch.setattr(config, "_parse_file", lambda path, *rest: parsed.append(path) or real_parse(path, *rest))
+    assert load_config(tmp_path / "top.py") == {"x": 1}
+    assert sorted(p.name for p in parsed) == ["a.py", "b.py", "c.py", "d.py", "top.py"]  # not 1 + 1 + 10 + 100 + 1000
+
+
+def test_base_fan_out_is_bounded_and_refused_at_once(tmp_path):
+    import time
+
+    # five small files, each listing the next 1000 times: 10^12 paths through them
+    for i in range(4):
+        write(tmp_path, f"c{i}.py", f"# fan-out\n_base_ = ['./c{i + 1}.py'] * 1000\n")
+    write(tmp_path, "c4.py", '"""the end"""\n')
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"c1.py: with its 1000 _base_ entries, reading .*c0.py follows more than "
+                                          r"1000 _base_ entries in all \(repeats included\)"):
+        load_config(tmp_path / "c0.py")
+    assert time.perf_counter() - started < 2
+
+
+def test_repeated_and_shared_bases_with_settings_are_refused_as_mmengine_does(tmp_path):
+    write(tmp_path, "base.py", "x = 1\n")
+    write(tmp_path, "twice.py", "_base_ = ['base.py', './base.py']\n")
+    with pytest.raises(ConfigError, match=r"twice.py: the _base_ files define \['x'\] more than once"):
+        load_config(tmp_path / "twice.py")
+    write(tmp_path, "left.py", "_base_ = 'base.py'\nleft = 1\n")
+    write(tmp_path, "right.py", "_base_ = 'base.py'\nright = 1\n")
+    write(tmp_path, "diamond.py", "_base_ = ['left.py', 'right.py']\n")
+    with pytest.raises(ConfigError, match=r"diamond.py: the _base_ files define \['x'\] more than once"):
+        load_config(tmp_path / "diamond.py")
+    write(tmp_path, "loop.py", "_base_ = ['base.py', 'back.py']\n")  # a cycle behind a base already read
+    write(tmp_path, "back.py", "_base_ = 'loop.py'\n")
+    with pytest.raises(ConfigError, match=r"_base_ cycle: .*loop.py -> .*back.py -> .*loop.py"):
+        load_config(tmp_path / "loop.py")
+
+
+def test_a_long_base_chain_is_refused_with_its_depth_not_as_a_nested_expression(tmp_path):
+    for i in range(199):
+        write(tmp_path, f"c{i}.py", f"_base_ = 'c{i + 1}.py'\n" if i < 198 else "x = 1\n")
+    with pytest.raises(ConfigError, match=r"c0.py: its _base_ files nest more than 32 deep \(c0.py -> c1.py -> c2.py "
+                                          r"-> \.\.\. -> c31.py -> c32.py\); a config may inherit through a chain of "
+                                          r"at most 32 files"):
+        load_config(tmp_path / "c0.py")
+    assert load_config(tmp_path / "c167.py") == {"x": 1}  # 32 files: the limit itself
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_configs_with_a_byte_order_mark_are_read(tmp_path, encoding):
+    (tmp_path / "base.py").write_bytes("name = 'café'\n".encode(encoding))
+    (tmp_path / "c.py").write_bytes("_base_ = ['base.py']\nmodel = dict(name=name)\n".encode(encoding))
+    assert load_config(tmp_path / "c.py") == {"name": "café", "model": {"name": "café"}}
+
+
+def test_a_config_in_another_encoding_is_refused_naming_the_file_and_the_place(tmp_path):
+    (tmp_path / "c.py").write_bytes("x = 1\nname = 'café'\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"config file '.*c.py': byte 0xe9 at offset 17 \(line 2\) is not UTF-8; "
+                                          r"lateral reads text files as UTF-8 \(or UTF-16 with a byte-order mark\)"):
+        load_config(tmp_path / "c.py")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from lateral.cli import positive_int
+from lateral.textfile import TextFileError, read_text
 
 __all__ = ["CheckResult", "check_video", "check_frame_folder", "collect_entries", "check_entries", "add_cli"]
 
@@ -117,8 +119,7 @@ def collect_entries(source: str | os.PathLike,
     if source.suffix.lower() == ".py":
         raise ValueError(f"'{source}' is a config file; pass the list file or folder its dataset reads")
     if source.suffix.lower() == ".csv":
-        with open(source, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(read_text(source, "list file"), newline="")))
         root = prefix or source.parent
         by_stem = {path.stem: path for path in find_video_files(root)}
         entries = []
@@ -128,9 +129,9 @@ def collect_entries(source: str | os.PathLike,
                             None))
         return entries
     try:
-        text = source.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"'{source}' is not a text list file (one 'path label' per line) nor a video") from None
+        text = read_text(source, "list file")
+    except TextFileError as err:
+        raise ValueError(f"'{source}' is not a text list file (one 'path label' per line) nor a video: {err}") from None
     entries = []
     for line in text.splitlines():
         line = line.strip()

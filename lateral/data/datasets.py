@@ -20,8 +20,8 @@ truncated does not stop training: the item is None (``collate`` drops it), the f
 from __future__ import annotations
 
 import abc
-
 import csv
+import io
 import logging
 import os
 import re
@@ -35,6 +35,7 @@ import torch
 from lateral.config import ConfigError, suggest
 from lateral.data.decode import VIDEO_EXTENSIONS, DecodeError
 from lateral.data.pipeline import build_pipeline, close_reader, ensure_inputs
+from lateral.textfile import printable, read_text
 
 __all__ = [
     "BaseActionDataset",
@@ -65,12 +66,20 @@ def load_label_map(path: str | os.PathLike) -> list[str]:
     """Class names, index = position, from a label-map text file.
 
     Accepted layouts: one name per line (Kinetics ``label_map_k400.txt``); ``index name`` lines with consecutive
-    indices from 0 or 1 (UCF101 ``classInd.txt``); a CSV with an ``id,name`` header.
+    indices from 0 or 1 (UCF101 ``classInd.txt``); a CSV with an ``id,name`` header. The file is UTF-8, or UTF-8 /
+    UTF-16 with a byte-order mark (see :func:`lateral.textfile.read_text`).
+
+    Names are returned as written, control characters included; print them through
+    :func:`lateral.textfile.printable`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an empty file, a malformed ``id,name`` table, or bytes that are not text in those encodings.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label map '{path}' not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in read_text(path, "label map").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise ValueError(f"label map '{path}' is empty")
@@ -319,12 +328,12 @@ def _parse_label(token: str, where: str) -> int:
     try:
         return int(token)
     except ValueError:
-        raise ValueError(f"{where}: label '{token}' is not an integer") from None
+        raise ValueError(f"{where}: label '{printable(token)}' is not an integer") from None
 
 
 def _read_lines(ann_file: Path) -> list[tuple[int, str]]:
     lines = []
-    for number, line in enumerate(ann_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(ann_file, "ann_file").splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
             lines.append((number, line))
@@ -368,7 +377,7 @@ class VideoDataset(BaseActionDataset):
                 fields = line.split(self.delimiter)
                 filename, labels = fields[0], [_parse_label(t, where) for t in fields[1:] if t]
                 if not labels and not self.test_mode:
-                    raise ValueError(f"{where}: expected 'path label [label ...]', got '{line}'")
+                    raise ValueError(f"{where}: expected 'path label [label ...]', got '{printable(line)}'")
                 samples.append(dict(filename=self._join(filename), label=labels))
                 continue
             fields = line.rsplit(self.delimiter, 1)
@@ -377,7 +386,7 @@ class VideoDataset(BaseActionDataset):
             elif self.test_mode:
                 samples.append(dict(filename=self._join(line), label=-1))
             else:
-                raise ValueError(f"{where}: expected 'path label', got '{line}'")
+                raise ValueError(f"{where}: expected 'path label', got '{printable(line)}'")
         return samples
 
 
@@ -417,7 +426,7 @@ class RawframeDataset(BaseActionDataset):
             fields = line.split()
             if len(fields) < first_label + (0 if self.test_mode else 1):
                 layout = "frame_dir offset total_frames label" if self.with_offset else "frame_dir total_frames label"
-                raise ValueError(f"{where}: expected '{layout}', got '{line}'")
+                raise ValueError(f"{where}: expected '{layout}', got '{printable(line)}'")
             frame_dir = str(self.data_prefix / fields[0]) if self.data_prefix is not None else fields[0]
             sample: dict[str, Any] = dict(frame_dir=frame_dir, filename_tmpl=self.filename_tmpl)
             if self.with_offset:
@@ -477,8 +486,7 @@ class KineticsCSVDataset(BaseActionDataset):
                 f"({len(self.missing)} rows, none downloaded)")
 
     def load_samples(self) -> list[dict[str, Any]]:
-        with open(self.ann_file, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(read_text(self.ann_file, "ann_file"), newline="")))
         required = {"youtube_id", "time_start", "time_end"}
         if not rows or not required <= set(rows[0]):
             raise ValueError(f"{self.ann_file}: expected a CSV with columns label,youtube_id,time_start,time_end,"
@@ -500,8 +508,8 @@ class KineticsCSVDataset(BaseActionDataset):
             label = -1
             if has_labels and row["label"]:
                 if row["label"] not in class_index:
-                    raise ValueError(f"{self.ann_file}:{number}: label '{row['label']}' is not in the label map."
-                                     f"{suggest(row['label'], class_index)}")
+                    raise ValueError(f"{self.ann_file}:{number}: label '{printable(row['label'])}' is not in the "
+                                     f"label map.{suggest(row['label'], class_index)}")
                 label = class_index[row["label"]]
             samples.append(dict(filename=filename, label=label))
         if self.missing:
@@ -550,8 +558,8 @@ class ClassFolderDataset(BaseActionDataset):
         for rel in relative:
             class_name = Path(rel).parts[0]
             if class_name not in class_index:
-                raise ValueError(f"video '{rel}' is in folder '{class_name}', which is not a known class."
-                                 f"{suggest(class_name, class_index)}")
+                raise ValueError(f"video '{printable(rel)}' is in folder '{printable(class_name)}', which is not a "
+                                 f"known class.{suggest(class_name, class_index)}")
             samples.append(dict(filename=str(self.data_prefix / rel), label=class_index[class_name]))
         return samples
 

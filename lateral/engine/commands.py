@@ -288,6 +288,7 @@ def timeline_folder_names(videos: list[Path]) -> dict[Path, str]:
 def run_predict(args: argparse.Namespace) -> int:
     from lateral.data.decode import DecodeError
     from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
+    from lateral.textfile import printable
 
     if args.stride and not args.window:
         raise ConfigError("--stride is the step between --window windows; give --window too (e.g. --window 2s)")
@@ -312,7 +313,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 paths = write_timeline(rows, names, out_dir, args.topk)
                 for r in rows:
                     top = int(r.probs.argmax())
-                    print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {names[top]:<30} {float(r.probs[top]):.3f}")
+                    print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {printable(names[top]):<30} {float(r.probs[top]):.3f}")
                 print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
                 continue
             probs = predict_video(model, pipeline, video, device)
@@ -326,7 +327,7 @@ def run_predict(args: argparse.Namespace) -> int:
         result = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)}
                   for p, i in zip(top.values, top.indices)]
         for r in result:
-            print(f"{r['prob']:.4f}  {r['label']}")
+            print(f"{r['prob']:.4f}  {printable(r['label'])}")  # the JSON keeps the name as written
         results.append({"video": str(video), "top": result})
     if args.out and not args.window:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

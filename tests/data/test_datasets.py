@@ -228,6 +228,39 @@ def test_label_map_formats(tmp_path):
             load_label_map(tmp_path / name)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be"])
+def test_label_maps_with_a_byte_order_mark_read_as_written(tmp_path, encoding):
+    bom = "\ufeff" if encoding == "utf-16-be" else ""  # the utf-16 codec writes its own mark, utf-16-be none
+    (tmp_path / "labels.csv").write_bytes((bom + "id,name\r\n0,move_right\r\n1,café\r\n").encode(encoding))
+    assert load_label_map(tmp_path / "labels.csv") == ["move_right", "café"]  # header found, no mark in class 0
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252"])
+def test_a_label_map_in_another_encoding_is_refused_naming_the_file_and_the_line(tmp_path, encoding):
+    (tmp_path / "labels.txt").write_bytes("run\ncafé dancing\n".encode(encoding))
+    with pytest.raises(ValueError, match=r"label map '.*labels.txt': byte 0xe9 at offset 7 \(line 2\) is not "
+                                         r"UTF-8; lateral reads text files as UTF-8 \(or UTF-16 with a byte-order "
+                                         r"mark\)"):
+        load_label_map(tmp_path / "labels.txt")
+
+
+def test_ann_files_in_utf16_and_with_a_mark_are_read(tmp_path, video_list):
+    root, _ = video_list
+    utf16 = tmp_path / "utf16_list.txt"
+    utf16.write_bytes("a.mp4 0\r\nwith space.mp4 1\r\n".encode("utf-16"))
+    assert [s["label"] for s in build_dataset(video_cfg(root, utf16)).samples] == [0, 1]
+    latin = tmp_path / "latin_list.txt"
+    latin.write_bytes("a.mp4 0\nmañana.mp4 1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"ann_file '.*latin_list.txt': byte 0xf1 at offset 10 \(line 2\)"):
+        build_dataset(video_cfg(root, latin))
+    write_video(tmp_path / "k400" / "run" / "aaa_000010_000020.mp4", numbered_frames(12))
+    csv_file = tmp_path / "train.csv"  # as Excel saves 'CSV UTF-8': a mark before the 'label' column's name
+    csv_file.write_bytes("label,youtube_id,time_start,time_end,split\nrun,aaa,10,20,train\n".encode("utf-8-sig"))
+    dataset = build_dataset(dict(type="KineticsCSVDataset", ann_file=str(csv_file),
+                                 data_prefix=dict(video=str(tmp_path / "k400")), pipeline=PIPELINE))
+    assert dataset.classes == ["run"] and dataset.samples[0]["label"] == 0
+
+
 def test_collate_rejects_mixed_shapes():
     items = [dict(inputs=torch.zeros(1, 3, 4, 8, 8), label=0), dict(inputs=torch.zeros(1, 3, 4, 8, 9), label=1)]
     with pytest.raises(ValueError, match="different input shapes"):
