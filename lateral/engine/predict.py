@@ -171,12 +171,23 @@ def predict_timeline(
     return rows
 
 
-def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str | Path, topk: int = 5) -> dict:
-    """Write ``timeline.csv``, ``timeline.json`` and ``timeline.png`` (probability of the top classes over time)."""
+def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str | Path, topk: int = 5,
+                   overwrite: bool = False) -> dict:
+    """Write ``timeline.csv``, ``timeline.json`` and ``timeline.png`` into ``out_dir`` (created if missing).
+
+    Raises:
+        FileExistsError: one of the three files exists already and ``overwrite`` is False (another run's output).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out_dir / f"timeline.{kind}" for kind in ("csv", "json", "png")}
+    existing = [str(path) for path in paths.values() if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist (an earlier run's timeline); write elsewhere, or "
+                              "pass overwrite=True (--overwrite) to replace them")
+    mode = "w" if overwrite else "x"  # 'x': a file another process created meanwhile is refused, not clobbered
     names = class_names or [str(i) for i in range(len(rows[0].probs))]
-    with open(out_dir / "timeline.csv", "w", newline="") as handle:
+    with open(paths["csv"], mode, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["start_s", "end_s", "top1", "top1_prob"] + names)
         for r in rows:
@@ -188,7 +199,8 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
          "top": [{"label": names[int(i)], "prob": float(r.probs[i])} for i in r.probs.topk(min(topk, len(names))).indices]}
         for r in rows
     ]
-    (out_dir / "timeline.json").write_text(json.dumps(records, indent=1))
+    with open(paths["json"], mode) as handle:
+        handle.write(json.dumps(records, indent=1))
 
     import matplotlib
 
@@ -207,6 +219,7 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("class probability over time")
     fig.tight_layout()
-    fig.savefig(out_dir / "timeline.png", dpi=100)
+    with open(paths["png"], mode + "b") as handle:
+        fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
-    return {"csv": str(out_dir / "timeline.csv"), "json": str(out_dir / "timeline.json"), "png": str(out_dir / "timeline.png")}
+    return {kind: str(path) for kind, path in paths.items()}
