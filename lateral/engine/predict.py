@@ -16,7 +16,8 @@ from torch import nn
 from lateral.config import ConfigError
 from lateral.engine.evaluate import prepare_inputs, require_class_scores
 
-__all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "parse_seconds"]
+__all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "timeline_classes",
+           "parse_seconds"]
 
 _CROP_STEPS = {"CenterCrop": 1, "ThreeCrop": 3, "TenCrop": 10}
 
@@ -175,6 +176,9 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
                    overwrite: bool = False) -> dict:
     """Write ``timeline.csv``, ``timeline.json`` and ``timeline.png`` into ``out_dir`` (created if missing).
 
+    The plot draws every class that is among the ``topk`` of at least one window, so a class that leads anywhere
+    has its line, named in the legend.
+
     Raises:
         FileExistsError: one of the three files exists already and ``overwrite`` is False (another run's output).
     """
@@ -208,18 +212,29 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
     import matplotlib.pyplot as plt
 
     probs = torch.stack([r.probs for r in rows])  # [W, K]
-    best = probs.max(dim=0).values.topk(min(topk, probs.shape[1])).indices
+    plotted = timeline_classes(probs, topk)
     centres = [(r.start_s + r.end_s) / 2 for r in rows]
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    for k in best.tolist():
-        ax.plot(centres, probs[:, k].numpy(), marker="o", markersize=3, label=names[k])
+    palette = plt.get_cmap("tab10" if len(plotted) <= 10 else "tab20")
+    for i, k in enumerate(plotted):  # past 20 lines the colours repeat with another line style
+        ax.plot(centres, probs[:, k].numpy(), marker="o", markersize=3, label=names[k], color=palette(i % 20),
+                linestyle=("-", "--", ":")[i // 20 % 3])
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("class probability over time")
+    # many classes: the legend goes beside the plot rather than over the lines
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(plotted) // 16)
+    ax.set_title(f"class probability over time (classes in the top {min(topk, probs.shape[1])} of any window)")
     fig.tight_layout()
     with open(paths["png"], mode + "b") as handle:
-        fig.savefig(handle, format="png", dpi=100)
+        fig.savefig(handle, format="png", dpi=100, bbox_inches="tight")  # the legend beside the axes included
     plt.close(fig)
     return {kind: str(path) for kind, path in paths.items()}
+
+
+def timeline_classes(probs: torch.Tensor, topk: int) -> list[int]:
+    """probs: [W, K] per window -> the classes among the ``topk`` of at least one window, highest peak first."""
+    k = min(topk, probs.shape[1])
+    chosen = torch.unique(probs.topk(k, dim=1).indices)
+    peaks = probs.max(dim=0).values[chosen]
+    return chosen[peaks.argsort(descending=True, stable=True)].tolist()

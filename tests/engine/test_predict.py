@@ -1,4 +1,4 @@
-"""``lateral predict`` outputs: timelines that no other run overwrites, written under --out."""
+"""``lateral predict`` outputs: timelines that no other run overwrites, written under --out, plotting every leader."""
 
 import json
 import threading
@@ -102,3 +102,24 @@ def test_write_timeline_refuses_existing_files_unless_asked(tmp_path):
     assert (tmp_path / "timeline.json").read_text() == before
     write_timeline([TimelineRow(0.0, 1.0, torch.tensor([0.1, 0.9]))], ["a", "b"], tmp_path, overwrite=True)
     assert json.loads((tmp_path / "timeline.json").read_text())[0]["top"][0]["label"] == "b"
+
+
+def _legend_of_timeline_plot(tmp_path, monkeypatch, probs: list[list[float]], topk: int) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    rows = [TimelineRow(float(i), float(i + 1), torch.tensor(p)) for i, p in enumerate(probs)]
+    names = ["walk", "run", "jump", "wave"]
+    write_timeline(rows, names, tmp_path, topk=topk)
+    return [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()]
+
+
+def test_the_timeline_plot_draws_every_class_that_leads_a_window(tmp_path, monkeypatch):
+    probs = [[0.90, 0.08, 0.01, 0.01],  # walk, then run
+             [0.05, 0.80, 0.10, 0.05],  # run, then jump
+             [0.30, 0.05, 0.25, 0.40]]  # wave leads here, though its peak is lower than walk's and run's
+    assert sorted(_legend_of_timeline_plot(tmp_path / "top2", monkeypatch, probs, topk=2)) == \
+        ["jump", "run", "walk", "wave"]
+    assert _legend_of_timeline_plot(tmp_path / "top1", monkeypatch, probs, topk=1) == ["walk", "run", "wave"]
