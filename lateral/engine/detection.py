@@ -60,12 +60,16 @@ __all__ = [
     "evaluate_detector",
     "predict_images",
     "draw_detections",
+    "format_metrics",
     "add_cli",
     "METRIC_NAMES",
 ]
 
 # the first six numbers of COCOeval.stats, in order
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# the objects each metric is over, and COCOeval's area range of the size ones (pixels^2, bounds included)
+_OBJECTS_OF = {"AP": "", "AP50": "", "AP75": "", "APs": "small ", "APm": "medium ", "APl": "large "}
+_AREA_RANGES = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, float("inf"))}
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
 
 
@@ -434,7 +438,9 @@ def detect_dataset(
     return detections, image_ids
 
 
-def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[Any] | None = None) -> dict[str, float]:
+def coco_evaluate(
+    ground_truth: dict, detections: list[dict], image_ids: list[Any] | None = None
+) -> dict[str, float | None]:
     """COCO box AP with pycocotools.
 
     Args:
@@ -443,17 +449,22 @@ def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[An
         image_ids: restrict to these images (e.g. the ones that could be read); default all.
 
     Returns:
-        ``{'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'}``; a size range without ground truth gives -1, as COCOeval.
+        ``{'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'}``; None where the ground truth has no objects to measure it
+        on (e.g. ``APl`` without large objects; COCOeval's -1), which JSON writes as null.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not detections:
-        return {name: 0.0 for name in METRIC_NAMES}
     gt_dict = copy.deepcopy(ground_truth)
     for ann in gt_dict["annotations"]:
         ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
         ann.setdefault("iscrowd", 0)
+    if not detections:  # pycocotools cannot load an empty result list: 0 where there is something to find
+        wanted = None if image_ids is None else set(image_ids)
+        areas = [ann["area"] for ann in gt_dict["annotations"]
+                 if not ann["iscrowd"] and (wanted is None or ann["image_id"] in wanted)]
+        ranges = {name: _AREA_RANGES.get(name, (0, float("inf"))) for name in METRIC_NAMES}
+        return {name: 0.0 if any(low <= area <= high for area in areas) else None for name, (low, high) in ranges.items()}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress unconditionally
         gt = COCO()
         gt.dataset = gt_dict
@@ -465,7 +476,15 @@ def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[An
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+    return {name: None if value < 0 else float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+
+
+def format_metrics(metrics: dict[str, float | None]) -> str:
+    """One line of COCO metrics; a metric without ground truth objects reads e.g.
+    ``APl n/a (no large objects in the ground truth)`` rather than COCOeval's -1."""
+    return "  ".join(f"{name} {value:.3f}" if value is not None
+                     else f"{name} n/a (no {_OBJECTS_OF.get(name, '')}objects in the ground truth)"
+                     for name, value in metrics.items())
 
 
 def evaluate_detector(
@@ -475,7 +494,7 @@ def evaluate_detector(
     log: Callable[[str], None] = print,
     cat_ids: list[int] | None = None,
     device: str | torch.device | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Detect over ``dataset`` and print and return its COCO metrics (``cat_ids`` as in :func:`detect_dataset`).
 
     Under ``torchrun`` every rank detects on its share; the detections are gathered and every rank returns the
@@ -490,7 +509,7 @@ def evaluate_detector(
     metrics = coco_evaluate(dataset.coco_ground_truth(), detections, image_ids)
     seconds = time.perf_counter() - start
     log(f"evaluated {len(image_ids)} images in {seconds:.1f} s")
-    log("  ".join(f"{name} {value:.3f}" for name, value in metrics.items()))
+    log(format_metrics(metrics))
     return metrics
 
 
@@ -661,7 +680,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     test.add_argument("config")
     test.add_argument("checkpoint")
     test.add_argument("--split", default="val", help="data split of the config to evaluate (default val)")
-    test.add_argument("--out", help="also write the metrics to this JSON file")
+    test.add_argument("--out", help="also write the metrics to this JSON file (null for a metric whose size range "
+                                    "has no ground truth objects)")
     test.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
     test.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one, else the CPU)")
     test.set_defaults(func=_cmd_test)

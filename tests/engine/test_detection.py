@@ -220,6 +220,32 @@ def test_coco_ap_is_one_for_perfect_predictions_and_low_for_shuffled_ones():
     assert coco_evaluate(gt, [])["AP"] == 0.0
 
 
+def test_metrics_without_objects_of_a_size_say_so_and_are_null_in_json(monkeypatch):
+    from lateral.engine import detection
+
+    gt = _ground_truth()  # boxes of 20-80 pixels a side: small and medium objects, no large ones (> 96^2 pixels)
+    assert not any(a["bbox"][2] * a["bbox"][3] > 96**2 for a in gt["annotations"])
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"]]
+    metrics = coco_evaluate(gt, perfect)
+    assert metrics["APl"] is None and metrics["APm"] == pytest.approx(1.0)
+    assert json.loads(json.dumps(metrics))["APl"] is None  # null in --out and work_dir/metrics.json, not -1
+    nothing_found = coco_evaluate(gt, [])
+    assert nothing_found["APl"] is None and nothing_found["AP"] == 0.0 and nothing_found["APm"] == 0.0
+
+    class Dataset:
+        def coco_ground_truth(self):
+            return gt
+
+    monkeypatch.setattr(detection, "detect_dataset", lambda *args: (perfect, [i["id"] for i in gt["images"]]))
+    lines = []
+    detection.evaluate_detector(None, Dataset(), log=lines.append)
+    assert "APl n/a (no large objects in the ground truth)" in lines[-1] and "-1" not in lines[-1]
+    assert "AP50 1.000" in lines[-1]
+    no_objects = dict(gt, annotations=[])
+    assert "AP n/a (no objects in the ground truth)" in detection.format_metrics(coco_evaluate(no_objects, perfect))
+
+
 def test_learning_rate_warms_up_and_steps():
     assert learning_rate(0, 0.1, 10, (20,), 0.1) == pytest.approx(0.01)
     assert learning_rate(10, 0.1, 10, (20,), 0.1) == pytest.approx(0.1)
