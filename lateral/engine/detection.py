@@ -519,7 +519,11 @@ def evaluate_detector(
 def draw_detections(
     image: torch.Tensor, boxes: torch.Tensor, labels: list[str], scores: torch.Tensor, class_ids: list[int]
 ) -> "Image.Image":
-    """image: [3, H, W] in [0, 1]; boxes: [K, 4] (x1, y1, x2, y2) -> a PIL image with boxes and captions."""
+    """image: [3, H, W] in [0, 1]; boxes: [K, 4] (x1, y1, x2, y2) -> a PIL image with boxes and captions.
+
+    A caption sits on the box's top edge, above it; where there is no room above (a box at the top of the image)
+    it goes inside the box, under the edge, and it moves left rather than run off the right edge.
+    """
     from PIL import Image, ImageDraw
 
     canvas = Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
@@ -528,10 +532,15 @@ def draw_detections(
         color = _PALETTE[class_id % len(_PALETTE)]
         draw.rectangle(box, outline=color, width=2)
         caption = f"{label} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((box[0], box[1]), caption)
-        y = max(0.0, box[1] - (bottom - top) - 2)
-        draw.rectangle([box[0], y, box[0] + (right - left) + 2, y + (bottom - top) + 2], fill=color)
-        draw.text((box[0] + 1, y), caption, fill=(255, 255, 255))
+        # the ink's offsets from the text origin: the glyphs are placed by them, not by the origin, so that the
+        # caption fills its rectangle whatever the font's ascent
+        left, top, right, bottom = draw.textbbox((0, 0), caption)
+        label_w, label_h = right - left + 2, bottom - top + 2
+        x = max(0.0, min(box[0], canvas.width - 1 - label_w))
+        y = box[1] - label_h if box[1] - label_h >= 0 else box[1]
+        y = max(0.0, min(y, canvas.height - 1 - label_h))
+        draw.rectangle([x, y, x + label_w, y + label_h], fill=color)
+        draw.text((x + 1 - left, y + 1 - top), caption, fill=(255, 255, 255))
     return canvas
 
 
