@@ -15,6 +15,7 @@ import json
 import statistics
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from lateral.inference.exporters import EXPORT_FORMATS, MissingDependencyError, 
 from lateral.inference.optimization import PRECISIONS, PrecisionError, optimize, resolve_precision
 from lateral.inference.timing import VARIANTS, BenchmarkResult, benchmark, parse_input_shape
 
-__all__ = ["add_cli", "exportable_module", "optimize", "run_bench", "run_export"]
+__all__ = ["add_cli", "config_test_clips", "default_input", "exportable_module", "optimize", "run_bench", "run_export"]
 
 # parity bound of ``export --check``: |exported - eager| <= ATOL + RTOL * max|eager|
 CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
@@ -75,15 +76,86 @@ def config_input_shape(cfg: dict) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def default_input_shape(module: nn.Module, cfg: dict) -> tuple[int, ...]:
-    """The config's ``input_shape``; else 1x3xTx224x224 for a 3D model (T from :func:`config_clip_len`, else 32)
-    and 1x3x800x1216 for a 2D one."""
+# crops a test-time crop step takes of each clip
+_CROPS_PER_STEP = {"CenterCrop": 1, "ThreeCrop": 3, "TenCrop": 10}
+_SAMPLERS = ("SampleFrames", "DenseSampleFrames", "UniformSample")
+
+
+@dataclass(frozen=True)
+class PipelineClips:
+    """What a config's test pipeline feeds its model for one video: ``num_clips x num_crops`` views of
+    ``clip_len`` frames of ``height x width`` (None where the pipeline does not say)."""
+
+    clip_len: int | None
+    height: int | None
+    width: int | None
+    num_clips: int = 1
+    num_crops: int = 1
+
+    @property
+    def num_views(self) -> int:
+        return self.num_clips * self.num_crops
+
+
+def config_test_clips(cfg: dict) -> PipelineClips:
+    """The clip length, frame size and views of the config's test (or val) pipeline: the size of its last crop
+    (``CenterCrop``/``ThreeCrop``/``TenCrop``) or fixed-size ``Resize(keep_ratio=False)``, the ``num_clips`` of its
+    frame sampler and the crops of its crop step."""
+    from lateral.engine.predict import video_pipeline
+
+    try:
+        pipeline = [step for step in video_pipeline(cfg) if isinstance(step, dict)]
+    except ConfigError:
+        pipeline = []
+    height = width = None
+    num_clips = num_crops = 1
+    for step in pipeline:
+        kind = step.get("type")
+        if kind in _SAMPLERS:
+            num_clips = int(step.get("num_clips", 1))
+        size = None
+        if kind in _CROPS_PER_STEP and "crop_size" in step:
+            num_crops = _CROPS_PER_STEP[kind]
+            size = step["crop_size"]
+        elif kind == "Resize" and step.get("keep_ratio", True) is False:
+            size = step.get("scale")
+        if isinstance(size, int) and not isinstance(size, bool):
+            height = width = size
+        elif isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+            width, height = size  # mmaction2 sizes are (w, h)
+    return PipelineClips(config_clip_len(cfg), height, width, num_clips, num_crops)
+
+
+def default_input(module: nn.Module, cfg: dict) -> tuple[tuple[int, ...], str]:
+    """The example input of ``export`` and ``bench`` without ``--input``, and a line saying where it comes from.
+
+    The config's ``input_shape``; else for a 3D model one video's views of its test pipeline as the batch,
+    ``VIEWS x 3 x T x H x W`` (:func:`config_test_clips`; T 32 and 224x224 where the pipeline does not say);
+    1x3x800x1216 for a 2D model.
+    """
     own = config_input_shape(cfg)
     if own is not None:
-        return own
-    if any(isinstance(m, nn.Conv3d) for m in module.modules()):
-        return (1, 3, config_clip_len(cfg) or 32, 224, 224)
-    return (1, 3, 800, 1216)
+        return own, "the config's input_shape"
+    if not any(isinstance(m, nn.Conv3d) for m in module.modules()):
+        return (1, 3, 800, 1216), "the default for a 2D model"
+    clips = config_test_clips(cfg)
+    shape = (clips.num_views, 3, clips.clip_len or 32, clips.height or 224, clips.width or 224)
+    said = []
+    if clips.clip_len is not None:
+        said.append(f"clip_len {clips.clip_len}")
+    if clips.height is not None:
+        said.append(f"{clips.height}x{clips.width} frames")
+    if clips.num_views > 1:
+        said.append(f"{clips.num_clips} clips x {clips.num_crops} crops = {clips.num_views} views of a video as the batch")
+    source = f"the config's test pipeline ({', '.join(said)})" if said else "the defaults"
+    if said and (clips.clip_len is None or clips.height is None):
+        source += ", the rest defaults"
+    return shape, source
+
+
+def default_input_shape(module: nn.Module, cfg: dict) -> tuple[int, ...]:
+    """The shape of :func:`default_input`."""
+    return default_input(module, cfg)[0]
 
 
 def _build(config: str, checkpoint: str | None, cfg_options: list[str] | None) -> tuple[nn.Module, dict]:
@@ -101,7 +173,12 @@ def _build(config: str, checkpoint: str | None, cfg_options: list[str] | None) -
 
 
 def _input(args: argparse.Namespace, module: nn.Module, cfg: dict) -> torch.Tensor:
-    shape = parse_input_shape(args.input) if args.input else default_input_shape(module, cfg)
+    """The example input: ``--input``, else :func:`default_input`, which is printed with where it comes from."""
+    if args.input:
+        shape = parse_input_shape(args.input)
+    else:
+        shape, source = default_input(module, cfg)
+        print(f"input {'x'.join(map(str, shape))} from {source}; --input sets another")
     return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
@@ -255,8 +332,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx (needs the 'onnx' extra to check) or torchscript (trace)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
     p.add_argument("--check", action="store_true", help="run the exported file and PyTorch on the same input and print the max difference")
-    p.add_argument("--input", help="example input NxCxTxHxW (default 1x3xTx224x224, T the clip_len of the config's "
-                   "test pipeline; 1x3x800x1216 for 2D)")
+    p.add_argument("--input", help="example input NxCxTxHxW (default: the config's test pipeline, its views of one "
+                   "video x 3 x clip_len x crop size; 1x3x800x1216 for 2D)")
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads for --check")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
     p.set_defaults(func=run_export)
@@ -264,8 +341,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="time eager / fused / bf16 / compiled / ONNX / OpenVINO inference, interleaved")
     p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
     p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
-    p.add_argument("--input", help="input NxCxTxHxW (default 1x3xTx224x224, T the clip_len of the config's "
-                   "test pipeline; 1x3x800x1216 for 2D)")
+    p.add_argument("--input", help="input NxCxTxHxW (default: the config's test pipeline, its views of one video x 3 "
+                   "x clip_len x crop size; 1x3x800x1216 for 2D)")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 (default fp32)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor, freezing)")
     p.add_argument("--onnx", action="store_true", help="also time onnxruntime (the 'onnx' extra)")

@@ -604,6 +604,36 @@ def thin_files(thin_model, tmp_path_factory):
     return str(config), str(checkpoint)
 
 
+def test_cli_export_without_input_takes_the_clips_the_config_was_tested_on(thin_model, tmp_path, capsys):
+    from lateral.checkpoint import save_checkpoint
+
+    # a model trained and tested on 56x56 crops: 2 clips x 3 crops of 8 frames per video
+    pipeline = [dict(type="PyAVInit"), dict(type="SampleFrames", clip_len=8, num_clips=2, test_mode=True),
+                dict(type="PyAVDecode"), dict(type="Resize", scale=(-1, 64)), dict(type="ThreeCrop", crop_size=56),
+                dict(type="FormatShape", input_format="NCTHW"), dict(type="PackActionInputs")]
+    checkpoint = tmp_path / "small_crops.pth"
+    save_checkpoint({"state_dict": thin_model.state_dict(),
+                     "meta": {"config": {"model": thin_config(), "test_pipeline": pipeline}}}, checkpoint)
+    assert cli_main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    text = capsys.readouterr().out
+    assert ("input 6x3x8x56x56 from the config's test pipeline (clip_len 8, 56x56 frames, 2 clips x 3 crops = 6 views "
+            "of a video as the batch); --input sets another") in text
+    assert "input 6x3x8x56x56, dynamic batch" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.jit.load(str(tmp_path / "m.pt"))
+    assert exported(thin_input(batch=2)[..., :56, :56].contiguous()).shape == (2, 10)
+    # a fixed-size resize without a crop says the size too; --input overrides and nothing is said about it
+    fixed = [dict(type="SampleFrames", clip_len=4, num_clips=1), dict(type="Resize", scale=(48, 40), keep_ratio=False)]
+    from lateral.export import PipelineClips, config_test_clips
+
+    assert config_test_clips({"test_pipeline": fixed}) == PipelineClips(4, 40, 48, 1, 1)
+    assert cli_main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "n.pt"),
+                     "--input", "1x3x8x32x32"]) == 0
+    text = capsys.readouterr().out
+    assert "from the config" not in text and "input 1x3x8x32x32, dynamic batch" in text
+
+
 @needs_ort
 def test_cli_export_onnx_check(thin_files, tmp_path, capsys):
     config, checkpoint = thin_files

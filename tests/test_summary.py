@@ -48,3 +48,26 @@ def test_cli_reads_the_config_a_checkpoint_carries(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Total params: 32,454,096" in out.stdout
+
+
+def _table_rows(text: str) -> list[str]:
+    """The layer rows: the lines between the '=' rule under the header and the one above the totals."""
+    lines = text.splitlines()
+    rules = [i for i, line in enumerate(lines) if line and set(line) == {"="}]
+    return lines[rules[0] + 1 : rules[1]]
+
+
+def test_cli_default_table_fits_a_screen_and_depth_still_overrides(capsys):
+    from lateral.cli import main
+
+    config = "configs/recognition/slowfast/slowfast_r50_4x16x1_kinetics400.py"  # 330 layers
+    assert main(["summary", config, "--input", "1x3x32x32x32"]) == 0
+    text = capsys.readouterr().out
+    rows = _table_rows(text)
+    assert 10 <= len(rows) <= 40
+    assert any(r.startswith("backbone.slow_path.layer4 ") for r in rows)  # the stages are there, aggregated
+    assert "rows aggregated at depth 3 of 6 to fit a screen; --depth 4 or deeper shows more" in text
+    assert "Total params: 34,479,288" in text
+    assert main(["summary", config, "--input", "1x3x32x32x32", "--depth", "6"]) == 0
+    text = capsys.readouterr().out
+    assert len(_table_rows(text)) > 300 and "rows aggregated" not in text

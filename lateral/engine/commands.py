@@ -285,32 +285,93 @@ def timeline_folder_names(videos: list[Path]) -> dict[Path, str]:
     return names
 
 
+# where ``predict --window`` writes its timelines when no --out is given (never the current folder itself)
+DEFAULT_PREDICTIONS_DIR = "lateral_predictions"
+
+
+def claim_output_folder(folder: Path, overwrite: bool) -> bool:
+    """Create ``folder`` for one run's output; returns whether this call created it.
+
+    ``mkdir`` without ``exist_ok`` is the claim: of two processes writing to the same folder exactly one creates
+    it, so a run never overwrites another run's output unasked. With ``overwrite`` an existing folder is reused.
+
+    Raises:
+        FileExistsError: ``folder`` exists (and ``overwrite`` is not set, or it is a file).
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+        return True
+    except FileExistsError:
+        if not folder.is_dir():
+            raise FileExistsError(f"{folder} exists and is not a folder; choose another --out") from None
+        if overwrite:
+            return False
+        raise FileExistsError(_exists_message(folder)) from None
+
+
+def _exists_message(path: str | Path) -> str:
+    return (f"{path} already exists (the output of an earlier run?); choose another --out, or add --overwrite to "
+            "replace it")
+
+
+def timeline_folders(videos: list[Path], out: str | None) -> dict[Path, Path]:
+    """The folder each video's timeline goes to: ``--out`` itself for one video, else a
+    :func:`timeline_folder_names` folder in ``--out`` (default :data:`DEFAULT_PREDICTIONS_DIR`)."""
+    if out and len(videos) == 1:
+        return {videos[0]: Path(out)}
+    root = Path(out or DEFAULT_PREDICTIONS_DIR)
+    return {video: root / name for video, name in timeline_folder_names(videos).items()}
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    from lateral.data.decode import DecodeError
-    from lateral.engine.predict import parse_seconds, predict_timeline, predict_video, video_pipeline, write_timeline
-    from lateral.textfile import printable
+    from lateral.engine.predict import parse_seconds
 
     if args.stride and not args.window:
         raise ConfigError("--stride is the step between --window windows; give --window too (e.g. --window 2s)")
     config_path, checkpoint, videos = predict_targets(args.paths)
+    windows = None  # (window, stride) in seconds for a timeline
+    if args.window:
+        window_s = parse_seconds(args.window)
+        windows = (window_s, parse_seconds(args.stride) if args.stride else window_s / 2)
+    elif args.out and Path(args.out).exists() and not args.overwrite:  # refused before any work, not after it
+        raise FileExistsError(_exists_message(args.out))
+    # every timeline folder is claimed before any work, so that a second run into the same folders stops at once
+    folders = timeline_folders(videos, args.out) if args.window else {}
+    claimed: list[Path] = []
+    try:
+        for folder in folders.values():
+            if claim_output_folder(folder, args.overwrite):
+                claimed.append(folder)
+        if folders and not args.out:
+            print(f"timelines go to {DEFAULT_PREDICTIONS_DIR}/ (--out chooses another folder)")
+        return _predict_each(args, config_path, checkpoint, videos, windows, folders)
+    finally:
+        for folder in claimed:  # a folder claimed for a video that failed (or a run that stopped) is given back
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, videos: list[Path],
+                  windows: tuple[float, float] | None, folders: dict[Path, Path]) -> int:
+    """The top-k (or, with ``windows``, the timeline into ``folders[video]``) of each video."""
+    from lateral.data.decode import DecodeError
+    from lateral.engine.predict import predict_timeline, predict_video, video_pipeline, write_timeline
+    from lateral.textfile import printable
+
     cfg = load_run_config(config_path, args.cfg_options)
     model, device = prediction_model(args, cfg, checkpoint)
     pipeline = video_pipeline(cfg)
     names = read_label_names(args.labels, cfg, model.num_classes)
     several = len(videos) > 1
-    timeline_names = timeline_folder_names(videos)
     results, failed = [], []
     for video in videos:
         if several:
             print(f"== {video}")
         try:
-            if args.window:
-                stride = parse_seconds(args.stride) if args.stride else parse_seconds(args.window) / 2
-                rows = predict_timeline(model, pipeline, video, parse_seconds(args.window), stride, device)
-                out_dir = Path(args.out) if args.out else None
-                if out_dir is None or several:
-                    out_dir = (out_dir or Path(".")) / timeline_names[video]
-                paths = write_timeline(rows, names, out_dir, args.topk)
+            if windows:
+                rows = predict_timeline(model, pipeline, video, *windows, device)
+                paths = write_timeline(rows, names, folders[video], args.topk, overwrite=args.overwrite)
                 for r in rows:
                     top = int(r.probs.argmax())
                     print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {printable(names[top]):<30} {float(r.probs[top]):.3f}")
@@ -331,7 +392,11 @@ def run_predict(args: argparse.Namespace) -> int:
         results.append({"video": str(video), "top": result})
     if args.out and not args.window:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results if several else results[0], indent=1))
+        try:  # 'x' creates the file only if no other process has meanwhile
+            with open(args.out, "w" if args.overwrite else "x") as handle:
+                handle.write(json.dumps(results if several else results[0], indent=1))
+        except FileExistsError:
+            raise FileExistsError(_exists_message(args.out)) from None
     if failed:
         print(f"{len(failed)} of {len(videos)} videos could not be decoded: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -385,7 +450,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--window", help="window length for a timeline, e.g. 2s")
     p.add_argument("--stride", help="step between windows, e.g. 1s (default: half the window)")
-    p.add_argument("--out", help="JSON file for the top-k, a list for several videos (or folder for the timeline)")
+    p.add_argument("--out", help="JSON file for the top-k, a list for several videos; with --window the timeline "
+                                 f"folder (several videos: a folder per video in it; default {DEFAULT_PREDICTIONS_DIR}/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier run at --out (without it an existing output is refused)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile the inference copy")
     p.add_argument("--backend", choices=["torch", "openvino"], default="torch",

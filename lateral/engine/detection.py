@@ -61,12 +61,16 @@ __all__ = [
     "evaluate_detector",
     "predict_images",
     "draw_detections",
+    "format_metrics",
     "add_cli",
     "METRIC_NAMES",
 ]
 
 # the first six numbers of COCOeval.stats, in order
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# the objects each metric is over, and COCOeval's area range of the size ones (pixels^2, bounds included)
+_OBJECTS_OF = {"AP": "", "AP50": "", "AP75": "", "APs": "small ", "APm": "medium ", "APl": "large "}
+_AREA_RANGES = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, float("inf"))}
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
 
 
@@ -437,7 +441,9 @@ def detect_dataset(
     return detections, image_ids
 
 
-def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[Any] | None = None) -> dict[str, float]:
+def coco_evaluate(
+    ground_truth: dict, detections: list[dict], image_ids: list[Any] | None = None
+) -> dict[str, float | None]:
     """COCO box AP with pycocotools.
 
     Args:
@@ -446,17 +452,22 @@ def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[An
         image_ids: restrict to these images (e.g. the ones that could be read); default all.
 
     Returns:
-        ``{'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'}``; a size range without ground truth gives -1, as COCOeval.
+        ``{'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'}``; None where the ground truth has no objects to measure it
+        on (e.g. ``APl`` without large objects; COCOeval's -1), which JSON writes as null.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not detections:
-        return {name: 0.0 for name in METRIC_NAMES}
     gt_dict = copy.deepcopy(ground_truth)
     for ann in gt_dict["annotations"]:
         ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
         ann.setdefault("iscrowd", 0)
+    if not detections:  # pycocotools cannot load an empty result list: 0 where there is something to find
+        wanted = None if image_ids is None else set(image_ids)
+        areas = [ann["area"] for ann in gt_dict["annotations"]
+                 if not ann["iscrowd"] and (wanted is None or ann["image_id"] in wanted)]
+        ranges = {name: _AREA_RANGES.get(name, (0, float("inf"))) for name in METRIC_NAMES}
+        return {name: 0.0 if any(low <= area <= high for area in areas) else None for name, (low, high) in ranges.items()}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress unconditionally
         gt = COCO()
         gt.dataset = gt_dict
@@ -468,7 +479,15 @@ def coco_evaluate(ground_truth: dict, detections: list[dict], image_ids: list[An
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+    return {name: None if value < 0 else float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+
+
+def format_metrics(metrics: dict[str, float | None]) -> str:
+    """One line of COCO metrics; a metric without ground truth objects reads e.g.
+    ``APl n/a (no large objects in the ground truth)`` rather than COCOeval's -1."""
+    return "  ".join(f"{name} {value:.3f}" if value is not None
+                     else f"{name} n/a (no {_OBJECTS_OF.get(name, '')}objects in the ground truth)"
+                     for name, value in metrics.items())
 
 
 def evaluate_detector(
@@ -478,7 +497,7 @@ def evaluate_detector(
     log: Callable[[str], None] = print,
     cat_ids: list[int] | None = None,
     device: str | torch.device | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Detect over ``dataset`` and print and return its COCO metrics (``cat_ids`` as in :func:`detect_dataset`).
 
     Under ``torchrun`` every rank detects on its share; the detections are gathered and every rank returns the
@@ -493,7 +512,7 @@ def evaluate_detector(
     metrics = coco_evaluate(dataset.coco_ground_truth(), detections, image_ids)
     seconds = time.perf_counter() - start
     log(f"evaluated {len(image_ids)} images in {seconds:.1f} s")
-    log("  ".join(f"{name} {value:.3f}" for name, value in metrics.items()))
+    log(format_metrics(metrics))
     return metrics
 
 
@@ -503,7 +522,11 @@ def evaluate_detector(
 def draw_detections(
     image: torch.Tensor, boxes: torch.Tensor, labels: list[str], scores: torch.Tensor, class_ids: list[int]
 ) -> "Image.Image":
-    """image: [3, H, W] in [0, 1]; boxes: [K, 4] (x1, y1, x2, y2) -> a PIL image with boxes and captions."""
+    """image: [3, H, W] in [0, 1]; boxes: [K, 4] (x1, y1, x2, y2) -> a PIL image with boxes and captions.
+
+    A caption sits on the box's top edge, above it; where there is no room above (a box at the top of the image)
+    it goes inside the box, under the edge, and it moves left rather than run off the right edge.
+    """
     from PIL import Image, ImageDraw
 
     canvas = Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
@@ -512,10 +535,15 @@ def draw_detections(
         color = _PALETTE[class_id % len(_PALETTE)]
         draw.rectangle(box, outline=color, width=2)
         caption = f"{label} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((box[0], box[1]), caption)
-        y = max(0.0, box[1] - (bottom - top) - 2)
-        draw.rectangle([box[0], y, box[0] + (right - left) + 2, y + (bottom - top) + 2], fill=color)
-        draw.text((box[0] + 1, y), caption, fill=(255, 255, 255))
+        # the ink's offsets from the text origin: the glyphs are placed by them, not by the origin, so that the
+        # caption fills its rectangle whatever the font's ascent
+        left, top, right, bottom = draw.textbbox((0, 0), caption)
+        label_w, label_h = right - left + 2, bottom - top + 2
+        x = max(0.0, min(box[0], canvas.width - 1 - label_w))
+        y = box[1] - label_h if box[1] - label_h >= 0 else box[1]
+        y = max(0.0, min(y, canvas.height - 1 - label_h))
+        draw.rectangle([x, y, x + label_w, y + label_h], fill=color)
+        draw.text((x + 1 - left, y + 1 - top), caption, fill=(255, 255, 255))
     return canvas
 
 
@@ -664,7 +692,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     test.add_argument("config")
     test.add_argument("checkpoint")
     test.add_argument("--split", default="val", help="data split of the config to evaluate (default val)")
-    test.add_argument("--out", help="also write the metrics to this JSON file")
+    test.add_argument("--out", help="also write the metrics to this JSON file (null for a metric whose size range "
+                                    "has no ground truth objects)")
     test.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
     test.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one, else the CPU)")
     test.set_defaults(func=_cmd_test)

@@ -16,7 +16,8 @@ from torch import nn
 from lateral.config import ConfigError
 from lateral.engine.evaluate import prepare_inputs, require_class_scores
 
-__all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "parse_seconds"]
+__all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "timeline_classes",
+           "parse_seconds"]
 
 _CROP_STEPS = {"CenterCrop": 1, "ThreeCrop": 3, "TenCrop": 10}
 
@@ -171,12 +172,26 @@ def predict_timeline(
     return rows
 
 
-def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str | Path, topk: int = 5) -> dict:
-    """Write ``timeline.csv``, ``timeline.json`` and ``timeline.png`` (probability of the top classes over time)."""
+def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str | Path, topk: int = 5,
+                   overwrite: bool = False) -> dict:
+    """Write ``timeline.csv``, ``timeline.json`` and ``timeline.png`` into ``out_dir`` (created if missing).
+
+    The plot draws every class that is among the ``topk`` of at least one window, so a class that leads anywhere
+    has its line, named in the legend.
+
+    Raises:
+        FileExistsError: one of the three files exists already and ``overwrite`` is False (another run's output).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out_dir / f"timeline.{kind}" for kind in ("csv", "json", "png")}
+    existing = [str(path) for path in paths.values() if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist (an earlier run's timeline); write elsewhere, or "
+                              "pass overwrite=True (--overwrite) to replace them")
+    mode = "w" if overwrite else "x"  # 'x': a file another process created meanwhile is refused, not clobbered
     names = class_names or [str(i) for i in range(len(rows[0].probs))]
-    with open(out_dir / "timeline.csv", "w", newline="") as handle:
+    with open(paths["csv"], mode, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["start_s", "end_s", "top1", "top1_prob"] + names)
         for r in rows:
@@ -188,7 +203,8 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
          "top": [{"label": names[int(i)], "prob": float(r.probs[i])} for i in r.probs.topk(min(topk, len(names))).indices]}
         for r in rows
     ]
-    (out_dir / "timeline.json").write_text(json.dumps(records, indent=1))
+    with open(paths["json"], mode) as handle:
+        handle.write(json.dumps(records, indent=1))
 
     import matplotlib
 
@@ -196,17 +212,29 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
     import matplotlib.pyplot as plt
 
     probs = torch.stack([r.probs for r in rows])  # [W, K]
-    best = probs.max(dim=0).values.topk(min(topk, probs.shape[1])).indices
+    plotted = timeline_classes(probs, topk)
     centres = [(r.start_s + r.end_s) / 2 for r in rows]
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    for k in best.tolist():
-        ax.plot(centres, probs[:, k].numpy(), marker="o", markersize=3, label=names[k])
+    palette = plt.get_cmap("tab10" if len(plotted) <= 10 else "tab20")
+    for i, k in enumerate(plotted):  # past 20 lines the colours repeat with another line style
+        ax.plot(centres, probs[:, k].numpy(), marker="o", markersize=3, label=names[k], color=palette(i % 20),
+                linestyle=("-", "--", ":")[i // 20 % 3])
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("class probability over time")
+    # many classes: the legend goes beside the plot rather than over the lines
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(plotted) // 16)
+    ax.set_title(f"class probability over time (classes in the top {min(topk, probs.shape[1])} of any window)")
     fig.tight_layout()
-    fig.savefig(out_dir / "timeline.png", dpi=100)
+    with open(paths["png"], mode + "b") as handle:
+        fig.savefig(handle, format="png", dpi=100, bbox_inches="tight")  # the legend beside the axes included
     plt.close(fig)
-    return {"csv": str(out_dir / "timeline.csv"), "json": str(out_dir / "timeline.json"), "png": str(out_dir / "timeline.png")}
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+def timeline_classes(probs: torch.Tensor, topk: int) -> list[int]:
+    """probs: [W, K] per window -> the classes among the ``topk`` of at least one window, highest peak first."""
+    k = min(topk, probs.shape[1])
+    chosen = torch.unique(probs.topk(k, dim=1).indices)
+    peaks = probs.max(dim=0).values[chosen]
+    return chosen[peaks.argsort(descending=True, stable=True)].tolist()

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -220,6 +221,32 @@ def test_coco_ap_is_one_for_perfect_predictions_and_low_for_shuffled_ones():
     assert coco_evaluate(gt, [])["AP"] == 0.0
 
 
+def test_metrics_without_objects_of_a_size_say_so_and_are_null_in_json(monkeypatch):
+    from lateral.engine import detection
+
+    gt = _ground_truth()  # boxes of 20-80 pixels a side: small and medium objects, no large ones (> 96^2 pixels)
+    assert not any(a["bbox"][2] * a["bbox"][3] > 96**2 for a in gt["annotations"])
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"]]
+    metrics = coco_evaluate(gt, perfect)
+    assert metrics["APl"] is None and metrics["APm"] == pytest.approx(1.0)
+    assert json.loads(json.dumps(metrics))["APl"] is None  # null in --out and work_dir/metrics.json, not -1
+    nothing_found = coco_evaluate(gt, [])
+    assert nothing_found["APl"] is None and nothing_found["AP"] == 0.0 and nothing_found["APm"] == 0.0
+
+    class Dataset:
+        def coco_ground_truth(self):
+            return gt
+
+    monkeypatch.setattr(detection, "detect_dataset", lambda *args: (perfect, [i["id"] for i in gt["images"]]))
+    lines = []
+    detection.evaluate_detector(None, Dataset(), log=lines.append)
+    assert "APl n/a (no large objects in the ground truth)" in lines[-1] and "-1" not in lines[-1]
+    assert "AP50 1.000" in lines[-1]
+    no_objects = dict(gt, annotations=[])
+    assert "AP n/a (no objects in the ground truth)" in detection.format_metrics(coco_evaluate(no_objects, perfect))
+
+
 def test_learning_rate_warms_up_and_steps():
     assert learning_rate(0, 0.1, 10, (20,), 0.1) == pytest.approx(0.01)
     assert learning_rate(10, 0.1, 10, (20,), 0.1) == pytest.approx(0.1)
@@ -295,6 +322,34 @@ def test_train_resume_test_and_predict_end_to_end(tmp_path, capsys):
     for detection in record["detections"]:
         assert detection["class"] in ("circle", "square", "triangle") and len(detection["box"]) == 4
     assert Image.open(tmp_path / "out" / "000000.png").size == (48, 48)
+
+
+def _drawn(box: list[float], caption_class: str = "square", class_id: int = 2, width: int = 120, height: int = 60):
+    """(pixels [H, W, 3] of one box drawn on grey, its colour, how many caption pixels (near white: >= 200 in every
+    channel, which neither the grey nor a palette colour is) a box in the open has)."""
+    from lateral.engine.detection import _PALETTE, draw_detections
+
+    grey = torch.full((3, height, width), 0.5)
+    score = torch.tensor([0.81])
+    pixels = np.asarray(draw_detections(grey, torch.tensor([box]), [caption_class], score, [class_id]))
+    in_the_open = np.asarray(draw_detections(grey, torch.tensor([[20.0, 30.0, 100.0, 55.0]]), [caption_class], score,
+                                             [class_id]))
+    return pixels, np.array(_PALETTE[class_id % len(_PALETTE)]), int((in_the_open >= 200).all(axis=2).sum())
+
+
+def test_a_caption_without_room_above_its_box_goes_inside_it_and_is_never_cut_off():
+    # a box 6 pixels below the top edge: the 12-pixel caption does not fit above it
+    pixels, colour, full_caption = _drawn([10.0, 6.0, 90.0, 50.0])
+    rows = np.flatnonzero((pixels == colour).all(axis=2).any(axis=1))
+    assert rows.min() == 6  # the caption's rectangle starts at the box's top edge, nothing above the box
+    assert full_caption > 30 and (pixels >= 200).all(axis=2).sum() == full_caption  # the whole caption is drawn
+    # a box touching the top and right edges: the caption goes inside, moved left, whole
+    pixels, colour, full_caption = _drawn([95.0, 0.0, 119.0, 40.0])
+    assert (pixels >= 200).all(axis=2).sum() == full_caption
+    # with room above, the caption sits on the box, above its top edge, as before
+    pixels, colour, _ = _drawn([10.0, 30.0, 90.0, 55.0])
+    rows = np.flatnonzero((pixels == colour).all(axis=2).any(axis=1))
+    assert 30 - 16 <= rows.min() < 30
 
 
 def test_resume_of_a_missing_checkpoint_and_bad_model_class_count(tmp_path):
