@@ -27,6 +27,7 @@ from torch import nn
 __all__ = [
     "CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "remove_partial_checkpoints",
     "save_checkpoint", "local_checkpoint_path", "load_pretrained", "unfilled_keys", "verify_checkpoint",
+    "nonfinite_tensors",
 ]
 
 _STATE_DICT_KEYS = ("state_dict", "model_state", "model", "module")
@@ -395,6 +396,19 @@ def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: 
     if hint:
         parts.append("  hint: " + "; ".join(hint))
     return "\n".join(parts)
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """The names of the floating-point tensors holding NaN or infinity in ``state``: a state dict, an optimizer
+    state dict or any nesting of dicts, lists and tuples (``'state.3.momentum_buffer'`` names a nested one)."""
+    if isinstance(state, torch.Tensor):
+        finite = not (state.is_floating_point() or state.is_complex()) or bool(torch.isfinite(state).all())
+        return [] if finite else [prefix or "tensor"]
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    found = []
+    for key, value in items:
+        found += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return found
 
 
 def remove_partial_checkpoints(folder: str | os.PathLike) -> list[Path]:
