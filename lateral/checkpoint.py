@@ -368,34 +368,55 @@ def load_checkpoint(
 
 
 def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: list, mismatched: list) -> str:
-    def block(title: str, items: list) -> str:
-        shown = items[:20]
-        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
-        return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in shown) + more
+    """The error for a checkpoint that does not fit: its first line says what is wrong and how to fix it, the lines
+    after it list the keys (each list cut to its first few, with the count of the rest)."""
+    def block(title: str, items: list, shown: int = 8) -> str:
+        more = f"\n    ... and {len(items) - shown} more" if len(items) > shown else ""
+        return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items[:shown]) + more
 
-    parts = [f"{source} does not fit {type(model).__name__}:"]
+    counts = ", ".join(f"{len(items)} {what}" for items, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                                                    (mismatched, "shape mismatched")) if items)
+    parts = [f"{source} does not fit {type(model).__name__}: {_diagnosis(model, missing, unexpected, mismatched)}",
+             f"  ({counts} tensors; details below)"]
     if missing:
         parts.append(block("missing in the checkpoint", missing))
     if unexpected:
         parts.append(block("unexpected in the checkpoint", unexpected))
     if mismatched:
         parts.append(block("shape mismatch", mismatched))
-    hint = []
+    return "\n".join(parts)
+
+
+def _diagnosis(model: nn.Module, missing: list, unexpected: list, mismatched: list) -> str:
+    """One line: what the mismatch most likely means, and the fix."""
     stripped = {k.removeprefix("backbone.") for k in unexpected if k.startswith("backbone.")}
     if stripped and missing and len(stripped & set(missing)) >= len(missing) / 2:
-        hint.append("the checkpoint is a whole recognizer: pass strip_prefix='backbone.' to load a bare backbone")
+        return "the checkpoint is a whole recognizer and the model a bare backbone: pass strip_prefix='backbone.'"
+    if any(k.startswith(("blocks.", "s1.", "model_state")) for k in unexpected):
+        return "this looks like a PyTorchVideo / PySlowFast checkpoint: convert it with 'lateral convert' first"
     only_head_differs = not missing and not unexpected and all(_is_head_key(m.split(":")[0]) for m in mismatched)
     if mismatched and only_head_differs:
-        hint.append("only the classifier differs: use drop_mismatched_head=True to fine-tune to another class count")
-    pytorchvideo_layout = any(k.startswith(("blocks.", "s1.", "model_state")) for k in unexpected)
-    if pytorchvideo_layout:
-        hint.append("this looks like a PyTorchVideo / PySlowFast checkpoint: convert it with 'lateral convert'")
-    if not hint and len(missing) + len(unexpected) + len(mismatched) > 4:
-        hint.append("the checkpoint comes from another architecture (depth, widths or pathways differ): use the "
-                    "config it was trained with, or a checkpoint that carries its config")
-    if hint:
-        parts.append("  hint: " + "; ".join(hint))
-    return "\n".join(parts)
+        fine_tune = ("only the classifier differs: use drop_mismatched_head=True to fine-tune to another class count "
+                     "(load_from= in a training config does this)")
+        classes = _class_counts(mismatched)
+        if classes is None:
+            return fine_tune
+        return (f"the checkpoint's classifier is for {classes[0]} classes and the model's for {classes[1]}; "
+                f"{fine_tune}, or build the model with num_classes={classes[0]} to use the checkpoint as it is "
+                f"(--cfg-options model.cls_head.num_classes={classes[0]})")
+    if len(missing) + len(unexpected) + len(mismatched) > 4:
+        return ("the checkpoint comes from another architecture (depth, widths or pathways differ): use the config "
+                "it was trained with, or a checkpoint that carries its config")
+    return "the keys below differ between the checkpoint and the model"
+
+
+def _class_counts(mismatched: list[str]) -> tuple[int, int] | None:
+    """(checkpoint, model) class counts from a classifier weight's shape-mismatch line, if there is one."""
+    for line in mismatched:
+        found = re.match(r"[\w.]*\.weight: checkpoint \[(\d+)(?:, \d+)*\], model \[(\d+)(?:, \d+)*\]$", line)
+        if found:
+            return int(found.group(1)), int(found.group(2))
+    return None
 
 
 def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:

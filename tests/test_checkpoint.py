@@ -265,3 +265,26 @@ def test_a_damaged_member_header_is_named_and_unchecksummed_files_still_load(tmp
     finally:
         config.save.compute_crc32 = True
     assert torch.equal(read_checkpoint(unchecked)["w"], torch.ones(2))
+
+
+def test_mismatch_error_leads_with_the_diagnosis_and_the_fix():
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(small_model(8), small_model(400).state_dict(), source="k400.pth")
+    first, *rest = str(info.value).splitlines()
+    assert first == ("k400.pth does not fit Recognizer3D: the checkpoint's classifier is for 400 classes and the "
+                     "model's for 8; only the classifier differs: use drop_mismatched_head=True to fine-tune to "
+                     "another class count (load_from= in a training config does this), or build the model with "
+                     "num_classes=400 to use the checkpoint as it is (--cfg-options model.cls_head.num_classes=400)")
+    assert rest[0] == "  (2 shape mismatched tensors; details below)"
+    assert "hint" not in str(info.value)
+    # a real architecture mismatch: the diagnosis first, then lists cut to a few keys with the count of the rest
+    deeper = lateral.build_model(dict(
+        type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=50, base_channels=4),
+        cls_head=dict(type="I3DHead", in_channels=128, num_classes=5)))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(small_model(), deeper.state_dict(), source="r50.pth")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("r50.pth does not fit Recognizer3D: the checkpoint comes from another architecture")
+    assert lines[1] == "  (198 unexpected, 28 shape mismatched tensors; details below)"
+    assert "    ... and 190 more" in lines and "    ... and 20 more" in lines
+    assert len(lines) <= 24
