@@ -218,3 +218,73 @@ def test_a_plain_pickle_is_named_as_such(tmp_path):
     legacy = tmp_path / "legacy.pth"
     torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)  # still read
     assert torch.equal(read_checkpoint(legacy)["w"], torch.ones(2))
+
+
+def test_bytes_damaged_inside_tensor_data_are_refused_naming_the_member(tmp_path):
+    from checkpoint_damage import zero_tensor_bytes
+
+    from lateral.checkpoint import read_checkpoint
+
+    path = tmp_path / "epoch_3.pth"
+    state = small_model().state_dict()
+    save_checkpoint({"state_dict": state, "meta": {"epoch": 3}}, path)
+    member = zero_tensor_bytes(path)
+    # torch.load itself does not check the archive's CRCs: this is what read_checkpoint must catch
+    silently = torch.load(path, weights_only=True)["state_dict"]
+    assert any(not torch.equal(silently[k], state[k]) for k in state)
+    with pytest.raises(CheckpointError, match=rf"epoch_3.pth is damaged: its member '{member}' \(tensor data, "
+                                              r"\d+ bytes\) fails its CRC-32 check \(CRC-32 0x[0-9a-f]{8}, stored "
+                                              r"0x[0-9a-f]{8}\).*earlier checkpoint"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="is damaged"):  # every reader goes through the check
+        load_checkpoint(small_model(), path)
+
+
+def test_a_damaged_member_header_is_named_and_unchecksummed_files_still_load(tmp_path):
+    import zipfile
+
+    from lateral.checkpoint import read_checkpoint
+
+    path = tmp_path / "latest.pth"
+    save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    with zipfile.ZipFile(path) as archive:
+        tensor = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    data = bytearray(path.read_bytes())
+    data[tensor.header_offset : tensor.header_offset + 4] = bytes(4)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"latest.pth is damaged: its member '.*data/0' \(tensor data, "
+                                              r"12 bytes\) has a damaged header"):
+        read_checkpoint(path)
+    # torch.save(..., compute_crc32=False) stores CRC 0 everywhere: nothing to check against, so it is read
+    from torch.utils.serialization import config
+
+    unchecked = tmp_path / "no_crc.pth"
+    config.save.compute_crc32 = False
+    try:
+        torch.save({"w": torch.ones(2)}, unchecked)
+    finally:
+        config.save.compute_crc32 = True
+    assert torch.equal(read_checkpoint(unchecked)["w"], torch.ones(2))
+
+
+def test_mismatch_error_leads_with_the_diagnosis_and_the_fix():
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(small_model(8), small_model(400).state_dict(), source="k400.pth")
+    first, *rest = str(info.value).splitlines()
+    assert first == ("k400.pth does not fit Recognizer3D: the checkpoint's classifier is for 400 classes and the "
+                     "model's for 8; only the classifier differs: use drop_mismatched_head=True to fine-tune to "
+                     "another class count (load_from= in a training config does this), or build the model with "
+                     "num_classes=400 to use the checkpoint as it is (--cfg-options model.cls_head.num_classes=400)")
+    assert rest[0] == "  (2 shape mismatched tensors; details below)"
+    assert "hint" not in str(info.value)
+    # a real architecture mismatch: the diagnosis first, then lists cut to a few keys with the count of the rest
+    deeper = lateral.build_model(dict(
+        type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=50, base_channels=4),
+        cls_head=dict(type="I3DHead", in_channels=128, num_classes=5)))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(small_model(), deeper.state_dict(), source="r50.pth")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("r50.pth does not fit Recognizer3D: the checkpoint comes from another architecture")
+    assert lines[1] == "  (198 unexpected, 28 shape mismatched tensors; details below)"
+    assert "    ... and 190 more" in lines and "    ... and 20 more" in lines
+    assert len(lines) <= 24

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import torch
 from torch import nn
 
-from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from lateral.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, read_checkpoint, save_checkpoint
 from lateral.config import (
     ConfigError, apply_cfg_options, check_keys, check_top_level, load_config, positive_int_setting,
     positive_number_setting,
@@ -226,8 +226,17 @@ def train_detector(
 
     iteration = 0
     resume_path = _resume_path(resume, work_dir)
+    if resume == "auto" and resume_path is None:
+        log(f"--resume auto: no checkpoint (latest.pth) in {work_dir}; starting from scratch")
     if resume_path is not None:
-        checkpoint = read_checkpoint(resume_path)
+        try:
+            checkpoint = read_checkpoint(resume_path)  # checks the archive's CRCs: a damaged file is refused
+        except CheckpointError as err:
+            if resume != "auto":
+                raise
+            raise CheckpointError(f"--resume auto: {err}. Detection training keeps only latest.pth, so there is no "
+                                  "earlier checkpoint to fall back to: restore a copy of it, or start again without "
+                                  "--resume") from None
         load_checkpoint(model, checkpoint, strict=True)
         if "optimizer" not in checkpoint or "iteration" not in checkpoint:
             raise CheckpointError(f"{resume_path} has no optimizer state or iteration: it cannot resume training")
@@ -310,6 +319,17 @@ def train_detector(
                 )
                 window, window_images, window_start = {}, 0, time.perf_counter()
             if iteration % schedule["checkpoint_interval"] == 0 or iteration == max_iters:
+                # an update can overflow with no loss left to show it (or a BatchNorm statistic, with norm='BN',
+                # while the loss stays finite): such a state must not replace the intact latest.pth
+                bad = nonfinite_tensors(model.state_dict())
+                if not dist_utils.all_ranks_true(not bad, device):
+                    kept = f"{checkpoint_path} is as it was" if checkpoint_path.exists() else "nothing was saved"
+                    raise ValueError(
+                        f"the model became non-finite by iteration {iteration} "
+                        f"({', '.join(bad[:3]) or 'on another rank'}{' ...' if len(bad) > 3 else ''}); it was not "
+                        f"saved and {kept}. Lower optimizer.lr (now {optim_cfg['lr']}) or lengthen "
+                        "schedule.warmup_iters"
+                    )
                 if rank == 0:
                     _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
             if iteration >= max_iters:

@@ -14,6 +14,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lateral.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, remove_partial_checkpoints, save_checkpoint
+from lateral.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    nonfinite_tensors,
+    read_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from lateral.config import ConfigError, check_bool_flags, check_keys, check_top_level, positive_int_setting
 from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
@@ -194,6 +202,42 @@ def _link_or_save(source: Path, target: Path, state: dict) -> None:
         save_checkpoint(state, target)
 
 
+def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether no floating-point tensor among ``tensors`` holds NaN or infinity (one device sync for all)."""
+    checks = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def _names(keys: list[str], shown: int = 3) -> str:
+    """``'a, b, c and 5 more'``: a few names of a long list, and how many were left out."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths are one file (``epoch_N.pth`` is a hard link to ``latest.pth``)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _progress(ckpt: dict) -> tuple[int, int]:
+    """(epoch, iteration) a training checkpoint was written at; (-1, -1) for a file without that meta."""
+    meta = ckpt.get("meta")
+    if not isinstance(meta, dict):
+        return (-1, -1)
+    try:
+        return (int(meta.get("epoch", -1)), int(meta.get("iter", -1)))
+    except (TypeError, ValueError):
+        return (-1, -1)
+
+
+def _describe(progress: tuple[int, int]) -> str:
+    epoch, iteration = progress
+    return "no training state" if epoch < 0 else f"epoch {epoch}, iteration {iteration}"
+
+
 def _epoch_number(path: Path) -> int:
     """``epoch_12.pth`` -> 12 (-1 for a name of that pattern without a number)."""
     suffix = path.stem.split("_", 1)[-1]
@@ -361,7 +405,7 @@ class Trainer:
         if resume == "auto":
             found = self._newest_readable_checkpoint()
             if found is None:
-                logger.info("no checkpoint in %s to resume from; starting from scratch", self.work_dir)
+                self._start_without_checkpoint()
                 return
             path, ckpt = found
         else:
@@ -412,25 +456,85 @@ class Trainer:
                 "was started with"
             )
 
+    def _start_without_checkpoint(self) -> None:
+        """``--resume auto`` found no checkpoint: say so, and move an earlier run's ``log.jsonl`` aside, so that this
+        run's log is not appended to one whose epochs it does not continue."""
+        if not dist_utils.is_main_process():
+            return
+        old_log = self.work_dir / "log.jsonl"
+        if not old_log.is_file():
+            logger.warning("--resume auto: no checkpoint (latest.pth, epoch_N.pth) in %s; starting from scratch",
+                           self.work_dir)
+            return
+        number = 1
+        while (self.work_dir / f"log.jsonl.{number}").exists():
+            number += 1
+        kept = old_log.rename(self.work_dir / f"log.jsonl.{number}")
+        best = self.work_dir / "best.pth"
+        best_note = (f" {best.name} is still the earlier run's, until this run's first validation replaces it."
+                     if best.is_file() else "")
+        logger.warning("--resume auto: no checkpoint (latest.pth, epoch_N.pth) in %s; starting from scratch. The "
+                       "earlier run's log is kept as %s and this run writes a new log.jsonl.%s",
+                       self.work_dir, kept.name, best_note)
+        self._log({"event": "start", "note": f"--resume auto found no checkpoint; the earlier log is {kept.name}"})
+
     def _newest_readable_checkpoint(self) -> tuple[Path, dict] | None:
-        """(path, checkpoint) of ``latest.pth``, or of the newest readable ``epoch_N.pth`` when latest.pth is
-        missing or damaged (a disk that filled up, a copy cut short); None when the folder holds no checkpoint."""
+        """(path, checkpoint) of the newest intact checkpoint in ``work_dir``, by the epoch and iteration stored in
+        it; None when the folder holds no checkpoint.
+
+        ``latest.pth`` is normally the newest, but it may be damaged (a disk that filled up, a copy cut short, bytes
+        changed on disk: :func:`read_checkpoint` checks the archive's CRCs) or older than the newest ``epoch_N.pth``
+        (restored from a backup, copied from another run). So ``latest.pth`` and the newest intact ``epoch_N.pth``
+        are both read (only once when one is a hard link to the other) and the later one wins; every file passed
+        over is printed with the reason.
+        """
+        latest = self.work_dir / "latest.pth"
         epochs = sorted(self.work_dir.glob("epoch_*.pth"), key=_epoch_number, reverse=True)
-        candidates = [p for p in [self.work_dir / "latest.pth", *epochs] if p.is_file()]
-        if not candidates:
+        if not latest.is_file() and not epochs:
             return None
-        problems = []
-        for path in candidates:
+        problems: list[str] = []
+        failed: list[Path] = []
+
+        def attempt(path: Path) -> dict | None:
+            for bad in failed:  # epoch_N.pth is a hard link to latest.pth: a damaged one is damaged in both
+                if _same_file(path, bad):
+                    problems.append(f"{path.name} is the same file as {bad.name} (a hard link)")
+                    return None
             try:
-                ckpt = read_checkpoint(path, map_location="cpu")
+                return read_checkpoint(path, map_location="cpu")
             except CheckpointError as err:
                 problems.append(str(err))
-                continue
-            if problems and dist_utils.is_main_process():
-                logger.warning("resuming from %s, because %s", path.name, "; ".join(problems))
-            return path, ckpt
-        raise CheckpointError(f"--resume auto: no checkpoint in {self.work_dir} can be read:\n  " + "\n  ".join(problems)
-                              + "\nStart the run again without --resume (or in a new work_dir).")
+                failed.append(path)
+                return None
+
+        latest_ckpt = attempt(latest) if latest.is_file() else None
+        if not latest.is_file():
+            problems.append(f"{latest.name} is missing")
+        newest_epoch: tuple[Path, dict] | None = None
+        for path in epochs:
+            if latest_ckpt is not None and _same_file(path, latest):
+                break  # the same bytes as latest.pth, already read
+            ckpt = attempt(path)
+            if ckpt is not None:
+                newest_epoch = (path, ckpt)
+                break
+        choice = (latest, latest_ckpt) if latest_ckpt is not None else newest_epoch
+        if latest_ckpt is not None and newest_epoch is not None:
+            latest_at, epoch_at = _progress(latest_ckpt), _progress(newest_epoch[1])
+            if epoch_at > latest_at:
+                choice = newest_epoch
+                problems.append(
+                    f"{latest.name} holds {_describe(latest_at)}, older than {newest_epoch[0].name} with "
+                    f"{_describe(epoch_at)} (latest.pth restored from a backup or copied from another run?)")
+        if choice is None:
+            raise CheckpointError(f"--resume auto: no checkpoint in {self.work_dir} can be read:\n  "
+                                  + "\n  ".join(problems)
+                                  + "\nStart the run again without --resume (or in a new work_dir).")
+        path, ckpt = choice
+        if problems and dist_utils.is_main_process():
+            logger.warning("resuming from %s, because %s (%s holds %s)", path.name, "; ".join(problems), path.name,
+                           _describe(_progress(ckpt)))
+        return path, ckpt
 
     def _restore_rng(self, ckpt: dict) -> None:
         """Give this rank the random-number state it had when the checkpoint was written.
@@ -481,6 +585,15 @@ class Trainer:
         resumed under ``torchrun`` continues each rank's stream. Rank 0 writes and returns the path; others None.
         """
         rng_ranks = dist_utils.all_gather_objects(_rng_state())
+        # the last update of an epoch can overflow with no loss left to show it; saving that would replace the
+        # intact latest.pth with a model that predicts NaN (all ranks decide together: they all raise or none)
+        bad = nonfinite_tensors(unwrap(self.model).state_dict())
+        if not dist_utils.all_ranks_true(not bad, self.device):
+            raise NonFiniteLossError(
+                f"the model became non-finite in the last update before saving {name or f'epoch_{epoch}.pth'} "
+                f"({_names(bad) or 'on another rank'}), so it was not saved; the files in {self.work_dir} are as "
+                "they were. Lower the learning rate" + ("" if self.clip_grad else " or enable clip_grad") + "."
+            )
         if not dist_utils.is_main_process():
             return None
         state = self.checkpoint_dict(epoch, rng_ranks)
@@ -543,9 +656,13 @@ class Trainer:
             scores = self.ddp_model(clips)  # through DDP so that gradients are all-reduced
         losses = recognizer.cls_head.loss(scores.float(), labels)
         loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        # The forward's BatchNorm statistics are checked too: activations that overflow make a running_var
+        # infinite while the normalised output (x / sqrt(inf) = 0) still gives a finite loss, and an infinite
+        # running statistic never comes back (the model predicts NaN in eval mode from then on).
+        finite = bool(torch.isfinite(loss)) and _all_finite(self.model.buffers())
         # all ranks stop together: one rank stopping alone would leave the others in the gradient all-reduce
-        if not dist_utils.all_ranks_true(bool(torch.isfinite(loss)), self.device):
-            self._stop_on_nonfinite_loss(loss, buffers_before)
+        if not dist_utils.all_ranks_true(finite, self.device):
+            self._stop_on_nonfinite_loss(loss, buffers_before, clips)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
         if stand_in:  # after backward: the forward's BatchNorm saved the statistics it updated in place
@@ -561,25 +678,58 @@ class Trainer:
         self.iteration += 1
         return {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach()), "lr": lr}
 
-    def _stop_on_nonfinite_loss(self, loss: torch.Tensor, buffers_before: list[torch.Tensor]) -> None:
-        """Save the model as it was before the failing step (when its weights are still finite) and raise."""
+    def _stop_on_nonfinite_loss(self, loss: torch.Tensor, buffers_before: list[torch.Tensor],
+                                clips: torch.Tensor) -> None:
+        """Save the model as it was before the failing step (when every tensor of it is still finite) and raise.
+
+        Args:
+            clips: the failing step's clips ``[B * V, C, T, H, W]``; the saved model is tried on them in eval mode,
+                and the message says whether it predicts finite scores (a model whose weights have diverged over
+                several steps is finite in every tensor but overflows in its first layers).
+        """
         failing = self.iteration + 1  # iterations are counted from 1 in the log
+        broken_stats = [name for name, buffer in self.model.named_buffers()
+                        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all())]
         with torch.no_grad():
             for buffer, before in zip(self.model.buffers(), buffers_before):
                 buffer.copy_(before)
-        weights_finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not bool(torch.isfinite(loss)):
+            what = f"the loss became {loss.item()}"
+        elif broken_stats:
+            what = (f"the BatchNorm statistics became non-finite ({_names(broken_stats)}; the activations "
+                    f"overflowed) although the loss was {loss.item():.4g}")
+        else:
+            what = "the loss or the BatchNorm statistics became non-finite on another rank"
         where = f"at iteration {failing} (epoch {self._epoch + 1})"
-        what = "the loss became non-finite on another rank" if bool(torch.isfinite(loss)) else f"the loss became {loss.item()}"
-        if weights_finite:  # the same on every rank: parameters are identical under DDP
+        # every tensor a resumed run would start from: weights, BatchNorm statistics and the optimizer's state
+        # (the same on every rank: parameters and optimizer state are identical under DDP, buffers broadcast)
+        bad = nonfinite_tensors(unwrap(self.model).state_dict()) + [
+            f"optimizer.{name}" for name in nonfinite_tensors(self.optimizer.state_dict()["state"], "state")]
+        if not bad:
             path = self.save(self._epoch, name=f"nonfinite_iter{failing}.pth")
             kept = f"the model before this step is saved in {path or self.work_dir / f'nonfinite_iter{failing}.pth'}"
+            if not self._predicts_finite(clips):
+                kept += (", but in eval mode it predicts non-finite scores for this step's clips (its weights had "
+                         "already diverged): it is kept for inspection, not for use")
         else:
             latest = self.work_dir / "latest.pth"
             last = f"the last finished epoch is in {latest}" if latest.exists() else "no epoch had finished yet"
-            kept = ("the weights were already non-finite (the previous update overflowed), so no rescue checkpoint "
-                    f"was written; {last}")
+            kept = (f"the model's state was already non-finite before this step ({_names(bad)}: an earlier update "
+                    f"overflowed), so no finite state of this epoch exists and no rescue checkpoint was written; {last}")
         advice = "Lower the learning rate" + (" (clip_grad is already on)" if self.clip_grad else " or enable clip_grad")
         raise NonFiniteLossError(f"{what} {where}; {kept}. {advice}.")
+
+    def _predicts_finite(self, clips: torch.Tensor) -> bool:
+        """Whether the model in eval mode gives finite scores for ``clips`` (the unwrapped model: no DDP traffic)."""
+        recognizer = unwrap(self.model)
+        recognizer.eval()
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                 enabled=self.amp_dtype is not None):
+                scores = recognizer(clips)
+            return bool(torch.isfinite(scores).all())
+        finally:
+            recognizer.train()
 
     def precise_bn(self, num_iters: int) -> None:
         """Recompute BatchNorm statistics as true averages over ``num_iters`` training batches."""
