@@ -5,24 +5,39 @@ Public API::
     model = lateral.build_model("configs/recognition/slowfast/slowfast_r50_4x16x1_kinetics400.py")
     lateral.load_checkpoint(model, "slowfast_r50_4x16x1_256e_kinetics400_rgb.pth")
     probs = model.predict(clips)          # clips [N, V, 3, T, H, W] -> [N, num_classes]
+    fast = lateral.optimize(model, precision="bf16")   # an inference copy (lateral.inference.optimize)
+
+The names are imported on first use, so that ``import lateral`` (and with it the ``lateral`` command's
+``--help``) does not import torch.
 """
 
-from lateral.checkpoint import CheckpointError, load_checkpoint
-from lateral.config import ConfigError, load_config
-from lateral.registry import build_model
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "build_model": "lateral.registry",
+    "load_checkpoint": "lateral.checkpoint",
+    "CheckpointError": "lateral.checkpoint",
+    "load_config": "lateral.config",
+    "ConfigError": "lateral.config",
+    "optimize": "lateral.inference",
+}
 
-def optimize(model, precision: str = "fp32", compile: bool = False, **kwargs):
-    """Return an inference copy of ``model`` (BN folded, channels-last, optional bf16 / torch.compile).
-
-    See :func:`lateral.export.optimize` (``on_unsupported=`` says what to do where the CPU has no bf16); the
-    original model is left untouched.
-    """
-    from lateral.export import optimize as _optimize
-
-    return _optimize(model, precision=precision, compile=compile, **kwargs)
+__all__ = list(_EXPORTS)
 
 
-__all__ = ["build_model", "load_checkpoint", "load_config", "optimize", "CheckpointError", "ConfigError"]
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lateral' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,33 +1,25 @@
-"""Inference front end: :func:`optimize`, and the ``lateral export`` and ``lateral bench`` commands.
+"""What ``lateral export`` and ``lateral bench`` run on: the model of a config and checkpoint, the part of it that
+exports, the example input its test pipeline implies, and how to run the fastest benchmarked variant.
 
-::
-
-    lateral export CONFIG CKPT --format onnx|torchscript --out model.onnx [--check] [--input 1x3x32x224x224]
-    lateral bench CONFIG [CKPT] [--input 1x3x32x224x224] [--precision fp32,bf16] [--compile] [--threads 2]
-
-The work is in :mod:`lateral.inference`; this file only parses arguments and builds the model.
+The work is in :mod:`lateral.inference`; the commands are in :mod:`lateral.cli.export`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from lateral.cli import positive_int
+from lateral.checkpoint import load_checkpoint
 from lateral.config import ConfigError
-from lateral.inference.exporters import EXPORT_FORMATS, MissingDependencyError, check_export, export_model
-from lateral.inference.optimization import PRECISIONS, PrecisionError, optimize, resolve_precision
-from lateral.inference.timing import VARIANTS, BenchmarkResult, benchmark, parse_input_shape
+from lateral.engine.loading import load_run_config
+from lateral.inference.timing import BenchmarkResult, parse_input_shape
+from lateral.registry import build_model
 
-__all__ = ["add_cli", "config_test_clips", "default_input", "exportable_module", "optimize", "run_bench", "run_export"]
+__all__ = ["build_from_files", "config_test_clips", "default_input", "example_input", "exportable_module", "how_to_run_fastest",
+           "bench_variants"]
 
 # parity bound of ``export --check``: |exported - eager| <= ATOL + RTOL * max|eager|
 CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
@@ -158,11 +150,9 @@ def default_input_shape(module: nn.Module, cfg: dict) -> tuple[int, ...]:
     return default_input(module, cfg)[0]
 
 
-def _build(config: str, checkpoint: str | None, cfg_options: list[str] | None) -> tuple[nn.Module, dict]:
-    from lateral.checkpoint import load_checkpoint
-    from lateral.engine.commands import load_run_config
-    from lateral.registry import build_model
-
+def build_from_files(config: str, checkpoint: str | None, cfg_options: list[str] | None) -> tuple[nn.Module, dict]:
+    """The model of ``config`` (a config file or a checkpoint carrying its config) in eval mode, filled from
+    ``checkpoint`` unless that is None or 'none', and the run config."""
     cfg = load_run_config(config, cfg_options)
     if "model" not in cfg:
         raise ConfigError(f"{config} defines no 'model'")
@@ -172,10 +162,11 @@ def _build(config: str, checkpoint: str | None, cfg_options: list[str] | None) -
     return model.eval(), cfg
 
 
-def _input(args: argparse.Namespace, module: nn.Module, cfg: dict) -> torch.Tensor:
-    """The example input: ``--input``, else :func:`default_input`, which is printed with where it comes from."""
-    if args.input:
-        shape = parse_input_shape(args.input)
+def example_input(input_shape: str | None, module: nn.Module, cfg: dict) -> torch.Tensor:
+    """A seeded random input of ``input_shape`` (``'1x3x32x224x224'``), else of :func:`default_input`'s shape,
+    which is printed with where it comes from."""
+    if input_shape:
+        shape = parse_input_shape(input_shape)
     else:
         shape, source = default_input(module, cfg)
         print(f"input {'x'.join(map(str, shape))} from {source}; --input sets another")
@@ -183,45 +174,6 @@ def _input(args: argparse.Namespace, module: nn.Module, cfg: dict) -> torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------------ export
-
-
-def _weights_of(args: argparse.Namespace) -> str | None:
-    """The checkpoint to load: the one given, else the config argument itself when it is a checkpoint (which
-    carries its config); None (random weights) when neither holds weights."""
-    if args.checkpoint is None and not args.config.endswith(".py"):
-        return args.config
-    return args.checkpoint
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``lateral export``: write ONNX / TorchScript and, with ``--check``, compare it with PyTorch."""
-    args.checkpoint = _weights_of(args)
-    if args.checkpoint is None or args.checkpoint.lower() == "none":
-        warnings.warn("no checkpoint given: exporting randomly initialised weights", stacklevel=1)
-    model, cfg = _build(args.config, args.checkpoint, args.cfg_options)
-    module, note = exportable_module(model)
-    if note:
-        print(note)
-    x = _input(args, module, cfg)
-    try:
-        path = export_model(module, args.out, x, args.format)
-        print(f"wrote {path} ({args.format}, input {'x'.join(map(str, x.shape))}, dynamic batch)")
-        if not args.check:
-            return 0
-        # a second batch size exercises the dynamic batch dimension
-        bigger = torch.randn((x.shape[0] + 1, *x.shape[1:]), generator=torch.Generator().manual_seed(1))
-        result = check_export(module, path, args.format, [x, bigger], threads=args.threads)
-    except MissingDependencyError as err:
-        print(f"lateral export: error: {err}", file=sys.stderr)
-        return 1
-    bound = CHECK_ATOL + CHECK_RTOL * result["max_abs_reference"]
-    ok = result["max_abs_diff"] <= bound
-    print(
-        f"check ({args.format} vs PyTorch eager, batch {x.shape[0]} and {bigger.shape[0]}): "
-        f"max abs diff {result['max_abs_diff']:.3e}, max rel diff {result['max_rel_diff']:.3e} "
-        f"-> {'OK' if ok else 'MISMATCH'} (bound {bound:.1e})"
-    )
-    return 0 if ok else 1
 
 
 # ------------------------------------------------------------------------------------------------------- bench
@@ -276,84 +228,5 @@ def how_to_run_fastest(result: BenchmarkResult, recognizer: bool) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    """``lateral bench``: time the inference variants of a config's model, interleaved, and print a table."""
-    precisions = list(dict.fromkeys(p.strip() for p in args.precision.split(",") if p.strip()))  # once each
-    if not precisions or any(precision not in PRECISIONS for precision in precisions):
-        raise ConfigError(f"--precision takes a comma-separated list of {sorted(PRECISIONS)}, got '{args.precision}'")
-    if "bf16" in precisions and not args.force_bf16:
-        on_unsupported = "fp32" if args.fallback_fp32 else "error"
-        try:
-            if resolve_precision("bf16", "cpu", on_unsupported) == "fp32":
-                precisions = [p for p in precisions if p != "bf16"] or ["fp32"]
-        except PrecisionError as err:
-            print(f"lateral bench: error: {err}", file=sys.stderr)
-            return 1
-    if args.variants:
-        names = list(dict.fromkeys(n.strip() for n in args.variants.split(",") if n.strip()))
-        if not names:
-            raise ConfigError(f"--variants takes a comma-separated list of {', '.join(VARIANTS)}")
-        unknown = [n for n in names if n not in VARIANTS]
-        if unknown:
-            raise ConfigError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
-    else:
-        names = bench_variants(precisions, args.compile, args.onnx, args.openvino)
-    model, cfg = _build(args.config, _weights_of(args), args.cfg_options)
-    module, note = exportable_module(model)
-    if note:
-        print(note.replace("exporting", "timing"))
-    x = _input(args, module, cfg)
-    result = benchmark(
-        module,
-        x,
-        names,
-        threads=args.threads,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        force_bf16=args.force_bf16,
-        measure_peaks=not args.no_peak,
-    )
-    print(result.table(f"lateral bench {args.config}"))
-    print(how_to_run_fastest(result, recognizer=hasattr(module, "cls_head")))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result.as_dict(), indent=1))
-    return 0
 
 
-# --------------------------------------------------------------------------------------------------------- CLI
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``export`` and ``bench``."""
-    p = subparsers.add_parser("export", help="export a recognizer or FPN backbone to ONNX or TorchScript")
-    p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx (needs the 'onnx' extra to check) or torchscript (trace)")
-    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
-    p.add_argument("--check", action="store_true", help="run the exported file and PyTorch on the same input and print the max difference")
-    p.add_argument("--input", help="example input NxCxTxHxW (default: the config's test pipeline, its views of one "
-                   "video x 3 x clip_len x crop size; 1x3x800x1216 for 2D)")
-    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads for --check")
-    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
-    p.set_defaults(func=run_export)
-
-    p = subparsers.add_parser("bench", help="time eager / fused / bf16 / compiled / ONNX / OpenVINO inference, interleaved")
-    p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
-    p.add_argument("--input", help="input NxCxTxHxW (default: the config's test pipeline, its views of one video x 3 "
-                   "x clip_len x crop size; 1x3x800x1216 for 2D)")
-    p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 (default fp32)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor, freezing)")
-    p.add_argument("--onnx", action="store_true", help="also time onnxruntime (the 'onnx' extra)")
-    p.add_argument("--openvino", action="store_true", help="also time OpenVINO (the 'openvino' extra)")
-    p.add_argument("--variants", help=f"explicit comma-separated list instead of the flags above: {', '.join(VARIANTS)}")
-    p.add_argument("--threads", type=positive_int, default=2, help="threads for PyTorch and the runtimes (default 2)")
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each variant (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls of each variant first (default 1)")
-    p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, drop bf16 instead of failing")
-    p.add_argument("--force-bf16", action="store_true", help="time bf16 even without native bf16 (very slow)")
-    p.add_argument("--no-peak", action="store_true", help="skip the fp32/bf16 peak probes (no %% of peak column)")
-    p.add_argument("--json", help="also write the measurements to this JSON file")
-    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries")
-    p.set_defaults(func=run_bench)

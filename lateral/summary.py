@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from lateral.cli import positive_int
 from lateral.config import ConfigError
 
 __all__ = ["LayerRow", "ModelSummary", "summarize", "screen_depth", "parse_shape", "add_cli"]
@@ -181,31 +179,3 @@ def screen_depth(model: nn.Module, max_rows: int = SCREEN_ROWS) -> tuple[int, in
     deepest = max((name.count(".") + 1 for name, _ in model.named_modules() if name), default=1)
     fitting = [d for d in range(1, deepest + 1) if rows_at_depth(model, d) <= max_rows]
     return (max(fitting) if fitting else 1), deepest
-
-
-def run_summary(args: argparse.Namespace) -> int:
-    from lateral.engine.commands import load_run_config
-    from lateral.registry import build_model
-
-    cfg = load_run_config(args.config, args.cfg_options)
-    if "model" not in cfg:
-        raise ConfigError(f"{args.config} defines no 'model'")
-    model = build_model(cfg["model"])
-    shape = parse_shape(args.input) if args.input else default_input_shape(cfg)
-    depth, deepest = (args.depth, None) if args.depth else screen_depth(model)
-    print(summarize(model, shape, max_depth=depth).table())
-    if deepest is not None and depth < deepest:
-        print(f"rows aggregated at depth {depth} of {deepest} to fit a screen; --depth {depth + 1} or deeper shows "
-              f"more (--depth {deepest}: every layer)")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("summary", help="per-layer table and totals (params, MACs) of a config's model")
-    parser.add_argument("config", help="config file (.py), or a checkpoint that carries its config")
-    parser.add_argument("--input", help="input shape like 1x3x32x224x224 (default: the config's input_shape)")
-    parser.add_argument("--depth", type=positive_int, default=None,
-                        help=f"aggregate rows at this module depth (1 = top level; default: the deepest that gives at "
-                             f"most {SCREEN_ROWS} rows)")
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config entries")
-    parser.set_defaults(func=run_summary)

@@ -820,7 +820,7 @@ def test_openvino_backend_refuses_what_it_cannot_run(thin_model, monkeypatch):
 def test_export_and_bench_of_a_checkpoint_that_carries_its_config_load_its_weights():
     import argparse
 
-    from lateral.export import _weights_of
+    from lateral.cli.export import _weights_of
 
     assert _weights_of(argparse.Namespace(config="run/latest.pth", checkpoint=None)) == "run/latest.pth"
     assert _weights_of(argparse.Namespace(config="cfg.py", checkpoint=None)) is None  # random weights, with a warning

@@ -4,7 +4,7 @@
 - :mod:`lateral.inference.exporters`: ONNX and TorchScript files, onnxruntime and OpenVINO runners, parity checks.
 - :mod:`lateral.inference.timing`: MAC counting, peak GFLOP/s probes and interleaved timing (``lateral bench``).
 
-The command-line front end (``lateral export``, ``lateral bench``) is :mod:`lateral.export`.
+The command-line front end (``lateral export``, ``lateral bench``) is :mod:`lateral.cli.export`.
 """
 
 from lateral.inference.optimization import (

@@ -16,7 +16,7 @@ from lateral.convert import pytorchvideo
 @pytest.fixture(autouse=True)
 def only_convert_command(monkeypatch):
     """Run the real ``lateral`` entry point with just this command group, independent of the others' state."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["lateral.convert"])
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [cli.convert])
 
 
 def main(argv: list[str]) -> int:

@@ -16,8 +16,8 @@ import lateral
 from lateral.config import ConfigError
 from lateral.data.coco import CocoDetection, CocoFormatError, RandomFlip, Resize, collate_detection, hflip_boxes
 from lateral.data.shapes import ensure_shapes_dataset, render_shapes
+from lateral.cli.detect import add_cli
 from lateral.engine.detection import (
-    add_cli,
     coco_evaluate,
     detect_dataset,
     learning_rate,

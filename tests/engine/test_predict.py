@@ -68,7 +68,7 @@ def test_a_timeline_goes_to_a_named_predictions_folder_not_the_current_one(tmp_p
 
 
 def test_of_processes_claiming_one_output_folder_exactly_one_gets_it(tmp_path):
-    from lateral.engine.commands import claim_output_folder
+    from lateral.cli.recognition import claim_output_folder
 
     folder = tmp_path / "out" / "clip_timeline"
     results, barrier = [], threading.Barrier(8)

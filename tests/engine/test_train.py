@@ -397,7 +397,7 @@ def test_predict_takes_several_videos_and_folders_and_skips_undecodable_ones(tmp
 
 
 def test_timeline_folders_of_same_named_videos_do_not_collide_and_durations_are_finite():
-    from lateral.engine.commands import timeline_folder_names
+    from lateral.cli.recognition import timeline_folder_names
     from lateral.engine.predict import parse_seconds
 
     videos = [Path("a/clip.mp4"), Path("b/clip.mp4"), Path("b/clip.webm"), Path("c/other.mp4")]
@@ -412,7 +412,7 @@ def test_timeline_folders_of_same_named_videos_do_not_collide_and_durations_are_
 
 
 def test_label_names_read_every_documented_label_map_layout(tmp_path):
-    from lateral.engine.commands import read_label_names
+    from lateral.engine.loading import read_label_names
 
     layouts = {"plain.txt": "run\nwalk\njump\n", "indexed.txt": "1 run\n2 walk\n3 jump\n",
                "map.csv": "id,name\n0,run\n1,walk\n2,jump\n"}

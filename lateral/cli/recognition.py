@@ -1,4 +1,8 @@
-"""``lateral train | test | predict | demo``: argument parsing only; the work is in the engine modules."""
+"""``lateral train | test | predict | demo``: the arguments, and the calls into the engine that run them.
+
+Only the standard library is imported here: ``lateral --help`` must not wait for torch. Each command imports the
+engine when it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,68 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+from lateral.cli.args import add_cfg_options, positive_int
+from lateral.config import ConfigError
 
-from lateral.cli import positive_int
-from lateral.config import ConfigError, apply_cfg_options, load_config
-
-__all__ = ["add_cli", "load_run_config", "parse_views", "read_label_names"]
-
-
-def load_run_config(path: str, cfg_options: list[str] | None = None) -> dict:
-    """A config file (``.py``), or a checkpoint whose ``meta`` carries its config, with overrides applied."""
-    if path.endswith(".py"):
-        cfg = load_config(path)
-    else:
-        cfg = config_from_checkpoint(path)
-    if cfg_options:
-        cfg = apply_cfg_options(cfg, cfg_options)
-    return cfg
-
-
-def config_from_checkpoint(path: str) -> dict:
-    """The run config stored in a checkpoint's ``meta`` (lateral training runs and converted checkpoints)."""
-    from lateral.checkpoint import read_checkpoint
-
-    meta = read_checkpoint(path).get("meta") or {}
-    config = meta.get("config")
-    if isinstance(config, dict) and "model" in config:
-        return config
-    if isinstance(config, dict) and "sampling" in meta:
-        return run_config_from_converted_meta(meta)
-    raise ConfigError(f"{path} carries no config in its meta; pass the config file too: CONFIG CKPT VIDEO")
-
-
-def run_config_from_converted_meta(meta: dict) -> dict:
-    """A run config (model + test pipeline) for a checkpoint written by ``lateral convert``.
-
-    The source ecosystem's normalisation (0-1 values, mean 0.45, std 0.225 for PyTorchVideo / PySlowFast) is
-    expressed on the 0-255 scale the data preprocessor works on, and its frame sampling becomes the test pipeline.
-    """
-    from lateral.convert import config_from_meta
-
-    model = config_from_meta(meta)
-    norm = meta.get("normalization") or {}
-    scale = 255.0 if list(norm.get("value_range", [0.0, 255.0]))[-1] <= 1.0 else 1.0
-    model["data_preprocessor"] = dict(
-        type="ActionDataPreprocessor",
-        mean=[m * scale for m in norm.get("mean", [0.45, 0.45, 0.45])],
-        std=[s * scale for s in norm.get("std", [0.225, 0.225, 0.225])],
-        format_shape="NCTHW",
-    )
-    sampling = meta["sampling"]
-    crop_type = {1: "CenterCrop", 3: "ThreeCrop", 10: "TenCrop"}.get(int(sampling.get("num_crops", 1)), "CenterCrop")
-    test_pipeline = [
-        dict(type="PyAVInit"),
-        dict(type="SampleFrames", clip_len=sampling["clip_len"], frame_interval=sampling["frame_interval"],
-             num_clips=sampling.get("num_clips", 1), test_mode=True),
-        dict(type="PyAVDecode"),
-        dict(type="Resize", scale=(-1, sampling.get("test_scale", 256))),
-        dict(type=crop_type, crop_size=sampling.get("crop_size", 256)),
-        dict(type="FormatShape", input_format="NCTHW"),
-        dict(type="PackActionInputs"),
-    ]
-    return {"model": model, "test_pipeline": test_pipeline}
+__all__ = ["add_cli", "parse_views", "predict_targets", "timeline_folder_names", "claim_output_folder"]
 
 
 def parse_views(text: str) -> tuple[int, int]:
@@ -82,35 +28,11 @@ def parse_views(text: str) -> tuple[int, int]:
     return crops, clips
 
 
-def read_label_names(path: str | None, cfg: dict, num_classes: int) -> list[str]:
-    """Class names from ``--labels``, the config's ``label_map`` file or list, else indices; a file in any layout
-    :func:`lateral.data.datasets.load_label_map` reads (a name per line, ``index name`` lines, an ``id,name`` CSV)."""
-    from lateral.data.datasets import load_label_map
-
-    source = path or cfg.get("label_map")
-    if isinstance(source, (list, tuple)):
-        names = [str(n) for n in source]
-    elif source:
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"label map not found: {source}")
-        names = load_label_map(source)
-    else:
-        return [str(i) for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise ConfigError(f"the label map has {len(names)} names but the model has {num_classes} classes")
-    return names
-
-
-def _device(name: str | None) -> torch.device:
-    from lateral.engine.distributed import resolve_device
-
-    return resolve_device(name)
-
-
 # ---------------------------------------------------------------------------- train
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from lateral.engine.loading import load_run_config
     from lateral.engine.train import train
 
     cfg = load_run_config(args.config, args.cfg_options)
@@ -136,8 +58,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_test(args: argparse.Namespace) -> int:
+    from lateral.checkpoint import load_checkpoint
+    from lateral.data.datasets import check_label_range
     from lateral.engine import distributed as dist_utils
     from lateral.engine.evaluate import collect_scores
+    from lateral.engine.loading import load_run_config, read_label_names
     from lateral.engine.metrics import classification_metrics, save_confusion
     from lateral.engine.predict import set_test_views
     from lateral.engine.train import build_loader, resolve_amp
@@ -159,13 +84,10 @@ def run_test(args: argparse.Namespace) -> int:
     loader_cfg["dataset"] = dataset_cfg
     if args.batch_size:
         loader_cfg["batch_size"] = args.batch_size
-    device = _device(args.device)
+    device = dist_utils.resolve_device(args.device)
     distributed = dist_utils.init_distributed(device)
     loader = build_loader(loader_cfg, train=False, seed=0, distributed=distributed, name="test_dataloader")
     model = build_model(cfg["model"])
-    from lateral.checkpoint import load_checkpoint
-    from lateral.data.datasets import check_label_range
-
     check_label_range(loader.dataset, model.num_classes, "test_dataloader")
     load_checkpoint(model, args.checkpoint, strict=True)
     if args.max_testing_views:
@@ -230,35 +152,6 @@ def predict_targets(paths: list[str]) -> tuple[str, str, list[Path]]:
         else:
             videos.append(target)
     return config_path, checkpoint, videos
-
-
-def prediction_model(args: argparse.Namespace, cfg: dict, checkpoint: str) -> tuple[torch.nn.Module, torch.device]:
-    """The config's recognizer filled from ``checkpoint`` ('none': random weights), as the inference copy that
-    ``--precision``, ``--compile`` and ``--backend`` ask for (the model as built with ``--eager``)."""
-    from lateral.checkpoint import load_checkpoint
-    from lateral.registry import build_model
-
-    model = build_model(cfg["model"])
-    if checkpoint.lower() != "none":
-        load_checkpoint(model, checkpoint, strict=True)
-    device = _device(args.device)
-    model.to(device).eval()
-    if args.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"--precision must be fp32 or bf16, got '{args.precision}'")
-    if args.eager:
-        if args.compile or args.precision != "fp32" or args.backend != "torch":
-            raise ConfigError("--eager runs the model as built, in fp32; it cannot be combined with --compile, "
-                              "--precision bf16 or --backend openvino")
-        return model, device
-    import lateral
-
-    if args.compile and args.backend != "torch":
-        raise ConfigError("--compile is for --backend torch; OpenVINO compiles the model itself")
-    # the inference copy (BN folded, channels-last, oneDNN convs) gives the eager logits within 1e-4, faster
-    on_unsupported = "warn" if args.force_bf16 else ("fp32" if args.fallback_fp32 else "error")
-    model = lateral.optimize(model, precision=args.precision, compile=args.compile, on_unsupported=on_unsupported,
-                             backend=args.backend)
-    return model, device
 
 
 def timeline_folder_names(videos: list[Path]) -> dict[Path, str]:
@@ -356,11 +249,14 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
                   windows: tuple[float, float] | None, folders: dict[Path, Path]) -> int:
     """The top-k (or, with ``windows``, the timeline into ``folders[video]``) of each video."""
     from lateral.data.decode import DecodeError
+    from lateral.engine.loading import load_model, load_run_config, read_label_names
     from lateral.engine.predict import predict_timeline, predict_video, video_pipeline, write_timeline
     from lateral.textfile import printable
 
     cfg = load_run_config(config_path, args.cfg_options)
-    model, device = prediction_model(args, cfg, checkpoint)
+    on_unsupported = "warn" if args.force_bf16 else ("fp32" if args.fallback_fp32 else "error")
+    model, device = load_model(cfg, checkpoint, device=args.device, eager=args.eager, precision=args.precision,
+                               compile=args.compile, backend=args.backend, on_unsupported=on_unsupported)
     pipeline = video_pipeline(cfg)
     names = read_label_names(args.labels, cfg, model.num_classes)
     several = len(videos) > 1
@@ -414,7 +310,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers) -> None:
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``test``, ``predict`` and ``demo``."""
     p = subparsers.add_parser("train", help="train a recognizer from a config (torchrun -m lateral train for DDP)")
     p.add_argument("config")
     p.add_argument("--work-dir", help="where checkpoints and logs go (default work_dirs/CONFIG_NAME)")
@@ -423,7 +320,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--channels-last", action="store_true",
                    help="model and clips in channels_last_3d (the config key channels_last=True); faster with --amp")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    add_cfg_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
@@ -438,7 +335,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--max-testing-views", type=positive_int, help="views per backbone call (bounds memory)")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"])
     p.add_argument("--device")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    add_cfg_options(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_test)
 
@@ -464,7 +361,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, run fp32 instead of failing")
     p.add_argument("--force-bf16", action="store_true", help="run bf16 even without native bf16 (very slow)")
     p.add_argument("--device")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE")
+    add_cfg_options(p)
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser("demo", help="generate motion videos, train a small SlowFast on CPU, test, predict, report")

@@ -1,35 +1,21 @@
-"""The ``lateral`` command: a thin argparse layer over the engine.
+"""The ``lateral`` command: a thin argparse layer over the library.
 
-Each command group lives next to the code it runs and contributes its sub-parser through an ``add_cli(subparsers)``
-function; this file only lists those modules.
+argparse lives only in this package; nothing else in ``lateral`` imports it. One module per command group
+(``recognition``: train / test / predict / demo, ``detect``, ``data``, ``convert``, ``export``: export / bench,
+``summary``) defines its sub-parsers and the functions that run them, calling the library with plain arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-# module -> provides add_cli(subparsers); each sub-parser sets ``func`` to the function that runs the command
-COMMAND_MODULES = [
-    "lateral.summary",  # summary
-    "lateral.engine.commands",  # train, test, predict, demo
-    "lateral.data.check",  # data check
-    "lateral.engine.detection",  # detect train / test / predict
-    "lateral.convert",  # convert
-    "lateral.export",  # export, bench
-]
+from lateral.cli import convert, data, detect, export, recognition, summary
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (counts, sizes, thread numbers), with a message naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+# one module per command group, each with add_cli(subparsers); its sub-parsers set ``func`` to the function that
+# runs the command. These modules import only the standard library, so that ``lateral --help`` is quick.
+COMMAND_MODULES = (summary, recognition, data, detect, convert, export)
 
 
 # commands that run a trained model over many inputs: they keep freed memory in the heap (lateral.heap), which made
@@ -61,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SlowFast video recognition and FPN detection (mmaction2 / torchvision compatible).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:  # that command group is not part of this build
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.add_cli(subparsers)
     return parser
 
