@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +23,13 @@ from conftest import tiny_run_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config):
+def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config, capsys):
     result = train(run_config, tmp_path / "run", progress=False)
+    said = capsys.readouterr()
+    # one terminal line per epoch, even without progress bars; on stderr, so that stdout keeps a command's result
+    assert re.findall(r"^epoch (\d)/2  loss [\d.]+ \(\d+ s\)  val top-1 [\d.]+ %, top-5 [\d.]+ %$", said.err,
+                      re.M) == ["1", "2"], said.err
+    assert said.out == ""
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"epoch_1.pth", "epoch_2.pth", "latest.pth", "best.pth", "log.jsonl"} <= names
     records = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
