@@ -146,7 +146,9 @@ def collect_entries(source: str | os.PathLike,
         if not path.exists() and _join(prefix, fields[0]).exists():
             path, numbers = _join(prefix, fields[0]), len(fields) - 1
         label = fields[-1] if numbers else None
-        if path.is_dir():
+        # a folder is a rawframe entry, unless it is named like a video and no frame count comes with it
+        # ('clip.mp4 3'): then it is a video path that is a folder, which the decoder reports as such
+        if path.is_dir() and (numbers >= 2 or not path.name.lower().endswith(VIDEO_EXTENSIONS)):
             # 'dir total label' and 'dir offset total label': the count comes just before the label
             total = int(fields[-2]) if numbers >= 2 and fields[-2].lstrip("-").isdigit() else None
             entries.append(("frames", path, total, label))

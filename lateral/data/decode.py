@@ -71,12 +71,35 @@ def _not_found(path: Path) -> str:
     return "file not found" if path.is_absolute() else f"file not found (looked for {path.resolve()})"
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be a video: missing, a folder (``clip.mp4/``), or else."""
+    if not path.exists():
+        return _not_found(path)
+    return "is a directory" if path.is_dir() else "not a file"
+
+
+# FFmpeg's still-image demuxers: image2 (picked by file name), image2pipe, and one '<codec>_pipe' per image codec
+# (png_pipe, jpeg_pipe, webp_pipe, ...); 'yuv4mpegpipe' (y4m video) has no underscore and is not one of them
+_IMAGE_FORMATS = ("image2", "image2pipe")
+
+
+def _still_image_format(container) -> str | None:
+    """The name of the still-image format FFmpeg opened ``container`` with, or None for a video container.
+
+    A picture renamed to ``.mp4`` opens as a video stream of one frame; training would take it for a video.
+    """
+    for name in container.format.name.split(","):
+        if name in _IMAGE_FORMATS or name.endswith("_pipe"):
+            return name
+    return None
+
+
 def _open_container(path: str | os.PathLike):
     import av
 
     path = Path(path)
     if not path.is_file():
-        raise DecodeError(path, _not_found(path) if not path.exists() else "not a file")
+        raise DecodeError(path, _not_a_file(path))
     if path.stat().st_size == 0:
         raise DecodeError(path, "empty file (0 bytes)")
     try:
@@ -87,6 +110,10 @@ def _open_container(path: str | os.PathLike):
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
         raise DecodeError(path, f"no video stream (streams: {', '.join(kinds)})")
+    image = _still_image_format(container)
+    if image:
+        container.close()
+        raise DecodeError(path, f"an image, not a video (FFmpeg reads it as '{image}')")
     return container
 
 
@@ -485,7 +512,7 @@ class TorchCodecReader:
         self.path = str(path)
         path = Path(path)
         if not path.is_file():
-            raise DecodeError(path, _not_found(Path(path)))
+            raise DecodeError(path, _not_a_file(path))
         if path.stat().st_size == 0:
             raise DecodeError(path, "empty file (0 bytes)")
         try:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lateral.data.writer import write_video
 
@@ -91,7 +92,7 @@ def render_motion_clip(motion: str, num_frames: int, size: int, rng: np.random.G
 
 def make_motion_dataset(root: str | os.PathLike, num_train_per_class: int, num_test_per_class: int,
                         num_frames: int = 32, size: int = 64, seed: int = 0, fps: float = 25.0,
-                        extension: str = ".mp4") -> dict:
+                        extension: str = ".mp4", progress: bool = False) -> dict:
     """Write the motion dataset: videos plus mmaction2 list files and a label map.
 
     Layout under ``root``: ``videos/<class>/<class>_<split>_<i>.mp4``, ``train_list.txt`` and ``test_list.txt``
@@ -105,6 +106,7 @@ def make_motion_dataset(root: str | os.PathLike, num_train_per_class: int, num_t
         seed: fixes every random choice: the same seed writes the same files.
         fps: frame rate of the files.
         extension: container (``.mp4``, ``.webm``, ``.avi``, ``.mkv``).
+        progress: show a progress bar over the videos written (on stderr).
 
     Returns:
         ``dict(root, data_prefix, train_list, test_list, label_map, classes, num_classes, num_frames, size, fps)``;
@@ -116,6 +118,8 @@ def make_motion_dataset(root: str | os.PathLike, num_train_per_class: int, num_t
         raise ValueError(f"num_frames must be at least 2, got {num_frames}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    total = (num_train_per_class + num_test_per_class) * len(MOTION_CLASSES)
+    bar = tqdm(total=total, desc="writing videos", unit="video", disable=not progress, leave=False)
     lists = {}
     for split_id, (split, per_class) in enumerate((("train", num_train_per_class), ("test", num_test_per_class))):
         lines = []
@@ -126,10 +130,12 @@ def make_motion_dataset(root: str | os.PathLike, num_train_per_class: int, num_t
                 frames = render_motion_clip(motion, num_frames, size, rng)
                 relative = Path("videos") / motion / f"{motion}_{split}_{i:04d}{extension}"
                 write_video(root / relative, frames, fps=fps, quality="medium")
+                bar.update()
                 lines.append(f"{relative.as_posix()} {class_id}")
         list_file = root / f"{split}_list.txt"
         list_file.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
         lists[split] = str(list_file)
+    bar.close()
     label_map = root / "label_map.txt"
     label_map.write_text("\n".join(MOTION_CLASSES) + "\n", encoding="utf-8")
     return dict(root=str(root), data_prefix=str(root), train_list=lists["train"], test_list=lists["test"],

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -629,6 +630,22 @@ class Trainer:
                 if isinstance(value, (int, float)) and key not in ("time", "iter", "epoch"):
                     self.tb_writer.add_scalar(key, value, self.iteration)
 
+    def _say_epoch(self, record: dict) -> None:
+        """One terminal line per finished epoch: training loss, validation accuracy when it ran, time. On stderr,
+        with the progress bars, so that stdout keeps only a command's result."""
+        if not dist_utils.is_main_process():
+            return
+        loss = f"loss {record['loss']:.3f} " if "loss" in record else ""
+        parts = [f"epoch {record['epoch']}/{self.max_epochs}", f"{loss}({record['seconds']:.0f} s)"]
+        if "val_top1_acc" in record:
+            top5 = f", top-5 {100 * record['val_top5_acc']:.1f} %" if "val_top5_acc" in record else ""
+            parts.append(f"val top-1 {100 * record['val_top1_acc']:.1f} %{top5}")
+        elif "val_mean_average_precision" in record:
+            parts.append(f"val mAP {record['val_mean_average_precision']:.3f}")
+        elif "val_num_samples" in record:
+            parts.append("val: no sample could be read")
+        tqdm.write("  ".join(parts), file=sys.stderr)
+
     # ------------------------------------------------------------ loop
 
     def _train_step(self, batch: dict, loss_weight: float = 1.0, stand_in: bool = False) -> dict[str, float]:
@@ -900,6 +917,7 @@ class Trainer:
                     self.save(epoch + 1, name="best.pth")
             self.history.append(epoch_record)
             self._log({"event": "epoch", **epoch_record})
+            self._say_epoch(epoch_record)
             if (epoch + 1) % self.ckpt_interval == 0 or epoch + 1 == self.max_epochs:
                 self.save(epoch + 1)
             dist_utils.barrier()

@@ -104,3 +104,28 @@ def test_full_check_reports_damage_inside_a_stream(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "check", str(damaged), "--full"]) == 1
     assert "the decoder reported" in capsys.readouterr().out
+
+
+def _still_images(folder):
+    """A PNG and a JPEG picture renamed to .mp4 (FFmpeg opens them as one-frame png_pipe / jpeg_pipe streams)."""
+    from PIL import Image
+
+    picture = Image.fromarray(numbered_frames(1)[0])
+    picture.save(folder / "still.mp4", format="PNG")
+    picture.save(folder / "photo.mp4", format="JPEG")
+
+
+def test_check_says_a_folder_named_like_a_video_is_a_directory_and_an_image_is_not_a_video(tmp_path, capsys):
+    videos = _dataset(tmp_path)
+    (videos / "folder.mp4").mkdir()
+    _still_images(videos)
+    ann = tmp_path / "list.txt"
+    ann.write_text("good.mp4 0\nfolder.mp4 1\nstill.mp4 2\nphoto.mp4 3\n")
+    code = main(["data", "check", str(ann), "--data-prefix", str(videos)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "folder.mp4: is a directory" in out
+    assert "still.mp4: an image, not a video" in out and "photo.mp4: an image, not a video" in out
+    assert "checked 4: 1 ok, 3 bad (3 unreadable, 0 too short)" in out
+    assert main(["data", "check", str(videos / "still.mp4")]) == 1  # a single file, too
+    assert "an image, not a video" in capsys.readouterr().out

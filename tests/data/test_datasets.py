@@ -95,6 +95,24 @@ def test_bad_samples_return_none_and_are_recorded(video_list):
     assert collate([None, None]) is None
 
 
+def test_folders_and_still_images_named_like_videos_are_skipped_with_their_reason(video_list):
+    """A folder called x.mp4 and a picture renamed to .mp4 are unreadable samples, not a one-frame video."""
+    root, ann = video_list
+    (root / "videos" / "folder.mp4").mkdir()
+    picture = Image.fromarray(numbered_frames(1)[0])
+    picture.save(root / "videos" / "still.mp4", format="PNG")
+    picture.save(root / "videos" / "photo.mp4", format="JPEG")
+    ann.write_text("a.mp4 0\nfolder.mp4 1\nstill.mp4 2\nphoto.mp4 1\n")
+    dataset = build_dataset(video_cfg(root, ann))
+    items = [dataset[i] for i in range(4)]
+    assert items[0] is not None and items[1:] == [None, None, None]
+    reasons = dict((path.rsplit("/", 1)[-1], reason) for path, reason in dataset.failures)
+    assert reasons["folder.mp4"] == "is a directory"
+    assert reasons["still.mp4"].startswith("an image, not a video")
+    assert reasons["photo.mp4"].startswith("an image, not a video")
+    assert dataset.num_failures == 3
+
+
 def test_on_error_next_replaces_the_sample(video_list):
     root, ann = video_list
     ann.write_text("missing.mp4 2\na.mp4 0\n")

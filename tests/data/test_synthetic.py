@@ -65,3 +65,12 @@ def test_motion_decides_the_class_not_the_first_frame():
     left = render_motion_clip("move_left", 8, 64, np.random.default_rng(5))
     np.testing.assert_array_equal(right[0], left[0])
     assert not np.array_equal(right[-1], left[-1])
+
+
+def test_progress_bar_over_the_videos_written_only_when_asked(tmp_path, capsys):
+    make_motion_dataset(tmp_path / "quiet", num_train_per_class=1, num_test_per_class=0, num_frames=4, size=16)
+    assert capsys.readouterr().err == ""
+    make_motion_dataset(tmp_path / "shown", num_train_per_class=1, num_test_per_class=1, num_frames=4, size=16,
+                        progress=True)
+    err = capsys.readouterr().err
+    assert "writing videos" in err and f"/{2 * len(MOTION_CLASSES)}" in err

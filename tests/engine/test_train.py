@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +23,13 @@ from conftest import tiny_run_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config):
+def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config, capsys):
     result = train(run_config, tmp_path / "run", progress=False)
+    said = capsys.readouterr()
+    # one terminal line per epoch, even without progress bars; on stderr, so that stdout keeps a command's result
+    assert re.findall(r"^epoch (\d)/2  loss [\d.]+ \(\d+ s\)  val top-1 [\d.]+ %, top-5 [\d.]+ %$", said.err,
+                      re.M) == ["1", "2"], said.err
+    assert said.out == ""
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"epoch_1.pth", "epoch_2.pth", "latest.pth", "best.pth", "log.jsonl"} <= names
     records = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -275,6 +281,39 @@ def test_demo_quick_writes_a_full_report(tmp_path):
     for name in ("confusion_matrix.png", "training_curve.png", "demo_config.py", "predictions.json"):
         assert (report / name).stat().st_size > 0, name
     assert lateral.load_config(report / "demo_config.py")["model"]["type"] == "Recognizer3D"
+    # the terminal: validation accuracy after every epoch, then a short summary naming the report folder
+    assert re.search(r"^epoch 1/1  loss [\d.]+ \(\d+ s\)  val top-1 [\d.]+ %, top-5 [\d.]+ %$", out.stderr, re.M), \
+        out.stderr[-2000:]
+    assert "writing videos" not in out.stderr  # --no-progress: no progress bar
+    assert f"top-1 {100 * metrics['top1_acc']:.1f} %" in out.stdout
+    assert "over 16 videos x 3 views" in out.stdout and f"report: {report.resolve()}" in out.stdout
+
+
+def test_demo_config_reads_from_any_folder_and_defines_each_pipeline_once(tmp_path, motion_data, monkeypatch):
+    """The demo writes its data folder relative to the working folder (--out lateral_demo); the config it leaves
+    must still find the data from elsewhere, and its loaders must use the pipelines the file shows."""
+    from lateral.data import build_dataset
+    from lateral.engine.demo import write_demo_config
+
+    config = tmp_path / "report" / "demo_config.py"
+    config.parent.mkdir()
+    monkeypatch.chdir(motion_data.parent)
+    write_demo_config(config, Path(motion_data.name), epochs=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = lateral.load_config(config)
+    assert Path(cfg["label_map"]).is_file()
+    for split, pipeline in (("train", "train_pipeline"), ("val", "test_pipeline"), ("test", "test_pipeline")):
+        dataset_cfg = cfg[f"{split}_dataloader"]["dataset"]
+        assert dataset_cfg["pipeline"] == cfg[pipeline], split
+        assert len(build_dataset(dataset_cfg)) > 0
+    # the top-level pipeline is the one training uses: a typo in it stops the run instead of being ignored
+    text = config.read_text()
+    assert text.count("RandomResizedCrop") == 1 and text.count("CenterCrop") == 1
+    config.write_text(text.replace("RandomResizedCrop", "RandomResizedCorp"))
+    with pytest.raises(ConfigError, match="RandomResizedCorp"):
+        build_dataset(lateral.load_config(config)["train_dataloader"]["dataset"])
 
 
 def test_amp_bf16_without_native_bf16_warns_and_fp16_needs_a_gpu(monkeypatch):
