@@ -305,8 +305,8 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
 def run_demo(args: argparse.Namespace) -> int:
     from lateral.engine.demo import run_demo as demo
 
-    report = demo(out_dir=args.out, epochs=args.epochs, quick=args.quick, progress=not args.no_progress)
-    print(json.dumps(report["summary"], indent=1))
+    # the demo ends with its own short summary; the full metrics are in its report folder
+    demo(out_dir=args.out, epochs=args.epochs, quick=args.quick, progress=not args.no_progress)
     return 0
 
 

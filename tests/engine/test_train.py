@@ -287,6 +287,7 @@ def test_demo_quick_writes_a_full_report(tmp_path):
     assert "writing videos" not in out.stderr  # --no-progress: no progress bar
     assert f"top-1 {100 * metrics['top1_acc']:.1f} %" in out.stdout
     assert "over 16 videos x 3 views" in out.stdout and f"report: {report.resolve()}" in out.stdout
+    assert len(out.stdout.splitlines()) <= 6 and "{" not in out.stdout  # the JSON is in the report, not printed
 
 
 def test_demo_config_reads_from_any_folder_and_defines_each_pipeline_once(tmp_path, motion_data, monkeypatch):
