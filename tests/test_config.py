@@ -293,7 +293,7 @@ def test_many_statements_that_each_copy_a_big_value_are_refused_quickly(tmp_path
 
 
 def test_a_base_listed_many_times_is_read_once(tmp_path, monkeypatch):
-    import lateral.config as config
+    import lateral.config.loader as config
 
     write(tmp_path, "d.py", '"""no settings"""\n')
     for name, base in (("a.py", "b.py"), ("b.py", "c.py"), ("c.py", "d.py")):
