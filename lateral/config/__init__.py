@@ -1,8 +1,14 @@
-"""Config files in mmaction2's Python-dict syntax, read as data (see :mod:`lateral.config.loader`)."""
+"""Config files in mmaction2's Python-dict syntax, read as data and checked.
 
-from lateral.config.loader import (
-    KNOWN_TOP_LEVEL_KEYS, ConfigError, apply_cfg_options, check_bool_flags, check_keys, check_top_level, load_config,
-    merge_dicts, parse_cfg_value, positive_int_setting, positive_number_setting, suggest, write_config,
+- :mod:`lateral.config.loader`: :func:`load_config` (``_base_``, merging, ``_delete_``), ``--cfg-options``,
+  :func:`write_config`.
+- :mod:`lateral.config.validate`: :class:`ConfigError` and the checks the engines run on the dicts read.
+"""
+
+from lateral.config.loader import apply_cfg_options, load_config, merge_dicts, parse_cfg_value, write_config
+from lateral.config.validate import (
+    KNOWN_TOP_LEVEL_KEYS, ConfigError, check_bool_flags, check_keys, check_top_level, positive_int_setting,
+    positive_number_setting, suggest,
 )
 
 __all__ = [
