@@ -1,5 +1,6 @@
 """Config files in mmaction2's Python-dict syntax, read as data and checked.
 
+- :mod:`lateral.config.evaluator`: the sandboxed evaluator that gives a file's statements their values.
 - :mod:`lateral.config.loader`: :func:`load_config` (``_base_``, merging, ``_delete_``), ``--cfg-options``,
   :func:`write_config`.
 - :mod:`lateral.config.validate`: :class:`ConfigError` and the checks the engines run on the dicts read.
