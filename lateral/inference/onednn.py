@@ -1,6 +1,6 @@
 """The oneDNN conv wrapper and weight versioning shared by every fused conv of the inference copy.
 
-A leaf: nothing of :mod:`lateral.inference` is imported here, so :mod:`~lateral.inference.winograd`,
+A leaf: nothing of lateral is imported here, so :mod:`~lateral.inference.winograd`,
 :mod:`~lateral.inference.temporal_winograd`, :mod:`~lateral.inference.stem` and
 :mod:`~lateral.inference.optimization` all build on it without importing each other in a circle.
 
@@ -13,9 +13,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lateral.models.layers import bf16_conv3d_unsafe
+__all__ = ["OneDnnConv", "bf16_conv3d_unsafe", "frames_inside", "weight_version"]
 
-__all__ = ["OneDnnConv", "frames_inside", "weight_version"]
+
+def bf16_conv3d_unsafe(kernel_size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether oneDNN's bf16 conv3d on CPU may compute this conv wrongly: a stride larger than a kernel size > 1.
+
+    With torch 2.14.1 (oneDNN 3.12) on CPUs with native bf16 (AVX-512 BF16 / AMX), such convs return garbage or
+    NaN, or corrupt the heap, depending on the shape: SlowFast's lateral convs (kernel 5 over time, stride alpha = 8)
+    among them. Equal or smaller strides, 1-sized kernels and 2D convs were all correct in the same sweep, so only
+    these convs are run in float32 (they are about 1.5 % of the seed SlowFast's multiply-adds).
+    """
+    return any(1 < k < s for k, s in zip(kernel_size, stride))
 
 
 class OneDnnConv(nn.Module):
@@ -41,7 +50,7 @@ class OneDnnConv(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
-        # bf16 oneDNN gets these 3D convs wrong (see lateral.models.layers.bf16_conv3d_unsafe); when only the temporal
+        # bf16 oneDNN gets these 3D convs wrong (see bf16_conv3d_unsafe); when only the temporal
         # stride is the problem (SlowFast's laterals) the frames each output reads are gathered and a conv with
         # stride == kernel (correct in bf16) runs on them, otherwise the conv runs in fp32
         unsafe = len(self.kernel_size) == 3 and bf16_conv3d_unsafe(self.kernel_size, self.stride)

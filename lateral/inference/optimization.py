@@ -34,6 +34,7 @@ from lateral.inference.openvino_backend import OpenVinoBackend
 from lateral.inference.stem import use_folded_stems
 from lateral.inference.temporal_winograd import use_temporal_winograd_convs
 from lateral.inference.winograd import use_winograd_convs
+from lateral.inference.workarounds import apply_training_workarounds
 from lateral.inference.wrapper import InferenceModule, refuse_training
 from lateral.models.fpn import FeaturePyramid
 from lateral.models.layers import ConvModule
@@ -355,6 +356,10 @@ def _prepare(module: nn.Module, dtype: torch.dtype, compile: bool) -> InferenceM
             use_winograd_convs(module)
             use_temporal_winograd_convs(module)
         raw_input_ok = use_folded_stems(module, dtype)
+    elif dtype == torch.bfloat16:
+        # plain convs run in bf16 here (compiled, or no direct oneDNN calls), so they need the workarounds of bf16
+        # training; OneDnnConv above handles the wrong bf16 convs itself and the stems better
+        apply_training_workarounds(module, amp=dtype)
     return InferenceModule(
         module, dtype=dtype, memory_format=memory_format, compile=compile, convert_input=not raw_input_ok
     )

@@ -36,7 +36,7 @@ from torch import nn
 from lateral.inference.onednn import OneDnnConv, weight_version
 from lateral.inference.scratch import scratch
 from lateral.inference.winograd import fastest_route, size_class
-from lateral.models.layers import (
+from lateral.inference.stem_fold import (
     MAX_STEM_CHANNELS,
     STEM_FOLD,
     fold_stem_weight,
