@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from lateral.config import ConfigError
 from lateral.engine import distributed as dist_utils
+from lateral.inference.workarounds import apply_training_workarounds
 
 __all__ = ["prepare_inputs", "collect_scores", "unwrap", "require_class_scores"]
 
@@ -68,6 +69,7 @@ def collect_scores(
     recognizer = unwrap(model)
     require_class_scores(recognizer, desc)
     recognizer.eval()
+    apply_training_workarounds(recognizer, amp=amp_dtype)  # the plain model under CPU bf16 autocast needs them too
     all_scores, all_labels = [], []
     show = progress and dist_utils.is_main_process()
     for batch in tqdm(loader, desc=desc, disable=not show, leave=False):

@@ -37,6 +37,7 @@ from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import collect_scores, prepare_inputs, unwrap
 from lateral.engine.metrics import classification_metrics
 from lateral.engine.optim import build_lr_factor, build_optimizer, clip_gradients
+from lateral.inference.workarounds import apply_training_workarounds
 from lateral.registry import build_model
 
 # Keys the runtime sections of an mmaction2 / mmengine config may hold. Those lateral does not act on (e.g. the
@@ -334,6 +335,7 @@ class Trainer:
         self.channels_last = bool(cfg.get("channels_last"))
         if self.channels_last:
             model.to(memory_format=torch.channels_last_3d)
+        apply_training_workarounds(model, amp=self.amp_dtype, channels_last=self.channels_last)  # same state dict
         self.model = model
         self.optimizer = build_optimizer(model, cfg["optim_wrapper"])
         self.clip_grad = cfg["optim_wrapper"].get("clip_grad")

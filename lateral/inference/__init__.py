@@ -4,6 +4,11 @@
 - :mod:`lateral.inference.exporters`: ONNX and TorchScript files, onnxruntime and OpenVINO runners, parity checks.
 - :mod:`lateral.inference.timing`: MAC counting, peak GFLOP/s probes and interleaved timing (``lateral bench``).
 
+Inside, imports go one way (leaves first): ``onednn``, ``scratch``, ``optional`` and ``wrapper`` import nothing of
+this package; ``folding`` builds on ``wrapper``; ``openvino_backend`` on ``folding``, ``onednn`` and ``optional``;
+``winograd``, ``temporal_winograd`` and ``stem`` on ``onednn`` and ``scratch``; ``optimization`` on all of those;
+``exporters`` and ``timing`` come last.
+
 The command-line front end (``lateral export``, ``lateral bench``) is :mod:`lateral.cli.export`.
 """
 

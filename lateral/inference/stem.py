@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lateral.inference.optimization import OneDnnConv, weight_version
+from lateral.inference.onednn import OneDnnConv, weight_version
 from lateral.inference.scratch import scratch
 from lateral.inference.winograd import fastest_route, size_class
-from lateral.models.layers import (
+from lateral.inference.stem_fold import (
     MAX_STEM_CHANNELS,
     STEM_FOLD,
     fold_stem_weight,
@@ -44,6 +44,8 @@ from lateral.models.layers import (
     stack_stem_frames,
     unfold_stem_frames,
 )
+from lateral.models.resnet3d import ResNet3d
+from lateral.models.slowfast import ResNet3dSlowFast
 
 __all__ = ["FoldedStemConv", "stem_fold_for", "stem_routes_for", "use_folded_stems"]
 
@@ -284,9 +286,6 @@ def use_folded_stems(module: nn.Module, dtype: torch.dtype) -> bool:
         (a ``ResNet3d`` with the stock forward, or ``ResNet3dSlowFast``), i.e. the input needs no layout or dtype
         conversion before it.
     """
-    from lateral.models.resnet3d import ResNet3d
-    from lateral.models.slowfast import ResNet3dSlowFast
-
     pathways = [m for m in module.modules() if isinstance(m, ResNet3d) and hasattr(m, "conv1")]
     stems = [pathway.conv1 for pathway in pathways]
     for pathway, stem in zip(pathways, stems):

@@ -24,7 +24,7 @@ import functools
 
 import torch
 
-from lateral.inference.optimization import OneDnnConv
+from lateral.inference.onednn import OneDnnConv
 from lateral.inference.scratch import scratch
 from lateral.inference.winograd import F2X2, F4X4, MIN_CHANNELS, TileAlgorithm, WinogradConv, replace_convs
 

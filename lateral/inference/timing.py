@@ -18,6 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lateral.inference.exporters import OnnxRuntimeRunner, OpenVinoRunner, export_onnx, flatten_outputs
+from lateral.inference.optimization import bf16_supported, compile_available, optimize
+from lateral.inference.winograd import route_summary
+
 __all__ = [
     "BenchmarkResult",
     "Variant",
@@ -147,8 +151,6 @@ class Variant:
 
 
 def _first_output(out: Any) -> torch.Tensor:
-    from lateral.inference.exporters import flatten_outputs
-
     return flatten_outputs(out)[0].float()
 
 
@@ -168,9 +170,6 @@ def build_variant(
     Raises:
         RuntimeError: the variant cannot run here (the message says why); the caller reports it and goes on.
     """
-    from lateral.inference.exporters import OnnxRuntimeRunner, OpenVinoRunner, export_onnx
-    from lateral.inference.optimization import bf16_supported, compile_available, optimize
-
     if name not in VARIANTS:
         raise ValueError(f"unknown variant '{name}'; choose from {', '.join(VARIANTS)}")
     if name.endswith("bf16") and not bf16_supported("cpu") and not force_bf16:
@@ -201,8 +200,6 @@ def build_variant(
     out = run()  # the first call: where torch.compile compiles, and the fp32 copy times its Winograd routes
     setup = time.perf_counter() - start
     if name.startswith("fused"):
-        from lateral.inference.winograd import route_summary
-
         note = route_summary(opt)
     check = float("nan")
     if reference is not None:  # relative to the output's scale: FPN levels of random weights reach 1e3
@@ -338,8 +335,6 @@ def benchmark(
             the table has no "% peak" column values.
         log: progress messages.
     """
-    from lateral.inference.optimization import bf16_supported
-
     torch.set_num_threads(threads)
     model.eval()
     names = ["eager-fp32"] + [n for n in variant_names if n != "eager-fp32"]

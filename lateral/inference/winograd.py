@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lateral.inference.optimization import OneDnnConv, weight_version
+from lateral.inference.onednn import OneDnnConv, weight_version
 from lateral.inference.scratch import scratch
 
 __all__ = [

@@ -21,7 +21,6 @@ from lateral.models.layers import (
     check_conv_cfg,
     check_input_layout,
     constant_init,
-    folded_stem_block,
     kaiming_init,
     make_activation,
     triple,
@@ -587,15 +586,8 @@ class ResNet3d(nn.Module):
         return self
 
     def forward_stem(self, x: torch.Tensor, pool: bool | None = None) -> torch.Tensor:
-        """``conv1``, then ``maxpool`` if ``pool`` (default: ``with_pool1``): [N, C, T, H, W] -> layer1's input.
-
-        Under CPU bf16 autocast a thin stem (SlowFast's fast pathway) runs in a folded layout instead
-        (:func:`lateral.models.layers.folded_stem_block`); same modules, outputs and gradients.
-        """
+        """``conv1``, then ``maxpool`` if ``pool`` (default: ``with_pool1``): [N, C, T, H, W] -> layer1's input."""
         pool = self.with_pool1 if pool is None else pool
-        out = folded_stem_block(self.conv1, self.maxpool if pool else None, x)
-        if out is not None:
-            return out
         x = self.conv1(x)
         return self.maxpool(x) if pool else x
 

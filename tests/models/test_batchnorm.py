@@ -1,4 +1,4 @@
-"""BatchNorm3d on channels-last tensors with few channels (lateral.models.batchnorm) equals nn.BatchNorm3d."""
+"""BatchNorm3d on channels-last tensors with few channels (lateral.inference.batchnorm) equals nn.BatchNorm3d."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lateral.models.batchnorm import batch_norm_small_channels, uses_small_channel_path
+from lateral.inference.batchnorm import SmallChannelBatchNorm3d, batch_norm_small_channels, uses_small_channel_path
 
 
 def norm(channels: int = 8, momentum: float | None = 0.1, affine: bool = True) -> nn.BatchNorm3d:
@@ -85,16 +85,26 @@ def test_which_inputs_take_the_small_channel_path():
     assert not uses_small_channel_path(norm(), odd)
 
 
-def test_conv_module_uses_it_for_channels_last_training(monkeypatch):
-    from lateral.models import layers
+def test_channels_last_training_swaps_it_into_conv_modules(monkeypatch):
+    from lateral.inference import batchnorm
+    from lateral.inference.workarounds import apply_training_workarounds
+    from lateral.models.layers import ConvModule
 
     calls = []
-    original = layers.batch_norm_small_channels
-    monkeypatch.setattr(layers, "batch_norm_small_channels", lambda bn, x: calls.append(1) or original(bn, x))
-    module = layers.ConvModule(4, 8, 1, norm_cfg={"type": "BN3d"}, act_cfg={"type": "ReLU"}).train()
+    original = batchnorm.batch_norm_small_channels
+    monkeypatch.setattr(batchnorm, "batch_norm_small_channels", lambda bn, x: calls.append(1) or original(bn, x))
+    module = ConvModule(4, 8, 1, norm_cfg={"type": "BN3d"}, act_cfg={"type": "ReLU"}).train()
     x = torch.randn(2, 4, 4, 8, 8)
-    module(x)
-    assert not calls
+    plain = copy.deepcopy(module).to(memory_format=torch.channels_last_3d)
+    assert type(module.bn) is nn.BatchNorm3d  # the model itself is plain PyTorch
+    assert apply_training_workarounds(module, channels_last=False)["small_channel_batchnorms"] == 0
+    assert apply_training_workarounds(module, channels_last=True)["small_channel_batchnorms"] == 1
+    assert type(module.bn) is SmallChannelBatchNorm3d and list(module.state_dict()) == list(plain.state_dict())
+    torch.testing.assert_close(module(x), plain(x), atol=1e-5, rtol=1e-5)
+    assert not calls  # the default layout: the stock kernel
     module = module.to(memory_format=torch.channels_last_3d)
-    module(x.contiguous(memory_format=torch.channels_last_3d))
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    got, expected = module(x), plain(x)
     assert calls == [1]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(module.bn.running_mean, plain.bn.running_mean, atol=1e-5, rtol=1e-5)

@@ -9,6 +9,10 @@ tensor with ``k*C = 32`` "virtual" channels, on which PyTorch's kernels are fast
 every k-th position of channel ``c``, so per-channel statistics are combined from the k virtual ones, and the
 normalisation and its gradient run as eval-mode BatchNorm calls on the view with the combined statistics repeated
 k times. Results equal ``nn.BatchNorm3d`` to rounding, including the running-statistics update.
+
+:class:`SmallChannelBatchNorm3d` is the ``nn.BatchNorm3d`` that takes this route; the engine swaps it in for
+channels-last training (:func:`lateral.inference.workarounds.apply_training_workarounds`). The slow kernel was seen
+with torch 2.14.1.
 """
 
 from __future__ import annotations
@@ -16,15 +20,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["batch_norm_on_view", "batch_norm_small_channels", "is_plain_batchnorm3d", "uses_small_channel_path"]
+__all__ = [
+    "SmallChannelBatchNorm3d",
+    "batch_norm_on_view",
+    "batch_norm_small_channels",
+    "is_plain_batchnorm3d",
+    "uses_small_channel_path",
+]
 
 VIRTUAL_CHANNELS = 32
 
 
 def is_plain_batchnorm3d(bn: nn.Module) -> bool:
-    """An ``nn.BatchNorm3d`` itself (not SyncBatchNorm or another subclass) that tracks running statistics: the
-    module whose forward :func:`batch_norm_on_view` reproduces."""
-    return type(bn) is nn.BatchNorm3d and bn.track_running_stats and bn.running_mean is not None
+    """An ``nn.BatchNorm3d`` itself (or :class:`SmallChannelBatchNorm3d`; not SyncBatchNorm or another subclass) that
+    tracks running statistics: the module whose forward :func:`batch_norm_on_view` reproduces."""
+    plain = type(bn) in (nn.BatchNorm3d, SmallChannelBatchNorm3d)
+    return plain and bn.track_running_stats and bn.running_mean is not None
 
 
 def uses_small_channel_path(bn: nn.Module, x: torch.Tensor) -> bool:
@@ -123,3 +134,18 @@ def batch_norm_on_view(bn: nn.BatchNorm3d, x2: torch.Tensor, repeat: int) -> tor
         bn.running_mean.lerp_(mean, momentum)
         bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
     return out2
+
+
+class SmallChannelBatchNorm3d(nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` (same parameters, buffers and state-dict names) that runs :func:`batch_norm_small_channels`
+    on the inputs where the stock CPU kernel is slow (:func:`uses_small_channel_path`), and the stock kernel elsewhere.
+
+    Workaround for a slow kernel, seen with torch 2.14.1: CPU BatchNorm on channels-last-3d input with 8 channels
+    took 81 ms forward + backward where the contiguous layout took 5 ms (see the module docstring).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C, T, H, W] -> the same shape, layout and dtype."""
+        if uses_small_channel_path(self, x):
+            return batch_norm_small_channels(self, x)
+        return super().forward(x)
