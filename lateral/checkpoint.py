@@ -24,6 +24,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from lateral.errors import LateralError
+
 __all__ = [
     "CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "remove_partial_checkpoints",
     "save_checkpoint", "local_checkpoint_path", "load_pretrained", "unfilled_keys", "verify_checkpoint",
@@ -35,7 +37,7 @@ _STATE_DICT_KEYS = ("state_dict", "model_state", "model", "module")
 _IGNORABLE_PREFIXES = ("data_preprocessor.",)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LateralError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message lists every problem."""
 
 

@@ -15,6 +15,8 @@ import os
 import unicodedata
 from pathlib import Path
 
+from lateral.errors import LateralError
+
 __all__ = ["TextFileError", "read_text", "printable"]
 
 # longest first: the UTF-32 LE mark begins with the UTF-16 LE one
@@ -30,7 +32,7 @@ _EXPECTED = "lateral reads text files as UTF-8 (or UTF-16 with a byte-order mark
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-class TextFileError(ValueError):
+class TextFileError(LateralError, ValueError):
     """A user text file that cannot be decoded, with the file, the place and the encoding expected."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lateral.cli.args import add_cfg_options, positive_int
 from lateral.config import ConfigError
+from lateral.errors import InputError
 
 __all__ = ["add_cli", "parse_views", "predict_targets", "timeline_folder_names", "claim_output_folder"]
 
@@ -97,10 +98,10 @@ def run_test(args: argparse.Namespace) -> int:
     failed = int(dist_utils.sum_over_ranks(getattr(loader.dataset, "num_failures", 0), device))  # every rank's shard
     if dist_utils.is_main_process():
         if len(labels) == 0:
-            raise ValueError("no test sample could be decoded")
+            raise InputError("no test sample could be decoded")
         metrics = classification_metrics(scores, labels)
         if metrics["num_samples"] == 0:
-            raise ValueError(f"none of the {len(labels)} test samples has a label (all are -1), so there is nothing "
+            raise InputError(f"none of the {len(labels)} test samples has a label (all are -1), so there is nothing "
                              "to score; `lateral predict` classifies unlabelled videos")
         names = read_label_names(args.labels, cfg, model.num_classes)
         out_dir = Path(args.out or Path(args.checkpoint).parent / "test")

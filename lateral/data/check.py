@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lateral.errors import InputError
 from lateral.textfile import TextFileError, read_text
 
 __all__ = ["CheckResult", "check_video", "check_frame_folder", "collect_entries", "check_entries", "add_cli"]
@@ -115,7 +116,7 @@ def collect_entries(source: str | os.PathLike,
     if source.name.lower().endswith(VIDEO_EXTENSIONS):  # one video: check that file
         return [("video", source, None, None)]
     if source.suffix.lower() == ".py":
-        raise ValueError(f"'{source}' is a config file; pass the list file or folder its dataset reads")
+        raise InputError(f"'{source}' is a config file; pass the list file or folder its dataset reads")
     if source.suffix.lower() == ".csv":
         rows = list(csv.DictReader(io.StringIO(read_text(source, "list file"), newline="")))
         root = prefix or source.parent
@@ -129,7 +130,7 @@ def collect_entries(source: str | os.PathLike,
     try:
         text = read_text(source, "list file")
     except TextFileError as err:
-        raise ValueError(f"'{source}' is not a text list file (one 'path label' per line) nor a video: {err}") from None
+        raise InputError(f"'{source}' is not a text list file (one 'path label' per line) nor a video: {err}") from None
     entries = []
     for line in text.splitlines():
         line = line.strip()

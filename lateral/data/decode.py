@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lateral.errors import InputError, LateralError
+
 __all__ = [
     "DecodeError",
     "VideoInfo",
@@ -40,7 +42,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".m
                     ".m2ts", ".mts")
 
 
-class DecodeError(RuntimeError):
+class DecodeError(LateralError, RuntimeError):
     """A video or frame folder that cannot be read; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -631,7 +633,7 @@ def open_video(path: str | os.PathLike, backend: str = "pyav", num_threads: int 
         return PyAVReader(path, num_threads=num_threads)
     if backend == "torchcodec":
         if not torchcodec_available():
-            raise ValueError("backend 'torchcodec' needs the torchcodec package and the system FFmpeg libraries; "
+            raise InputError("backend 'torchcodec' needs the torchcodec package and the system FFmpeg libraries; "
                              "use backend='pyav'")
         return TorchCodecReader(path, num_threads=num_threads)
-    raise ValueError(f"unknown decoding backend '{backend}', expected 'pyav', 'torchcodec' or 'auto'")
+    raise InputError(f"unknown decoding backend '{backend}', expected 'pyav', 'torchcodec' or 'auto'")

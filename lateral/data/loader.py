@@ -25,6 +25,7 @@ import torch
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from lateral.data.sampling import seed_data_rng
+from lateral.errors import InputError, LateralError
 
 __all__ = ["collate", "build_dataloader", "DataLoaderStalled", "worker_context", "worker_start_methods",
            "DEFAULT_STALL_TIMEOUT"]
@@ -40,7 +41,7 @@ _POLL_SECONDS = 5.0
 _FORKSERVER_PRELOAD = ["torch", "numpy", "av", "lateral.data"]
 
 
-class DataLoaderStalled(RuntimeError):
+class DataLoaderStalled(LateralError, RuntimeError):
     """The DataLoader's workers delivered no batch within the stall timeout."""
 
 
@@ -57,7 +58,7 @@ def worker_context(start_method: str | None = None) -> multiprocessing.context.B
     methods = worker_start_methods()
     method = start_method or methods[0]
     if method not in methods:
-        raise ValueError(f"multiprocessing_context '{method}' is not available here; expected one of "
+        raise InputError(f"multiprocessing_context '{method}' is not available here; expected one of "
                          f"{', '.join(methods)}")
     context = multiprocessing.get_context(method)
     if method == "forkserver":
@@ -131,7 +132,7 @@ def _label_tensor(labels: list[Any]) -> torch.Tensor:
         return torch.as_tensor(np.array([int(v) for v in values]), dtype=torch.int64)
     shapes = {v.shape for v in values}
     if len(shapes) != 1:
-        raise ValueError(f"collate: labels of different shapes in one batch: {sorted(shapes)}")
+        raise InputError(f"collate: labels of different shapes in one batch: {sorted(shapes)}")
     return torch.from_numpy(np.stack(values).astype(np.float32))
 
 
@@ -150,7 +151,7 @@ def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
               for item in items]
     shapes = {tuple(x.shape) for x in inputs}
     if len(shapes) != 1:
-        raise ValueError(f"collate: items have different input shapes {sorted(shapes)}; use fixed-size crops "
+        raise InputError(f"collate: items have different input shapes {sorted(shapes)}; use fixed-size crops "
                          f"(e.g. CenterCrop or Resize with keep_ratio=False) before FormatShape")
     out: dict[str, Any] = {"inputs": torch.stack(inputs)}
     if all("label" in item for item in items):
@@ -186,7 +187,7 @@ def build_dataloader(dataset: torch.utils.data.Dataset, batch_size: int, num_wor
             that starts workers needs an ``if __name__ == '__main__':`` guard.
     """
     if timeout < 0:
-        raise ValueError(f"the data loader's timeout must be >= 0 seconds (0: no limit), got {timeout}")
+        raise InputError(f"the data loader's timeout must be >= 0 seconds (0: no limit), got {timeout}")
     generator = torch.Generator()
     generator.manual_seed(seed)
     if num_workers == 0:

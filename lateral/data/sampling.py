@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from lateral.errors import InputError
+
 __all__ = [
     "data_rng",
     "seed_data_rng",
@@ -107,7 +109,7 @@ def _bound(frame_inds: np.ndarray, num_frames: int, out_of_bound_opt: str) -> np
         safe = frame_inds < num_frames
         last = np.max(np.where(safe, frame_inds, 0), axis=1, keepdims=True)
         return np.where(safe, frame_inds, last)
-    raise ValueError(f"out_of_bound_opt must be 'loop' or 'repeat_last', got '{out_of_bound_opt}'")
+    raise InputError(f"out_of_bound_opt must be 'loop' or 'repeat_last', got '{out_of_bound_opt}'")
 
 
 def sample_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1, num_clips: int = 1,
@@ -135,7 +137,7 @@ def sample_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1
     """
     rng = rng or data_rng()
     if num_frames < 1:
-        raise ValueError(f"cannot sample frames from a video with {num_frames} frames")
+        raise InputError(f"cannot sample frames from a video with {num_frames} frames")
     if fps_scale_ratio is not None:
         ori_clip_len = max(1.0, clip_len * frame_interval * fps_scale_ratio)
     elif test_mode:
@@ -167,7 +169,7 @@ def dense_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1,
     """
     rng = rng or data_rng()
     if num_frames < 1:
-        raise ValueError(f"cannot sample frames from a video with {num_frames} frames")
+        raise InputError(f"cannot sample frames from a video with {num_frames} frames")
     sample_position = max(1, 1 + num_frames - sample_range)
     interval = sample_range // num_clips
     base_offsets = np.arange(num_clips) * interval
@@ -226,9 +228,9 @@ class SampleFrames:
                  twice_sample: bool = False, out_of_bound_opt: str = "loop", test_mode: bool = False,
                  keep_tail_frames: bool = False, target_fps: float | None = None):
         if out_of_bound_opt not in ("loop", "repeat_last"):
-            raise ValueError(f"out_of_bound_opt must be 'loop' or 'repeat_last', got '{out_of_bound_opt}'")
+            raise InputError(f"out_of_bound_opt must be 'loop' or 'repeat_last', got '{out_of_bound_opt}'")
         if clip_len < 1 or frame_interval < 1 or num_clips < 1:
-            raise ValueError(f"clip_len, frame_interval and num_clips must be >= 1, got {clip_len}, "
+            raise InputError(f"clip_len, frame_interval and num_clips must be >= 1, got {clip_len}, "
                              f"{frame_interval}, {num_clips}")
         self.clip_len = clip_len
         self.frame_interval = frame_interval

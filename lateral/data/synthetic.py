@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lateral.data.writer import write_video
+from lateral.errors import InputError
 
 __all__ = ["MOTION_CLASSES", "render_motion_clip", "make_motion_dataset"]
 
@@ -40,7 +41,7 @@ def render_motion_clip(motion: str, num_frames: int, size: int, rng: np.random.G
         uint8 ``[num_frames, size, size, 3]``.
     """
     if motion not in MOTION_CLASSES:
-        raise ValueError(f"unknown motion '{motion}', expected one of {', '.join(MOTION_CLASSES)}")
+        raise InputError(f"unknown motion '{motion}', expected one of {', '.join(MOTION_CLASSES)}")
     t = np.arange(num_frames, dtype=np.float32)[:, None, None]
 
     # background: a random colour, a static blotchy pattern and fresh sensor noise in every frame
@@ -113,9 +114,9 @@ def make_motion_dataset(root: str | os.PathLike, num_train_per_class: int, num_t
         ``data_prefix`` is what to pass as ``dict(video=...)``.
     """
     if size % 2:
-        raise ValueError(f"size must be even (yuv420p video), got {size}")
+        raise InputError(f"size must be even (yuv420p video), got {size}")
     if num_frames < 2:
-        raise ValueError(f"num_frames must be at least 2, got {num_frames}")
+        raise InputError(f"num_frames must be at least 2, got {num_frames}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     total = (num_train_per_class + num_test_per_class) * len(MOTION_CLASSES)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lateral.errors import InputError
+
 __all__ = ["write_video", "default_codec"]
 
 # container suffix -> codecs to try, best first
@@ -30,7 +32,7 @@ def default_codec(path: str | os.PathLike) -> str:
 
     suffix = Path(path).suffix.lower()
     if suffix not in _CODEC_PREFERENCE:
-        raise ValueError(f"cannot write '{path}': unknown video suffix '{suffix}', expected one of "
+        raise InputError(f"cannot write '{path}': unknown video suffix '{suffix}', expected one of "
                          f"{', '.join(_CODEC_PREFERENCE)}")
     for codec in _CODEC_PREFERENCE[suffix]:
         if codec in av.codecs_available:
@@ -39,7 +41,7 @@ def default_codec(path: str | os.PathLike) -> str:
             except Exception:  # listed but no encoder in this FFmpeg build
                 continue
             return codec
-    raise ValueError(f"PyAV has none of the encoders {_CODEC_PREFERENCE[suffix]} needed for '{suffix}' files")
+    raise InputError(f"PyAV has none of the encoders {_CODEC_PREFERENCE[suffix]} needed for '{suffix}' files")
 
 
 def write_video(
@@ -73,14 +75,14 @@ def write_video(
     if frames.ndim == 3:
         frames = np.repeat(frames[..., None], 3, axis=-1)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be [T, H, W, 3] or [T, H, W], got shape {tuple(frames.shape)}")
+        raise InputError(f"frames must be [T, H, W, 3] or [T, H, W], got shape {tuple(frames.shape)}")
     if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+        raise InputError(f"frames must be uint8, got {frames.dtype}")
     num_frames, height, width = frames.shape[:3]
     if num_frames == 0:
-        raise ValueError("cannot write a video with no frames")
+        raise InputError("cannot write a video with no frames")
     if height % 2 or width % 2:
-        raise ValueError(f"frame height and width must be even for yuv420p video, got {height}x{width}")
+        raise InputError(f"frame height and width must be even for yuv420p video, got {height}x{width}")
     codec = codec or default_codec(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 

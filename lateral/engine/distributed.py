@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from lateral.errors import InputError
+
 __all__ = [
     "resolve_device",
     "init_distributed",
@@ -49,14 +51,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device '{device}' is not a device name: use cpu, cuda or cuda:N") from None
+        raise InputError(f"--device '{device}' is not a device name: use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+            raise InputError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     elif device.type != "cpu":
-        raise ValueError(f"--device {device}: lateral runs on cpu or cuda")
+        raise InputError(f"--device {device}: lateral runs on cpu or cuda")
     return device
 
 

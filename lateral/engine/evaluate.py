@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from lateral.config import ConfigError
 from lateral.engine import distributed as dist_utils
+from lateral.errors import InputError
 from lateral.inference.workarounds import apply_training_workarounds
 
 __all__ = ["prepare_inputs", "collect_scores", "unwrap", "require_class_scores"]
@@ -38,7 +39,7 @@ def prepare_inputs(inputs: torch.Tensor, model: nn.Module, device: torch.device)
     mean = model.data_preprocessor.get("mean")
     std = model.data_preprocessor.get("std")
     if inputs.dim() != 6:
-        raise ValueError(f"a batch of clips must be [B, V, C, T, H, W], got {list(inputs.shape)}")
+        raise InputError(f"a batch of clips must be [B, V, C, T, H, W], got {list(inputs.shape)}")
     inputs = inputs.to(device, non_blocking=True)
     if inputs.dtype == torch.uint8:
         if model.data_preprocessor.get("to_rgb"):  # mmaction2 swaps the channel order before normalising

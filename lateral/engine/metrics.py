@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lateral.errors import InputError
+
 __all__ = ["top_k_accuracy", "mean_class_accuracy", "confusion_matrix", "average_precision", "mean_average_precision",
            "classification_metrics", "save_confusion"]
 
@@ -78,17 +80,17 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, topk: tuple[i
         ValueError: shapes that disagree, or a label outside ``0 .. K - 1``.
     """
     if scores.ndim != 2 or len(scores) != len(labels):
-        raise ValueError(f"scores [N, K] and labels [N] must agree, got {scores.shape} and {labels.shape}")
+        raise InputError(f"scores [N, K] and labels [N] must agree, got {scores.shape} and {labels.shape}")
     num_classes = scores.shape[1]
     if labels.ndim == 2:
         if labels.shape != scores.shape:
-            raise ValueError(f"multi-label targets must be [N, {num_classes}] like the scores, got {labels.shape}")
+            raise InputError(f"multi-label targets must be [N, {num_classes}] like the scores, got {labels.shape}")
         return {"mean_average_precision": mean_average_precision(scores, labels), "num_samples": int(len(labels))}
     labels = labels.astype(np.int64)
     labelled = labels >= 0
     out_of_range = sorted(set(labels[labels >= num_classes].tolist()) | set(labels[labels < -1].tolist()))
     if out_of_range:
-        raise ValueError(f"labels {out_of_range[:10]} are outside 0..{num_classes - 1}: the model scores "
+        raise InputError(f"labels {out_of_range[:10]} are outside 0..{num_classes - 1}: the model scores "
                          f"{num_classes} classes (-1 marks an unlabelled sample)")
     scores, labels = scores[labelled], labels[labelled]
     matrix = confusion_matrix(scores.argmax(axis=1), labels, num_classes)

@@ -15,6 +15,7 @@ from torch import nn
 
 from lateral.config import ConfigError
 from lateral.engine.evaluate import prepare_inputs, require_class_scores
+from lateral.errors import InputError
 
 __all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "timeline_classes",
            "parse_seconds"]
@@ -75,7 +76,7 @@ def _clips_for(results: dict, steps) -> torch.Tensor:
     inputs = results.get("inputs", results.get("imgs"))
     inputs = torch.as_tensor(inputs)
     if inputs.dim() != 5:
-        raise ValueError(f"the pipeline must end with clips [V, C, T, H, W] (FormatShape + PackActionInputs), got {list(inputs.shape)}")
+        raise InputError(f"the pipeline must end with clips [V, C, T, H, W] (FormatShape + PackActionInputs), got {list(inputs.shape)}")
     return inputs
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lateral.errors import InputError
 from lateral.inference.folding import inference_copy
 from lateral.inference.openvino_backend import OpenVinoBackend, OpenVinoRunner
 from lateral.inference.optional import MissingDependencyError, require
@@ -69,7 +70,7 @@ def output_names(model: nn.Module, example_output: Any) -> list[str]:
 def _check_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.exists() and path.is_dir():
-        raise ValueError(f"--out {path} is a directory; give a file name such as {path / 'model.onnx'}")
+        raise InputError(f"--out {path} is a directory; give a file name such as {path / 'model.onnx'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -142,7 +143,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, example_input: torch
         return export_onnx(model, path, example_input)
     if fmt == "torchscript":
         return export_torchscript(model, path, example_input)
-    raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    raise InputError(f"--format must be one of {EXPORT_FORMATS}, got {fmt!r}")
 
 
 class OnnxRuntimeRunner:
@@ -174,11 +175,11 @@ class OnnxRuntimeRunner:
 
 def _max_difference(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> float:
     if len(reference) != len(candidate):
-        raise ValueError(f"the exported model returns {len(candidate)} outputs, PyTorch returns {len(reference)}")
+        raise InputError(f"the exported model returns {len(candidate)} outputs, PyTorch returns {len(reference)}")
     diff = 0.0
     for ref, out in zip(reference, candidate):
         if tuple(ref.shape) != tuple(out.shape):
-            raise ValueError(f"output shape {list(out.shape)} of the exported model differs from {list(ref.shape)}")
+            raise InputError(f"output shape {list(out.shape)} of the exported model differs from {list(ref.shape)}")
         diff = max(diff, (ref.float() - out.float()).abs().max().item())
     return diff
 

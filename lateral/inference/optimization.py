@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from lateral.errors import InputError, LateralError
 from lateral.inference.folding import fold_batchnorm
 from lateral.inference.onednn import OneDnnConv
 from lateral.inference.openvino_backend import OpenVinoBackend
@@ -59,7 +60,7 @@ ON_UNSUPPORTED = ("warn", "error", "fp32")
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class PrecisionError(ValueError):
+class PrecisionError(LateralError, ValueError):
     """A precision that is unknown, or that the device cannot run natively when the caller asked to be told."""
 
 
@@ -95,7 +96,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", on_uns
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if on_unsupported not in ON_UNSUPPORTED:
-        raise ValueError(f"on_unsupported must be one of {ON_UNSUPPORTED}, got {on_unsupported!r}")
+        raise InputError(f"on_unsupported must be one of {ON_UNSUPPORTED}, got {on_unsupported!r}")
     if precision == "fp32" or bf16_supported(device):
         return precision
     device = torch.device(device)
@@ -405,15 +406,15 @@ def optimize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize expects an nn.Module, got {type(model).__name__}")
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     is_recognizer = isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(
         getattr(model, "cls_head", None), nn.Module
     )
     if backend == "openvino":
         if compile:
-            raise ValueError("compile=True is for the torch backend; OpenVINO compiles the model itself")
+            raise InputError("compile=True is for the torch backend; OpenVINO compiles the model itself")
         if not is_recognizer or _model_device(model).type != "cpu":
-            raise ValueError("backend='openvino' runs a recognizer (backbone + cls_head) on the CPU")
+            raise InputError("backend='openvino' runs a recognizer (backbone + cls_head) on the CPU")
     precision = resolve_precision(precision, _model_device(model), on_unsupported)
     dtype = PRECISIONS[precision]
     opt = copy.deepcopy(model).eval()

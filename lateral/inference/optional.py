@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lateral.errors import LateralError
+
 __all__ = ["MissingDependencyError", "require"]
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(LateralError, ImportError):
     """An optional runtime (onnxruntime, OpenVINO) is not installed; the message names the extra to install."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lateral.errors import InputError
 from lateral.inference.exporters import OnnxRuntimeRunner, OpenVinoRunner, export_onnx, flatten_outputs
 from lateral.inference.optimization import bf16_supported, compile_available, optimize
 from lateral.inference.winograd import route_summary
@@ -54,9 +55,9 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input must look like 1x3x32x224x224 (N x C x T x H x W), got '{text}'") from None
+        raise InputError(f"--input must look like 1x3x32x224x224 (N x C x T x H x W), got '{text}'") from None
     if len(shape) not in (4, 5) or min(shape) < 1:
-        raise ValueError(f"--input must have 4 (N x C x H x W) or 5 (N x C x T x H x W) positive sizes, got '{text}'")
+        raise InputError(f"--input must have 4 (N x C x H x W) or 5 (N x C x T x H x W) positive sizes, got '{text}'")
     return shape
 
 
@@ -171,7 +172,7 @@ def build_variant(
         RuntimeError: the variant cannot run here (the message says why); the caller reports it and goes on.
     """
     if name not in VARIANTS:
-        raise ValueError(f"unknown variant '{name}'; choose from {', '.join(VARIANTS)}")
+        raise InputError(f"unknown variant '{name}'; choose from {', '.join(VARIANTS)}")
     if name.endswith("bf16") and not bf16_supported("cpu") and not force_bf16:
         raise RuntimeError(f"no native bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()})")
     start = time.perf_counter()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lateral.config import ConfigError
+from lateral.errors import InputError
 
 __all__ = ["CrossEntropyLoss", "BCELossWithLogits", "BaseHead", "SlowFastHead", "I3DHead", "build_loss"]
 
@@ -30,7 +31,7 @@ class CrossEntropyLoss(nn.Module):
         """cls_score: [N, K] logits; label: [N] class indices or [N, K] probabilities -> scalar loss."""
         weight = None if self.class_weight is None else self.class_weight.to(cls_score)
         if weight is not None and weight.numel() != cls_score.shape[1]:
-            raise ValueError(f"class_weight has {weight.numel()} entries for {cls_score.shape[1]} classes")
+            raise InputError(f"class_weight has {weight.numel()} entries for {cls_score.shape[1]} classes")
         if cls_score.shape == label.shape:  # soft labels
             log_prob = F.log_softmax(cls_score, dim=1)
             if weight is not None:
@@ -38,12 +39,12 @@ class CrossEntropyLoss(nn.Module):
             loss = -(label * log_prob).sum(dim=1).mean()
         else:
             if label.dim() != 1 or label.shape[0] != cls_score.shape[0]:
-                raise ValueError(
+                raise InputError(
                     f"labels must be [N] class indices or [N, K] probabilities for scores {list(cls_score.shape)}, "
                     f"got {list(label.shape)}"
                 )
             if label.numel() and (int(label.min()) < 0 or int(label.max()) >= cls_score.shape[1]):
-                raise ValueError(
+                raise InputError(
                     f"label {int(label.max()) if int(label.max()) >= cls_score.shape[1] else int(label.min())} is "
                     f"out of range for {cls_score.shape[1]} classes"
                 )
@@ -62,7 +63,7 @@ class BCELossWithLogits(nn.Module):
     def forward(self, cls_score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """cls_score: [N, K] logits; label: [N, K] -> scalar loss."""
         if label.shape != cls_score.shape:
-            raise ValueError(f"multi-label targets must match the scores {list(cls_score.shape)}, got {list(label.shape)}")
+            raise InputError(f"multi-label targets must match the scores {list(cls_score.shape)}, got {list(label.shape)}")
         weight = None if self.class_weight is None else self.class_weight.to(cls_score)
         loss = F.binary_cross_entropy_with_logits(cls_score, label.to(cls_score.dtype), weight=weight)
         return loss * self.loss_weight
@@ -98,7 +99,7 @@ def average_clips(cls_scores: torch.Tensor, num_views: int, mode: str | None, mu
     if mode not in ("prob", "score", None):
         raise ConfigError(f"average_clips must be 'prob', 'score' or None, got {mode!r}")
     if cls_scores.shape[0] % num_views != 0:
-        raise ValueError(f"{cls_scores.shape[0]} scores cannot be split into groups of {num_views} views")
+        raise InputError(f"{cls_scores.shape[0]} scores cannot be split into groups of {num_views} views")
     scores = cls_scores.view(cls_scores.shape[0] // num_views, num_views, *cls_scores.shape[1:])
     if mode is None:
         return scores
@@ -218,7 +219,7 @@ class SlowFastHead(BaseHead):
     def pool(self, feats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """(slow [N, Cs, Ts, H, W], fast [N, Cf, Tf, H, W]) -> [N, Cf + Cs]."""
         if not isinstance(feats, (tuple, list)) or len(feats) != 2:
-            raise ValueError("SlowFastHead expects the (slow, fast) pair returned by ResNet3dSlowFast")
+            raise InputError("SlowFastHead expects the (slow, fast) pair returned by ResNet3dSlowFast")
         x_slow, x_fast = feats
         if self.avg_pool is not None and self.pool_kernels is not None:
             x_slow = self._window_pool(x_slow, self.pool_kernels[0])
@@ -228,7 +229,7 @@ class SlowFastHead(BaseHead):
         x = torch.cat((x_fast, x_slow), dim=1)
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"SlowFastHead has in_channels={self.in_channels} but the features have {x.shape[1]}")
+            raise InputError(f"SlowFastHead has in_channels={self.in_channels} but the features have {x.shape[1]}")
         return x
 
     def forward(self, feats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -261,12 +262,12 @@ class I3DHead(BaseHead):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C, T, H, W] -> [N, C]."""
         if isinstance(x, (tuple, list)):
-            raise ValueError("I3DHead expects one feature tensor; a SlowFast backbone needs SlowFastHead")
+            raise InputError("I3DHead expects one feature tensor; a SlowFast backbone needs SlowFastHead")
         if self.avg_pool is not None:
             x = self.avg_pool(x)
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"I3DHead has in_channels={self.in_channels} but the features have {x.shape[1]}")
+            raise InputError(f"I3DHead has in_channels={self.in_channels} but the features have {x.shape[1]}")
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

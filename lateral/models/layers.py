@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lateral.config import ConfigError, suggest
+from lateral.errors import InputError
 
 __all__ = [
     "check_input_layout",
@@ -35,24 +36,24 @@ def check_input_layout(x: torch.Tensor, in_channels: int, where: str, video: boo
             hint = " (for multi-view input [N, V, C, T, H, W] use model.predict)"
         elif not video and x.dim() == 5:
             hint = " (a 2D backbone takes images, not clips [N, C, T, H, W])"
-        raise ValueError(f"{where}: expected a {dims}-D {kind} {layout}, got shape {shape}{hint}")
+        raise InputError(f"{where}: expected a {dims}-D {kind} {layout}, got shape {shape}{hint}")
     if x.shape[1] != in_channels:
         channels_last = "frames [N, T, H, W, C]" if video else "images [N, H, W, C]"
-        raise ValueError(
+        raise InputError(
             f"{where}: expected {in_channels} channels in dim 1 of {layout}, got shape {shape}"
             f" ({channels_last} must be permuted to {layout} first)"
         )
     if video and x.shape[2] < min_frames:
-        raise ValueError(f"{where}: needs at least {min_frames} frames (dim 2), got shape {shape}")
+        raise InputError(f"{where}: needs at least {min_frames} frames (dim 2), got shape {shape}")
     if 0 in shape:
-        raise ValueError(f"{where}: got an empty {kind} of shape {shape}; every dimension of {layout} must be >= 1")
+        raise InputError(f"{where}: got an empty {kind} of shape {shape}; every dimension of {layout} must be >= 1")
     check_float_input(x, where)
 
 
 def check_float_input(x: torch.Tensor, where: str) -> None:
     """Raise a ValueError for integer pixels: raw frames (uint8) must be normalised to float before a model."""
     if not x.is_floating_point():
-        raise ValueError(f"{where}: expected float input, got {x.dtype}; raw frames must be normalised first "
+        raise InputError(f"{where}: expected float input, got {x.dtype}; raw frames must be normalised first "
                          "((x.float() - mean) / std, as lateral.engine.evaluate.prepare_inputs does with the "
                          "model's data_preprocessor)")
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lateral.config import ConfigError, check_bool_flags, check_keys
+from lateral.errors import InputError
 from lateral.models.heads import average_clips
 
 __all__ = ["Recognizer3D", "check_data_preprocessor"]
@@ -143,7 +144,7 @@ class Recognizer3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C, T, H, W] -> logits [N, num_classes]."""
         if isinstance(x, torch.Tensor) and x.dim() == 6:
-            raise ValueError(
+            raise InputError(
                 f"Recognizer3D.forward takes [N, C, T, H, W]; got 6-D {[int(d) for d in x.shape]}: use model.predict() for "
                 "multi-view input [N, V, C, T, H, W]"
             )
@@ -180,7 +181,7 @@ class Recognizer3D(nn.Module):
         """
         if not isinstance(x, torch.Tensor) or x.dim() not in (5, 6):
             shape = [int(d) for d in x.shape] if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"predict expects [N, V, C, T, H, W] or [N, C, T, H, W], got {shape}")
+            raise InputError(f"predict expects [N, V, C, T, H, W] or [N, C, T, H, W], got {shape}")
         if x.dim() == 5:
             x = x.unsqueeze(1)
         num_samples, num_views = x.shape[:2]

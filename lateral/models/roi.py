@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from lateral.errors import InputError
+
 __all__ = ["roi_levels", "MultiScaleRoIPool"]
 
 
@@ -90,10 +92,10 @@ class MultiScaleRoIPool(nn.Module):
     ):
         super().__init__()
         if len(featmap_names) != len(strides) or not featmap_names:
-            raise ValueError(f"featmap_names {list(featmap_names)} and strides {list(strides)} must pair up")
+            raise InputError(f"featmap_names {list(featmap_names)} and strides {list(strides)} must pair up")
         levels = [int(round(torch.log2(torch.tensor(float(s))).item())) for s in strides]
         if any(2**k != s for k, s in zip(levels, strides)) or levels != list(range(levels[0], levels[0] + len(levels))):
-            raise ValueError(f"strides must be consecutive powers of two (4, 8, 16, ...), got {list(strides)}")
+            raise InputError(f"strides must be consecutive powers of two (4, 8, 16, ...), got {list(strides)}")
         self.featmap_names = list(featmap_names)
         self.strides = [int(s) for s in strides]
         self.min_level, self.max_level = levels[0], levels[-1]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lateral.config import ConfigError
+from lateral.errors import InputError
 from lateral.models.layers import ConvModule, kaiming_init
 from lateral.models.resnet3d import ResNet3d, check_video_input
 
@@ -286,7 +287,7 @@ class ResNet3dSlowFast(nn.Module):
         num_frames = x.shape[2]
         if num_frames % self.resample_rate:
             # otherwise the slow and fast pathways end with different frame counts and the lateral concat fails
-            raise ValueError(
+            raise InputError(
                 f"ResNet3dSlowFast: the clip has {num_frames} frames, but T must be a multiple of resample_rate="
                 f"{self.resample_rate} (e.g. {num_frames // self.resample_rate * self.resample_rate} or "
                 f"{(num_frames // self.resample_rate + 1) * self.resample_rate})"
