@@ -1,4 +1,4 @@
-"""mmaction2-style pipelines: a list of step dicts turned into one callable on a results dict.
+"""mmaction2 / mmdet-style pipelines: a list of step dicts turned into one callable on a results dict.
 
 ``build_pipeline([dict(type='DecordInit'), dict(type='SampleFrames', clip_len=32, ...), ...])`` builds every step
 from :data:`PIPELINE_STEPS` with :func:`lateral.registry.build_from_table` (type lookup, key checks) and chains
@@ -22,7 +22,8 @@ from lateral.config import ConfigError
 from lateral.data.decode import FrameFolderReader, open_video
 from lateral.data.sampling import DenseSampleFrames, SampleFrames, UniformSample
 from lateral.data.transforms import (CenterCrop, ColorJitter, Flip, FormatShape, MultiScaleCrop, Normalize,
-                                     RandomCrop, RandomRescale, RandomResizedCrop, Resize, TenCrop, ThreeCrop)
+                                     RandomCrop, RandomFlip, RandomRescale, RandomResizedCrop, Resize, TenCrop,
+                                     ThreeCrop)
 from lateral.registry import build_from_table
 
 __all__ = [
@@ -259,7 +260,7 @@ class ToTensor:
         return results
 
 
-# type name in configs -> class; one explicit table, no registration decorators
+# type name in configs -> class; one explicit table for recognition and detection, no registration decorators
 PIPELINE_STEPS: dict[str, type] = {
     "DecordInit": DecordInit,
     "DecordDecode": DecordDecode,
@@ -284,6 +285,7 @@ PIPELINE_STEPS: dict[str, type] = {
     "ThreeCrop": ThreeCrop,
     "TenCrop": TenCrop,
     "Flip": Flip,
+    "RandomFlip": RandomFlip,  # detection items (image + boxes)
     "ColorJitter": ColorJitter,
     "Normalize": Normalize,
     "FormatShape": FormatShape,
@@ -306,13 +308,19 @@ class Compose:
                 return None
         return results
 
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
     def __repr__(self) -> str:
         inner = ",\n    ".join(repr(step) for step in self.steps)
         return f"Compose(\n    {inner}\n)"
 
 
-def build_pipeline(steps: Sequence[dict | Callable], where: str = "pipeline") -> Compose:
-    """Build a pipeline from mmaction2-style step dicts (callables are used as they are).
+def build_pipeline(steps: Sequence[dict | Callable] | None, where: str = "pipeline") -> Compose:
+    """Build a pipeline from mmaction2 / mmdet-style step dicts (callables are used as they are; None: no steps).
 
     Args:
         steps: the step dicts, e.g. ``[dict(type='Resize', scale=(-1, 256)), ...]``.
@@ -323,6 +331,8 @@ def build_pipeline(steps: Sequence[dict | Callable], where: str = "pipeline") ->
         ConfigError: a step has no or an unknown ``type`` or an unknown key (the closest name is suggested), or its
             values are invalid.
     """
+    if steps is None:
+        return Compose([])
     if isinstance(steps, dict) or not isinstance(steps, (list, tuple)):
         raise ConfigError(f"{where} must be a list of step dicts, got {type(steps).__name__}")
     built = []
