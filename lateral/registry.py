@@ -1,9 +1,21 @@
-"""The one table from a config's ``type`` string to the class it builds.
+"""From a config's ``type`` string to the object it builds: one lookup, used by every table.
 
-``build_model(dict(type='ResNet3dSlowFast', ...))`` looks ``type`` up in :data:`MODEL_TYPES`, checks the other
-keys against the class's keyword arguments (a misspelt key gets the closest match suggested) and calls the class
-with them. Entries are ``"module:Class"`` strings so that importing :mod:`lateral` does not import every model;
-the string also tells a reader which file to open.
+Each part of lateral keeps its own table as a plain dict from type name to class (or builder function):
+
+==============================  ==========================================
+:data:`MODEL_TYPES`             models (here)
+``lateral.data.pipeline``       ``PIPELINE_STEPS``: recognition and detection pipeline steps
+``lateral.data.datasets``       ``DATASET_TYPES``: video datasets
+``lateral.data.blending``       ``BLENDING_TYPES``: mixup / cutmix
+``lateral.engine.optim``        ``OPTIMIZERS``, ``SCHEDULERS``
+==============================  ==========================================
+
+and builds from it with :func:`build_from_table`, which strips mmengine scopes (``'mmaction.Resize'``,
+``_scope_='mmdet'``), refuses an unknown type with the closest name, checks the other keys against the class's
+keyword arguments (a misspelt key gets the closest match suggested, a missing required key is named) and calls the
+class with them. ``build_model(dict(type='ResNet3dSlowFast', ...))`` is that over :data:`MODEL_TYPES`, whose
+entries are ``"module:Class"`` strings so that importing :mod:`lateral` does not import every model; the string
+also tells a reader which file to open.
 """
 
 from __future__ import annotations
@@ -16,8 +28,8 @@ from typing import Any
 
 from lateral.config import ConfigError, check_keys, load_config, suggest
 
-__all__ = ["MODEL_TYPES", "build_model", "lookup_type", "check_kwargs", "take_init_cfg", "apply_pretrained_init",
-           "reapply_pretrained_inits"]
+__all__ = ["MODEL_TYPES", "build_model", "build_from_table", "resolve_type", "strip_scope", "lookup_type",
+           "check_kwargs", "take_init_cfg", "apply_pretrained_init", "reapply_pretrained_inits"]
 
 MODEL_TYPES: dict[str, str] = {
     # recognizers
@@ -109,15 +121,89 @@ def reapply_pretrained_inits(parent: Any) -> None:
             apply_pretrained_init(child, entry, where)
 
 
-def lookup_type(type_name: str) -> Any:
-    """Return the class (or builder function) registered under ``type_name``."""
+# OpenMMLab registry scopes a type may be prefixed with ('mmaction.Resize') or a dict may name in ``_scope_``;
+# lateral has one table per kind of object, so the scope only has to be one it reads configs of
+MM_SCOPES = ("mmaction", "mmdet", "mmengine", "mmcv", "mmpretrain", "mmcls")
+
+
+def strip_scope(type_name: Any, where: str) -> str:
+    """``'mmaction.Resize'`` -> ``'Resize'`` (mmengine's ``scope.Type``); a name without a scope is returned as is.
+
+    Raises:
+        ConfigError: ``type_name`` is not a string, or its scope is not an OpenMMLab one lateral reads.
+    """
     if not isinstance(type_name, str):
-        raise ConfigError(f"'type' must be a string, got {type_name!r}")
-    if type_name not in MODEL_TYPES:
-        known = ", ".join(sorted(MODEL_TYPES))
-        raise ConfigError(f"unknown model type '{type_name}'.{suggest(type_name, MODEL_TYPES)} Known types: {known}")
-    module_name, attr = MODEL_TYPES[type_name].split(":")
-    return getattr(importlib.import_module(module_name), attr)
+        raise ConfigError(f"{where}: 'type' must be a string, got {type_name!r}")
+    scope, dot, name = type_name.partition(".")
+    if not dot:
+        return type_name
+    if scope not in MM_SCOPES:
+        raise ConfigError(f"{where}: type '{type_name}' has the scope '{scope}'.{suggest(scope, MM_SCOPES)} "
+                          f"lateral reads the scopes {', '.join(MM_SCOPES)}")
+    return name
+
+
+def _resolve_entry(entry: Any) -> Any:
+    if isinstance(entry, str):  # "module:attr", imported on first use
+        module_name, attr = entry.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+    return entry
+
+
+def resolve_type(table: dict[str, Any], cfg: dict, where: str) -> tuple[str, Any, dict[str, Any]]:
+    """Look ``cfg['type']`` up in ``table``.
+
+    Args:
+        table: type name -> class, builder function or ``"module:attr"`` string.
+        cfg: the config dict; it is not changed.
+        where: where ``cfg`` sits in the config (``'train_dataloader.dataset.pipeline[3]'``), for messages.
+
+    Returns:
+        (type name without its scope, the class or function, the other keys of ``cfg`` without ``_scope_``).
+
+    Raises:
+        ConfigError: ``cfg`` is not a dict with a ``type``, or the type is unknown (the closest name is suggested
+            and the known ones listed).
+    """
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ConfigError(f"{where}: expected a dict with a 'type' key, got {cfg!r}")
+    kwargs = dict(cfg)
+    type_name = strip_scope(kwargs.pop("type"), where)
+    scope = kwargs.pop("_scope_", None)
+    if scope is not None and scope not in MM_SCOPES:
+        raise ConfigError(f"{where}: _scope_='{scope}' is not an OpenMMLab scope lateral reads "
+                          f"({', '.join(MM_SCOPES)}).{suggest(str(scope), MM_SCOPES)}")
+    if type_name not in table:
+        raise ConfigError(f"{where}: unknown type '{type_name}'.{suggest(type_name, table)} "
+                          f"Known types: {', '.join(sorted(table))}")
+    return type_name, _resolve_entry(table[type_name]), kwargs
+
+
+def build_from_table(table: dict[str, Any], cfg: dict, where: str, **defaults: Any) -> Any:
+    """Build ``cfg`` with the class ``table`` registers under its ``type``.
+
+    ``build_from_table(PIPELINE_STEPS, dict(type='mmaction.Resize', scale=(-1, 256)), 'test_pipeline[2]')`` is
+    ``Resize(scale=(-1, 256))``.
+
+    Args:
+        table: type name -> class, builder function or ``"module:attr"`` string.
+        cfg: ``dict(type=..., **keyword arguments)``; it is not changed.
+        where: where ``cfg`` sits in the config, for messages; key errors name it with the type, e.g.
+            ``train_dataloader.dataset.pipeline[3] (Resize): unknown key 'scael'. Did you mean 'scale'?``.
+        defaults: keyword arguments for keys ``cfg`` does not set (e.g. an optimizer's ``params``).
+
+    Raises:
+        ConfigError: see :func:`resolve_type` and :func:`check_kwargs`.
+    """
+    type_name, target, kwargs = resolve_type(table, cfg, where)
+    kwargs = {**defaults, **kwargs}
+    check_kwargs(target, kwargs, f"{where} ({type_name})")
+    return target(**kwargs)
+
+
+def lookup_type(type_name: str) -> Any:
+    """Return the model class (or builder function) registered under ``type_name`` in :data:`MODEL_TYPES`."""
+    return resolve_type(MODEL_TYPES, {"type": type_name}, "model")[1]
 
 
 def _accepted_keys(target: Any) -> list[str] | None:
@@ -146,19 +232,18 @@ def _required_keys(target: Any) -> list[str]:
 
 def check_kwargs(target: Any, kwargs: dict[str, Any], where: str) -> None:
     """Raise a :class:`ConfigError` naming any key that ``target`` does not accept (with the closest match) or
-    needs and does not get."""
+    needs and does not get; unknown keys first, as a misspelt required key is both."""
+    accepted = _accepted_keys(target)
+    if accepted is not None:
+        for key in kwargs:
+            if key not in accepted:
+                raise ConfigError(
+                    f"{where}: unknown key '{key}'.{suggest(str(key), accepted)} Accepted keys: {', '.join(accepted)}"
+                )
     missing = [key for key in _required_keys(target) if key not in kwargs]
     if missing:
         raise ConfigError(f"{where}: missing required key{'s' if len(missing) > 1 else ''} "
                           f"{', '.join(repr(k) for k in missing)}")
-    accepted = _accepted_keys(target)
-    if accepted is None:
-        return
-    for key in kwargs:
-        if key not in accepted:
-            raise ConfigError(
-                f"{where}: unknown key '{key}'.{suggest(key, accepted)} Accepted keys: {', '.join(accepted)}"
-            )
 
 
 def build_model(cfg: dict | str | os.PathLike, **overrides: Any):
@@ -179,14 +264,9 @@ def build_model(cfg: dict | str | os.PathLike, **overrides: Any):
         cfg = file_cfg["model"]
     if not isinstance(cfg, dict):
         raise ConfigError(f"a model config must be a dict with a 'type' key, got {type(cfg).__name__}")
-    kwargs = dict(cfg)
-    kwargs.update(overrides)
-    if "type" not in kwargs:
-        raise ConfigError(f"a model config needs a 'type' key; got keys {sorted(kwargs)}")
-    type_name = kwargs.pop("type")
-    target = lookup_type(type_name)
+    type_name, target, kwargs = resolve_type(MODEL_TYPES, {**cfg, **overrides}, "model")
     pending_init = take_init_cfg(kwargs, target, type_name)
-    check_kwargs(target, kwargs, f"{type_name}")
+    check_kwargs(target, kwargs, f"model ({type_name})")
     module = target(**kwargs)
     if pending_init is not None:
         apply_pretrained_init(module, pending_init, type_name)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from lateral.config import ConfigError, check_keys, suggest
+from lateral.config import ConfigError
+from lateral.registry import build_from_table
 
 __all__ = ["MixupBlending", "CutmixBlending", "RandomBatchAugment", "BLENDING_TYPES", "build_blending"]
 
@@ -96,7 +97,8 @@ class RandomBatchAugment:
         augments = [augments] if isinstance(augments, dict) else list(augments)
         if not augments:
             raise ConfigError("RandomBatchAugment needs at least one augment")
-        self.augments = [build_blending(cfg) for cfg in augments]
+        self.augments = [build_blending(cfg, f"data_preprocessor.blending.augments[{index}]")
+                         for index, cfg in enumerate(augments)]
         if probs is None:
             probs = [1.0 / len(self.augments)] * len(self.augments)
         probs = [probs] if isinstance(probs, (int, float)) else probs
@@ -123,20 +125,9 @@ class RandomBatchAugment:
 
 BLENDING_TYPES = {"MixupBlending": MixupBlending, "CutmixBlending": CutmixBlending,
                   "RandomBatchAugment": RandomBatchAugment}
-_BLENDING_KEYS = {"MixupBlending": ("type", "num_classes", "alpha"), "CutmixBlending": ("type", "num_classes", "alpha"),
-                  "RandomBatchAugment": ("type", "augments", "probs")}
 
 
-def build_blending(cfg: dict[str, Any]) -> Any:
-    """A blending callable from its config dict (``type`` one of :data:`BLENDING_TYPES`)."""
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise ConfigError(f"a blending config must be a dict with a 'type', got {cfg!r}")
-    kind = cfg["type"]
-    if kind not in BLENDING_TYPES:
-        raise ConfigError(f"unknown blending type '{kind}'.{suggest(str(kind), BLENDING_TYPES)} Known types: "
-                          f"{', '.join(BLENDING_TYPES)}")
-    check_keys(cfg, _BLENDING_KEYS[kind], kind)
-    required = "augments" if kind == "RandomBatchAugment" else "num_classes"
-    if required not in cfg:
-        raise ConfigError(f"{kind} needs {required}" + (" (the model's class count)" if required == "num_classes" else ""))
-    return BLENDING_TYPES[kind](**{k: v for k, v in cfg.items() if k != "type"})
+def build_blending(cfg: dict[str, Any], where: str = "data_preprocessor.blending") -> Any:
+    """A blending callable from its config dict (``type`` one of :data:`BLENDING_TYPES`; ``num_classes`` is the
+    model's class count)."""
+    return build_from_table(BLENDING_TYPES, cfg, where)

@@ -8,25 +8,27 @@ Bad input is repaired or skipped, never fatal unless the annotation file itself 
 * category ids need not be contiguous (COCO's are 1..90 with gaps): they map to labels 1..K in id order, 0 being
   the background of torchvision's detectors.
 
-Transforms are pure functions on tensors (``resize_image``, ``resize_boxes``, ``hflip_boxes``, ``clip_boxes``)
-with thin classes (:class:`Resize`, :class:`RandomFlip`) that read and update a results dict.
+The pipeline is built by the one :func:`lateral.data.pipeline.build_pipeline` (re-exported here): its steps
+(:class:`~lateral.data.transforms.Resize`, :class:`~lateral.data.transforms.RandomFlip`) read and update an item's
+``image`` and ``boxes``, with the box functions of :mod:`lateral.data.transforms`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
-from lateral.config import ConfigError, suggest
+# the transforms and the pipeline builder detection configs name; imported here so `from lateral.data.coco import
+# build_pipeline, Resize, ...` keeps working
+from lateral.data.pipeline import build_pipeline
+from lateral.data.transforms import RandomFlip, Resize, clip_boxes, hflip_boxes, resize_boxes, resize_image
 
 __all__ = [
     "CocoFormatError",
@@ -48,37 +50,6 @@ class CocoFormatError(ValueError):
     """An annotation file that is not COCO detection json; the message says what is missing or malformed."""
 
 
-# ---------------------------------------------------------------------------------------------- functional core
-
-
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """image: [3, H, W] float -> [3, size[0], size[1]] (bilinear, antialiased when shrinking)."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-
-
-def resize_boxes(boxes: torch.Tensor, scale_x: float, scale_y: float) -> torch.Tensor:
-    """boxes: [K, 4] (x1, y1, x2, y2) -> the same boxes in an image scaled by (scale_x, scale_y)."""
-    return boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
-
-
-def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
-    """boxes: [K, 4] (x1, y1, x2, y2) -> their mirror images in an image of ``width`` pixels."""
-    flipped = boxes.clone()
-    flipped[:, 0] = width - boxes[:, 2]
-    flipped[:, 2] = width - boxes[:, 0]
-    return flipped
-
-
-def clip_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """boxes: [K, 4] (x1, y1, x2, y2) -> clipped to [0, width] x [0, height]."""
-    return torch.stack(
-        [boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)],
-        dim=1,
-    )
-
-
 def load_image(path: str | os.PathLike) -> torch.Tensor | None:
     """Read an image file as [3, H, W] float RGB in [0, 1]; None if it is missing or cannot be decoded."""
     try:
@@ -87,76 +58,6 @@ def load_image(path: str | os.PathLike) -> torch.Tensor | None:
             return pil_to_tensor(pil.convert("RGB")).float() / 255.0
     except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
-
-
-# ---------------------------------------------------------------------------------------- dict transforms
-
-
-class Resize:
-    """Resize keeping the aspect ratio so the short side is ``scale[0]`` and the long side at most ``scale[1]``.
-
-    Reads ``image`` [3, H, W] and ``boxes`` [K, 4]; updates both and ``scale_factor`` (x, y; multiplied into any
-    earlier factor, so predictions can be mapped back to the original image).
-
-    Args:
-        scale: (short side, long-side cap) in pixels.
-        ratio_range: if given, (low, high): the target sizes are multiplied by a uniform random factor in it
-            (scale augmentation for training).
-    """
-
-    def __init__(self, scale: Sequence[int] = (800, 1333), ratio_range: Sequence[float] | None = None):
-        if len(scale) != 2:
-            raise ConfigError(f"Resize scale must be (short side, long side cap), got {scale}")
-        self.scale = (int(scale[0]), int(scale[1]))
-        self.ratio_range = tuple(ratio_range) if ratio_range is not None else None
-
-    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
-        image = results["image"]
-        height, width = image.shape[-2:]
-        ratio = random.uniform(*self.ratio_range) if self.ratio_range else 1.0
-        factor = min(self.scale[0] * ratio / min(height, width), self.scale[1] * ratio / max(height, width))
-        new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
-        scale_x, scale_y = new_w / width, new_h / height
-        results["image"] = resize_image(image, (new_h, new_w))
-        results["boxes"] = resize_boxes(results["boxes"], scale_x, scale_y)
-        old_x, old_y = results.get("scale_factor", (1.0, 1.0))
-        results["scale_factor"] = (old_x * scale_x, old_y * scale_y)
-        return results
-
-
-class RandomFlip:
-    """Mirror the image left-right with probability ``flip_ratio``.
-
-    Reads ``image`` [3, H, W] and ``boxes`` [K, 4]; updates both and sets ``flip`` (bool).
-    """
-
-    def __init__(self, flip_ratio: float = 0.5):
-        self.flip_ratio = flip_ratio
-
-    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
-        flip = random.random() < self.flip_ratio
-        if flip:
-            results["image"] = results["image"].flip(-1)
-            results["boxes"] = hflip_boxes(results["boxes"], results["image"].shape[-1])
-        results["flip"] = flip
-        return results
-
-
-TRANSFORMS: dict[str, Callable[..., Callable[[dict], dict]]] = {"Resize": Resize, "RandomFlip": RandomFlip}
-
-
-def build_pipeline(cfgs: Sequence[dict] | None) -> list[Callable[[dict], dict]]:
-    """Turn ``[dict(type='Resize', scale=(800, 1333)), dict(type='RandomFlip')]`` into transform objects."""
-    pipeline = []
-    for cfg in cfgs or []:
-        cfg = dict(cfg)
-        name = cfg.pop("type", None)
-        if name not in TRANSFORMS:
-            raise ConfigError(
-                f"unknown detection transform '{name}'.{suggest(str(name), TRANSFORMS)} Known: {', '.join(TRANSFORMS)}"
-            )
-        pipeline.append(TRANSFORMS[name](**cfg))
-    return pipeline
 
 
 # ----------------------------------------------------------------------------------------------- annotations

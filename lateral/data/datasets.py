@@ -35,6 +35,7 @@ import torch
 from lateral.config import ConfigError, suggest
 from lateral.data.decode import VIDEO_EXTENSIONS, DecodeError
 from lateral.data.pipeline import build_pipeline, close_reader, ensure_inputs
+from lateral.registry import build_from_table
 from lateral.textfile import printable, read_text
 
 __all__ = [
@@ -577,23 +578,20 @@ _IGNORED_DATASET_KEYS = {"serialize_data", "lazy_init", "metainfo", "filter_cfg"
                          "sample_by_class", "dynamic_length"}
 
 
-def build_dataset(cfg: dict) -> torch.utils.data.Dataset:
+def build_dataset(cfg: dict, where: str = "dataset") -> torch.utils.data.Dataset:
     """Build a dataset from an mmaction2 dataset dict (see the module docstring for the types).
+
+    Args:
+        cfg: ``dict(type='VideoDataset', ann_file=..., pipeline=[...], ...)``.
+        where: where ``cfg`` sits in the config (``'train_dataloader.dataset'``), for messages.
 
     Raises:
         ConfigError: unknown ``type`` or key (the closest name is suggested).
         FileNotFoundError: the ann_file or the data folder does not exist (checked before any decoding).
         ValueError: the dataset is empty or a list line is malformed.
     """
-    from lateral.registry import check_kwargs
-
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise ConfigError(f"a dataset config must be a dict with a 'type' key, got {cfg!r}")
-    kwargs = {k: v for k, v in cfg.items() if k not in _IGNORED_DATASET_KEYS}
-    type_name = kwargs.pop("type")
-    if type_name not in DATASET_TYPES:
-        raise ConfigError(f"unknown dataset type '{type_name}'.{suggest(str(type_name), DATASET_TYPES)} Known "
-                          f"types: {', '.join(DATASET_TYPES)}")
-    cls = DATASET_TYPES[type_name]
-    check_kwargs(cls, kwargs, f"dataset {type_name}")
-    return cls(**kwargs)
+    if isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k not in _IGNORED_DATASET_KEYS}
+        if isinstance(cfg.get("pipeline"), (list, tuple)):  # built here so that its errors say where the steps are
+            cfg["pipeline"] = build_pipeline(cfg["pipeline"], f"{where}.pipeline")
+    return build_from_table(DATASET_TYPES, cfg, where)

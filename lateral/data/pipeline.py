@@ -1,8 +1,10 @@
-"""mmaction2-style pipelines: a list of step dicts turned into one callable on a results dict.
+"""mmaction2 / mmdet-style pipelines: a list of step dicts turned into one callable on a results dict.
 
-``build_pipeline([dict(type='DecordInit'), dict(type='SampleFrames', clip_len=32, ...), ...])`` looks every
-``type`` up in :data:`PIPELINE_STEPS`, checks its keys and calls the class. The decoder steps of decord, PyAV and
-OpenCV all map onto :mod:`lateral.data.decode`, so mmaction2 configs run unchanged.
+``build_pipeline([dict(type='DecordInit'), dict(type='SampleFrames', clip_len=32, ...), ...])`` builds every step
+from :data:`PIPELINE_STEPS` with :func:`lateral.registry.build_from_table` (type lookup, key checks) and chains
+them. The decoder steps of decord, PyAV and OpenCV all map onto :mod:`lateral.data.decode`, so mmaction2 configs
+run unchanged. Detection pipelines (``Resize``, ``RandomFlip`` on a COCO item's ``image`` and ``boxes``) are built
+by the same function from the same table.
 
 What the training engine reads from an item: ``inputs`` (``[V, C, T, H, W]`` tensor, uint8, or float32 when the
 pipeline normalised) and ``label``. ``PackActionInputs`` (mmaction2 1.x) puts them there; 0.x pipelines ending in
@@ -16,11 +18,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lateral.config import ConfigError, suggest
+from lateral.config import ConfigError
 from lateral.data.decode import FrameFolderReader, open_video
 from lateral.data.sampling import DenseSampleFrames, SampleFrames, UniformSample
 from lateral.data.transforms import (CenterCrop, ColorJitter, Flip, FormatShape, MultiScaleCrop, Normalize,
-                                     RandomCrop, RandomRescale, RandomResizedCrop, Resize, TenCrop, ThreeCrop)
+                                     RandomCrop, RandomFlip, RandomRescale, RandomResizedCrop, Resize, TenCrop,
+                                     ThreeCrop)
+from lateral.registry import build_from_table
 
 __all__ = [
     "VideoInit",
@@ -256,7 +260,7 @@ class ToTensor:
         return results
 
 
-# type name in configs -> class; one explicit table, no registration decorators
+# type name in configs -> class; one explicit table for recognition and detection, no registration decorators
 PIPELINE_STEPS: dict[str, type] = {
     "DecordInit": DecordInit,
     "DecordDecode": DecordDecode,
@@ -281,6 +285,7 @@ PIPELINE_STEPS: dict[str, type] = {
     "ThreeCrop": ThreeCrop,
     "TenCrop": TenCrop,
     "Flip": Flip,
+    "RandomFlip": RandomFlip,  # detection items (image + boxes)
     "ColorJitter": ColorJitter,
     "Normalize": Normalize,
     "FormatShape": FormatShape,
@@ -303,40 +308,45 @@ class Compose:
                 return None
         return results
 
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
     def __repr__(self) -> str:
         inner = ",\n    ".join(repr(step) for step in self.steps)
         return f"Compose(\n    {inner}\n)"
 
 
-def build_pipeline(steps: Sequence[dict | Callable]) -> Callable[[dict], dict]:
-    """Build a pipeline from mmaction2-style step dicts (callables are used as they are).
+def build_pipeline(steps: Sequence[dict | Callable] | None, where: str = "pipeline") -> Compose:
+    """Build a pipeline from mmaction2 / mmdet-style step dicts (callables are used as they are; None: no steps).
+
+    Args:
+        steps: the step dicts, e.g. ``[dict(type='Resize', scale=(-1, 256)), ...]``.
+        where: where the list sits in the config (``'train_dataloader.dataset.pipeline'``); errors name a step as
+            ``pipeline[3] (Resize)``.
 
     Raises:
         ConfigError: a step has no or an unknown ``type`` or an unknown key (the closest name is suggested), or its
             values are invalid.
     """
-    from lateral.registry import check_kwargs
-
+    if steps is None:
+        return Compose([])
     if isinstance(steps, dict) or not isinstance(steps, (list, tuple)):
-        raise ConfigError(f"a pipeline must be a list of step dicts, got {type(steps).__name__}")
+        raise ConfigError(f"{where} must be a list of step dicts, got {type(steps).__name__}")
     built = []
     for position, step in enumerate(steps):
         if callable(step) and not isinstance(step, dict):
             built.append(step)
             continue
-        if not isinstance(step, dict) or "type" not in step:
-            raise ConfigError(f"pipeline step {position}: expected a dict with a 'type' key, got {step!r}")
-        kwargs = dict(step)
-        type_name = kwargs.pop("type")
-        if type_name not in PIPELINE_STEPS:
-            raise ConfigError(f"pipeline step {position}: unknown type '{type_name}'."
-                              f"{suggest(str(type_name), PIPELINE_STEPS)} Known steps: {', '.join(PIPELINE_STEPS)}")
-        cls = PIPELINE_STEPS[type_name]
-        check_kwargs(cls, kwargs, f"pipeline step {position} ({type_name})")
+        step_where = f"{where}[{position}]"
         try:
-            built.append(cls(**kwargs))
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"pipeline step {position} ({type_name}): {err}") from None
+            built.append(build_from_table(PIPELINE_STEPS, step, step_where))
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as err:  # a value the step refuses
+            raise ConfigError(f"{step_where} ({step.get('type')}): {err}") from None
     return Compose(built)
 
 

@@ -5,10 +5,14 @@ of object; the work is done by ``torchvision.transforms.v2.functional`` where it
 ``RandomResizedCrop``, ``FormatShape``, ...) take a results dict, change ``imgs`` and the shape keys, and return it;
 their docstrings list the keys they read and add. Boxes are ``(x1, y1, x2, y2)`` in pixels and sizes follow
 mmaction2: ``crop_size`` / ``scale`` tuples are ``(w, h)``.
+
+Detection items (:class:`lateral.data.coco.CocoDetection`) hold one ``image`` ``[3, H, W]`` and its ``boxes``;
+:class:`Resize` serves them too, and :class:`RandomFlip` is their flip.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,6 +36,10 @@ __all__ = [
     "three_crop_boxes",
     "ten_crop_boxes",
     "format_ncthw",
+    "resize_image",
+    "resize_boxes",
+    "hflip_boxes",
+    "clip_boxes",
     "Resize",
     "RandomRescale",
     "RandomCrop",
@@ -41,6 +49,7 @@ __all__ = [
     "ThreeCrop",
     "TenCrop",
     "Flip",
+    "RandomFlip",
     "ColorJitter",
     "Normalize",
     "FormatShape",
@@ -157,6 +166,36 @@ def flip(frames, direction: str = "horizontal"):
     if isinstance(frames, torch.Tensor):
         return frames.flip(axis)
     return np.flip(frames, axis=axis)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """image: [C, H, W] float -> [C, size[0], size[1]] (bilinear, antialiased when shrinking)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                                           antialias=True)[0]
+
+
+def resize_boxes(boxes, scale_x: float, scale_y: float):
+    """boxes: [K, 4] (x1, y1, x2, y2), numpy or torch -> the same boxes in an image scaled by (scale_x, scale_y)."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+    boxes = np.asarray(boxes)
+    return boxes * np.array([scale_x, scale_y, scale_x, scale_y], dtype=boxes.dtype)
+
+
+def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """boxes: [K, 4] (x1, y1, x2, y2) -> their mirror images in an image of ``width`` pixels."""
+    flipped = boxes.clone()
+    flipped[:, 0] = width - boxes[:, 2]
+    flipped[:, 2] = width - boxes[:, 0]
+    return flipped
+
+
+def clip_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """boxes: [K, 4] (x1, y1, x2, y2) -> clipped to [0, width] x [0, height]."""
+    return torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width),
+                        boxes[:, 3].clamp(0, height)], dim=1)
 
 
 def normalize(frames, mean: Sequence[float], std: Sequence[float], to_bgr: bool = False):
@@ -333,22 +372,37 @@ def _crop_results(results: dict[str, Any], imgs, box) -> None:
     results["img_shape"] = tuple(results["imgs"].shape[1:3])
 
 
-class Resize:
-    """Resize to a scale (mmaction2 ``Resize``).
+# results keys that hold [K, 4] pixel boxes: mmaction2's spatio-temporal detection (gt_bboxes, proposals) and
+# lateral's image detection items (boxes)
+BOX_KEYS = ("gt_bboxes", "proposals", "boxes")
 
-    Reads ``imgs``, ``img_shape`` (taken from ``imgs`` when absent), ``scale_factor``.
-    Adds/updates ``imgs``, ``img_shape``, ``keep_ratio``, ``scale_factor`` (``[w, h]`` factors, cumulative).
+
+class Resize:
+    """Resize a clip or an image to a scale, moving the boxes with the pixels (mmaction2's and mmdet's ``Resize``).
+
+    One class for both: they compute the size alike (mmcv's ``rescale_size``) and differ only in where the pixels
+    are and how ``scale_factor`` is kept, which the results dict tells apart.
+
+    Reads ``imgs`` (a clip ``[T, H, W, C]``, mmaction2) or else ``image`` (``[C, H, W]`` float, a detection item),
+    ``scale_factor``, and the boxes present under ``gt_bboxes``, ``proposals``, ``boxes`` (``[K, 4]``
+    ``(x1, y1, x2, y2)`` pixels, numpy or torch). Adds/updates the pixels, those boxes, ``img_shape``, ``keep_ratio``
+    and ``scale_factor``: the ``(w, h)`` factors from the original, cumulative; a float32 array for a clip (as
+    mmaction2), a tuple of floats for an image (as mmdet, and what the detection engine divides predictions by).
 
     Args:
-        scale: a factor; with ``keep_ratio``, ``(long, short)`` edge bounds such as ``(-1, 256)`` (short side 256);
-            without, the exact ``(w, h)``.
+        scale: a factor; with ``keep_ratio``, edge bounds in either order, ``-1`` for none: ``(-1, 256)`` is short
+            side 256, mmdet's ``(1333, 800)`` or ``(800, 1333)`` is short side 800 with the long side at most
+            1333; without ``keep_ratio``, the exact ``(w, h)``.
         keep_ratio: keep the aspect ratio.
-        interpolation: ``'bilinear'`` (default), ``'nearest'``, ``'bicubic'``.
+        interpolation: ``'bilinear'`` (default), ``'nearest'``, ``'bicubic'`` (clips; images are bilinear).
+        ratio_range: ``(low, high)``: multiply ``scale`` by a random factor drawn uniformly from it (mmdet's
+            ``RandomResize`` scale augmentation). Drawn from Python's ``random``, which the detection loop seeds
+            every iteration so a resumed run repeats it.
         lazy: not supported (must be False).
     """
 
     def __init__(self, scale: float | tuple[float, float], keep_ratio: bool = True, interpolation: str = "bilinear",
-                 lazy: bool = False):
+                 ratio_range: tuple[float, float] | None = None, lazy: bool = False):
         _no_lazy(lazy, "Resize")
         if isinstance(scale, (int, float)):
             if scale <= 0:
@@ -362,20 +416,43 @@ class Resize:
                 scale = (float("inf"), max(scale))
             elif not keep_ratio and min(scale) <= 0:
                 raise ValueError(f"Resize(keep_ratio=False) needs a positive (w, h), got {scale!r}")
+        if ratio_range is not None and (len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]):
+            raise ValueError(f"Resize ratio_range must be (low, high) with 0 < low <= high, got {ratio_range!r}")
         self.scale = scale
         self.keep_ratio = keep_ratio
         self.interpolation = interpolation
+        self.ratio_range = tuple(ratio_range) if ratio_range is not None else None
+
+    def _target_size(self, img_h: int, img_w: int) -> tuple[int, int]:
+        """(new_h, new_w) for an ``img_h`` x ``img_w`` image."""
+        scale = self.scale
+        if self.ratio_range is not None:
+            ratio = random.uniform(*self.ratio_range)
+            scale = scale * ratio if isinstance(scale, (int, float)) else (scale[0] * ratio, scale[1] * ratio)
+        if self.keep_ratio or isinstance(scale, (int, float)):
+            return rescale_size(img_h, img_w, scale)
+        return int(scale[1]), int(scale[0])
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
-        imgs = _get_imgs(results, "Resize")
-        img_h, img_w = imgs.shape[1:3]
-        if self.keep_ratio or isinstance(self.scale, (int, float)):
-            new_h, new_w = rescale_size(img_h, img_w, self.scale)
+        if "imgs" in results:
+            imgs = _get_imgs(results, "Resize")
+            img_h, img_w = imgs.shape[1:3]
+            new_h, new_w = self._target_size(img_h, img_w)
+            results["imgs"] = resize(imgs, (new_h, new_w), self.interpolation)
+            factor = np.array([new_w / img_w, new_h / img_h], dtype=np.float32)
+            results["scale_factor"] = np.asarray(results.get("scale_factor", np.ones(2, np.float32))) * factor
+        elif "image" in results:
+            img_h, img_w = results["image"].shape[-2:]
+            new_h, new_w = self._target_size(img_h, img_w)
+            results["image"] = resize_image(results["image"], (new_h, new_w))
+            old_x, old_y = results.get("scale_factor", (1.0, 1.0))
+            results["scale_factor"] = (old_x * new_w / img_w, old_y * new_h / img_h)
         else:
-            new_w, new_h = int(self.scale[0]), int(self.scale[1])
-        results["imgs"] = resize(imgs, (new_h, new_w), self.interpolation)
-        factor = np.array([new_w / img_w, new_h / img_h], dtype=np.float32)
-        results["scale_factor"] = np.asarray(results.get("scale_factor", np.ones(2, np.float32))) * factor
+            raise KeyError("Resize needs 'imgs' (a clip: put a decode step such as PyAVDecode before it) or 'image' "
+                           f"in the results (have: {sorted(results)})")
+        for key in BOX_KEYS:
+            if results.get(key) is not None:
+                results[key] = resize_boxes(results[key], new_w / img_w, new_h / img_h)
         results["img_shape"] = (new_h, new_w)
         results["keep_ratio"] = self.keep_ratio
         return results
@@ -581,6 +658,26 @@ class Flip:
                 results["label"] = self.flip_label_map[results["label"]]
         results["flip"] = do_flip
         results["flip_direction"] = self.direction
+        return results
+
+
+class RandomFlip:
+    """Mirror a detection item's image left-right with probability ``flip_ratio`` (lateral's detection flip).
+
+    Reads ``image`` ``[C, H, W]`` and ``boxes`` ``[K, 4]``; updates both and sets ``flip`` (bool). Unlike
+    :class:`Flip` (clips, :func:`data_rng`), it draws from Python's ``random``, which the detection loop seeds every
+    iteration so a resumed run repeats it; the detection predictor leaves it out by name.
+    """
+
+    def __init__(self, flip_ratio: float = 0.5):
+        self.flip_ratio = flip_ratio
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        flip = random.random() < self.flip_ratio
+        if flip:
+            results["image"] = results["image"].flip(-1)
+            results["boxes"] = hflip_boxes(results["boxes"], results["image"].shape[-1])
+        results["flip"] = flip
         return results
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
@@ -10,15 +9,16 @@ import torch
 from torch import nn
 
 from lateral.config import ConfigError, check_keys, positive_number_setting, suggest
+from lateral.registry import check_kwargs, resolve_type
 
 __all__ = ["build_optimizer", "build_lr_factor", "clip_gradients"]
 
-_OPTIMIZERS = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}
+OPTIMIZERS = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}
 _OPTIM_WRAPPER_KEYS = {"type", "optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts", "dtype", "loss_scale"}
 CLIP_GRAD_KEYS = ("max_norm", "norm_type", "type", "error_if_nonfinite")
 # what each schedule reads (see _schedule_factor); mmengine's convert_to_iter_based and verbose are accepted and unused
 _SCHEDULE_COMMON = ("type", "begin", "end", "by_epoch", "convert_to_iter_based", "verbose")
-_SCHEDULER_KEYS = {
+SCHEDULERS = {
     "LinearLR": ("start_factor", "end_factor"),
     "ConstantLR": ("factor",),
     "CosineAnnealingLR": ("T_max", "eta_min", "eta_min_ratio"),
@@ -38,12 +38,11 @@ def build_optimizer(model: nn.Module, optim_wrapper: dict) -> torch.optim.Optimi
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(f"optim_wrapper: unknown key '{key}'.{suggest(key, _OPTIM_WRAPPER_KEYS)}")
-    cfg = dict(optim_wrapper.get("optimizer", {}))
-    optim_type = cfg.pop("type", "SGD")
-    if optim_type not in _OPTIMIZERS:
-        raise ConfigError(f"optimizer type '{optim_type}' is not supported.{suggest(optim_type, _OPTIMIZERS)}")
-    accepted = [name for name in inspect.signature(_OPTIMIZERS[optim_type]).parameters if name != "params"]
-    check_keys(cfg, accepted, f"optim_wrapper.optimizer ({optim_type})")
+    optim_type, optimizer_class, cfg = resolve_type(
+        OPTIMIZERS, {"type": "SGD", **optim_wrapper.get("optimizer", {})}, "optim_wrapper.optimizer"
+    )
+    # checked before the parameter groups are made, so a misspelt key is reported before anything else
+    check_kwargs(optimizer_class, {"params": [], **cfg}, f"optim_wrapper.optimizer ({optim_type})")
     check_keys(optim_wrapper.get("clip_grad"), CLIP_GRAD_KEYS, "optim_wrapper.clip_grad")
     if "lr" not in cfg:
         raise ConfigError("optim_wrapper.optimizer needs an 'lr'")
@@ -71,7 +70,7 @@ def build_optimizer(model: nn.Module, optim_wrapper: dict) -> torch.optim.Optimi
         raise ConfigError("the model has no trainable parameters (are all stages frozen?)")
     param_groups = [{"params": params, "weight_decay": decay} for decay, params in groups.items()]
     try:
-        return _OPTIMIZERS[optim_type](param_groups, **cfg)
+        return optimizer_class(param_groups, **cfg)
     except TypeError as err:
         raise ConfigError(f"optimizer {optim_type}: {err}") from None
 
@@ -118,9 +117,6 @@ def _schedule_factor(cfg: dict, t: float, base_lr: float, max_t: float) -> float
     raise AssertionError(kind)
 
 
-_SCHEDULERS = set(_SCHEDULER_KEYS)
-
-
 def build_lr_factor(
     param_scheduler: list[dict] | dict | None, iters_per_epoch: int, max_epochs: int, base_lr: float
 ) -> Callable[[int], float]:
@@ -138,10 +134,9 @@ def build_lr_factor(
     for index, cfg in enumerate(schedulers):
         if not isinstance(cfg, dict):
             raise ConfigError(f"param_scheduler.{index} must be a dict, got {type(cfg).__name__}: {cfg!r}")
-        kind = cfg.get("type")
-        if kind not in _SCHEDULERS:
-            raise ConfigError(f"param_scheduler type '{kind}' is not supported.{suggest(str(kind), _SCHEDULERS)}")
-        check_keys(cfg, _SCHEDULE_COMMON + _SCHEDULER_KEYS[kind], f"param_scheduler.{index} ({kind})")
+        kind, keys, kwargs = resolve_type(SCHEDULERS, cfg, f"param_scheduler.{index}")
+        cfg = schedulers[index] = {"type": kind, **kwargs}  # without an mmengine scope
+        check_keys(cfg, _SCHEDULE_COMMON + keys, f"param_scheduler.{index} ({kind})")
         if kind == "MultiStepLR" and "milestones" not in cfg:
             raise ConfigError("MultiStepLR needs 'milestones'")
         if kind == "StepLR" and "step_size" not in cfg:

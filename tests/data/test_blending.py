@@ -53,9 +53,9 @@ def test_random_batch_augment_and_bad_configs():
     both = build_blending(dict(type="RandomBatchAugment", augments=[dict(type="MixupBlending", num_classes=5),
                                                                     dict(type="CutmixBlending", num_classes=5)]))
     assert both.probs == [0.5, 0.5]
-    with pytest.raises(ConfigError, match="unknown blending type 'MixUpBlending'. Did you mean 'MixupBlending'"):
+    with pytest.raises(ConfigError, match="data_preprocessor.blending: unknown type 'MixUpBlending'. Did you mean 'MixupBlending'"):
         build_blending(dict(type="MixUpBlending", num_classes=5))
-    with pytest.raises(ConfigError, match="MixupBlending: unknown key 'alpah'"):
+    with pytest.raises(ConfigError, match=r"data_preprocessor.blending \(MixupBlending\): unknown key 'alpah'"):
         build_blending(dict(type="MixupBlending", num_classes=5, alpah=0.2))
     with pytest.raises(ConfigError, match="probs must be 2 non-negative numbers summing to at most 1"):
         RandomBatchAugment([dict(type="MixupBlending", num_classes=5)] * 2, probs=[0.7, 0.7])

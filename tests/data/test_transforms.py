@@ -134,3 +134,44 @@ def test_full_train_pipeline_shapes_without_video():
 def test_lazy_is_refused():
     with pytest.raises(Exception, match="lazy=True"):
         build_pipeline([dict(type="Resize", scale=(-1, 256), lazy=True)])
+
+
+def test_resize_moves_a_clips_boxes_and_proposals_with_the_pixels():
+    frames = np.zeros((2, 20, 40, 3), np.uint8)
+    frames[:, 2:6, 4:10] = 255  # a bright patch framed by the box
+    gt_bboxes = np.array([[4.0, 2.0, 10.0, 6.0]], np.float32)
+    proposals = np.array([[0.0, 0.0, 40.0, 20.0], [4.0, 2.0, 10.0, 6.0]], np.float32)
+    results = Resize(scale=(-1, 40))(dict(imgs=frames, gt_bboxes=gt_bboxes, proposals=proposals))
+    assert results["imgs"].shape == (2, 40, 80, 3)
+    np.testing.assert_array_equal(results["gt_bboxes"], [[8.0, 4.0, 20.0, 12.0]])
+    np.testing.assert_array_equal(results["proposals"], [[0.0, 0.0, 80.0, 40.0], [8.0, 4.0, 20.0, 12.0]])
+    assert results["gt_bboxes"].dtype == np.float32 and results["scale_factor"].dtype == np.float32
+    assert results["imgs"][:, 5:11, 9:19].min() > 200 and results["imgs"][:, 14:, 24:].max() < 50
+    # a second, non-uniform resize: the factors multiply and the boxes follow both
+    results = Resize(scale=(40, 10), keep_ratio=False)(results)
+    np.testing.assert_allclose(results["gt_bboxes"], [[4.0, 1.0, 10.0, 3.0]])
+    np.testing.assert_allclose(results["scale_factor"], [1.0, 0.5])
+    assert gt_bboxes.tolist() == [[4.0, 2.0, 10.0, 6.0]]  # the input array is not changed in place
+
+
+def test_resize_serves_detection_items_and_mmdet_scales():
+    image = torch.zeros(3, 20, 40)
+    image[:, 2:6, 4:10] = 1.0
+    item = {"image": image, "boxes": torch.tensor([[4.0, 2.0, 10.0, 6.0]]), "scale_factor": (1.0, 1.0)}
+    # mmdet writes (long cap, short side); lateral's detection configs wrote (short side, long cap): the same size
+    for scale in [(100, 40), (40, 100)]:
+        results = build_pipeline([dict(type="mmdet.Resize", scale=scale, keep_ratio=True)],
+                                 "test_dataloader.dataset.pipeline")(dict(item))
+        assert results["image"].shape == (3, 40, 80) and results["img_shape"] == (40, 80)
+        assert results["scale_factor"] == (2.0, 2.0)  # a tuple, as mmdet and the detection engine keep it
+        assert results["boxes"].tolist() == [[8.0, 4.0, 20.0, 12.0]]
+        assert results["image"][0, 4:12, 8:20].min() > 0.5 and results["image"][0, 14:, 24:].max() < 0.5
+    capped = Resize(scale=(1333, 800))({"image": torch.zeros(3, 10, 100), "boxes": torch.zeros(0, 4)})
+    assert capped["image"].shape == (3, 133, 1333)  # the long side caps it before the short side reaches 800
+    with pytest.raises(KeyError, match="Resize needs 'imgs'.*or 'image'"):
+        Resize(scale=(-1, 8))({"boxes": torch.zeros(0, 4)})
+    with pytest.raises(Exception, match=r"pipeline\[0\] \(Resize\): unknown key 'ratio_rang'. "
+                                        r"Did you mean 'ratio_range'"):
+        build_pipeline([dict(type="Resize", scale=(40, 100), ratio_rang=(0.5, 1.0))])
+    with pytest.raises(Exception, match=r"pipeline\[0\] \(Resize\): missing required key 'scale'"):
+        build_pipeline([dict(type="Resize")])

@@ -24,10 +24,10 @@ def tiny(**extra):
     (dict(format_shape="NCHW"), "format_shape='NCHW': Recognizer3D takes clips as NCTHW"),
     (dict(mean=[1.0, 2.0]), "data_preprocessor.mean must be 3 numbers"),
     (dict(mean=[0, 0, 0], std=[1.0, 0, 1.0]), "std must not contain 0"),
-    (dict(blending=dict(type="Mixup", num_classes=3)), "unknown blending type 'Mixup'"),
+    (dict(blending=dict(type="Mixup", num_classes=3)), "data_preprocessor.blending: unknown type 'Mixup'"),
     (dict(mean=[123.7, 116.3, 103.5]), "give both mean and std, or neither"),
     (dict(to_rgb="yes"), "to_rgb must be True or False"),
-    (dict(blending=dict(type="MixupBlending", alpha=0.2)), "MixupBlending needs num_classes"),
+    (dict(blending=dict(type="MixupBlending", alpha=0.2)), r"data_preprocessor.blending \(MixupBlending\): missing required key 'num_classes'"),
     (dict(blending=dict(type="RandomBatchAugment", augments=[dict(type="MixupBlending", num_classes=3)], probs="0.5")),
      "probs must be 1 non-negative numbers"),
 ])
