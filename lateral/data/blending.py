@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lateral.config import ConfigError
+from lateral.errors import InputError
 from lateral.registry import build_from_table
 
 __all__ = ["MixupBlending", "CutmixBlending", "RandomBatchAugment", "BLENDING_TYPES", "build_blending"]
@@ -36,11 +37,11 @@ class _PairBlending(abc.ABC):
         """[B] class indices -> [B, K] one-hot float; [B, K] is returned as float."""
         if labels.dim() == 1:
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"{type(self).__name__}: labels must lie in 0..{self.num_classes - 1}, got "
+                raise InputError(f"{type(self).__name__}: labels must lie in 0..{self.num_classes - 1}, got "
                                  f"{sorted(set(labels.tolist()))[:10]}")
             return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
         if labels.dim() != 2 or labels.shape[1] != self.num_classes:
-            raise ValueError(f"{type(self).__name__}: labels must be [B] or [B, {self.num_classes}], got "
+            raise InputError(f"{type(self).__name__}: labels must be [B] or [B, {self.num_classes}], got "
                              f"{list(labels.shape)}")
         return labels.float()
 

@@ -29,6 +29,7 @@ from torchvision.transforms.functional import pil_to_tensor
 # build_pipeline, Resize, ...` keeps working
 from lateral.data.pipeline import build_pipeline
 from lateral.data.transforms import RandomFlip, Resize, clip_boxes, hflip_boxes, resize_boxes, resize_image
+from lateral.errors import InputError
 
 __all__ = [
     "CocoFormatError",
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(InputError):
     """An annotation file that is not COCO detection json; the message says what is missing or malformed."""
 
 

@@ -35,6 +35,7 @@ import torch
 from lateral.config import ConfigError, suggest
 from lateral.data.decode import VIDEO_EXTENSIONS, DecodeError
 from lateral.data.pipeline import build_pipeline, close_reader, ensure_inputs
+from lateral.errors import InputError
 from lateral.registry import build_from_table
 from lateral.textfile import printable, read_text
 
@@ -83,12 +84,12 @@ def load_label_map(path: str | os.PathLike) -> list[str]:
     lines = [line.strip() for line in read_text(path, "label map").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
-        raise ValueError(f"label map '{path}' is empty")
+        raise InputError(f"label map '{path}' is empty")
     if lines[0].lower().replace(" ", "") in ("id,name", "id,label", "index,name"):
         pairs = []
         for line_number, row in enumerate(csv.reader(lines[1:]), start=2):
             if len(row) < 2 or not row[0].strip().isdigit() or not row[1].strip():
-                raise ValueError(f"label map '{path}', line {line_number}: expected 'id,name', got {','.join(row)!r}")
+                raise InputError(f"label map '{path}', line {line_number}: expected 'id,name', got {','.join(row)!r}")
             pairs.append((int(row[0]), row[1].strip()))
         return _names_by_index(pairs, path)
     numbered = [re.match(r"^(\d+)[\s,]+(.+)$", line) for line in lines]
@@ -106,7 +107,7 @@ def _names_by_index(pairs: list[tuple[int, str]], path: Path) -> list[str]:
     if ids not in (list(range(len(ids))), list(range(1, len(ids) + 1))):
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         what = f"ids {repeated[:5]} appear more than once" if repeated else "the ids leave gaps"
-        raise ValueError(f"label map '{path}': {what}; ids must run 0..N-1 (or 1..N), each once")
+        raise InputError(f"label map '{path}': {what}; ids must run 0..N-1 (or 1..N), each once")
     return [name for _, name in sorted(pairs)]
 
 
@@ -170,7 +171,7 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
         self.pipeline = pipeline if callable(pipeline) else build_pipeline(pipeline)
         self.samples: list[dict[str, Any]] = self.load_samples()
         if not self.samples:
-            raise ValueError(f"{type(self).__name__}: no samples found ({self.describe_source()})")
+            raise InputError(f"{type(self).__name__}: no samples found ({self.describe_source()})")
         self._check_labels()
         self.failures: list[tuple[str, str]] = []
         self._warned: set[str] = set()
@@ -196,7 +197,7 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
             labels = labels if isinstance(labels, list) else [labels]
             for label in labels:
                 if label is not None and label >= 0 and label >= self.num_classes:
-                    raise ValueError(f"{sample.get('filename', sample.get('frame_dir'))}: label {label} is out of "
+                    raise InputError(f"{sample.get('filename', sample.get('frame_dir'))}: label {label} is out of "
                                      f"range for num_classes={self.num_classes}")
 
     def __len__(self) -> int:
@@ -329,7 +330,7 @@ def _parse_label(token: str, where: str) -> int:
     try:
         return int(token)
     except ValueError:
-        raise ValueError(f"{where}: label '{printable(token)}' is not an integer") from None
+        raise InputError(f"{where}: label '{printable(token)}' is not an integer") from None
 
 
 def _read_lines(ann_file: Path) -> list[tuple[int, str]]:
@@ -378,7 +379,7 @@ class VideoDataset(BaseActionDataset):
                 fields = line.split(self.delimiter)
                 filename, labels = fields[0], [_parse_label(t, where) for t in fields[1:] if t]
                 if not labels and not self.test_mode:
-                    raise ValueError(f"{where}: expected 'path label [label ...]', got '{printable(line)}'")
+                    raise InputError(f"{where}: expected 'path label [label ...]', got '{printable(line)}'")
                 samples.append(dict(filename=self._join(filename), label=labels))
                 continue
             fields = line.rsplit(self.delimiter, 1)
@@ -387,7 +388,7 @@ class VideoDataset(BaseActionDataset):
             elif self.test_mode:
                 samples.append(dict(filename=self._join(line), label=-1))
             else:
-                raise ValueError(f"{where}: expected 'path label', got '{printable(line)}'")
+                raise InputError(f"{where}: expected 'path label', got '{printable(line)}'")
         return samples
 
 
@@ -427,7 +428,7 @@ class RawframeDataset(BaseActionDataset):
             fields = line.split()
             if len(fields) < first_label + (0 if self.test_mode else 1):
                 layout = "frame_dir offset total_frames label" if self.with_offset else "frame_dir total_frames label"
-                raise ValueError(f"{where}: expected '{layout}', got '{printable(line)}'")
+                raise InputError(f"{where}: expected '{layout}', got '{printable(line)}'")
             frame_dir = str(self.data_prefix / fields[0]) if self.data_prefix is not None else fields[0]
             sample: dict[str, Any] = dict(frame_dir=frame_dir, filename_tmpl=self.filename_tmpl)
             if self.with_offset:
@@ -438,7 +439,7 @@ class RawframeDataset(BaseActionDataset):
                 sample["label"] = labels
             else:
                 if len(labels) > 1:
-                    raise ValueError(f"{where}: {len(labels)} labels on a line; set multi_class=True")
+                    raise InputError(f"{where}: {len(labels)} labels on a line; set multi_class=True")
                 sample["label"] = labels[0] if labels else -1
             samples.append(sample)
         return samples
@@ -490,7 +491,7 @@ class KineticsCSVDataset(BaseActionDataset):
         rows = list(csv.DictReader(io.StringIO(read_text(self.ann_file, "ann_file"), newline="")))
         required = {"youtube_id", "time_start", "time_end"}
         if not rows or not required <= set(rows[0]):
-            raise ValueError(f"{self.ann_file}: expected a CSV with columns label,youtube_id,time_start,time_end,"
+            raise InputError(f"{self.ann_file}: expected a CSV with columns label,youtube_id,time_start,time_end,"
                              f"split; got {list(rows[0]) if rows else 'no rows'}")
         has_labels = "label" in rows[0]
         if self.classes is None:
@@ -509,7 +510,7 @@ class KineticsCSVDataset(BaseActionDataset):
             label = -1
             if has_labels and row["label"]:
                 if row["label"] not in class_index:
-                    raise ValueError(f"{self.ann_file}:{number}: label '{printable(row['label'])}' is not in the "
+                    raise InputError(f"{self.ann_file}:{number}: label '{printable(row['label'])}' is not in the "
                                      f"label map.{suggest(row['label'], class_index)}")
                 label = class_index[row["label"]]
             samples.append(dict(filename=filename, label=label))
@@ -559,7 +560,7 @@ class ClassFolderDataset(BaseActionDataset):
         for rel in relative:
             class_name = Path(rel).parts[0]
             if class_name not in class_index:
-                raise ValueError(f"video '{printable(rel)}' is in folder '{printable(class_name)}', which is not a "
+                raise InputError(f"video '{printable(rel)}' is in folder '{printable(class_name)}', which is not a "
                                  f"known class.{suggest(class_name, class_index)}")
             samples.append(dict(filename=str(self.data_prefix / rel), label=class_index[class_name]))
         return samples

@@ -24,6 +24,7 @@ from lateral.data.sampling import DenseSampleFrames, SampleFrames, UniformSample
 from lateral.data.transforms import (CenterCrop, ColorJitter, Flip, FormatShape, MultiScaleCrop, Normalize,
                                      RandomCrop, RandomFlip, RandomRescale, RandomResizedCrop, Resize, TenCrop,
                                      ThreeCrop)
+from lateral.errors import InputError
 from lateral.registry import build_from_table
 
 __all__ = [
@@ -65,9 +66,9 @@ class VideoInit:
 
     def __init__(self, io_backend: str = "disk", num_threads: int | None = None, backend: str = "pyav"):
         if io_backend != "disk":
-            raise ValueError(f"io_backend '{io_backend}' is not supported; lateral reads videos from disk")
+            raise InputError(f"io_backend '{io_backend}' is not supported; lateral reads videos from disk")
         if backend not in ("pyav", "torchcodec", "auto"):
-            raise ValueError(f"backend must be 'pyav', 'torchcodec' or 'auto', got '{backend}'")
+            raise InputError(f"backend must be 'pyav', 'torchcodec' or 'auto', got '{backend}'")
         self.num_threads = num_threads
         self.backend = backend
 
@@ -94,7 +95,7 @@ class VideoDecode:
 
     def __init__(self, mode: str = "accurate"):
         if mode not in ("accurate", "efficient"):
-            raise ValueError(f"mode must be 'accurate' or 'efficient', got '{mode}'")
+            raise InputError(f"mode must be 'accurate' or 'efficient', got '{mode}'")
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         reader = results.pop("video_reader", None)
@@ -157,12 +158,12 @@ class RawFrameDecode:
 
     def __init__(self, io_backend: str = "disk", decoding_backend: str = "cv2"):
         if io_backend != "disk":
-            raise ValueError(f"io_backend '{io_backend}' is not supported; lateral reads frames from disk")
+            raise InputError(f"io_backend '{io_backend}' is not supported; lateral reads frames from disk")
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         modality = results.get("modality", "RGB")
         if modality != "RGB":
-            raise ValueError(f"RawFrameDecode: modality '{modality}' is not supported (only 'RGB')")
+            raise InputError(f"RawFrameDecode: modality '{modality}' is not supported (only 'RGB')")
         reader = FrameFolderReader(results["frame_dir"], results.get("filename_tmpl", "img_{:05}.jpg"),
                                    num_frames=results.get("total_frames"))
         frame_inds = np.asarray(results["frame_inds"]).reshape(-1) + int(results.get("offset", 0))
@@ -198,7 +199,7 @@ class PackActionInputs:
                  meta_keys: Sequence[str] = ("img_shape", "img_key", "video_id", "timestamp"),
                  algorithm_keys: Sequence[str] = ()):
         if collect_keys is not None:
-            raise ValueError("PackActionInputs(collect_keys=...) is not supported: lateral packs 'imgs' as inputs")
+            raise InputError("PackActionInputs(collect_keys=...) is not supported: lateral packs 'imgs' as inputs")
         self.meta_keys = tuple(meta_keys)
         self.algorithm_keys = tuple(algorithm_keys)
 

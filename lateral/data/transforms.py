@@ -21,6 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from lateral.data.sampling import data_rng
+from lateral.errors import InputError
 
 __all__ = [
     "rescale_size",
@@ -82,7 +83,7 @@ def _like(out: torch.Tensor, reference):
 
 def _check_frames(frames) -> None:
     if frames.ndim != 4:
-        raise ValueError(f"expected frames [T, H, W, C], got shape {tuple(frames.shape)}")
+        raise InputError(f"expected frames [T, H, W, C], got shape {tuple(frames.shape)}")
 
 
 def rescale_size(height: int, width: int, scale: float | tuple[float, float]) -> tuple[int, int]:
@@ -95,7 +96,7 @@ def rescale_size(height: int, width: int, scale: float | tuple[float, float]) ->
     """
     if isinstance(scale, (int, float)):
         if scale <= 0:
-            raise ValueError(f"scale factor must be positive, got {scale}")
+            raise InputError(f"scale factor must be positive, got {scale}")
         factor = float(scale)
     else:
         max_long_edge, max_short_edge = max(scale), min(scale)
@@ -118,10 +119,10 @@ def resize(frames, size: tuple[int, int], interpolation: str = "bilinear", antia
     """
     _check_frames(frames)
     if interpolation not in _INTERPOLATION:
-        raise ValueError(f"unknown interpolation '{interpolation}', expected one of {', '.join(_INTERPOLATION)}")
+        raise InputError(f"unknown interpolation '{interpolation}', expected one of {', '.join(_INTERPOLATION)}")
     height, width = int(size[0]), int(size[1])
     if height < 1 or width < 1:
-        raise ValueError(f"cannot resize to {height}x{width}")
+        raise InputError(f"cannot resize to {height}x{width}")
     tensor = _as_tensor(frames)
     if tuple(tensor.shape[1:3]) == (height, width):
         return frames
@@ -145,7 +146,7 @@ def crop(frames, box: Sequence[int]):
     x1, y1, x2, y2 = (int(v) for v in box)
     height, width = frames.shape[1:3]
     if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-        raise ValueError(f"crop box {(x1, y1, x2, y2)} is outside frames of {height}x{width} (h x w)")
+        raise InputError(f"crop box {(x1, y1, x2, y2)} is outside frames of {height}x{width} (h x w)")
     return frames[:, y1:y2, x1:x2]
 
 
@@ -161,7 +162,7 @@ def flip(frames, direction: str = "horizontal"):
     """Mirror every frame left-right (``'horizontal'``) or top-bottom (``'vertical'``)."""
     _check_frames(frames)
     if direction not in ("horizontal", "vertical"):
-        raise ValueError(f"flip direction must be 'horizontal' or 'vertical', got '{direction}'")
+        raise InputError(f"flip direction must be 'horizontal' or 'vertical', got '{direction}'")
     axis = 2 if direction == "horizontal" else 1
     if isinstance(frames, torch.Tensor):
         return frames.flip(axis)
@@ -220,7 +221,7 @@ def normalize(frames, mean: Sequence[float], std: Sequence[float], to_bgr: bool 
     mean_t = torch.as_tensor(mean, dtype=torch.float32)
     std_t = torch.as_tensor(std, dtype=torch.float32)
     if mean_t.numel() != tensor.shape[-1] or std_t.numel() != tensor.shape[-1]:
-        raise ValueError(f"mean and std need {tensor.shape[-1]} values (one per channel), got "
+        raise InputError(f"mean and std need {tensor.shape[-1]} values (one per channel), got "
                          f"{mean_t.numel()} and {std_t.numel()}")
     out = tensor.to(torch.float32)
     if float(mean_t.abs().max()) <= 1.0 and float(std_t.max()) <= 1.0:
@@ -322,7 +323,7 @@ def three_crop_boxes(height: int, width: int, crop_w: int, crop_h: int) -> list[
         h_step = (height - crop_h) // 2
         offsets = [(0, 0), (0, 2 * h_step), (0, h_step)]
     else:
-        raise ValueError(f"ThreeCrop needs the crop ({crop_w}x{crop_h}, w x h) to span the frame's height or width "
+        raise InputError(f"ThreeCrop needs the crop ({crop_w}x{crop_h}, w x h) to span the frame's height or width "
                          f"({width}x{height}); resize the short side to the crop size first")
     return [(x, y, x + crop_w, y + crop_h) for x, y in offsets]
 
@@ -336,7 +337,7 @@ def format_ncthw(imgs, num_clips: int, clip_len: int):
     """``[V' * num_clips * clip_len, H, W, C] -> [V' * num_clips, C, clip_len, H, W]`` (crop-major views)."""
     tensor = _as_tensor(imgs)
     if tensor.shape[0] % (num_clips * clip_len):
-        raise ValueError(f"FormatShape: {tensor.shape[0]} frames do not split into clips of {num_clips} x "
+        raise InputError(f"FormatShape: {tensor.shape[0]} frames do not split into clips of {num_clips} x "
                          f"{clip_len} frames")
     tensor = tensor.reshape((-1, num_clips, clip_len) + tuple(tensor.shape[1:]))
     tensor = tensor.permute(0, 1, 5, 2, 3, 4)
@@ -348,7 +349,7 @@ def _pair(value) -> tuple[int, int]:
     if isinstance(value, (int, float)):
         return int(value), int(value)
     if len(value) != 2:
-        raise ValueError(f"expected a size or a (w, h) pair, got {value!r}")
+        raise InputError(f"expected a size or a (w, h) pair, got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -363,7 +364,7 @@ def _get_imgs(results: dict[str, Any], step: str):
 
 def _no_lazy(lazy: bool, step: str) -> None:
     if lazy:
-        raise ValueError(f"{step}(lazy=True) is not supported: lateral applies transforms eagerly (drop lazy and Fuse)")
+        raise InputError(f"{step}(lazy=True) is not supported: lateral applies transforms eagerly (drop lazy and Fuse)")
 
 
 def _crop_results(results: dict[str, Any], imgs, box) -> None:
@@ -406,18 +407,18 @@ class Resize:
         _no_lazy(lazy, "Resize")
         if isinstance(scale, (int, float)):
             if scale <= 0:
-                raise ValueError(f"Resize scale must be positive, got {scale}")
+                raise InputError(f"Resize scale must be positive, got {scale}")
         else:
             scale = tuple(scale)
             if len(scale) != 2:
-                raise ValueError(f"Resize scale must be a number or a pair, got {scale!r}")
+                raise InputError(f"Resize scale must be a number or a pair, got {scale!r}")
             if min(scale) == -1:
                 # -1 means "no bound": the short edge decides
                 scale = (float("inf"), max(scale))
             elif not keep_ratio and min(scale) <= 0:
-                raise ValueError(f"Resize(keep_ratio=False) needs a positive (w, h), got {scale!r}")
+                raise InputError(f"Resize(keep_ratio=False) needs a positive (w, h), got {scale!r}")
         if ratio_range is not None and (len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]):
-            raise ValueError(f"Resize ratio_range must be (low, high) with 0 < low <= high, got {ratio_range!r}")
+            raise InputError(f"Resize ratio_range must be (low, high) with 0 < low <= high, got {ratio_range!r}")
         self.scale = scale
         self.keep_ratio = keep_ratio
         self.interpolation = interpolation
@@ -466,7 +467,7 @@ class RandomRescale:
 
     def __init__(self, scale_range: tuple[int, int], interpolation: str = "bilinear"):
         if len(scale_range) != 2 or scale_range[0] > scale_range[1]:
-            raise ValueError(f"scale_range must be (low, high) with low <= high, got {scale_range!r}")
+            raise InputError(f"scale_range must be (low, high) with low <= high, got {scale_range!r}")
         self.scale_range = tuple(scale_range)
         self.interpolation = interpolation
 
@@ -508,9 +509,9 @@ class RandomResizedCrop:
                  aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3), lazy: bool = False):
         _no_lazy(lazy, "RandomResizedCrop")
         if not 0 < area_range[0] <= area_range[1] <= 1:
-            raise ValueError(f"area_range must satisfy 0 < low <= high <= 1, got {area_range!r}")
+            raise InputError(f"area_range must satisfy 0 < low <= high <= 1, got {area_range!r}")
         if not 0 < aspect_ratio_range[0] <= aspect_ratio_range[1]:
-            raise ValueError(f"aspect_ratio_range must satisfy 0 < low <= high, got {aspect_ratio_range!r}")
+            raise InputError(f"aspect_ratio_range must satisfy 0 < low <= high, got {aspect_ratio_range!r}")
         self.area_range = tuple(area_range)
         self.aspect_ratio_range = tuple(aspect_ratio_range)
 
@@ -538,7 +539,7 @@ class MultiScaleCrop:
                  random_crop: bool = False, num_fixed_crops: int = 5, lazy: bool = False):
         _no_lazy(lazy, "MultiScaleCrop")
         if num_fixed_crops not in (5, 13):
-            raise ValueError(f"num_fixed_crops must be 5 or 13, got {num_fixed_crops}")
+            raise InputError(f"num_fixed_crops must be 5 or 13, got {num_fixed_crops}")
         self.input_size = _pair(input_size)
         self.scales = tuple(scales)
         self.max_wh_scale_gap = max_wh_scale_gap
@@ -644,7 +645,7 @@ class Flip:
                  left_kp: Sequence[int] | None = None, right_kp: Sequence[int] | None = None, lazy: bool = False):
         _no_lazy(lazy, "Flip")
         if direction not in ("horizontal", "vertical"):
-            raise ValueError(f"Flip direction must be 'horizontal' or 'vertical', got '{direction}'")
+            raise InputError(f"Flip direction must be 'horizontal' or 'vertical', got '{direction}'")
         self.flip_ratio = flip_ratio
         self.direction = direction
         self.flip_label_map = flip_label_map
@@ -690,7 +691,7 @@ def _jitter_range(value, center: float, name: str, bound: tuple[float, float]) -
         low, high = value
     low, high = max(low, bound[0]), min(high, bound[1])
     if low > high:
-        raise ValueError(f"ColorJitter {name} range is empty: {value!r}")
+        raise InputError(f"ColorJitter {name} range is empty: {value!r}")
     return low, high
 
 
@@ -733,11 +734,11 @@ class Normalize:
     def __init__(self, mean: Sequence[float], std: Sequence[float], to_bgr: bool = False,
                  adjust_magnitude: bool = False):
         if adjust_magnitude:
-            raise ValueError("Normalize(adjust_magnitude=True) is for optical flow, which lateral does not handle")
+            raise InputError("Normalize(adjust_magnitude=True) is for optical flow, which lateral does not handle")
         if len(mean) != len(std):
-            raise ValueError(f"Normalize needs as many std as mean values, got {len(mean)} and {len(std)}")
+            raise InputError(f"Normalize needs as many std as mean values, got {len(mean)} and {len(std)}")
         if min(std) <= 0:
-            raise ValueError(f"Normalize std must be positive, got {list(std)}")
+            raise InputError(f"Normalize std must be positive, got {list(std)}")
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
         self.to_bgr = to_bgr
@@ -765,7 +766,7 @@ class FormatShape:
 
     def __init__(self, input_format: str, collapse: bool = False):
         if input_format not in ("NCTHW", "NCHW"):
-            raise ValueError(f"FormatShape input_format must be 'NCTHW' or 'NCHW', got '{input_format}'")
+            raise InputError(f"FormatShape input_format must be 'NCTHW' or 'NCHW', got '{input_format}'")
         self.input_format = input_format
         self.collapse = collapse
 
@@ -780,7 +781,7 @@ class FormatShape:
             imgs = _like(_as_tensor(imgs).permute(0, 3, 1, 2), imgs)
         if self.collapse:
             if imgs.shape[0] != 1:
-                raise ValueError(f"FormatShape(collapse=True) needs exactly one view, got {imgs.shape[0]}")
+                raise InputError(f"FormatShape(collapse=True) needs exactly one view, got {imgs.shape[0]}")
             imgs = imgs[0]
         results["imgs"] = imgs
         results["input_shape"] = tuple(imgs.shape)
