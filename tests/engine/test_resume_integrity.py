@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lateral
+import lateral.engine.loop
 from lateral.checkpoint import read_checkpoint
 from lateral.engine.train import NonFiniteLossError, Trainer, train
 
@@ -67,8 +68,8 @@ def test_resume_auto_reads_a_hard_linked_latest_once_and_says_nothing(tmp_path, 
                                                                          monkeypatch):
     work = copy_run(two_epoch_run, tmp_path / "work")
     reads = []
-    original = lateral.engine.train.read_checkpoint
-    monkeypatch.setattr(lateral.engine.train, "read_checkpoint", lambda path, **kw: reads.append(path.name)
+    original = lateral.engine.loop.read_checkpoint  # the shared training loop reads the checkpoints
+    monkeypatch.setattr(lateral.engine.loop, "read_checkpoint", lambda path, **kw: reads.append(path.name)
                         or original(path, **kw))
     with caplog.at_level("WARNING", logger="lateral.train"):
         trainer = Trainer(run_config, work, resume="auto", progress=False)
