@@ -36,10 +36,12 @@ from tqdm import tqdm
 from lateral.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    local_checkpoint_path,
     nonfinite_tensors,
     read_checkpoint,
     remove_partial_checkpoints,
     save_checkpoint,
+    unfilled_keys,
 )
 from lateral.config import ConfigError, check_bool_flags, check_keys, check_top_level, positive_int_setting
 from lateral.data.sampling import data_rng, seed_data_rng
@@ -493,8 +495,6 @@ class TrainingLoop:
     @staticmethod
     def _load_from(model: nn.Module, value: Any) -> None:
         """``load_from``: start from a checkpoint's weights (a head of another class count is re-initialised)."""
-        from lateral.checkpoint import local_checkpoint_path, unfilled_keys
-
         path = local_checkpoint_path(value, "load_from")
         report = load_checkpoint(model, path, strict=False, drop_mismatched_head=True)
         own = model.state_dict()
