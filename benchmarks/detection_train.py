@@ -38,22 +38,22 @@ def main() -> None:
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="lateral_det_bench_"))
     data_root = Path(args.data_root or work_dir / "shapes")
     for split in ("train", "val"):
-        split_cfg = cfg["data"][split]
-        split_cfg["ann_file"] = str(data_root / split / "annotations.json")
-        split_cfg["img_dir"] = str(data_root / split / "images")
+        cfg[f"{split}_dataloader"]["dataset"]["data_root"] = str(data_root / split)
     if args.depth is not None:
         cfg["model"]["backbone"]["depth"] = args.depth
-    schedule = cfg.setdefault("schedule", {})
-    scale = args.iters / max(schedule.get("max_iters", args.iters), 1)
-    schedule["max_iters"] = args.iters
-    schedule["warmup_iters"] = min(schedule.get("warmup_iters", 0), args.iters // 4)
-    schedule["milestones"] = tuple(int(m * scale) for m in schedule.get("milestones", ()))
-    schedule["checkpoint_interval"] = args.iters
+    scale = args.iters / max(cfg["train_cfg"].get("max_iters", args.iters), 1)
+    cfg["train_cfg"].update(max_iters=args.iters, val_interval=args.iters)  # evaluated once, at the end
+    for scheduler in cfg.get("param_scheduler", []):
+        if scheduler["type"] == "LinearLR":  # the warm-up
+            scheduler["end"] = min(scheduler.get("end", 0), args.iters // 4)
+        if scheduler["type"] == "MultiStepLR":
+            scheduler["milestones"] = [int(m * scale) for m in scheduler["milestones"]]
+    cfg["default_hooks"]["checkpoint"]["interval"] = args.iters
 
     started = time.perf_counter()
     result = train_detector(cfg, work_dir / "run", log=lambda line: None)
     total = time.perf_counter() - started
-    images = args.iters * int(cfg["data"].get("batch_size", 2))
+    images = args.iters * int(cfg["train_dataloader"].get("batch_size", 2))
     summary = {
         "iterations": args.iters,
         "backbone_depth": cfg["model"]["backbone"]["depth"],

@@ -8,5 +8,10 @@ longer for the same schedule.
 _base_ = ["faster_rcnn_r50_fpn_shapes.py"]
 
 model = dict(backbone=dict(depth=18))
-schedule = dict(max_iters=800, warmup_iters=50, milestones=(640,), log_interval=20, checkpoint_interval=200)
+param_scheduler = [
+    dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=50),
+    dict(type="MultiStepLR", by_epoch=False, milestones=[640], gamma=0.1),
+]
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=800, val_interval=800)
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=200, by_epoch=False, max_keep_ckpts=3))
 work_dir = "work_dirs/faster_rcnn_r18_fpn_shapes"

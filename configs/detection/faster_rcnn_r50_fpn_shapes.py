@@ -27,28 +27,44 @@ model = dict(
     representation_size=256,
 )
 
-data = dict(
-    train=dict(
-        ann_file=f"{data_root}/train/annotations.json",
-        img_dir=f"{data_root}/train/images",
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    sampler=dict(type="DefaultSampler", shuffle=True),
+    dataset=dict(
+        type="CocoDataset",
+        data_root=f"{data_root}/train",
+        ann_file="annotations.json",
+        data_prefix=dict(img="images"),
         synthetic=dict(num_images=400, image_size=image_size, seed=0, min_object_size=10),
         pipeline=[
             dict(type="Resize", scale=(image_size, image_size), ratio_range=(0.75, 1.0)),
             dict(type="RandomFlip", flip_ratio=0.5),
         ],
     ),
-    val=dict(
-        ann_file=f"{data_root}/val/annotations.json",
-        img_dir=f"{data_root}/val/images",
+)
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    dataset=dict(
+        type="CocoDataset",
+        data_root=f"{data_root}/val",
+        ann_file="annotations.json",
+        data_prefix=dict(img="images"),
         synthetic=dict(num_images=50, image_size=image_size, seed=1, min_object_size=10),
         pipeline=[dict(type="Resize", scale=(image_size, image_size))],
     ),
-    batch_size=4,
-    num_workers=0,
 )
+test_dataloader = val_dataloader
+val_evaluator = dict(type="CocoMetric", metric="bbox")
 
 # from scratch, lr 0.02 diverged (NaN at iteration 40); clipping keeps the early box-regression gradients in check
-optimizer = dict(lr=0.01, momentum=0.9, weight_decay=1e-4, grad_clip=10.0)
-schedule = dict(max_iters=200, warmup_iters=50, milestones=(160,), gamma=0.1, log_interval=10, checkpoint_interval=50)
+optim_wrapper = dict(optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=1e-4), clip_grad=dict(max_norm=10.0))
+param_scheduler = [
+    dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=50),  # warm-up from lr / 10
+    dict(type="MultiStepLR", by_epoch=False, milestones=[160], gamma=0.1),
+]
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=200, val_interval=200)  # validates at the end
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=50, by_epoch=False, max_keep_ckpts=3))
 work_dir = "work_dirs/faster_rcnn_r50_fpn_shapes"
-seed = 0
+randomness = dict(seed=0)

@@ -23,22 +23,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_test(args: argparse.Namespace) -> int:
     from lateral.engine import distributed as dist_utils
-    from lateral.engine.detection import build_detection_dataset, data_section, evaluate_detector, load_detector
+    from lateral.engine.detection import (
+        build_detection_dataset, check_detector_config, dataset_config, evaluate_detector, load_detector,
+    )
     from lateral.engine.loading import load_run_config
 
     cfg = load_run_config(args.config, args.cfg_options)
-    data_cfg = data_section(cfg)
-    split = data_cfg.get(args.split)
-    if split is None:
-        raise ConfigError(f"the config has no data.{args.split} split to evaluate on")
-    dataset = build_detection_dataset(split, bool(data_cfg.get("labels_are_category_ids")))
+    check_detector_config(cfg)
+    dataset_cfg = dataset_config(cfg, args.split)
+    dataset = build_detection_dataset(dataset_cfg)
     model, meta = load_detector(cfg, args.checkpoint)
     if "cat_ids" in meta and list(meta["cat_ids"]) != list(dataset.cat_ids):
         raise ValueError(
-            f"the checkpoint was trained on category ids {meta['cat_ids'][:10]} but {split['ann_file']} has "
+            f"the checkpoint was trained on category ids {meta['cat_ids'][:10]} but {dataset_cfg['ann_file']} has "
             f"{dataset.cat_ids[:10]}"
         )
-    batch_size = int(data_cfg.get("batch_size", 2))
+    batch_size = int(cfg[f"{args.split}_dataloader"].get("batch_size", 2))
     device = dist_utils.resolve_device(args.device)
     dist_utils.init_distributed(device)
     log = print if dist_utils.is_main_process() else (lambda *args, **kwargs: None)
@@ -52,16 +52,16 @@ def run_test(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from lateral.data.coco import build_pipeline
     from lateral.engine import distributed as dist_utils
-    from lateral.engine.detection import data_section, load_detector, predict_images
+    from lateral.engine.detection import load_detector, predict_images
     from lateral.engine.loading import load_run_config
 
     if not 0.0 <= args.score_thr <= 1.0:
         raise ConfigError(f"--score-thr is a detection score between 0 and 1, got {args.score_thr}")
     cfg = load_run_config(args.config, args.cfg_options)
     model, meta = load_detector(cfg, args.checkpoint)
-    data_cfg = data_section(cfg)
-    classes = meta.get("classes") or data_cfg.get("classes") or []
-    pipeline_cfg = data_cfg.get("test_pipeline", data_cfg.get("val", {}).get("pipeline"))
+    datasets = [(cfg.get(f"{split}_dataloader") or {}).get("dataset") or {} for split in ("test", "val")]
+    classes = meta.get("classes") or next((d["metainfo"]["classes"] for d in datasets if "metainfo" in d), [])
+    pipeline_cfg = cfg.get("test_pipeline", next((d["pipeline"] for d in datasets if "pipeline" in d), None))
     written = predict_images(
         model, args.images, args.out, build_pipeline(pipeline_cfg), list(classes), meta.get("cat_ids"), args.score_thr,
         device=dist_utils.resolve_device(args.device),
@@ -79,7 +79,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a detector from a config")
     train.add_argument("config", help="detection config file (.py)")
     train.add_argument("--work-dir", help="checkpoint folder (default: the config's work_dir)")
-    train.add_argument("--resume", help="'auto' (work_dir/latest.pth if present) or a checkpoint path")
+    train.add_argument("--resume", help="'auto' (the newest intact checkpoint in work_dir, if any) or a checkpoint path")
     add_cfg_options(train)
     add_device(train)
     train.set_defaults(func=run_train)
@@ -87,7 +87,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     test = commands.add_parser("test", help="COCO AP, AP50, AP75, APs/APm/APl of a checkpoint")
     test.add_argument("config")
     test.add_argument("checkpoint")
-    test.add_argument("--split", default="val", help="data split of the config to evaluate (default val)")
+    test.add_argument("--split", default="val", choices=("val", "test", "train"),
+                      help="which *_dataloader of the config to evaluate (default val_dataloader)")
     test.add_argument("--out", help="also write the metrics to this JSON file (null for a metric whose size range "
                                     "has no ground truth objects)")
     add_cfg_options(test)

@@ -223,6 +223,11 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def num_failures(self) -> int:
+        """Images that failed to decode so far, in this process (DataLoader workers keep their own count)."""
+        return len(self.unreadable_images)
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         info = self.images[index]
         image = load_image(self.img_dir / info["file_name"])

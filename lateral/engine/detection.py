@@ -1,21 +1,28 @@
-"""Detection engine: train, evaluate (COCO AP via pycocotools) and predict with a config-built Faster R-CNN.
+"""Detection: the detection task of the training loop, COCO evaluation (pycocotools) and prediction.
 
-A detection config is a Python-dict file with these top-level names::
+A detection config uses the mmengine / mmdet 3.x names::
 
     model = dict(type='FasterRCNN', backbone=dict(type='ResNetFPN', depth=50), num_classes=4, ...)
-    data = dict(
-        train=dict(ann_file='...json', img_dir='...', pipeline=[dict(type='Resize', ...), dict(type='RandomFlip')],
-                   synthetic=dict(num_images=..., image_size=..., seed=...)),   # optional: render shapes there
-        val=dict(ann_file=..., img_dir=..., pipeline=[...]),
-        batch_size=4, num_workers=0)
-    optimizer = dict(lr=0.02, momentum=0.9, weight_decay=1e-4, grad_clip=None)  # grad_clip: max gradient norm
-    schedule = dict(max_iters=600, warmup_iters=50, milestones=(450,), gamma=0.1, log_interval=20,
-                    checkpoint_interval=200)
+    train_dataloader = dict(
+        batch_size=4, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
+        dataset=dict(type='CocoDataset', data_root='data/shapes/train', ann_file='annotations.json',
+                     data_prefix=dict(img='images'), pipeline=[dict(type='Resize', ...), dict(type='RandomFlip')],
+                     synthetic=dict(num_images=..., image_size=..., seed=...)))  # optional: render shapes there
+    val_dataloader = dict(batch_size=4, dataset=dict(...))
+    val_evaluator = dict(type='CocoMetric', metric='bbox')
+    optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
+                         clip_grad=dict(max_norm=10.0))
+    param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
+                       dict(type='MultiStepLR', by_epoch=False, milestones=[450], gamma=0.1)]
+    train_cfg = dict(type='IterBasedTrainLoop', max_iters=600, val_interval=600)
+    default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=200, by_epoch=False, max_keep_ckpts=3))
+    randomness = dict(seed=0)
     work_dir = 'work_dirs/name'
-    seed = 0
 
-Checkpoints hold ``state_dict``, ``optimizer``, ``iteration``, the RNG states and ``meta`` (classes and original
-category ids, so ``predict`` needs no dataset); they are written atomically to ``work_dir/latest.pth``.
+Training runs in :class:`~lateral.engine.loop.TrainingLoop` (the loop recognition uses): ``iter_N.pth`` and
+``latest.pth`` checkpoints whose ``meta`` also holds the classes and original category ids (so ``predict`` needs no
+dataset), ``--resume auto`` from the newest intact one, a NaN stop with a rescue checkpoint, ``log.jsonl``.
+:class:`DetectionTask` supplies the COCO data, the detector, its losses and COCO AP.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) training is data-parallel (DDP; gloo on CPU, NCCL on GPU): every iteration
 takes ``world_size * batch_size`` images, ``batch_size`` per rank, and rank 0 alone logs and writes checkpoints.
@@ -28,32 +35,32 @@ import contextlib
 import copy
 import io
 import json
-import random
+import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
-from lateral.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, read_checkpoint, save_checkpoint
-from lateral.config import (
-    ConfigError, apply_cfg_options, check_keys, check_top_level, load_config, positive_int_setting,
-    positive_number_setting,
-)
+from lateral.checkpoint import load_checkpoint, read_checkpoint
+from lateral.config import ConfigError, check_keys, positive_int_setting
 from lateral.data.coco import CocoDetection, build_pipeline, collate_detection, load_image
 from lateral.data.loader import worker_context
 from lateral.data.shapes import ensure_shapes_dataset
 from lateral.engine import distributed as dist_utils
+from lateral.engine.loop import LOADER_KEYS, SAMPLER_KEYS, EpochSampler, TrainingLoop
 from lateral.registry import build_model
 
 if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "DetectionTask",
     "build_detection_dataset",
     "build_detector",
-    "learning_rate",
+    "check_detector_config",
+    "dataset_config",
     "train_detector",
     "detect_dataset",
     "coco_evaluate",
@@ -61,7 +68,6 @@ __all__ = [
     "predict_images",
     "draw_detections",
     "format_metrics",
-    "add_cli",
     "METRIC_NAMES",
 ]
 
@@ -72,50 +78,89 @@ _OBJECTS_OF = {"AP": "", "AP50": "", "AP75": "", "APs": "small ", "APm": "medium
 _AREA_RANGES = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, float("inf"))}
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
 
+DATASET_KEYS = ("type", "data_root", "ann_file", "data_prefix", "pipeline", "synthetic", "skip_crowd",
+                "labels_are_category_ids", "metainfo", "test_mode", "filter_cfg", "backend_args")
+EVALUATOR_KEYS = ("type", "metric", "ann_file", "format_only", "classwise", "backend_args", "outfile_prefix")
+# what lateral's first detection engine called things, and the mmengine / mmdet 3.x names that replace them
+OLD_KEYS = {
+    "data": "data.train / data.val / data.test -> train_dataloader / val_dataloader / test_dataloader = dict("
+            "batch_size=..., num_workers=..., dataset=dict(ann_file=..., data_prefix=dict(img=<img_dir>), "
+            "pipeline=..., synthetic=...)); data.batch_size and data.num_workers -> each *_dataloader's batch_size "
+            "and num_workers; data.labels_are_category_ids -> dataset.labels_are_category_ids; data.classes -> "
+            "dataset.metainfo=dict(classes=...); data.test_pipeline -> test_pipeline",
+    "optimizer": "optimizer=dict(lr, momentum, weight_decay, grad_clip) -> optim_wrapper=dict(optimizer=dict("
+                 "type='SGD', lr=..., momentum=..., weight_decay=...), clip_grad=dict(max_norm=<grad_clip>))",
+    "schedule": "schedule.max_iters -> train_cfg=dict(type='IterBasedTrainLoop', max_iters=..., val_interval=...); "
+                "schedule.warmup_iters -> param_scheduler entry dict(type='LinearLR', start_factor=0.1, "
+                "by_epoch=False, begin=0, end=<warmup_iters>); schedule.milestones and gamma -> dict(type="
+                "'MultiStepLR', by_epoch=False, milestones=[...], gamma=...); schedule.log_interval -> "
+                "default_hooks.logger.interval; schedule.checkpoint_interval -> default_hooks.checkpoint=dict("
+                "interval=..., by_epoch=False)",
+    "seed": "seed -> randomness=dict(seed=...)",
+}
+
 
 # --------------------------------------------------------------------------------------------------- building
 
 
-def build_detection_dataset(split_cfg: dict, category_ids_as_labels: bool = False) -> CocoDetection:
-    """A :class:`CocoDetection` from ``data.train`` / ``data.val``; with ``synthetic=dict(...)`` the shapes
+def dataset_config(cfg: dict, split: str) -> dict:
+    """The ``dataset`` dict of the config's ``<split>_dataloader`` (``split``: train, val or test)."""
+    loader_cfg = cfg.get(f"{split}_dataloader")
+    if not loader_cfg:
+        raise ConfigError(f"the config has no {split}_dataloader (a {split} split) to use")
+    check_keys(loader_cfg, LOADER_KEYS, f"{split}_dataloader")
+    if "dataset" not in loader_cfg:
+        raise ConfigError(f"{split}_dataloader needs a 'dataset' entry")
+    return loader_cfg["dataset"]
+
+
+def _dataset_paths(dataset_cfg: dict) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a dataset dict: ``ann_file`` and ``data_prefix.img``, both under
+    ``data_root`` when it is given (as in mmdet)."""
+    for key in ("ann_file", "data_prefix"):
+        if key not in dataset_cfg:
+            raise ConfigError(f"a detection dataset needs '{key}', got keys {sorted(dataset_cfg)}")
+    prefix = check_keys(dataset_cfg["data_prefix"], ("img",), "dataset.data_prefix")
+    if "img" not in prefix:
+        raise ConfigError("dataset.data_prefix needs 'img': the folder of the images, e.g. data_prefix=dict(img='images')")
+    root = str(dataset_cfg.get("data_root") or "")
+    return Path(os.path.join(root, dataset_cfg["ann_file"])), Path(os.path.join(root, prefix["img"]))
+
+
+def build_detection_dataset(dataset_cfg: dict) -> CocoDetection:
+    """A :class:`CocoDetection` from a ``*_dataloader.dataset`` dict; with ``synthetic=dict(...)`` the shapes
     dataset is rendered into the ``ann_file``'s folder first (skipped when it is already there).
-    ``category_ids_as_labels`` is the config's ``data.labels_are_category_ids`` (torchvision's COCO labels)."""
-    split_cfg = dict(split_cfg)
-    for key in ("ann_file", "img_dir"):
-        if key not in split_cfg:
-            raise ConfigError(f"a detection data split needs '{key}', got keys {sorted(split_cfg)}")
-    synthetic = split_cfg.pop("synthetic", None)
+    ``labels_are_category_ids``: the label is the COCO category id (torchvision's COCO checkpoints)."""
+    check_keys(dataset_cfg, DATASET_KEYS, "dataset")
+    if dataset_cfg.get("type", "CocoDataset") != "CocoDataset":
+        raise ConfigError(f"a detection dataset is type='CocoDataset' (COCO json + image folder), got "
+                          f"{dataset_cfg['type']!r}")
+    ann_file, img_dir = _dataset_paths(dataset_cfg)
+    synthetic = dataset_cfg.get("synthetic")
     if synthetic is not None:
-        ann_file = Path(split_cfg["ann_file"])
-        if ann_file.name != "annotations.json" or Path(split_cfg["img_dir"]) != ann_file.parent / "images":
-            raise ConfigError(
-                "a synthetic split writes DIR/annotations.json and DIR/images: set ann_file and img_dir to those"
-            )
+        if ann_file.name != "annotations.json" or img_dir != ann_file.parent / "images":
+            raise ConfigError("a synthetic dataset writes DIR/annotations.json and DIR/images: set ann_file and "
+                              "data_prefix.img to those")
         # under torchrun rank 0 renders while the other ranks wait, then they find its files
         if not dist_utils.is_main_process():
             dist_utils.barrier()
         ensure_shapes_dataset(ann_file.parent, **synthetic)
         if dist_utils.is_main_process():
             dist_utils.barrier()
-    pipeline = build_pipeline(split_cfg.pop("pipeline", None))
-    extra = set(split_cfg) - {"ann_file", "img_dir", "skip_crowd"}
-    if extra:
-        raise ConfigError(f"unknown keys in a detection data split: {sorted(extra)}")
-    return CocoDetection(
-        split_cfg["ann_file"], split_cfg["img_dir"], pipeline, split_cfg.get("skip_crowd", True), category_ids_as_labels
-    )
-
-
-DATA_KEYS = ("train", "val", "test", "batch_size", "num_workers", "labels_are_category_ids", "classes", "test_pipeline")
-
-
-def data_section(cfg: dict) -> dict:
-    """The config's ``data`` dict ({} if absent), its keys checked against :data:`DATA_KEYS`."""
-    return check_keys(cfg.get("data"), DATA_KEYS, "data")
+    pipeline = build_pipeline(dataset_cfg.get("pipeline"))
+    return CocoDetection(ann_file, img_dir, pipeline, dataset_cfg.get("skip_crowd", True),
+                         bool(dataset_cfg.get("labels_are_category_ids")))
 
 
 def check_detector_config(cfg: dict) -> None:
-    """Refuse a config whose ``model`` is not a detector (a recognition config given to a detect command)."""
+    """Refuse a config of the old detection keys (with what to rename), and one whose ``model`` is not a detector
+    (a recognition config given to a detect command)."""
+    old = [key for key in OLD_KEYS if key in cfg]
+    if old:
+        renames = "\n  ".join(OLD_KEYS[key] for key in old)
+        raise ConfigError(f"this detection config uses the old top-level keys {', '.join(old)}; detection configs now "
+                          f"take the mmengine / mmdet 3.x names. Rename:\n  {renames}\n(see "
+                          "configs/detection/faster_rcnn_r50_fpn_shapes.py and docs/detection.md)")
     if "model" not in cfg:
         raise ConfigError("the config defines no 'model'")
     if not isinstance(cfg["model"], dict):
@@ -142,12 +187,10 @@ def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
     return build_model(model_cfg)
 
 
-def learning_rate(iteration: int, base_lr: float, warmup_iters: int, milestones: Iterable[int], gamma: float) -> float:
-    """Linear warm-up from ``base_lr / 10`` over ``warmup_iters``, then ``gamma`` at each milestone passed."""
-    lr = base_lr * gamma ** sum(iteration >= m for m in milestones)
-    if iteration < warmup_iters:
-        lr *= 0.1 + 0.9 * iteration / warmup_iters
-    return lr
+def collate_images(batch: list[dict | None]) -> list[dict] | None:
+    """A batch as a list of dataset items, the None of unreadable images left out; None when none is left."""
+    items, _ = collate_detection(batch)
+    return items or None
 
 
 def _to_device(items: list[dict], device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
@@ -156,13 +199,93 @@ def _to_device(items: list[dict], device: torch.device) -> tuple[list[torch.Tens
     return images, targets
 
 
-def _batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled batches of one epoch: a function of (seed, epoch) only, so a resumed run sees the same ones."""
-    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-    return [order[i : i + batch_size] for i in range(0, num_items - batch_size + 1, batch_size)]
-
-
 # --------------------------------------------------------------------------------------------------- training
+
+
+class DetectionTask:
+    """Detection for :class:`~lateral.engine.loop.TrainingLoop`: COCO-format data, a torchvision-style detector
+    (whose training forward returns its losses), COCO box AP for validation.
+
+    Args:
+        cfg: the config dict.
+        log: where the evaluation's lines go.
+        evaluate: validate on ``val_dataloader`` (when the config has one).
+    """
+
+    best_meta_key = "best_AP"
+
+    def __init__(self, cfg: dict, log: Callable[[str], None] = print, evaluate: bool = True):
+        self.cfg = cfg
+        self.log = log
+        self.evaluate = evaluate
+        self.meta: dict = {}
+        self._images: list[torch.Tensor] = []  # the last step's images, to try a rescued model on
+
+    def check_config(self) -> None:
+        check_detector_config(self.cfg)
+        for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            check_keys(self.cfg.get(key), LOADER_KEYS, key)
+        evaluator = check_keys(self.cfg.get("val_evaluator"), EVALUATOR_KEYS, "val_evaluator")
+        if evaluator.get("type", "CocoMetric") != "CocoMetric" or evaluator.get("metric", "bbox") not in ("bbox", ["bbox"]):
+            raise ConfigError(f"val_evaluator: lateral computes dict(type='CocoMetric', metric='bbox'), got {evaluator}")
+
+    def build_loader(self, split: str, seed: int, distributed: bool, resumable: bool = False):
+        key = f"{split}_dataloader"
+        if split != "train" and not (self.evaluate and self.cfg.get(key)):
+            return None
+        loader_cfg = self.cfg[key]
+        dataset = build_detection_dataset(dataset_config(self.cfg, split))
+        batch_size = positive_int_setting(loader_cfg.get("batch_size", 2), f"{key}.batch_size")
+        sampler: torch.utils.data.Sampler | None = None
+        if split == "train":
+            world_size = dist_utils.world_size()
+            if len(dataset) < batch_size * world_size:
+                raise ConfigError(f"the training set has {len(dataset)} readable images, fewer than "
+                                  f"batch_size={batch_size} x {world_size} process(es)")
+            sampler_cfg = check_keys(loader_cfg.get("sampler"), SAMPLER_KEYS, f"{key}.sampler")
+            sampler = EpochSampler(len(dataset), sampler_cfg.get("shuffle", True), seed, dist_utils.rank(), world_size)
+        num_workers = int(loader_cfg.get("num_workers", 0))
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_images,
+                                           num_workers=num_workers,
+                                           multiprocessing_context=worker_context() if num_workers else None)
+
+    def build_model(self, train_loader, val_loader) -> nn.Module:
+        dataset = train_loader.dataset
+        self.meta = {"classes": list(dataset.classes), "cat_ids": list(dataset.cat_ids)}
+        return build_detector(self.cfg, dataset.num_classes)
+
+    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model.to(device)
+
+    def losses(self, model: nn.Module, forward: Callable, batch: list[dict], device: torch.device,
+               autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+        images, targets = _to_device(batch, device)
+        self._images = images
+        with autocast():
+            return forward(images, targets)
+
+    def predicts_finite(self, model: nn.Module, device: torch.device, autocast: Callable[[], Any]) -> bool:
+        with autocast():
+            outputs = model(self._images)
+        return all(bool(torch.isfinite(out["boxes"]).all() and torch.isfinite(out["scores"]).all()) for out in outputs)
+
+    def validate(self, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
+                 progress: bool) -> dict:
+        return evaluate_detector(model, loader.dataset, batch_size=loader.batch_size, log=self.log, device=device)
+
+    def score(self, metrics: dict) -> float:
+        return -1.0 if metrics.get("AP") is None else float(metrics["AP"])
+
+    def describe_validation(self, record: dict) -> list[str]:
+        shown = [f"{name} {record[f'val_{name}']:.3f}" for name in ("AP", "AP50")
+                 if record.get(f"val_{name}") is not None]
+        return [f"val {' '.join(shown)}"] if shown else []
+
+    def after_train_epoch(self, loop: TrainingLoop) -> None:
+        pass
+
+    def checkpoint_meta(self) -> dict:
+        return self.meta
 
 
 def train_detector(
@@ -173,233 +296,53 @@ def train_detector(
     evaluate: bool = True,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Train the config's detector on ``data.train``, checkpointing to ``work_dir``; evaluate on ``data.val``.
+    """Train the config's detector, checkpointing to ``work_dir``; validate on ``val_dataloader``.
 
     Args:
         cfg: the loaded config dict.
         work_dir: where checkpoints go (default ``cfg['work_dir']``).
-        resume: ``'auto'`` (``work_dir/latest.pth`` if it exists), a checkpoint path, or None.
+        resume: ``'auto'`` (the newest intact checkpoint in ``work_dir``, if any), a checkpoint path, or None.
         log: where progress lines go (rank 0 only under ``torchrun``).
-        evaluate: evaluate the final model on ``data.val`` when the config has one.
+        evaluate: validate every ``train_cfg.val_interval`` and at the end when the config has a val_dataloader.
         device: 'cpu', 'cuda', 'cuda:1', ...; default this rank's GPU if there is one, else the CPU.
 
     Returns:
         ``{'iterations', 'train_seconds', 'checkpoint', 'skipped_images', 'metrics', 'model'}`` (the trained
-        detector, on ``device``, in eval mode after the evaluation).
+        detector, on ``device``, in eval mode; ``metrics``: the last validation's, or None).
     """
-    check_top_level(cfg)
     check_detector_config(cfg)  # before any data is read or written
-    data_cfg = data_section(cfg)
-    if "train" not in data_cfg:
-        raise ConfigError("the config has no data.train split to train on")
-    schedule = dict(max_iters=1000, warmup_iters=100, milestones=(), gamma=0.1, log_interval=20, checkpoint_interval=500)
-    schedule.update(check_keys(cfg.get("schedule"), schedule, "schedule"))
-    optim_cfg = dict(lr=0.02, momentum=0.9, weight_decay=1e-4, grad_clip=None)
-    optim_cfg.update(check_keys(cfg.get("optimizer"), optim_cfg, "optimizer"))
-    for key in ("max_iters", "log_interval", "checkpoint_interval"):
-        positive_int_setting(schedule[key], f"schedule.{key}")
-    positive_number_setting(optim_cfg["lr"], "optimizer.lr")
     work_dir = Path(work_dir or cfg.get("work_dir") or "work_dirs/detection")
-    seed = int(cfg.get("seed", 0))
-    batch_size = int(data_cfg.get("batch_size", 2))
-    device = dist_utils.resolve_device(device)
-    distributed = dist_utils.init_distributed(device)
-    rank, world_size = dist_utils.rank(), dist_utils.world_size()
-    if rank != 0:
-        log = _silent
 
-    dataset = build_detection_dataset(data_cfg["train"], bool(data_cfg.get("labels_are_category_ids")))
-    if len(dataset) < batch_size * world_size:
-        raise ValueError(
-            f"the training set has {len(dataset)} readable images, fewer than batch_size={batch_size} x "
-            f"{world_size} process(es)"
-        )
-    torch.manual_seed(seed)
-    random.seed(seed)
-    model = build_detector(cfg, dataset.num_classes).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"]
-    )
-    meta = {"classes": list(dataset.classes), "cat_ids": list(dataset.cat_ids)}
+    def say(line: str) -> None:
+        if dist_utils.is_main_process():
+            log(line)
 
-    iteration = 0
-    resume_path = _resume_path(resume, work_dir)
-    if resume == "auto" and resume_path is None:
-        log(f"--resume auto: no checkpoint (latest.pth) in {work_dir}; starting from scratch")
-    if resume_path is not None:
-        try:
-            checkpoint = read_checkpoint(resume_path)  # checks the archive's CRCs: a damaged file is refused
-        except CheckpointError as err:
-            if resume != "auto":
-                raise
-            raise CheckpointError(f"--resume auto: {err}. Detection training keeps only latest.pth, so there is no "
-                                  "earlier checkpoint to fall back to: restore a copy of it, or start again without "
-                                  "--resume") from None
-        load_checkpoint(model, checkpoint, strict=True)
-        if "optimizer" not in checkpoint or "iteration" not in checkpoint:
-            raise CheckpointError(f"{resume_path} has no optimizer state or iteration: it cannot resume training")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        iteration = int(checkpoint["iteration"])
-        if "torch_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng"])
-        if "python_rng" in checkpoint:
-            random.setstate(_tuples(checkpoint["python_rng"]))
-        log(f"resumed from {resume_path} at iteration {iteration}")
-    if distributed:  # ranks sample differently (augmentation, RPN/RoI sampling) but start from rank 0's weights
-        torch.manual_seed(seed * 1000 + rank + iteration)
-        random.seed(seed * 1000 + rank + iteration)
-        device_ids = [device.index] if device.type == "cuda" else None
-        trained: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    else:
-        trained = model
-
-    max_iters = int(schedule["max_iters"])
-    global_batch = batch_size * world_size
-    iters_per_epoch = len(dataset) // global_batch
-    skipped = 0
-    model.train()
-    start_time = time.perf_counter()
-    start_iteration = iteration
-    window: dict[str, float] = {}
-    window_images, window_start = 0, time.perf_counter()
-    checkpoint_path = work_dir / "latest.pth"
-    processes = f" on {world_size} processes" if distributed else ""
-    log(f"training {type(model).__name__} on {len(dataset)} images for {max_iters} iterations{processes} "
-        f"({device.type}) -> {work_dir}")
-    num_workers = int(data_cfg.get("num_workers", 0))
-    while iteration < max_iters:
-        epoch, offset = divmod(iteration, iters_per_epoch)
-        # every rank draws the same global batches and takes its own slice of each
-        batches = [b[rank * batch_size : (rank + 1) * batch_size]
-                   for b in _batches(len(dataset), global_batch, seed, epoch)[offset:]]
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=batches,
-            collate_fn=collate_detection,
-            num_workers=num_workers,
-            multiprocessing_context=worker_context() if num_workers else None,
-        )
-        for items, dropped in loader:
-            skipped += dropped
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = learning_rate(
-                    iteration, optim_cfg["lr"], schedule["warmup_iters"], schedule["milestones"], schedule["gamma"]
-                )
-            iteration += 1
-            # a step needs images on every rank (DDP all-reduces the gradients of each backward)
-            if dist_utils.all_ranks_true(bool(items), device):
-                images, targets = _to_device(items, device)
-                losses = trained(images, targets)
-                loss = sum(losses.values())
-                if not _finite_on_all_ranks(loss, device):
-                    raise ValueError(
-                        f"the loss became {loss.item()} at iteration {iteration}; lower optimizer.lr "
-                        f"(now {optim_cfg['lr']}) or lengthen schedule.warmup_iters"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if optim_cfg.get("grad_clip"):
-                    torch.nn.utils.clip_grad_norm_(params, optim_cfg["grad_clip"])
-                optimizer.step()
-                for name, value in losses.items():
-                    window[name] = window.get(name, 0.0) + value.item()
-                window["count"] = window.get("count", 0.0) + 1
-                window_images += len(items) * world_size
-            if iteration % schedule["log_interval"] == 0 or iteration == max_iters:
-                elapsed = time.perf_counter() - window_start
-                rate = window_images / max(elapsed, 1e-9)
-                count = max(window.pop("count", 1.0), 1.0)
-                parts = " ".join(f"{name.replace('loss_', '')} {value / count:.3f}" for name, value in window.items())
-                eta = (max_iters - iteration) * global_batch / max(rate, 1e-9)
-                log(
-                    f"iter {iteration}/{max_iters} loss {sum(window.values()) / count:.3f} ({parts}) "
-                    f"lr {optimizer.param_groups[0]['lr']:.4f} {rate:.1f} img/s eta {eta / 60:.1f} min"
-                )
-                window, window_images, window_start = {}, 0, time.perf_counter()
-            if iteration % schedule["checkpoint_interval"] == 0 or iteration == max_iters:
-                # an update can overflow with no loss left to show it (or a BatchNorm statistic, with norm='BN',
-                # while the loss stays finite): such a state must not replace the intact latest.pth
-                bad = nonfinite_tensors(model.state_dict())
-                if not dist_utils.all_ranks_true(not bad, device):
-                    kept = f"{checkpoint_path} is as it was" if checkpoint_path.exists() else "nothing was saved"
-                    raise ValueError(
-                        f"the model became non-finite by iteration {iteration} "
-                        f"({', '.join(bad[:3]) or 'on another rank'}{' ...' if len(bad) > 3 else ''}); it was not "
-                        f"saved and {kept}. Lower optimizer.lr (now {optim_cfg['lr']}) or lengthen "
-                        "schedule.warmup_iters"
-                    )
-                if rank == 0:
-                    _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
-            if iteration >= max_iters:
-                break
-    if iteration == start_iteration and not checkpoint_path.exists() and rank == 0:
-        _save_training_state(checkpoint_path, model, optimizer, iteration, meta, cfg)
-    dist_utils.barrier()
-    train_seconds = time.perf_counter() - start_time
-    skipped = sum(dist_utils.all_gather_objects(skipped)) + len(dataset.missing_images)
+    task = DetectionTask(cfg, say, evaluate)
+    loop = TrainingLoop(task, work_dir, resume=resume, device=device, progress=False, say=say)
+    try:
+        dataset = loop.train_loader.dataset
+        processes = f" on {dist_utils.world_size()} processes" if loop.distributed else ""
+        length = f"{loop.settings.length} {'epochs' if loop.settings.by_epoch else 'iterations'}"
+        say(f"training {type(loop.model).__name__} on {len(dataset)} images for {length}{processes} "
+            f"({loop.device.type}) -> {work_dir}")
+        if loop.iteration:
+            say(f"resumed at iteration {loop.iteration} (epoch {loop.start_epoch})")
+        started, first = time.perf_counter(), loop.iteration
+        loop.run()
+        seconds = time.perf_counter() - started
+        skipped = sum(record.get("failed_samples", 0) for record in loop.history) + len(dataset.missing_images)
+    finally:
+        loop.close()
+    dist_utils.broadcast_buffers(loop.model)  # every rank now holds the checkpoint's BN statistics (rank 0's)
     if skipped:
-        log(f"skipped {skipped} unreadable or missing training images")
-    log(f"trained {iteration - start_iteration} iterations in {train_seconds:.1f} s; checkpoint {checkpoint_path}")
-    result: dict[str, Any] = {
-        "iterations": iteration,
-        "train_seconds": train_seconds,
-        "checkpoint": str(checkpoint_path),
-        "skipped_images": skipped,
-        "metrics": None,
-        "model": model,
-    }
-    del trained  # the DDP wrapper holds the process group; see lateral.engine.distributed.cleanup
-    dist_utils.broadcast_buffers(model)  # every rank now holds the checkpoint's BN statistics (rank 0's)
-    if evaluate and "val" in data_cfg:
-        val_set = build_detection_dataset(data_cfg["val"], bool(data_cfg.get("labels_are_category_ids")))
-        metrics = evaluate_detector(model, val_set, batch_size=batch_size, log=log, device=device)
-        if rank == 0:
-            (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        result["metrics"] = metrics
-    return result
-
-
-def _silent(message: str) -> None:
-    """The log of ranks other than 0."""
-
-
-def _finite_on_all_ranks(loss: torch.Tensor, device: torch.device) -> bool:
-    """Whether the loss is finite everywhere, so that every rank stops together on a NaN, not just one."""
-    return dist_utils.all_ranks_true(bool(torch.isfinite(loss.detach()).item()), device)
-
-
-def _tuples(value: Any) -> Any:
-    """Python's RNG state is nested tuples; a checkpoint may hand them back as lists."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def _resume_path(resume: str | None, work_dir: Path) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        latest = work_dir / "latest.pth"
-        return latest if latest.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-    return path
-
-
-def _save_training_state(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int, meta: dict, cfg: dict
-) -> None:
-    save_checkpoint(
-        {
-            "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "iteration": iteration,
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            "meta": dict(meta, config=json.loads(json.dumps(cfg))),
-        },
-        path,
-    )
+        say(f"skipped {skipped} unreadable or missing training images")
+    checkpoint = work_dir / "latest.pth"
+    say(f"trained {loop.iteration - first} iterations in {seconds:.1f} s; checkpoint {checkpoint}")
+    metrics = loop.last_val or None
+    if metrics and dist_utils.is_main_process():
+        (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return {"iterations": loop.iteration, "train_seconds": seconds, "checkpoint": str(checkpoint),
+            "skipped_images": skipped, "metrics": metrics, "model": loop.model.eval()}
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -566,7 +509,6 @@ def draw_detections(
     return canvas
 
 
-@torch.no_grad()
 @torch.no_grad()
 def predict_images(
     model: nn.Module,

@@ -19,7 +19,7 @@ def main(config_path: str, out_dir: str) -> None:
     rank = dist_utils.rank()
     model = result.pop("model")
     torch.save(model.state_dict(), out / f"rank{rank}.pt")
-    val_set = build_detection_dataset(load_config(config_path)["data"]["val"])
+    val_set = build_detection_dataset(load_config(config_path)["val_dataloader"]["dataset"])
     shard, image_ids = detect_dataset(model, val_set, batch_size=1, log=lines.append)  # this rank's share only
     record = {"lines": lines, "metrics": result["metrics"], "shard": shard, "image_ids": image_ids}
     dist_utils.cleanup()

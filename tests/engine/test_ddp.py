@@ -87,7 +87,7 @@ def test_two_rank_detection_training_and_sharded_evaluation(tmp_path):
     assert any("on 2 processes" in line for line in logs[0]["lines"])
     assert any(line.startswith("iter 3/3") for line in logs[0]["lines"])
     checkpoint = torch.load(tmp_path / "work" / "latest.pth", weights_only=True)
-    assert checkpoint["iteration"] == 3
+    assert checkpoint["meta"]["iter"] == 3
     assert all(torch.equal(checkpoint["state_dict"][k], rank0[k]) for k in trained)
     # the detections of both shards, gathered, score like one process over the whole split
     assert logs[0]["metrics"] == logs[1]["metrics"] == logs[0]["full_metrics"]

@@ -20,7 +20,6 @@ from lateral.cli.detect import add_cli
 from lateral.engine.detection import (
     coco_evaluate,
     detect_dataset,
-    learning_rate,
     train_detector,
 )
 
@@ -247,10 +246,15 @@ def test_metrics_without_objects_of_a_size_say_so_and_are_null_in_json(monkeypat
     assert "AP n/a (no objects in the ground truth)" in detection.format_metrics(coco_evaluate(no_objects, perfect))
 
 
-def test_learning_rate_warms_up_and_steps():
-    assert learning_rate(0, 0.1, 10, (20,), 0.1) == pytest.approx(0.01)
-    assert learning_rate(10, 0.1, 10, (20,), 0.1) == pytest.approx(0.1)
-    assert learning_rate(25, 0.1, 10, (20,), 0.1) == pytest.approx(0.01)
+def test_the_shapes_schedule_warms_up_from_a_tenth_and_steps_by_iteration():
+    from lateral.engine.optim import build_lr_factor
+
+    cfg = lateral.load_config(SHAPES_CONFIG)
+    max_iters = cfg["train_cfg"]["max_iters"]
+    # iters_per_epoch and the length in epochs do not matter to by_epoch=False entries
+    factor = build_lr_factor(cfg["param_scheduler"], 7, max_iters / 7, 0.01)
+    assert factor(0) == pytest.approx(0.1) and factor(25) == pytest.approx(0.55) and factor(50) == pytest.approx(1.0)
+    assert factor(159) == pytest.approx(1.0) and factor(160) == pytest.approx(0.1) and factor(199) == pytest.approx(0.1)
 
 
 # ------------------------------------------------------------------------------------ train / test / predict
@@ -279,14 +283,16 @@ def _tiny_config(tmp_path: Path) -> Path:
     cfg.write_text(
         f"_base_ = {str(SHAPES_CONFIG)!r}\n"
         f"model = dict(_delete_=True, **{_tiny_model_cfg()!r})\n"
-        f"data = dict(batch_size=2,\n"
-        f"    train=dict(ann_file='{root}/train/annotations.json', img_dir='{root}/train/images',\n"
-        f"               synthetic=dict(num_images=6, image_size=48, seed=0),\n"
-        f"               pipeline=[dict(type='Resize', scale=(48, 48)), dict(type='RandomFlip')]),\n"
-        f"    val=dict(ann_file='{root}/val/annotations.json', img_dir='{root}/val/images',\n"
-        f"             synthetic=dict(num_images=2, image_size=48, seed=1),\n"
-        f"             pipeline=[dict(type='Resize', scale=(48, 48))]))\n"
-        f"schedule = dict(max_iters=3, warmup_iters=2, milestones=(), log_interval=1, checkpoint_interval=2)\n"
+        f"train_dataloader = dict(batch_size=2, dataset=dict(data_root='{root}/train',\n"
+        f"    synthetic=dict(_delete_=True, num_images=6, image_size=48, seed=0),\n"
+        f"    pipeline=[dict(type='Resize', scale=(48, 48)), dict(type='RandomFlip')]))\n"
+        f"val_dataloader = dict(batch_size=2, dataset=dict(data_root='{root}/val',\n"
+        f"    synthetic=dict(_delete_=True, num_images=2, image_size=48, seed=1),\n"
+        f"    pipeline=[dict(type='Resize', scale=(48, 48))]))\n"
+        f"test_dataloader = None\n"
+        f"param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]\n"
+        f"train_cfg = dict(max_iters=3, val_interval=3)\n"
+        f"default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))\n"
         f"work_dir = '{tmp_path / 'work'}'\n"
     )
     return cfg
@@ -295,18 +301,21 @@ def _tiny_config(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_train_resume_test_and_predict_end_to_end(tmp_path, capsys):
     config = _tiny_config(tmp_path)
-    assert run_cli(["detect", "train", str(config), "--cfg-options", "schedule.max_iters=2"]) == 0
+    assert run_cli(["detect", "train", str(config), "--cfg-options", "train_cfg.max_iters=2"]) == 0
     checkpoint = tmp_path / "work" / "latest.pth"
     first = torch.load(checkpoint, weights_only=True)
-    assert first["iteration"] == 2 and first["meta"]["classes"] == ["circle", "square", "triangle"]
+    assert first["meta"]["iter"] == 2 and first["meta"]["classes"] == ["circle", "square", "triangle"]
+    assert sorted(p.name for p in (tmp_path / "work").glob("*.pth")) == ["best.pth", "iter_2.pth", "latest.pth"]
     out = capsys.readouterr().out
     assert "iter 2/2 loss" in out and "AP50" in out
 
     assert run_cli(["detect", "train", str(config), "--resume", "auto"]) == 0
     out = capsys.readouterr().out
-    assert "resumed from" in out and "at iteration 2" in out and "iter 3/3" in out and "iter 1/3" not in out
+    assert "resumed at iteration 2" in out and "iter 3/3" in out and "iter 1/3" not in out
     second = torch.load(checkpoint, weights_only=True)
-    assert second["iteration"] == 3
+    assert second["meta"]["iter"] == 3
+    events = [json.loads(line)["event"] for line in (tmp_path / "work" / "log.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 1 and events.count("val") == 2 and "train" in events
     changed = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
     assert changed  # the resumed iteration really trained
 
@@ -356,7 +365,7 @@ def test_resume_of_a_missing_checkpoint_and_bad_model_class_count(tmp_path):
     config = _tiny_config(tmp_path)
     cfg = lateral.load_config(config)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        train_detector(cfg, resume=str(tmp_path / "nope.pth"))
+        train_detector(cfg, resume=str(tmp_path / "nope.pth"), evaluate=False)
     cfg["model"]["num_classes"] = 7
     with pytest.raises(ConfigError, match="num_classes is 7 but the dataset has 3 categories"):
         train_detector(cfg)
@@ -371,9 +380,10 @@ def test_a_recognition_config_is_refused_by_the_detect_commands(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, message", [
-    ("schedule", "max_iter", "schedule: unknown key 'max_iter'. Did you mean 'max_iters'"),
-    ("optimizer", "weight_decai", "optimizer: unknown key 'weight_decai'. Did you mean 'weight_decay'"),
-    ("data", "batch_sise", "data: unknown key 'batch_sise'. Did you mean 'batch_size'"),
+    ("train_cfg", "max_iter", "train_cfg: unknown key 'max_iter'. Did you mean 'max_iters'"),
+    ("default_hooks", "checkpiont", "default_hooks: unknown key 'checkpiont'. Did you mean 'checkpoint'"),
+    ("train_dataloader", "batch_sise", "train_dataloader: unknown key 'batch_sise'. Did you mean 'batch_size'"),
+    ("val_evaluator", "metrik", "val_evaluator: unknown key 'metrik'. Did you mean 'metric'"),
 ])
 def test_misspelt_detection_keys_stop_before_any_work(tmp_path, section, key, message):
     cfg = lateral.load_config(SHAPES_CONFIG)
@@ -381,6 +391,53 @@ def test_misspelt_detection_keys_stop_before_any_work(tmp_path, section, key, me
     with pytest.raises(ConfigError, match=message):
         train_detector(cfg, work_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_an_old_style_detection_config_is_refused_with_what_to_rename(tmp_path):
+    old = tmp_path / "old.py"
+    old.write_text("model = dict(type='FasterRCNN', backbone=dict(type='ResNetFPN', depth=18), num_classes=4)\n"
+                   "data = dict(train=dict(ann_file='a.json', img_dir='images'), batch_size=2)\n"
+                   "optimizer = dict(lr=0.01, grad_clip=10.0)\n"
+                   "schedule = dict(max_iters=100, warmup_iters=10, milestones=(80,))\n"
+                   "seed = 0\n")
+    cfg = lateral.load_config(old)
+    with pytest.raises(ConfigError) as info:
+        train_detector(cfg, work_dir=tmp_path / "never")
+    message = str(info.value)
+    assert "old top-level keys data, optimizer, schedule, seed" in message
+    for advice in ("data.train / data.val / data.test -> train_dataloader / val_dataloader / test_dataloader",
+                   "data_prefix=dict(img=<img_dir>)",
+                   "optim_wrapper=dict(optimizer=dict(type='SGD', lr=..., momentum=..., weight_decay=...), "
+                   "clip_grad=dict(max_norm=<grad_clip>))",
+                   "schedule.max_iters -> train_cfg=dict(type='IterBasedTrainLoop', max_iters=...",
+                   "dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=<warmup_iters>)",
+                   "schedule.checkpoint_interval -> default_hooks.checkpoint=dict(interval=..., by_epoch=False)",
+                   "seed -> randomness=dict(seed=...)"):
+        assert advice in message, advice
+    assert not (tmp_path / "never").exists()
+    # the test and predict commands read the same configs and refuse them the same way
+    with pytest.raises(ConfigError, match="old top-level keys data, optimizer, schedule, seed"):
+        run_cli(["detect", "test", str(old), str(tmp_path / "x.pth")])
+
+
+@pytest.mark.slow
+def test_detection_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog):
+    from checkpoint_damage import zero_tensor_bytes
+
+    cfg = lateral.load_config(_tiny_config(tmp_path))
+    cfg["default_hooks"]["checkpoint"]["interval"] = 1
+    cfg["train_cfg"]["max_iters"] = 2
+    lines = []
+    train_detector(cfg, resume="auto", log=lines.append, evaluate=False)
+    assert sorted(p.name for p in (tmp_path / "work").glob("*.pth")) == ["iter_1.pth", "iter_2.pth", "latest.pth"]
+    member = zero_tensor_bytes(tmp_path / "work" / "latest.pth")  # iter_2.pth is the same file: both damaged
+    cfg["train_cfg"]["max_iters"] = 3
+    with caplog.at_level("WARNING", logger="lateral.train"):
+        result = train_detector(cfg, resume="auto", log=lines.append, evaluate=False)
+    assert "resuming from iter_1.pth, because" in caplog.text and f"its member '{member}'" in caplog.text
+    assert "iter_2.pth is the same file as latest.pth (a hard link)" in caplog.text
+    assert "resumed at iteration 1 (epoch 0)" in lines and result["iterations"] == 3
+    assert torch.load(tmp_path / "work" / "latest.pth", weights_only=True)["meta"]["iter"] == 3
 
 
 def test_score_threshold_outside_zero_one_is_refused(tmp_path):

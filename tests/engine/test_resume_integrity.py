@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lateral
+import lateral.engine.loop
 from lateral.checkpoint import read_checkpoint
 from lateral.engine.train import NonFiniteLossError, Trainer, train
 
@@ -67,8 +68,8 @@ def test_resume_auto_reads_a_hard_linked_latest_once_and_says_nothing(tmp_path, 
                                                                          monkeypatch):
     work = copy_run(two_epoch_run, tmp_path / "work")
     reads = []
-    original = lateral.engine.train.read_checkpoint
-    monkeypatch.setattr(lateral.engine.train, "read_checkpoint", lambda path, **kw: reads.append(path.name)
+    original = lateral.engine.loop.read_checkpoint  # the shared training loop reads the checkpoints
+    monkeypatch.setattr(lateral.engine.loop, "read_checkpoint", lambda path, **kw: reads.append(path.name)
                         or original(path, **kw))
     with caplog.at_level("WARNING", logger="lateral.train"):
         trainer = Trainer(run_config, work, resume="auto", progress=False)
@@ -191,23 +192,3 @@ def test_an_epoch_that_ends_with_non_finite_weights_does_not_replace_latest(tmp_
                                                  r"epoch_2\.pth \(cls_head\.fc_cls\.weight\), so it was not saved"):
         trainer.save(2)
     assert (tmp_path / "run" / "latest.pth").read_bytes() == before and not (tmp_path / "run" / "epoch_2.pth").exists()
-
-
-@pytest.mark.slow
-def test_detection_resume_auto_says_when_it_starts_fresh_and_refuses_a_damaged_latest(tmp_path):
-    from test_detection import _tiny_config
-
-    from lateral.checkpoint import CheckpointError
-    from lateral.engine.detection import train_detector
-
-    cfg = lateral.load_config(_tiny_config(tmp_path))
-    cfg["schedule"]["max_iters"] = 2
-    lines = []
-    train_detector(cfg, resume="auto", log=lines.append, evaluate=False)
-    assert f"--resume auto: no checkpoint (latest.pth) in {tmp_path / 'work'}; starting from scratch" in lines
-    member = zero_tensor_bytes(tmp_path / "work" / "latest.pth")
-    cfg["schedule"]["max_iters"] = 3
-    with pytest.raises(CheckpointError, match=rf"^--resume auto: .*latest.pth is damaged: its member '{member}' "
-                                              r"\(tensor data.*Detection training keeps only latest.pth, so there is "
-                                              r"no earlier checkpoint to fall back to"):
-        train_detector(cfg, resume="auto", log=lines.append, evaluate=False)
