@@ -12,6 +12,13 @@ import os
 import sys
 
 from lateral.cli import convert, data, detect, export, recognition, summary
+from lateral.errors import LateralError
+
+# errors whose message says all a user needs (what failed, where, what to do): printed as one line. The OS errors
+# are about the user's paths (a missing file, --out on a folder); anything else is a bug in lateral and keeps its
+# traceback.
+USER_ERRORS = (LateralError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
 
 # one module per command group, each with add_cli(subparsers); its sub-parsers set ``func`` to the function that
 # runs the command. These modules import only the standard library, so that ``lateral --help`` is quick.
@@ -58,16 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from lateral.checkpoint import CheckpointError
-    from lateral.config import ConfigError
-    from lateral.data.decode import DecodeError
-    from lateral.engine.train import NonFiniteLossError, NoTrainingDataError
-    from lateral.inference.exporters import MissingDependencyError
-
-    # errors whose message says all a user needs (what failed, where, what to do): printed without a traceback
-    user_errors = (ConfigError, CheckpointError, FileNotFoundError, ValueError, DecodeError, NonFiniteLossError,
-                   NoTrainingDataError, MissingDependencyError,
-                   FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)  # e.g. --out on a file
     command = " ".join(filter(None, [args.command, getattr(args, "data_command", None),
                                      getattr(args, "detect_command", None)]))
 
@@ -77,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         code = int(args.func(args) or 0)
-    except user_errors as err:
+    except USER_ERRORS as err:
         if says_errors():
             print(f"lateral {command}{rank_tag()}: error: {err}", file=sys.stderr)
         code = 1

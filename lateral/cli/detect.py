@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lateral.cli.args import add_cfg_options, add_device
 from lateral.config import ConfigError
+from lateral.errors import InputError
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def run_test(args: argparse.Namespace) -> int:
     dataset = build_detection_dataset(dataset_cfg)
     model, meta = load_detector(cfg, args.checkpoint)
     if "cat_ids" in meta and list(meta["cat_ids"]) != list(dataset.cat_ids):
-        raise ValueError(
+        raise InputError(
             f"the checkpoint was trained on category ids {meta['cat_ids'][:10]} but {dataset_cfg['ann_file']} has "
             f"{dataset.cat_ids[:10]}"
         )

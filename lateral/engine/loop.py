@@ -48,6 +48,7 @@ from lateral.data.sampling import data_rng, seed_data_rng
 from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import unwrap
 from lateral.engine.optim import build_lr_factor, build_optimizer, clip_gradients
+from lateral.errors import LateralError
 from lateral.inference.workarounds import apply_training_workarounds
 
 # Keys the runtime sections of an mmaction2 / mmdet / mmengine config may hold. Those lateral does not act on (e.g.
@@ -79,11 +80,11 @@ __all__ = ["NoTrainingDataError", "NonFiniteLossError", "TrainingTask", "LoopSet
 logger = logging.getLogger("lateral.train")
 
 
-class NoTrainingDataError(RuntimeError):
+class NoTrainingDataError(LateralError, RuntimeError):
     """An epoch yielded no readable batch (every sample failed to decode); the message summarises the failures."""
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LateralError, RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the checkpoint saved before it."""
 
 

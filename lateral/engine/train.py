@@ -55,7 +55,7 @@ def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool, na
     check_keys(loader_cfg, LOADER_KEYS, name)
     if "dataset" not in loader_cfg:
         raise ConfigError(f"{name} needs a 'dataset' entry")
-    dataset = build_dataset(loader_cfg["dataset"])
+    dataset = build_dataset(loader_cfg["dataset"], where=f"{name}.dataset")
     if len(dataset) == 0:
         raise ConfigError(f"the dataset of {loader_cfg['dataset'].get('ann_file', 'the config')} is empty")
     sampler = None

@@ -79,3 +79,32 @@ def test_positive_int_names_the_bad_value():
     for bad, shown in (("0", "got 0"), ("x", "got 'x'")):
         with pytest.raises(argparse.ArgumentTypeError, match=shown):
             positive_int(bad)
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    import pytest
+
+    from lateral import cli
+    from lateral.errors import InputError
+
+    def fails_with(error):
+        def run(args):
+            raise error
+        return run
+
+    def parse_with(error):
+        parser = cli.build_parser()
+        original = parser.parse_args
+        monkeypatch.setattr(cli, "build_parser", lambda: parser)
+        monkeypatch.setattr(parser, "parse_args", lambda argv: _with_func(original(argv), fails_with(error)))
+
+    def _with_func(args, func):
+        args.func = func
+        return args
+
+    parse_with(InputError("label map 'x.txt', line 3: expected 'id,name'"))
+    assert cli.main(["summary", "c.py"]) == 1
+    assert capsys.readouterr().err.strip() == "lateral summary: error: label map 'x.txt', line 3: expected 'id,name'"
+    parse_with(ValueError("an internal invariant broke"))  # not a LateralError: a bug, so the traceback stays
+    with pytest.raises(ValueError, match="internal invariant"):
+        cli.main(["summary", "c.py"])
