@@ -26,7 +26,7 @@ from lateral.cli import main as cli_main
 from lateral.inference import optimization as optimize_module
 from lateral.inference.exporters import check_export, export_onnx, export_torchscript
 from lateral.inference.optimization import OneDnnConv, PrecisionError, bf16_supported, compile_available, fold_batchnorm
-from lateral.export import how_to_run_fastest
+from lateral.cli.export import how_to_run_fastest
 from lateral.inference.timing import BenchmarkResult, Variant, count_macs, flop_counter_macs, parse_input_shape
 
 HERE = Path(__file__).resolve().parent
@@ -574,7 +574,7 @@ def test_torchscript_export_of_an_fpn_keeps_its_named_levels(tmp_path):
 
 
 def test_default_export_input_takes_the_clip_length_of_the_test_pipeline(thin_model):
-    from lateral.export import default_input_shape
+    from lateral.engine.exporting import default_input_shape
 
     cfg = {"test_pipeline": [dict(type="SampleFrames", clip_len=16, num_clips=1), dict(type="FormatShape")]}
     assert default_input_shape(thin_model, cfg) == (1, 3, 16, 224, 224)
@@ -582,7 +582,7 @@ def test_default_export_input_takes_the_clip_length_of_the_test_pipeline(thin_mo
     assert default_input_shape(thin_model, {}) == (1, 3, 32, 224, 224)
     # the config's own input_shape comes first (export, bench and summary read it alike)
     assert default_input_shape(thin_model, {**cfg, "input_shape": [2, 3, 8, 112, 112]}) == (2, 3, 8, 112, 112)
-    from lateral.summary import default_input_shape as summary_shape
+    from lateral.engine.summary import default_input_shape as summary_shape
 
     assert summary_shape({**cfg, "input_shape": [2, 3, 8, 112, 112]}) == (2, 3, 8, 112, 112)
     with pytest.raises(ConfigError, match="input_shape must be 4 or 5 positive whole numbers"):
@@ -625,7 +625,7 @@ def test_cli_export_without_input_takes_the_clips_the_config_was_tested_on(thin_
     assert exported(thin_input(batch=2)[..., :56, :56].contiguous()).shape == (2, 10)
     # a fixed-size resize without a crop says the size too; --input overrides and nothing is said about it
     fixed = [dict(type="SampleFrames", clip_len=4, num_clips=1), dict(type="Resize", scale=(48, 40), keep_ratio=False)]
-    from lateral.export import PipelineClips, config_test_clips
+    from lateral.engine.exporting import PipelineClips, config_test_clips
 
     assert config_test_clips({"test_pipeline": fixed}) == PipelineClips(4, 40, 48, 1, 1)
     assert cli_main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "n.pt"),

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from lateral.summary import default_input_shape, parse_shape, summarize
+from lateral.engine.summary import default_input_shape, parse_shape, summarize
 
 
 def test_summary_totals_for_the_seed_config():

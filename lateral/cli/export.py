@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lateral.cli.args import add_cfg_options, positive_int
 from lateral.config import ConfigError
+
+if TYPE_CHECKING:
+    from lateral.inference.timing import BenchmarkResult
 
 # lateral.inference's EXPORT_FORMATS and VARIANTS, written out so that `lateral --help` does not import torch
 # (tests/cli/test_parser.py checks that they agree)
@@ -31,7 +36,7 @@ def run_export(args: argparse.Namespace) -> int:
     """``lateral export``: write ONNX / TorchScript and, with ``--check``, compare it with PyTorch."""
     import torch
 
-    from lateral.export import CHECK_ATOL, CHECK_RTOL, build_from_files, example_input, exportable_module
+    from lateral.engine.exporting import CHECK_ATOL, CHECK_RTOL, build_from_files, example_input, exportable_module
     from lateral.inference.exporters import MissingDependencyError, check_export, export_model
 
     args.checkpoint = _weights_of(args)
@@ -66,9 +71,58 @@ def run_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------- bench
 
 
+def bench_variants(precisions: list[str], compile: bool, onnx: bool, openvino: bool) -> list[str]:
+    """Variant names for the bench options: eager fp32, fused per precision, compiled, onnxruntime, OpenVINO."""
+    names = ["eager-fp32"] + [f"fused-{p}" for p in precisions]
+    if compile:
+        names += [f"compiled-{p}" for p in precisions]
+    if onnx:
+        names.append("onnxruntime")
+    if openvino:
+        names += [f"openvino-{p}" for p in precisions]
+    return names
+
+
+# how each timed variant is asked for: flags of ``lateral predict`` (recognizers) and arguments of
+# ``lateral.optimize`` (any backbone); onnxruntime runs an exported file
+_PREDICT_FLAGS = {
+    "eager-fp32": "--eager", "fused-fp32": "--precision fp32", "fused-bf16": "--precision bf16",
+    "compiled-fp32": "--compile", "compiled-bf16": "--precision bf16 --compile",
+    "openvino-fp32": "--backend openvino", "openvino-bf16": "--backend openvino --precision bf16",
+}
+_OPTIMIZE_CALLS = {
+    "eager-fp32": "the model itself", "fused-fp32": "lateral.optimize(model)",
+    "fused-bf16": "lateral.optimize(model, precision='bf16')", "compiled-fp32": "lateral.optimize(model, compile=True)",
+    "compiled-bf16": "lateral.optimize(model, precision='bf16', compile=True)",
+    "openvino-fp32": "lateral.inference.exporters.OpenVinoRunner(model, x)",
+    "openvino-bf16": "lateral.inference.exporters.OpenVinoRunner(model, x, precision='bf16')",
+}
+
+
+def how_to_run_fastest(result: BenchmarkResult, recognizer: bool) -> str:
+    """Lines naming the fastest fp32 and the fastest bf16 variant of ``result`` and how to run each: the flags of
+    ``lateral predict`` for a recognizer, the Python call otherwise, the export command for onnxruntime."""
+    eager = next((v for v in result.variants if v.name == "eager-fp32" and v.times), None)
+    lines = []
+    for precision in ("fp32", "bf16"):
+        best = result.fastest(precision)
+        if best is None:
+            continue
+        median = statistics.median(best.times)
+        ratio = f", {statistics.median(eager.times) / median:.2f}x eager fp32" if eager is not None else ""
+        if best.name == "onnxruntime":
+            how = "lateral export CONFIG CKPT --format onnx, then run the file with onnxruntime"
+        elif recognizer:
+            how = f"lateral predict CONFIG CKPT VIDEO {_PREDICT_FLAGS[best.name]}"
+        else:
+            how = _OPTIMIZE_CALLS[best.name]
+        lines.append(f"fastest {precision} here: {best.name} ({1e3 * median:.1f} ms{ratio}); run it with: {how}")
+    return "\n".join(lines)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """``lateral bench``: time the inference variants of a config's model, interleaved, and print a table."""
-    from lateral.export import bench_variants, build_from_files, example_input, exportable_module, how_to_run_fastest
+    from lateral.engine.exporting import build_from_files, example_input, exportable_module
     from lateral.inference.optimization import PRECISIONS, PrecisionError, resolve_precision
     from lateral.inference.timing import benchmark
 

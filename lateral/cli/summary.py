@@ -11,7 +11,7 @@ from lateral.config import ConfigError
 def run_summary(args: argparse.Namespace) -> int:
     from lateral.engine.loading import load_run_config
     from lateral.registry import build_model
-    from lateral.summary import default_input_shape, parse_shape, screen_depth, summarize
+    from lateral.engine.summary import default_input_shape, parse_shape, screen_depth, summarize
 
     cfg = load_run_config(args.config, args.cfg_options)
     if "model" not in cfg:

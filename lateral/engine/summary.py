@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lateral.config import ConfigError
+from lateral.engine.exporting import config_clip_len, config_input_shape
 
 __all__ = ["LayerRow", "ModelSummary", "summarize", "screen_depth", "parse_shape", "add_cli"]
 
@@ -147,8 +148,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def default_input_shape(cfg: dict) -> tuple[int, ...]:
     """The config's ``input_shape``, else one clip of its test pipeline's ``clip_len`` (32 if it has none) at
     224x224, or one 224x224 image for a detection model."""
-    from lateral.export import config_clip_len, config_input_shape
-
     own = config_input_shape(cfg)
     if own is not None:
         return own

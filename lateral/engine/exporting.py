@@ -1,12 +1,11 @@
 """What ``lateral export`` and ``lateral bench`` run on: the model of a config and checkpoint, the part of it that
-exports, the example input its test pipeline implies, and how to run the fastest benchmarked variant.
+exports, and the example input its test pipeline implies.
 
 The work is in :mod:`lateral.inference`; the commands are in :mod:`lateral.cli.export`.
 """
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 import torch
@@ -15,11 +14,11 @@ from torch import nn
 from lateral.checkpoint import load_checkpoint
 from lateral.config import ConfigError
 from lateral.engine.loading import load_run_config
-from lateral.inference.timing import BenchmarkResult, parse_input_shape
+from lateral.inference.timing import parse_input_shape
 from lateral.registry import build_model
 
 __all__ = ["build_from_files", "config_test_clips", "default_input", "example_input", "exportable_module", "how_to_run_fastest",
-           "bench_variants"]
+           "default_input_shape", "config_clip_len", "config_input_shape", "CHECK_ATOL", "CHECK_RTOL"]
 
 # parity bound of ``export --check``: |exported - eager| <= ATOL + RTOL * max|eager|
 CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
@@ -177,56 +176,3 @@ def example_input(input_shape: str | None, module: nn.Module, cfg: dict) -> torc
 
 
 # ------------------------------------------------------------------------------------------------------- bench
-
-
-def bench_variants(precisions: list[str], compile: bool, onnx: bool, openvino: bool) -> list[str]:
-    """Variant names for the bench options: eager fp32, fused per precision, compiled, onnxruntime, OpenVINO."""
-    names = ["eager-fp32"] + [f"fused-{p}" for p in precisions]
-    if compile:
-        names += [f"compiled-{p}" for p in precisions]
-    if onnx:
-        names.append("onnxruntime")
-    if openvino:
-        names += [f"openvino-{p}" for p in precisions]
-    return names
-
-
-# how each timed variant is asked for: flags of ``lateral predict`` (recognizers) and arguments of
-# ``lateral.optimize`` (any backbone); onnxruntime runs an exported file
-_PREDICT_FLAGS = {
-    "eager-fp32": "--eager", "fused-fp32": "--precision fp32", "fused-bf16": "--precision bf16",
-    "compiled-fp32": "--compile", "compiled-bf16": "--precision bf16 --compile",
-    "openvino-fp32": "--backend openvino", "openvino-bf16": "--backend openvino --precision bf16",
-}
-_OPTIMIZE_CALLS = {
-    "eager-fp32": "the model itself", "fused-fp32": "lateral.optimize(model)",
-    "fused-bf16": "lateral.optimize(model, precision='bf16')", "compiled-fp32": "lateral.optimize(model, compile=True)",
-    "compiled-bf16": "lateral.optimize(model, precision='bf16', compile=True)",
-    "openvino-fp32": "lateral.inference.exporters.OpenVinoRunner(model, x)",
-    "openvino-bf16": "lateral.inference.exporters.OpenVinoRunner(model, x, precision='bf16')",
-}
-
-
-def how_to_run_fastest(result: BenchmarkResult, recognizer: bool) -> str:
-    """Lines naming the fastest fp32 and the fastest bf16 variant of ``result`` and how to run each: the flags of
-    ``lateral predict`` for a recognizer, the Python call otherwise, the export command for onnxruntime."""
-    eager = next((v for v in result.variants if v.name == "eager-fp32" and v.times), None)
-    lines = []
-    for precision in ("fp32", "bf16"):
-        best = result.fastest(precision)
-        if best is None:
-            continue
-        median = statistics.median(best.times)
-        ratio = f", {statistics.median(eager.times) / median:.2f}x eager fp32" if eager is not None else ""
-        if best.name == "onnxruntime":
-            how = "lateral export CONFIG CKPT --format onnx, then run the file with onnxruntime"
-        elif recognizer:
-            how = f"lateral predict CONFIG CKPT VIDEO {_PREDICT_FLAGS[best.name]}"
-        else:
-            how = _OPTIMIZE_CALLS[best.name]
-        lines.append(f"fastest {precision} here: {best.name} ({1e3 * median:.1f} ms{ratio}); run it with: {how}")
-    return "\n".join(lines)
-
-
-
-
