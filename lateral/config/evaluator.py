@@ -12,7 +12,8 @@ import ast
 import copy
 import operator
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lateral.config.validate import ConfigError, suggest
 

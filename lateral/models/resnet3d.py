@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -242,7 +243,7 @@ class ResNet3d(nn.Module):
         lateral_inplanes: extra input channels per stage, used by SlowFast's lateral concatenation.
     """
 
-    arch_settings: dict[int, tuple[type[BasicBlock3d] | type[Bottleneck3d], tuple[int, ...]]] = {
+    arch_settings: ClassVar[dict[int, tuple[type[BasicBlock3d | Bottleneck3d], tuple[int, ...]]]] = {
         18: (BasicBlock3d, (2, 2, 2, 2)),
         34: (BasicBlock3d, (3, 4, 6, 3)),
         50: (Bottleneck3d, (3, 4, 6, 3)),
