@@ -77,7 +77,7 @@ def run_convert(args: argparse.Namespace) -> int:
         frame_interval=frame_interval,
     )
     save_checkpoint(converted, args.out)
-    state = converted.get("state_dict", converted.get("model_state"))
+    state = converted["state_dict"] if "state_dict" in converted else converted["model_state"]
     line = f"wrote {args.out}: {len(state)} tensors in {args.target_format} layout"
     if "meta" in converted:
         arch = SlowFastArch(**converted["meta"]["arch"])

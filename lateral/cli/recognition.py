@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from lateral.cli.args import add_cfg_options, positive_int
 from lateral.config import ConfigError
@@ -259,7 +260,8 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
     model, device = load_model(cfg, checkpoint, device=args.device, eager=args.eager, precision=args.precision,
                                compile=args.compile, backend=args.backend, on_unsupported=on_unsupported)
     pipeline = video_pipeline(cfg)
-    names = read_label_names(args.labels, cfg, model.num_classes)
+    # a recognizer or its lateral.optimize copy (nn.Module types attributes as Tensor | Module)
+    names = read_label_names(args.labels, cfg, cast(int, model.num_classes))
     several = len(videos) > 1
     results, failed = [], []
     for video in videos:
@@ -269,9 +271,10 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
             if windows:
                 rows = predict_timeline(model, pipeline, video, *windows, device)
                 paths = write_timeline(rows, names, folders[video], args.topk, overwrite=args.overwrite)
-                for r in rows:
-                    top = int(r.probs.argmax())
-                    print(f"{r.start_s:7.2f}-{r.end_s:7.2f}s  {printable(names[top]):<30} {float(r.probs[top]):.3f}")
+                for row in rows:
+                    best = int(row.probs.argmax())
+                    print(f"{row.start_s:7.2f}-{row.end_s:7.2f}s  {printable(names[best]):<30} "
+                          f"{float(row.probs[best]):.3f}")
                 print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
                 continue
             probs = predict_video(model, pipeline, video, device)
@@ -282,7 +285,7 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
             failed.append(str(video))
             continue
         top = probs.topk(min(args.topk, len(probs)))
-        result = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)}
+        result: list[dict[str, Any]] = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)}
                   for p, i in zip(top.values, top.indices)]
         for r in result:
             print(f"{r['prob']:.4f}  {printable(r['label'])}")  # the JSON keeps the name as written

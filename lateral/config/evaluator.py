@@ -12,13 +12,14 @@ import ast
 import copy
 import operator
 import re
+from collections.abc import Callable
 from typing import Any
 
 from lateral.config.validate import ConfigError, suggest
 
 __all__ = ["Evaluator", "value_size"]
 
-_BINARY_OPS = {
+_BINARY_OPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -27,7 +28,9 @@ _BINARY_OPS = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
-_UNARY_OPS = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_UNARY_OPS: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_
+}
 # Bounds on what a config expression may build, so that a file cannot hang or exhaust the machine that reads it
 # (``10 ** 10 ** 9``, ``'a' * 10 ** 10``, ``f'{x:999999999}'``): far beyond any real setting.
 _MAX_ITEMS = 1_000_000  # characters of a string, items of a list or tuple; also the most a value may hold, nested
@@ -36,7 +39,8 @@ _MAX_INT_BITS = 10_000  # about 3000 digits: below Python's 4300-digit limit on 
 _MAX_FORMAT_WIDTH = 10_000
 _MAX_FILE_READS = 5_000_000  # items copied out of names by all statements of one file: a few seconds at most
 _CONSTRUCTORS = {"dict": dict, "list": list, "tuple": tuple}
-_CONVERSIONS = {ord("r"): repr, ord("s"): str, ord("a"): ascii}  # ast.FormattedValue.conversion codes
+# ast.FormattedValue.conversion codes
+_CONVERSIONS: dict[int, Callable[[object], str]] = {ord("r"): repr, ord("s"): str, ord("a"): ascii}
 
 
 def value_size(value: Any, limit: int) -> int:
@@ -146,7 +150,7 @@ class Evaluator:
             raise self.fail(node, f"the attribute access '{ast.unparse(node)}'")
         raise self.fail(node, f"the construct '{type(node).__name__}'")
 
-    def binary(self, node: ast.AST, op: ast.operator, left: Any, right: Any) -> Any:
+    def binary(self, node: ast.stmt | ast.expr, op: ast.operator, left: Any, right: Any) -> Any:
         """``left <op> right`` for ``a <op> b`` and ``a <op>= b``, refused where it would build too much."""
         too_big = _too_big(op, left, right)
         if too_big:

@@ -316,7 +316,7 @@ def infer_arch(state: Mapping[str, Any], layout: Any, kind: str, speed_ratio: in
         while layout.conv_bn_names(ConvBN("", 0, stage, count, "a"), (), kind)[0] in state:
             count += 1
         stage_blocks.append(count)
-    depths = {blocks: depth for depth, blocks in STAGE_BLOCKS.items()}
+    depths: dict[tuple[int, ...], int] = {blocks: depth for depth, blocks in STAGE_BLOCKS.items()}
     if tuple(stage_blocks) not in depths:
         raise ConversionError(
             f"{source}: slow pathway has {stage_blocks} blocks per stage; SlowFast R50/R101/R152 have "
@@ -579,7 +579,8 @@ def convert_checkpoint(
             )
 
         obj = read_checkpoint(path)
-        meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
+        stored_meta = obj.get("meta")
+        meta = stored_meta if isinstance(stored_meta, Mapping) else {}
         arch = arch_from_meta(meta)
         _check_expected(arch, depth, num_classes, str(path))
         lateral_state = extract_state_dict(obj, str(path))
@@ -612,7 +613,7 @@ def convert_checkpoint(
     mappings = invert_key_map(build_key_map(arch, layout, layout.WRITABLE_KIND))
     # the column swap keeps shapes, so each target tensor has the shape of its lateral counterpart
     model_shapes = arch_shapes(arch)
-    shapes = {m.target: model_shapes[m.source] for m in mappings}
+    shapes = {m.target: model_shapes[m.source] for m in mappings if m.source is not None}  # all have one
     desc = f"{path} (lateral layout, {arch.describe()})"
     return {"model_state": apply_key_map(lateral_state, mappings, shapes, desc)}
 

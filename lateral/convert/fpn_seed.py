@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lateral.convert import BN_PARAMS, STAGE_BLOCKS, ConversionError, TensorMapping, apply_key_map
+from lateral.convert import BN_PARAMS, STAGE_BLOCKS, ConversionError, TensorMapping, apply_key_map, invert_key_map
 
 __all__ = ["SEED_FPN_DEPTHS", "seed_fpn_key_map", "infer_seed_fpn_depth", "from_seed_fpn", "to_seed_fpn",
            "is_lateral_fpn_state"]
@@ -122,7 +122,7 @@ def to_seed_fpn(state: Mapping[str, Any], source: str = "checkpoint") -> tuple[O
             f"{source} is not a lateral ResNetFPN of style 'seed' with depth 50/101/152 (seed layout: P2..P4 "
             f"smoothed, no extra levels)"
         )
-    inverted = [TensorMapping(m.target, m.source) for m in seed_fpn_key_map(depth)]
+    inverted = invert_key_map(seed_fpn_key_map(depth))
     shapes = _lateral_shapes(depth)
-    target_shapes = {m.target: shapes[m.source] for m in inverted}
+    target_shapes = {m.target: shapes[m.source] for m in inverted if m.source is not None}  # all have one
     return apply_key_map(state, inverted, target_shapes, f"{source} (lateral FPN{depth})"), depth

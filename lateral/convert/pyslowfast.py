@@ -61,7 +61,7 @@ def read_cfg_numbers(cfg_text: str) -> dict[str, int]:
     """The integers of :data:`_CFG_HINTS` in a PySlowFast ``cfg.dump()`` (two-level YAML: ``SECTION:`` /
     ``  KEY: value``), read without a YAML library."""
     hints: dict[str, int] = {}
-    section = None
+    section = ""
     for line in cfg_text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue

@@ -121,7 +121,7 @@ def collect_entries(source: str | os.PathLike,
         rows = list(csv.DictReader(io.StringIO(read_text(source, "list file"), newline="")))
         root = prefix or source.parent
         by_stem = {path.stem: path for path in find_video_files(root)}
-        entries = []
+        entries: list[tuple[str, Path, int | None, str | None]] = []
         for row in rows:
             stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
             entries.append(("video", by_stem.get(stem, by_stem.get(row["youtube_id"], root / f"{stem}.mp4")), None,

@@ -18,11 +18,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from lateral.errors import InputError, LateralError
+
+if TYPE_CHECKING:  # PyAV is imported where it is used
+    from av.container import InputContainer
+    from av.video.reformatter import VideoReformatter
 
 __all__ = [
     "DecodeError",
@@ -96,7 +100,7 @@ def _still_image_format(container) -> str | None:
     return None
 
 
-def _open_container(path: str | os.PathLike):
+def _open_container(path: str | os.PathLike) -> InputContainer:
     import av
 
     path = Path(path)
@@ -109,7 +113,7 @@ def _open_container(path: str | os.PathLike):
     except Exception as err:  # FFmpeg raises a dozen error types for unreadable input
         raise DecodeError(path, f"cannot open as a video container ({type(err).__name__}: {err})") from None
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
         raise DecodeError(path, f"no video stream (streams: {', '.join(kinds)})")
     image = _still_image_format(container)
@@ -184,7 +188,7 @@ class _PacketIndex:
         decode_order_stamps = (
             bool(stream.codec_context.has_b_frames) and len(records) > 1
             and all(r[0] is not None and r[1] is not None for r in records)
-            and len({r[0] - r[1] for r in records}) == 1
+            and len({r[0] - r[1] for r in records if r[0] is not None and r[1] is not None}) == 1
         )
         if container.format.name == "mpeg":
             # MPEG program streams (.mpg) stamp packets differently after a seek than in a sequential read, one
@@ -195,9 +199,9 @@ class _PacketIndex:
             # in decode order (H.264 with B-frames in AVI: pts = dts + 1), so the stamps cannot number shown frames
             records = [(None, None, keyframe) for _, _, keyframe in records]
         if all(r[0] is not None for r in records):
-            key, stamps = "pts", [r[0] for r in records]
+            key, stamps = "pts", [r[0] for r in records if r[0] is not None]
         elif all(r[1] is not None for r in records):
-            key, stamps = "dts", [r[1] for r in records]
+            key, stamps = "dts", [r[1] for r in records if r[1] is not None]
         else:
             key, stamps = "none", []
         if key != "none" and len(set(stamps)) == len(stamps):
@@ -280,8 +284,8 @@ class PyAVReader:
     def __init__(self, path: str | os.PathLike, num_threads: int = 0):
         self.path = str(path)
         self.num_threads = int(num_threads)
-        self._container = None
-        self._reformatter = None
+        self._container: InputContainer | None = None
+        self._reformatter: VideoReformatter | None = None
         self._open()
         self.fps = _stream_fps(self._stream)
         self.height = int(self._stream.codec_context.height)
@@ -294,11 +298,16 @@ class PyAVReader:
         # frames_decoded counts decoder output; the benchmark and tests use it to show what seeking saved
         self.frames_decoded = 0
 
-    def _open(self) -> None:
-        self._container = _open_container(self.path)
-        self._stream = self._container.streams.video[0]
+    def _open(self) -> InputContainer:
+        self._container = container = _open_container(self.path)
+        self._stream = container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = self.num_threads
+        return container
+
+    def _opened(self) -> InputContainer:
+        """The container, opened again if :meth:`close` released it."""
+        return self._open() if self._container is None else self._container
 
     @property
     def num_frames(self) -> int:
@@ -365,12 +374,11 @@ class PyAVReader:
 
     def decode_all(self) -> np.ndarray:
         """Every frame, decoded sequentially from the start: ``[num_frames, H, W, 3]``. The naive baseline."""
-        if self._container is None:
-            self._open()
-        self._container.seek(0, stream=self._stream)
+        container = self._opened()
+        container.seek(0, stream=self._stream)
         self._stream.codec_context.skip_frame = "DEFAULT"
         frames = []
-        for frame in self._container.decode(self._stream):
+        for frame in container.decode(self._stream):
             self.frames_decoded += 1
             frames.append(self._rgb(frame))
         return np.stack(frames)
@@ -383,6 +391,7 @@ class PyAVReader:
         return index
 
     def _decode_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        container = self._opened()
         index = self._index
         wanted_set = set(wanted)
         frames: dict[int, np.ndarray] = {}
@@ -399,18 +408,18 @@ class PyAVReader:
             # Seek when the keyframe before the next wanted frame lies beyond what the decoder has been fed:
             # everything still inside the decoder is then older than the wanted frame, so flushing loses nothing.
             if packets is None or (keyframe > fed_max + 1 and keyframe > sought):
-                self._container.seek(index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
-                packets = self._container.demux(self._stream)
+                container.seek(index.pts[keyframe], stream=self._stream, backward=True, any_frame=False)
+                packets = container.demux(self._stream)
                 fed_max, sought, last_out = -1, keyframe, -1
                 landed = None
             else:
                 landed = -1
             ended = False
             for packet in packets:
-                if packet.is_corrupt and packet.size:  # where the index ends: flush what the decoder holds, stop
-                    packet, ended = None, True
-                packet_index = None if packet is None else index.frame_of.get(
-                    packet.pts if index.key == "pts" else packet.dts)
+                # where the index ends: flush what the decoder holds, stop
+                ended = bool(packet.is_corrupt and packet.size)
+                stamp = packet.pts if index.key == "pts" else packet.dts
+                packet_index = None if ended or stamp is None else index.frame_of.get(stamp)
                 if packet_index is not None:
                     if fed_max < 0 and landed is None and packet_index > keyframe:
                         # the seek landed past the keyframe (MPEG-TS seeks by byte estimates): the frames up to the
@@ -421,7 +430,7 @@ class PyAVReader:
                     ctx.skip_frame = "DEFAULT" if packet_index in wanted_set else "NONREF"
                 else:
                     ctx.skip_frame = "DEFAULT"
-                for frame in (ctx.decode(None) if packet is None else packet.decode()):
+                for frame in (ctx.decode(None) if ended else packet.decode()):
                     self.frames_decoded += 1
                     frame_index = self._frame_index(frame)
                     if frame_index <= last_out:
@@ -456,11 +465,12 @@ class PyAVReader:
         """Decode from the start, numbering frames in output order; for streams without usable timestamps."""
         wanted_set = set(wanted)
         last = wanted[-1]
+        container = self._opened()
         frames: dict[int, np.ndarray] = {}
-        self._container.seek(0, stream=self._stream)
+        container.seek(0, stream=self._stream)
         self._stream.codec_context.skip_frame = "DEFAULT"
         frame_index = -1
-        for packet in self._container.demux(self._stream):
+        for packet in container.demux(self._stream):
             ended = bool(packet.is_corrupt and packet.size)  # where the index ends, as in _decode_seeking
             for frame in (self._stream.codec_context.decode(None) if ended else packet.decode()):
                 frame_index += 1

@@ -116,7 +116,7 @@ class _WatchedDataLoader(torch.utils.data.DataLoader):
 
     def _stall_message(self, waited: float) -> str:
         lines = [f"the data loader delivered no batch for {waited:.0f} s ({self.num_workers} worker processes)"]
-        reads = getattr(self.dataset, "reads_in_progress", lambda: [])()
+        reads: list[tuple[str, str, float]] = getattr(self.dataset, "reads_in_progress", lambda: [])()
         lines += [f"  {process} has been reading {source} for {seconds:.0f} s" for process, source, seconds in reads]
         if not reads:
             lines.append("  no worker is inside a sample read (stuck in collate, or a worker process is frozen)")

@@ -66,7 +66,7 @@ def sample_clip_offsets(num_frames: int, ori_clip_len: float, num_clips: int, te
     if test_mode:
         if clip_len == 1:
             avg_interval = num_frames / float(num_clips)
-            base_offsets = np.arange(num_clips) * avg_interval
+            base_offsets: np.ndarray = np.arange(num_clips) * avg_interval
             clip_offsets = base_offsets + avg_interval / 2.0
             if twice_sample:
                 clip_offsets = np.concatenate([clip_offsets, base_offsets])

@@ -69,7 +69,8 @@ def render_shapes(
     rng = random.Random(seed)
     noise_rng = np.random.default_rng(seed)
     max_object_size = max_object_size or image_size // 2
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(num_images):
         background = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
         pixels = background + noise_rng.normal(0.0, 12.0, size=(image_size, image_size, 3))
@@ -156,6 +157,7 @@ def ensure_shapes_dataset(out_dir: str | os.PathLike, **params: Any) -> Path:
             info = json.loads(ann_file.read_text(encoding="utf-8")).get("info", {})
         except json.JSONDecodeError:
             info = {}
+        wanted: dict[str, Any]
         wanted = dict(num_images=200, image_size=96, seed=0, max_objects=3, min_object_size=12, max_object_size=None)
         wanted.update(params)
         wanted["max_object_size"] = wanted["max_object_size"] or wanted["image_size"] // 2

@@ -103,6 +103,8 @@ def write_video(
         options["cpu-used"] = "8"
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate, options=options)
+        if not isinstance(stream, av.VideoStream):
+            raise InputError(f"codec '{codec}' is not a video encoder (it made a {stream.type} stream)")
         stream.width = width
         stream.height = height
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"

@@ -232,10 +232,10 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
         rel, label = line.rsplit(" ", 1)
         first_per_class.setdefault(int(label), rel)
     predictions = []
-    for label, rel in sorted(first_per_class.items()):
+    for class_index, rel in sorted(first_per_class.items()):
         probs = predict_video(model, cfg["test_pipeline"], data_dir / rel, device)
         top = int(probs.argmax())
-        predictions.append({"video": rel, "true": names[int(label)], "predicted": names[top], "prob": round(float(probs[top]), 4)})
+        predictions.append({"video": rel, "true": names[class_index], "predicted": names[top], "prob": round(float(probs[top]), 4)})
     (report_dir / "predictions.json").write_text(json.dumps(predictions, indent=1))
 
     summary = {

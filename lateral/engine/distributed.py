@@ -7,7 +7,7 @@ import logging
 import os
 import pickle
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 import torch
 import torch.distributed as dist
@@ -144,6 +144,10 @@ def all_ranks_true(flag: bool, device: torch.device | None = None) -> bool:
     return bool(box.item())
 
 
+@overload
+def sum_over_ranks(value: float, device: torch.device | None = None) -> float: ...
+@overload
+def sum_over_ranks(value: list[float], device: torch.device | None = None) -> list[float]: ...
 def sum_over_ranks(value: float | list[float], device: torch.device | None = None) -> float | list[float]:
     """``value`` (a number, or a list of numbers summed element-wise in one all-reduce) summed over all ranks;
     ``value`` itself, as floats, without a process group. Every rank must call it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -11,6 +13,9 @@ from lateral.config import ConfigError
 from lateral.engine import distributed as dist_utils
 from lateral.errors import InputError
 from lateral.inference.workarounds import apply_training_workarounds
+
+if TYPE_CHECKING:
+    from lateral.models.recognizer import Recognizer3D
 
 __all__ = ["prepare_inputs", "collect_scores", "unwrap", "require_class_scores"]
 
@@ -36,13 +41,15 @@ def prepare_inputs(inputs: torch.Tensor, model: nn.Module, device: torch.device)
     normalised with its mean/std, in the 0-255 range as mmaction2 does) or float (already normalised by a
     ``Normalize`` pipeline step).
     """
-    mean = model.data_preprocessor.get("mean")
-    std = model.data_preprocessor.get("std")
+    # a recognizer's settings dict (nn.Module types attributes as Tensor | Module)
+    preprocessor = cast(dict, model.data_preprocessor)
+    mean = preprocessor.get("mean")
+    std = preprocessor.get("std")
     if inputs.dim() != 6:
         raise InputError(f"a batch of clips must be [B, V, C, T, H, W], got {list(inputs.shape)}")
     inputs = inputs.to(device, non_blocking=True)
     if inputs.dtype == torch.uint8:
-        if model.data_preprocessor.get("to_rgb"):  # mmaction2 swaps the channel order before normalising
+        if preprocessor.get("to_rgb"):  # mmaction2 swaps the channel order before normalising
             inputs = inputs.flip(2)
         inputs = inputs.float()
         if mean is not None and std is not None:
@@ -67,7 +74,7 @@ def collect_scores(
     With a process group the loader must use :class:`~lateral.engine.distributed.InferenceSampler` (disjoint,
     unpadded shards), so gathering in rank order holds every decodable sample once.
     """
-    recognizer = unwrap(model)
+    recognizer = cast("Recognizer3D", unwrap(model))  # or its lateral.optimize copy
     require_class_scores(recognizer, desc)
     recognizer.eval()
     apply_training_workarounds(recognizer, amp=amp_dtype)  # the plain model under CPU bf16 autocast needs them too
@@ -84,7 +91,7 @@ def collect_scores(
         all_scores.append(scores.float().cpu().numpy())
         all_labels.append(torch.as_tensor(batch["label"]).cpu().numpy())
     num_classes = recognizer.num_classes
-    scores = np.concatenate(all_scores) if all_scores else np.zeros((0, num_classes), np.float32)
+    local_scores = np.concatenate(all_scores) if all_scores else np.zeros((0, num_classes), np.float32)
     labels = np.concatenate(all_labels) if all_labels else np.zeros((0,), np.int64)
-    gathered = dist_utils.all_gather_objects((scores, labels))
+    gathered = dist_utils.all_gather_objects((local_scores, labels))
     return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])

@@ -33,9 +33,10 @@ def exportable_module(model: nn.Module) -> tuple[nn.Module, str]:
     if getattr(model, "feature_extraction", False):
         return model, ("test_cfg.feature_extraction applies to predict only: the exported model is the forward pass, "
                        "[N, C, T, H, W] -> class scores [N, K]")
-    if hasattr(model, "cls_head") or not isinstance(getattr(model, "backbone", None), nn.Module):
+    backbone = getattr(model, "backbone", None)
+    if hasattr(model, "cls_head") or not isinstance(backbone, nn.Module):
         return model, ""
-    return model.backbone, f"exporting the backbone of {type(model).__name__} (its detection heads are not exported)"
+    return backbone, f"exporting the backbone of {type(model).__name__} (its detection heads are not exported)"
 
 
 def config_clip_len(cfg: dict) -> int | None:

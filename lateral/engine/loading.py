@@ -97,18 +97,18 @@ def load_model(cfg: dict, checkpoint: str, device: str | None = None, eager: boo
     model = build_model(cfg["model"])
     if checkpoint.lower() != "none":
         load_checkpoint(model, checkpoint, strict=True)
-    device = resolve_device(device)
-    model.to(device).eval()
+    target = resolve_device(device)
+    model.to(target).eval()
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be fp32 or bf16, got '{precision}'")
     if eager:
         if compile or precision != "fp32" or backend != "torch":
             raise ConfigError("--eager runs the model as built, in fp32; it cannot be combined with --compile, "
                               "--precision bf16 or --backend openvino")
-        return model, device
+        return model, target
     if compile and backend != "torch":
         raise ConfigError("--compile is for --backend torch; OpenVINO compiles the model itself")
     # the inference copy (BN folded, channels-last, oneDNN convs) gives the eager logits within 1e-4, faster
     model = optimize(model, precision=precision, compile=compile, on_unsupported=on_unsupported,
                              backend=backend)
-    return model, device
+    return model, target

@@ -9,6 +9,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from torch import nn
 from lateral.config import ConfigError
 from lateral.engine.evaluate import prepare_inputs, require_class_scores
 from lateral.errors import InputError
+
+if TYPE_CHECKING:
+    from lateral.models.recognizer import Recognizer3D
 
 __all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "timeline_classes",
            "parse_seconds"]
@@ -85,7 +89,7 @@ def _probabilities(model: nn.Module, clips: torch.Tensor, device: torch.device) 
     require_class_scores(model, "prediction")
     inputs = prepare_inputs(clips.unsqueeze(0), model, device)
     # a bf16 model comes from lateral.optimize, which runs its backbone in bf16 itself: no autocast here
-    scores = model.predict(inputs)
+    scores = cast("Recognizer3D", model).predict(inputs)  # or its lateral.optimize copy
     if scores.dim() == 3:
         scores = scores.mean(dim=1)
     scores = scores.float()[0]

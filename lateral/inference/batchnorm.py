@@ -34,8 +34,9 @@ VIRTUAL_CHANNELS = 32
 def is_plain_batchnorm3d(bn: nn.Module) -> bool:
     """An ``nn.BatchNorm3d`` itself (or :class:`SmallChannelBatchNorm3d`; not SyncBatchNorm or another subclass) that
     tracks running statistics: the module whose forward :func:`batch_norm_on_view` reproduces."""
-    plain = type(bn) in (nn.BatchNorm3d, SmallChannelBatchNorm3d)
-    return plain and bn.track_running_stats and bn.running_mean is not None
+    if not isinstance(bn, nn.BatchNorm3d) or type(bn) not in (nn.BatchNorm3d, SmallChannelBatchNorm3d):
+        return False
+    return bn.track_running_stats and bn.running_mean is not None
 
 
 def uses_small_channel_path(bn: nn.Module, x: torch.Tensor) -> bool:
@@ -118,21 +119,24 @@ def batch_norm_on_view(bn: nn.BatchNorm3d, x2: torch.Tensor, repeat: int) -> tor
     Statistics (and the running-statistics update, in training mode) are per real channel ``c``, over all rows and
     the ``repeat`` columns of that channel, exactly as ``bn`` over the unfolded tensor. Returns [M', repeat * C].
     """
+    running_mean, running_var, num_batches_tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    # a norm with running statistics (is_plain_batchnorm3d)
+    assert running_mean is not None and running_var is not None and num_batches_tracked is not None
     channels = x2.shape[1] // repeat
     weight = bn.weight if bn.weight is not None else x2.new_ones(channels, dtype=torch.float32)
     bias = bn.bias if bn.bias is not None else x2.new_zeros(channels, dtype=torch.float32)
     if not bn.training:
         return torch.nn.functional.batch_norm(
-            x2, bn.running_mean.repeat(repeat), bn.running_var.repeat(repeat), weight.repeat(repeat),
+            x2, running_mean.repeat(repeat), running_var.repeat(repeat), weight.repeat(repeat),
             bias.repeat(repeat), False, 0.0, bn.eps,
         )
     out2, mean, var = _SmallChannelBatchNorm.apply(x2, weight, bias, bn.eps, repeat)
     with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        num_batches_tracked.add_(1)
+        momentum = 1.0 / float(num_batches_tracked) if bn.momentum is None else bn.momentum
         count = x2.shape[0] * repeat
-        bn.running_mean.lerp_(mean, momentum)
-        bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
+        running_mean.lerp_(mean, momentum)
+        running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
     return out2
 
 

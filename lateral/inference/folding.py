@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import cast
 
 import torch
 from torch import nn
@@ -28,17 +29,21 @@ def _is_foldable_norm(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> None:
+def fold_conv_bn(conv: nn.modules.conv._ConvNd, bn: nn.Module) -> None:
     """Fold eval-mode ``bn`` into ``conv`` in place: ``bn(conv(x)) == conv'(x)``.
 
     w' = w * gamma / sqrt(var + eps), b' = (b - mean) * gamma / sqrt(var + eps) + beta, computed in float64 so the
     folded float32 weights are the correctly rounded values.
     """
     weight = conv.weight
-    mean, var = bn.running_mean.double(), bn.running_var.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    scale = gamma * torch.rsqrt(var + bn.eps)
+    # bn is a _BatchNorm with running statistics or a FrozenBatchNorm2d (_is_foldable_norm): its statistics are
+    # tensors, its affine parameters tensors or None
+    running_mean, running_var, gamma_param, beta_param = bn.running_mean, bn.running_var, bn.weight, bn.bias
+    assert isinstance(running_mean, torch.Tensor) and isinstance(running_var, torch.Tensor)
+    mean, var = running_mean.double(), running_var.double()
+    gamma = gamma_param.double() if isinstance(gamma_param, torch.Tensor) else torch.ones_like(var)
+    beta = beta_param.double() if isinstance(beta_param, torch.Tensor) else torch.zeros_like(var)
+    scale = gamma * torch.rsqrt(var + cast(float, bn.eps))
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(mean)
     weight.copy_((weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))).to(weight.dtype))
     new_bias = ((bias - mean) * scale + beta).to(weight.dtype)

@@ -10,13 +10,16 @@ fp32 GEMM, several times slower than oneDNN on these shapes); :class:`OneDnnConv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import torch
 from torch import nn
 
 __all__ = ["OneDnnConv", "bf16_conv3d_unsafe", "frames_inside", "weight_version"]
 
 
-def bf16_conv3d_unsafe(kernel_size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+def bf16_conv3d_unsafe(kernel_size: Sequence[int], stride: Sequence[int]) -> bool:
     """Whether oneDNN's bf16 conv3d on CPU may compute this conv wrongly: a stride larger than a kernel size > 1.
 
     With torch 2.14.1 (oneDNN 3.12) on CPUs with native bf16 (AVX-512 BF16 / AMX), such convs return garbage or
@@ -25,6 +28,29 @@ def bf16_conv3d_unsafe(kernel_size: tuple[int, ...], stride: tuple[int, ...]) ->
     these convs are run in float32 (they are about 1.5 % of the seed SlowFast's multiply-adds).
     """
     return any(1 < k < s for k, s in zip(kernel_size, stride))
+
+
+class ConvLike(Protocol):
+    """What :class:`OneDnnConv` reads from the conv it replaces: an ``nn.Conv1d/2d/3d`` or another OneDnnConv."""
+
+    @property
+    def weight(self) -> torch.Tensor: ...
+    @property
+    def bias(self) -> torch.Tensor | None: ...
+    @property
+    def in_channels(self) -> int: ...
+    @property
+    def out_channels(self) -> int: ...
+    @property
+    def kernel_size(self) -> Sequence[int]: ...
+    @property
+    def stride(self) -> Sequence[int]: ...
+    @property
+    def padding(self) -> Sequence[int] | str: ...
+    @property
+    def dilation(self) -> Sequence[int]: ...
+    @property
+    def groups(self) -> int: ...
 
 
 class OneDnnConv(nn.Module):
@@ -39,14 +65,18 @@ class OneDnnConv(nn.Module):
         relu: apply ReLU to the output inside the same kernel.
     """
 
-    def __init__(self, conv: nn.Module, relu: bool = False):
+    def __init__(self, conv: ConvLike, relu: bool = False):
         super().__init__()
+        if isinstance(conv.padding, str):
+            raise TypeError(f"OneDnnConv needs the padding as ints, got padding='{conv.padding}'")
         self.weight = conv.weight
+        self.bias: torch.Tensor
         if conv.bias is None:
             self.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels), requires_grad=False)
         else:
             self.bias = conv.bias
-        self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size: Sequence[int] = conv.kernel_size
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
@@ -78,8 +108,10 @@ class OneDnnConv(nn.Module):
         packed = self._packed  # read once: another thread may replace it meanwhile
         if packed is None or packed[0] != key:
             weight = self.weight.detach().contiguous().to_mkldnn()
+            # torch's stub omits the input_size argument ATen's mkldnn_reorder_conv*d_weight takes
             packed = self._packed = (
-                key, reorder[x.dim()](weight, self.padding, self.stride, self.dilation, self.groups, list(key[0]))
+                key, reorder[x.dim()](weight, self.padding, self.stride, self.dilation, self.groups,  # type: ignore[call-arg]
+                                      list(key[0]))
             )
         return packed[1]
 

@@ -9,7 +9,7 @@ levels from the backbone's strides); it has no parameters, so checkpoints are un
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from lateral.config import ConfigError
 from lateral.models.roi import MultiScaleRoIPool
+
+if TYPE_CHECKING:
+    from lateral.models.resnet import FeatureSpec
 
 __all__ = ["build_faster_rcnn", "PipelineResizedTransform"]
 
@@ -94,14 +97,17 @@ def build_faster_rcnn(
         from lateral.registry import build_model  # the config boundary: dicts become modules only there
 
         backbone = build_model(backbone)
-    if not hasattr(backbone, "out_channels") or not hasattr(backbone, "feature_info"):
+    has_contract = hasattr(backbone, "out_channels") and hasattr(backbone, "feature_info")
+    if not isinstance(backbone, nn.Module) or not has_contract:
         raise ConfigError(
-            f"the Faster R-CNN backbone must have 'out_channels' and 'feature_info' (e.g. ResNetFPN), "
+            f"the Faster R-CNN backbone must be a module with 'out_channels' and 'feature_info' (e.g. ResNetFPN), "
             f"got {type(backbone).__name__}"
         )
     if num_classes < 2:
         raise ConfigError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
-    outputs = backbone.feature_info
+    # the backbone's feature contract, checked above (nn.Module types attributes as Tensor | Module)
+    outputs = cast("list[FeatureSpec]", backbone.feature_info)
+    out_channels = cast(int, backbone.out_channels)
     if anchor_sizes is None:
         anchor_sizes = [(8 * spec.stride,) for spec in outputs]
     anchor_sizes = tuple(tuple(int(s) for s in sizes) for sizes in anchor_sizes)
@@ -115,7 +121,7 @@ def build_faster_rcnn(
     box_roi_pool = MultiScaleRoIPool(
         [spec.name for spec in pyramid], [spec.stride for spec in pyramid], roi_output_size, sampling_ratio
     )
-    box_head = TwoMLPHead(backbone.out_channels * roi_output_size**2, representation_size)
+    box_head = TwoMLPHead(out_channels * roi_output_size**2, representation_size)
     model = FasterRCNN(
         backbone,
         num_classes=None,

@@ -17,7 +17,7 @@ multiples of 32 work.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ STYLES = ("seed", "torchvision")
 EXTRA_BLOCKS = ("maxpool", "p6p7", "p6p7_c5")
 
 # style -> defaults for the options a config leaves out
-_STYLE_DEFAULTS = {
+_STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "seed": dict(trainable_layers=5, extra_blocks=None, body_norm="BN"),
     "torchvision": dict(trainable_layers=3, extra_blocks="maxpool", body_norm="FrozenBN"),
 }
@@ -75,6 +75,7 @@ class LastLevelP6P7(nn.Module):
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         for conv in (self.p6, self.p7):
             nn.init.kaiming_uniform_(conv.weight, a=1)
+            assert conv.bias is not None  # built with bias=True
             nn.init.zeros_(conv.bias)
         self.from_top_input = from_top_input
 
@@ -188,7 +189,7 @@ class ResNetFPN(nn.Module):
         )
         self.body = ResNetTrunk(depth, returned_layers, norm=body_norm, trainable_layers=trainable_layers)
         in_specs = self.body.feature_info
-        extra: nn.Module | None = None
+        extra: LastLevelMaxPool | LastLevelP6P7 | None = None
         if extra_blocks == "maxpool":
             extra = LastLevelMaxPool()
         elif extra_blocks == "p6p7":

@@ -211,7 +211,7 @@ class SlowFastHead(BaseHead):
         self._build_classifier(spatial_type, dropout_ratio, init_std)
 
     @staticmethod
-    def _window_pool(x: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    def _window_pool(x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
         """[N, C, T, H, W] -> [N, C, 1, 1, 1]: mean over positions of a stride-1 average-pooling window."""
         kernel = tuple(min(k, size) for k, size in zip(kernel, x.shape[2:]))
         return F.avg_pool3d(x, kernel, stride=1).mean(dim=(2, 3, 4), keepdim=True)

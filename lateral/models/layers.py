@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from lateral.config import ConfigError, suggest
 from lateral.errors import InputError
@@ -74,7 +76,7 @@ def check_conv_cfg(conv_cfg: dict | None) -> None:
         raise ConfigError(f"conv_cfg accepts only 'type', got extra keys {sorted(extra)}")
 
 
-def make_norm(norm_cfg: dict, num_features: int) -> nn.Module:
+def make_norm(norm_cfg: dict, num_features: int) -> _BatchNorm:
     """Build the norm layer described by an mmcv ``norm_cfg`` such as ``dict(type='BN3d', requires_grad=True)``.
 
     ``SyncBN`` becomes ``nn.SyncBatchNorm``; its state-dict names are those of ``BatchNorm3d``.
@@ -88,6 +90,7 @@ def make_norm(norm_cfg: dict, num_features: int) -> nn.Module:
     momentum = cfg.pop("momentum", 0.1)
     if cfg:
         raise ConfigError(f"norm_cfg: unknown keys {sorted(cfg)}; accepted: type, requires_grad, eps, momentum")
+    norm: _BatchNorm
     if norm_type == "SyncBN":
         norm = nn.SyncBatchNorm(num_features, eps=eps, momentum=momentum)
     else:
@@ -162,16 +165,16 @@ class ConvModule(nn.Module):
         return x
 
 
-def kaiming_init(module: nn.Module) -> None:
+def kaiming_init(module: _ConvNd) -> None:
     """mmcv's ``kaiming_init`` defaults: normal, fan_out, ReLU gain, zero bias."""
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    if getattr(module, "bias", None) is not None:
+    if module.bias is not None:
         nn.init.zeros_(module.bias)
 
 
-def constant_init(module: nn.Module, value: float, bias: float = 0.0) -> None:
+def constant_init(module: _BatchNorm, value: float, bias: float = 0.0) -> None:
     nn.init.constant_(module.weight, value)
-    if getattr(module, "bias", None) is not None:
+    if module.bias is not None:
         nn.init.constant_(module.bias, bias)
 
 
@@ -181,4 +184,4 @@ def triple(value: Any) -> tuple[int, int, int]:
     value = tuple(value)
     if len(value) != 3:
         raise ConfigError(f"expected an int or 3 ints (t, h, w), got {value}")
-    return value  # type: ignore[return-value]
+    return value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from lateral.config import ConfigError, check_bool_flags, check_keys
 from lateral.errors import InputError
-from lateral.models.heads import average_clips
+from lateral.models.heads import BaseHead, average_clips
 
 __all__ = ["Recognizer3D", "check_data_preprocessor"]
 
@@ -78,7 +79,7 @@ class Recognizer3D(nn.Module):
     def __init__(
         self,
         backbone: dict | nn.Module,
-        cls_head: dict | nn.Module | None = None,
+        cls_head: dict | BaseHead | None = None,
         neck: dict | None = None,
         train_cfg: dict | None = None,
         test_cfg: dict | None = None,
@@ -92,7 +93,7 @@ class Recognizer3D(nn.Module):
         self.backbone = build_model(backbone) if isinstance(backbone, dict) else backbone
         if cls_head is None:
             raise ConfigError("Recognizer3D needs a cls_head (e.g. dict(type='SlowFastHead', ...))")
-        self.cls_head = build_model(cls_head) if isinstance(cls_head, dict) else cls_head
+        self.cls_head: BaseHead = build_model(cls_head) if isinstance(cls_head, dict) else cls_head
         self.train_cfg = dict(train_cfg or {})
         if "blending" in self.train_cfg:
             raise ConfigError("model.train_cfg.blending is where mmaction2 0.x kept mixup/cutmix; mmaction2 1.x and "
@@ -124,14 +125,15 @@ class Recognizer3D(nn.Module):
 
     @property
     def in_channels(self) -> int:
-        backbone = self.backbone
-        return backbone.slow_path.in_channels if hasattr(backbone, "slow_path") else backbone.in_channels
+        # SlowFast's input is its slow pathway's; nn.Module types attributes as Tensor | Module
+        return cast(int, getattr(self.backbone, "slow_path", self.backbone).in_channels)
 
     def init_weights(self) -> dict | None:
         """Initialise backbone and head as mmaction2 does (loading/inflating ``pretrained`` files if set)."""
         from lateral.registry import reapply_pretrained_inits
 
-        report = self.backbone.init_weights() if hasattr(self.backbone, "init_weights") else None
+        init_backbone = getattr(self.backbone, "init_weights", None)
+        report = init_backbone() if init_backbone is not None else None
         if hasattr(self.cls_head, "init_weights"):
             self.cls_head.init_weights()
         reapply_pretrained_inits(self)  # a child's init_cfg checkpoint wins over the initialisation above

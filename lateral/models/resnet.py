@@ -23,7 +23,7 @@ from lateral.models.layers import check_input_layout
 __all__ = ["FeatureSpec", "ResNetTrunk", "ARCH_SETTINGS", "NORM_LAYERS", "make_norm2d"]
 
 # depth -> (residual block, number of blocks in stages C2..C5), as in torchvision's resnet builders
-ARCH_SETTINGS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+ARCH_SETTINGS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils import checkpoint as activation_checkpoint
 
 from lateral.config import ConfigError
@@ -53,6 +55,7 @@ class ResidualBlock3d(nn.Module):
     """
 
     expansion = 1
+    relu: nn.Module
 
     def __init__(self, inplanes: int, planes: int, spatial_stride: int, temporal_stride: int, dilation: int,
                  style: str, inflate: bool, with_cp: bool):
@@ -75,6 +78,9 @@ class ResidualBlock3d(nn.Module):
         else:
             out = self._residual(x)
         return self.relu(out)
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class BasicBlock3d(ResidualBlock3d):
@@ -237,7 +243,7 @@ class ResNet3d(nn.Module):
         lateral_inplanes: extra input channels per stage, used by SlowFast's lateral concatenation.
     """
 
-    arch_settings = {
+    arch_settings: ClassVar[dict[int, tuple[type[BasicBlock3d | Bottleneck3d], tuple[int, ...]]]] = {
         18: (BasicBlock3d, (2, 2, 2, 2)),
         34: (BasicBlock3d, (3, 4, 6, 3)),
         50: (Bottleneck3d, (3, 4, 6, 3)),
@@ -332,7 +338,7 @@ class ResNet3d(nn.Module):
             base_channels,
             self.conv1_kernel,
             stride=(conv1_stride_t, conv1_stride_s, conv1_stride_s),
-            padding=tuple((k - 1) // 2 for k in self.conv1_kernel),
+            padding=triple([(k - 1) // 2 for k in self.conv1_kernel]),
             norm_cfg=norm_cfg,
             act_cfg=act_cfg,
         )
@@ -494,7 +500,7 @@ class ResNet3d(nn.Module):
         return None
 
     @staticmethod
-    def _inflate_bn(bn: nn.Module, state_dict_2d: dict, name_2d: str, loaded: list[str]) -> str | None:
+    def _inflate_bn(bn: _BatchNorm, state_dict_2d: dict, name_2d: str, loaded: list[str]) -> str | None:
         """Copy a 2D BatchNorm into ``bn``; the reason it was left as initialised (another width), else None."""
         source_weight = state_dict_2d[name_2d + ".weight"]
         if source_weight.shape != bn.weight.shape:
