@@ -25,15 +25,19 @@ from lateral.data import PyAVReader, build_dataloader, build_dataset, write_vide
 from lateral.data.sampling import sample_frame_indices
 
 TRAIN_PIPELINE = [
-    dict(type="DecordInit"), dict(type="SampleFrames", clip_len=32, frame_interval=2, num_clips=1),
-    dict(type="DecordDecode"), dict(type="Resize", scale=(-1, 256)), dict(type="RandomResizedCrop"),
-    dict(type="Resize", scale=(224, 224), keep_ratio=False), dict(type="Flip", flip_ratio=0.5),
-    dict(type="FormatShape", input_format="NCTHW"), dict(type="PackActionInputs"),
+    dict(type="DecordInit"),
+    dict(type="SampleFrames", clip_len=32, frame_interval=2, num_clips=1),
+    dict(type="DecordDecode"),
+    dict(type="Resize", scale=(-1, 256)),
+    dict(type="RandomResizedCrop"),
+    dict(type="Resize", scale=(224, 224), keep_ratio=False),
+    dict(type="Flip", flip_ratio=0.5),
+    dict(type="FormatShape", input_format="NCTHW"),
+    dict(type="PackActionInputs"),
 ]
 
 
-def make_benchmark_video(path: Path, seconds: float = 10.0, fps: int = 25, height: int = 256,
-                         width: int = 340) -> Path:
+def make_benchmark_video(path: Path, seconds: float = 10.0, fps: int = 25, height: int = 256, width: int = 340) -> Path:
     """A panning random texture with moving blocks and noise: content an encoder cannot make trivially small."""
     rng = np.random.default_rng(0)
     num_frames = int(seconds * fps)
@@ -41,9 +45,9 @@ def make_benchmark_video(path: Path, seconds: float = 10.0, fps: int = 25, heigh
     texture = texture.repeat(8, axis=0).repeat(8, axis=1)
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
-        frame = texture[:height, 2 * t % width: 2 * t % width + width].astype(np.int16)
+        frame = texture[:height, 2 * t % width : 2 * t % width + width].astype(np.int16)
         y, x = (3 * t) % (height - 40), (5 * t) % (width - 40)
-        frame[y:y + 40, x:x + 40] = 255 - frame[y:y + 40, x:x + 40]
+        frame[y : y + 40, x : x + 40] = 255 - frame[y : y + 40, x : x + 40]
         frame += rng.integers(-6, 7, size=frame.shape, dtype=np.int16)
         frames[t] = np.clip(frame, 0, 255)
     return write_video(path, frames, fps=fps, gop_size=250, quality="medium")
@@ -76,10 +80,10 @@ def bench_video(path: Path, repeats: int, threads: int) -> dict[str, float]:
     with PyAVReader(path) as reader:
         num_frames = reader.num_frames
     rng = np.random.default_rng(0)
-    train = [(path, sample_frame_indices(num_frames, 32, 2, 1, rng=rng).reshape(-1), threads)
-             for _ in range(repeats)]
+    train = [(path, sample_frame_indices(num_frames, 32, 2, 1, rng=rng).reshape(-1), threads) for _ in range(repeats)]
     test = [(path, sample_frame_indices(num_frames, 32, 2, 10, test_mode=True).reshape(-1), threads)] * max(
-        2, repeats // 3)
+        2, repeats // 3
+    )
     # the same frames either way
     np.testing.assert_array_equal(decode_lateral(*train[0]), decode_naive(*train[0]))
     figures = {"num_frames": num_frames}
@@ -146,17 +150,23 @@ def main() -> None:
         print(f"{'':34s} {'':6s} {columns} {columns}")
         for video in videos:
             f = bench_video(video, args.repeats, args.threads)
-            print(f"{video.name[:34]:34s} {f['num_frames']:6d} {f['train_lateral']:7.1f} {f['train_naive']:7.1f} "
-                  f"{f['train_naive'] / f['train_lateral']:5.1f}x {f['test_lateral']:7.1f} {f['test_naive']:7.1f} "
-                  f"{f['test_naive'] / f['test_lateral']:5.1f}x")
+            print(
+                f"{video.name[:34]:34s} {f['num_frames']:6d} {f['train_lateral']:7.1f} {f['train_naive']:7.1f} "
+                f"{f['train_naive'] / f['train_lateral']:5.1f}x {f['test_lateral']:7.1f} {f['test_naive']:7.1f} "
+                f"{f['test_naive'] / f['test_lateral']:5.1f}x"
+            )
         rate, single_ms = bench_loader(made, args.workers, clips=12)
-        print(f"decode + augment (issue's training pipeline, 224x224 output): {single_ms:.0f} ms per clip in one "
-              f"process; {rate:.1f} clips/s with {args.workers} workers")
+        print(
+            f"decode + augment (issue's training pipeline, 224x224 output): {single_ms:.0f} ms per clip in one "
+            f"process; {rate:.1f} clips/s with {args.workers} workers"
+        )
     if args.model:
         forward_ms = bench_model()
         if forward_ms is not None:
-            print(f"SlowFast-R50 forward, 1 x 32x224x224 clip, {torch.get_num_threads()} torch threads: "
-                  f"{forward_ms:.0f} ms -> decode+augment is {forward_ms / single_ms:.1f}x faster per clip")
+            print(
+                f"SlowFast-R50 forward, 1 x 32x224x224 clip, {torch.get_num_threads()} torch threads: "
+                f"{forward_ms:.0f} ms -> decode+augment is {forward_ms / single_ms:.1f}x faster per clip"
+            )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def inference_variant(name: str, model: nn.Module, clips: torch.Tensor, amp: torch.dtype | None,
-                      channels_last: bool, compile: bool) -> Variant:
+def inference_variant(
+    name: str, model: nn.Module, clips: torch.Tensor, amp: torch.dtype | None, channels_last: bool, compile: bool
+) -> Variant:
     """One forward pass per call, without autograd."""
     start = time.perf_counter()
     model = copy.deepcopy(model).eval()
@@ -65,8 +66,9 @@ def inference_variant(name: str, model: nn.Module, clips: torch.Tensor, amp: tor
     return Variant(name, run, setup_seconds=time.perf_counter() - start)
 
 
-def training_variant(name: str, model: nn.Module, clips: torch.Tensor, amp: torch.dtype | None,
-                     channels_last: bool) -> Variant:
+def training_variant(
+    name: str, model: nn.Module, clips: torch.Tensor, amp: torch.dtype | None, channels_last: bool
+) -> Variant:
     """One SGD step per call: forward, cross-entropy, backward (grad-scaled for fp16), update."""
     start = time.perf_counter()
     model = copy.deepcopy(model).train()
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--input must be N x C x T x H x W, got '{args.input}'")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        where = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+        where = (
+            f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+        )
     else:
         where = f"CPU ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {where}; AMP {args.amp}; {args.repeats} interleaved repetitions")
@@ -156,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== training step (SGD), batch {train_clips.shape[0]}")
     print(table(training, train_clips.shape[0], "train-eager-fp32"))
     if args.json:
-        report = {"device": where, "amp": args.amp, "input": args.input,
-                  "times_s": {v.name: v.times for v in inference + training}}
+        report = {
+            "device": where,
+            "amp": args.amp,
+            "input": args.input,
+            "times_s": {v.name: v.times for v in inference + training},
+        }
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
 

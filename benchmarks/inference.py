@@ -88,7 +88,9 @@ def train_variants(model: nn.Module, x: torch.Tensor, names: list[str], force_bf
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="slowfast,fpn", help=f"comma-separated subset of {', '.join(MODELS)}")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed interleaved repetitions (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each variant first (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="threads for PyTorch and the runtimes (default 2)")
@@ -98,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force-bf16", action="store_true", help="run bf16 variants without native bf16 (very slow)")
     parser.add_argument("--json", help="write every measurement to this file")
     parser.add_argument(
-        "--keep-heap", action="store_true",
-        help="keep freed memory in glibc's heap for every variant, eager included (lateral.heap; what lateral predict does)",
+        "--keep-heap",
+        action="store_true",
+        help="keep freed memory in glibc's heap for every variant, eager included "
+        "(lateral.heap; what lateral predict does)",
     )
     args = parser.parse_args(argv)
     if args.keep_heap:
@@ -132,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             title = f"== training step (SGD), input {args.train_input}; GFLOP/s from 3x the forward MACs"
             tables.append(format_table(variants, macs, 0.0, None, title=title, reference=TRAIN_VARIANTS[0]))
             report["train"] = {
-                v.name: {"times_s": v.times, "median_s": statistics.median(v.times) if v.times else None, "note": v.note}
+                v.name: {
+                    "times_s": v.times,
+                    "median_s": statistics.median(v.times) if v.times else None,
+                    "note": v.note,
+                }
                 for v in variants
             }
         else:
@@ -141,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
             print(f"\n== {model_name} {'x'.join(map(str, shape))}")
             result = benchmark(
-                model, x, names, threads=args.threads, repeats=args.repeats, warmup=args.warmup, force_bf16=args.force_bf16
+                model,
+                x,
+                names,
+                threads=args.threads,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                force_bf16=args.force_bf16,
             )
             tables.append(result.table(f"== {model_name}"))
             report[model_name] = result.as_dict()

@@ -35,8 +35,14 @@ def measure(folder: str, method: str, workers: int) -> dict[str, float]:
     """In this process: seconds to the first batch, and for the whole second epoch."""
     from lateral.data import build_dataloader, build_dataset
 
-    dataset = build_dataset(dict(type="VideoDataset", ann_file=f"{folder}/list.txt",
-                                 data_prefix=dict(video=f"{folder}/videos"), pipeline=PIPELINE))
+    dataset = build_dataset(
+        dict(
+            type="VideoDataset",
+            ann_file=f"{folder}/list.txt",
+            data_prefix=dict(video=f"{folder}/videos"),
+            pipeline=PIPELINE,
+        )
+    )
     started = time.perf_counter()
     loader = build_dataloader(dataset, batch_size=2, num_workers=workers, start_method=method)
     batches = iter(loader)

@@ -1,10 +1,10 @@
 """Reading, checking and writing checkpoints.
 
 Files are read with ``torch.load(weights_only=True)``: a checkpoint can hold tensors and plain containers, never
-code. Before loading, the CRC-32 of every member of the zip archive torch.save wrote is checked (torch.load itself does not
-check them, so a file damaged on disk or in a copy would load with wrong tensors). Loading reports every missing,
-unexpected and shape-mismatched key in one error. Writing is atomic: the file is written next to its destination
-and moved into place, so an interrupted save leaves the previous file intact.
+code. Before loading, the CRC-32 of every member of the zip archive torch.save wrote is checked (torch.load itself
+does not check them, so a file damaged on disk or in a copy would load with wrong tensors). Loading reports every
+missing, unexpected and shape-mismatched key in one error. Writing is atomic: the file is written next to its
+destination and moved into place, so an interrupted save leaves the previous file intact.
 """
 
 from __future__ import annotations
@@ -27,8 +27,16 @@ from torch import nn
 from lateral.errors import LateralError
 
 __all__ = [
-    "CheckpointError", "read_checkpoint", "read_state_dict", "load_checkpoint", "remove_partial_checkpoints",
-    "save_checkpoint", "local_checkpoint_path", "load_pretrained", "unfilled_keys", "verify_checkpoint",
+    "CheckpointError",
+    "read_checkpoint",
+    "read_state_dict",
+    "load_checkpoint",
+    "remove_partial_checkpoints",
+    "save_checkpoint",
+    "local_checkpoint_path",
+    "load_pretrained",
+    "unfilled_keys",
+    "verify_checkpoint",
     "nonfinite_tensors",
 ]
 
@@ -56,10 +64,14 @@ def local_checkpoint_path(value: Any, key: str) -> Path:
         hint = ""
         if scheme == "torchvision":
             arch = text.split("://", 1)[1]
-            hint = (f" For torchvision's {arch}: torch.save(torchvision.models.{arch}(weights='DEFAULT').state_dict(), "
-                    f"'{arch}.pth') on a machine with internet, then {key}='{arch}.pth' (2D weights are inflated).")
-        raise CheckpointError(f"{key}='{text}': lateral does not download weights (nothing is fetched at run time). "
-                              f"Download the file once and set {key} to its local path.{hint}")
+            hint = (
+                f" For torchvision's {arch}: torch.save(torchvision.models.{arch}(weights='DEFAULT').state_dict(), "
+                f"'{arch}.pth') on a machine with internet, then {key}='{arch}.pth' (2D weights are inflated)."
+            )
+        raise CheckpointError(
+            f"{key}='{text}': lateral does not download weights (nothing is fetched at run time). "
+            f"Download the file once and set {key} to its local path.{hint}"
+        )
     path = Path(text).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{key}: checkpoint file not found: {path}")
@@ -73,8 +85,13 @@ def unfilled_keys(own: dict[str, torch.Tensor], report: dict[str, Any]) -> list[
     return [k for k in own if k not in filled and not k.endswith("num_batches_tracked")]
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix: str | None = None,
-                    state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike,
+    key: str,
+    prefix: str | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Fill ``model`` from a checkpoint that may cover only part of it (mmengine ``init_cfg=dict(type='Pretrained')``
     semantics: non-strict), but never silently load nothing.
 
@@ -94,22 +111,28 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, key: str, prefix:
     if prefix:
         prefix = prefix if prefix.endswith(".") else prefix + "."  # 'backbone' means 'backbone.', as in mmengine
         if prefix.startswith("module.") and not any(k.startswith(prefix) for k in state):
-            prefix = prefix[len("module."):]  # read_state_dict has unwrapped the DDP prefix already
-        selected = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+            prefix = prefix[len("module.") :]  # read_state_dict has unwrapped the DDP prefix already
+        selected = OrderedDict((k[len(prefix) :], v) for k, v in state.items() if k.startswith(prefix))
         if not selected:
-            raise CheckpointError(f"{key}: {path} has no key starting with prefix '{prefix}' "
-                                  f"(its first keys: {list(state)[:4]})")
+            raise CheckpointError(
+                f"{key}: {path} has no key starting with prefix '{prefix}' (its first keys: {list(state)[:4]})"
+            )
         state = selected
     report = load_checkpoint(model, state, strict=False, source=str(path))
     own = model.state_dict()
     if not report["loaded"]:
-        raise CheckpointError(f"{key}: not one tensor of {path} fits {type(model).__name__}: its keys look like "
-                              f"{list(state)[:3]}, the model's like {list(own)[:3]}")
+        raise CheckpointError(
+            f"{key}: not one tensor of {path} fits {type(model).__name__}: its keys look like "
+            f"{list(state)[:3]}, the model's like {list(own)[:3]}"
+        )
     kept = unfilled_keys(own, report)
     if kept:
         shown = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")
-        warnings.warn(f"{key}: {path} filled {len(report['loaded'])} of {len(own)} tensors of "
-                      f"{type(model).__name__}; {len(kept)} keep their initialisation ({shown})", stacklevel=2)
+        warnings.warn(
+            f"{key}: {path} filled {len(report['loaded'])} of {len(own)} tensors of "
+            f"{type(model).__name__}; {len(kept)} keep their initialisation ({shown})",
+            stacklevel=2,
+        )
     return report
 
 
@@ -180,8 +203,9 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
                 _check_member(handle, info, path)
     except zipfile.BadZipFile as err:
         # the end of the archive (its table of contents) is gone or damaged: typically a file cut short
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): its zip "
-                              f"structure is damaged ({err})") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): its zip structure is damaged ({err})"
+        ) from None
     except OSError as err:
         raise CheckpointError(f"{path} could not be read to check it: {err!r}") from None
 
@@ -204,8 +228,10 @@ def _check_member(handle: BinaryIO, info: zipfile.ZipInfo, path: Path) -> None:
     damaged = f"{path} is damaged: its member '{info.filename}' ({what}, {info.file_size} bytes)"
     changed = "the file changed after torch.save wrote it (disk, copy or transfer error)"
     if info.compress_type != zipfile.ZIP_STORED:
-        raise CheckpointError(f"{damaged} is compressed; torch.save stores members uncompressed, so this is not a "
-                              "file torch.save wrote (or it was repacked): re-save it with torch.save")
+        raise CheckpointError(
+            f"{damaged} is compressed; torch.save stores members uncompressed, so this is not a "
+            "file torch.save wrote (or it was repacked): re-save it with torch.save"
+        )
     handle.seek(info.header_offset)
     header = handle.read(_LOCAL_HEADER.size)
     if len(header) < _LOCAL_HEADER.size or _LOCAL_HEADER.unpack(header)[0] != b"PK\x03\x04":
@@ -220,8 +246,7 @@ def _check_member(handle: BinaryIO, info: zipfile.ZipInfo, path: Path) -> None:
         computed = zlib.crc32(chunk, computed)
         remaining -= len(chunk)
     if remaining or computed != info.CRC:
-        found = (f"{remaining} bytes missing" if remaining
-                 else f"CRC-32 {computed:#010x}, stored {info.CRC:#010x}")
+        found = f"{remaining} bytes missing" if remaining else f"CRC-32 {computed:#010x}, stored {info.CRC:#010x}"
         raise CheckpointError(
             f"{damaged} fails its CRC-32 check ({found}): {changed}, and it would load with wrong values. Use "
             "another copy or an earlier checkpoint"
@@ -251,8 +276,14 @@ def _is_numpy_data(name: str) -> bool:
     if not name.startswith("numpy."):
         return False
     last = name.rsplit(".", 1)[-1]
-    return (name in ("numpy.dtype", "numpy.ndarray") or last in ("scalar", "_reconstruct") and ".multiarray." in name
-            or name.startswith("numpy.dtypes.") and last.endswith("DType") and last != "ObjectDType")
+    return (
+        name in ("numpy.dtype", "numpy.ndarray")
+        or last in ("scalar", "_reconstruct")
+        and ".multiarray." in name
+        or name.startswith("numpy.dtypes.")
+        and last.endswith("DType")
+        and last != "ObjectDType"
+    )
 
 
 def _numpy_data_globals() -> list[Any]:
@@ -270,8 +301,11 @@ def _numpy_data_globals() -> list[Any]:
     found: list[Any] = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
     if dtypes is not None:
-        found += [getattr(dtypes, name) for name in dir(dtypes)
-                  if name.endswith("DType") and name not in ("ObjectDType", "VoidDType", "StringDType")]
+        found += [
+            getattr(dtypes, name)
+            for name in dir(dtypes)
+            if name.endswith("DType") and name not in ("ObjectDType", "VoidDType", "StringDType")
+        ]
     return found
 
 
@@ -341,8 +375,11 @@ def load_checkpoint(
     if strip_prefix and not any(k.startswith(strip_prefix) for k in own):
         # the part of a bigger model under the prefix (the backbone of a recognizer): keys outside it (cls_head.*)
         # belong to the rest of that model, not to this one
-        state = OrderedDict((k[len(strip_prefix):] if k.startswith(strip_prefix) else k, v) for k, v in state.items()
-                            if k.startswith(strip_prefix) or k in own)
+        state = OrderedDict(
+            (k[len(strip_prefix) :] if k.startswith(strip_prefix) else k, v)
+            for k, v in state.items()
+            if k.startswith(strip_prefix) or k in own
+        )
     state = OrderedDict((k, v) for k, v in state.items() if not (k.startswith(_IGNORABLE_PREFIXES) and k not in own))
 
     missing = [k for k in own if k not in state]
@@ -363,23 +400,36 @@ def load_checkpoint(
             stacklevel=2,
         )
     if mismatched or (strict and (missing or unexpected)):
-        raise CheckpointError(_mismatch_message(source, model, missing if strict else [], unexpected if strict else [], mismatched))
+        raise CheckpointError(
+            _mismatch_message(source, model, missing if strict else [], unexpected if strict else [], mismatched)
+        )
     result = model.load_state_dict(state, strict=False)
-    return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys), "dropped": dropped,
-            "loaded": [k for k in state if k in own], "meta": meta}
+    return {
+        "missing": list(result.missing_keys),
+        "unexpected": list(result.unexpected_keys),
+        "dropped": dropped,
+        "loaded": [k for k in state if k in own],
+        "meta": meta,
+    }
 
 
 def _mismatch_message(source: str, model: nn.Module, missing: list, unexpected: list, mismatched: list) -> str:
     """The error for a checkpoint that does not fit: its first line says what is wrong and how to fix it, the lines
     after it list the keys (each list cut to its first few, with the count of the rest)."""
+
     def block(title: str, items: list, shown: int = 8) -> str:
         more = f"\n    ... and {len(items) - shown} more" if len(items) > shown else ""
         return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items[:shown]) + more
 
-    counts = ", ".join(f"{len(items)} {what}" for items, what in ((missing, "missing"), (unexpected, "unexpected"),
-                                                                    (mismatched, "shape mismatched")) if items)
-    parts = [f"{source} does not fit {type(model).__name__}: {_diagnosis(model, missing, unexpected, mismatched)}",
-             f"  ({counts} tensors; details below)"]
+    counts = ", ".join(
+        f"{len(items)} {what}"
+        for items, what in ((missing, "missing"), (unexpected, "unexpected"), (mismatched, "shape mismatched"))
+        if items
+    )
+    parts = [
+        f"{source} does not fit {type(model).__name__}: {_diagnosis(model, missing, unexpected, mismatched)}",
+        f"  ({counts} tensors; details below)",
+    ]
     if missing:
         parts.append(block("missing in the checkpoint", missing))
     if unexpected:
@@ -398,17 +448,23 @@ def _diagnosis(model: nn.Module, missing: list, unexpected: list, mismatched: li
         return "this looks like a PyTorchVideo / PySlowFast checkpoint: convert it with 'lateral convert' first"
     only_head_differs = not missing and not unexpected and all(_is_head_key(m.split(":")[0]) for m in mismatched)
     if mismatched and only_head_differs:
-        fine_tune = ("only the classifier differs: use drop_mismatched_head=True to fine-tune to another class count "
-                     "(load_from= in a training config does this)")
+        fine_tune = (
+            "only the classifier differs: use drop_mismatched_head=True to fine-tune to another class count "
+            "(load_from= in a training config does this)"
+        )
         classes = _class_counts(mismatched)
         if classes is None:
             return fine_tune
-        return (f"the checkpoint's classifier is for {classes[0]} classes and the model's for {classes[1]}; "
-                f"{fine_tune}, or build the model with num_classes={classes[0]} to use the checkpoint as it is "
-                f"(--cfg-options model.cls_head.num_classes={classes[0]})")
+        return (
+            f"the checkpoint's classifier is for {classes[0]} classes and the model's for {classes[1]}; "
+            f"{fine_tune}, or build the model with num_classes={classes[0]} to use the checkpoint as it is "
+            f"(--cfg-options model.cls_head.num_classes={classes[0]})"
+        )
     if len(missing) + len(unexpected) + len(mismatched) > 4:
-        return ("the checkpoint comes from another architecture (depth, widths or pathways differ): use the config "
-                "it was trained with, or a checkpoint that carries its config")
+        return (
+            "the checkpoint comes from another architecture (depth, widths or pathways differ): use the config "
+            "it was trained with, or a checkpoint that carries its config"
+        )
     return "the keys below differ between the checkpoint and the model"
 
 

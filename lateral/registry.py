@@ -28,8 +28,18 @@ from typing import Any
 
 from lateral.config import ConfigError, check_keys, load_config, suggest
 
-__all__ = ["MODEL_TYPES", "build_model", "build_from_table", "resolve_type", "strip_scope", "lookup_type",
-           "check_kwargs", "take_init_cfg", "apply_pretrained_init", "reapply_pretrained_inits"]
+__all__ = [
+    "MODEL_TYPES",
+    "build_model",
+    "build_from_table",
+    "resolve_type",
+    "strip_scope",
+    "lookup_type",
+    "check_kwargs",
+    "take_init_cfg",
+    "apply_pretrained_init",
+    "reapply_pretrained_inits",
+]
 
 MODEL_TYPES: dict[str, str] = {
     # recognizers
@@ -79,20 +89,27 @@ def take_init_cfg(kwargs: dict[str, Any], target: Any, where: str) -> dict | Non
             raise ConfigError(f"{where}.init_cfg must be a dict with a 'type' (or a list of them), got {entry!r}")
         kind = entry["type"]
         if kind in _INIT_SCHEMES:
-            logger.info("%s.init_cfg type '%s' is not applied: lateral initialises %s as mmaction2's init_weights "
-                        "does", where, kind, where)
+            logger.info(
+                "%s.init_cfg type '%s' is not applied: lateral initialises %s as mmaction2's init_weights does",
+                where,
+                kind,
+                where,
+            )
             continue
         if kind != "Pretrained":
-            raise ConfigError(f"{where}.init_cfg: unknown type '{kind}'."
-                              f"{suggest(kind, [*_INIT_SCHEMES, 'Pretrained'])}")
+            raise ConfigError(
+                f"{where}.init_cfg: unknown type '{kind}'.{suggest(kind, [*_INIT_SCHEMES, 'Pretrained'])}"
+            )
         check_keys(entry, sorted(_PRETRAINED_KEYS), f"{where}.init_cfg")
         if "checkpoint" not in entry:
             raise ConfigError(f"{where}.init_cfg: type 'Pretrained' needs a 'checkpoint' (a local file path)")
         takes_pretrained = "pretrained" in (_accepted_keys(target) or [])
         if takes_pretrained and entry.get("prefix") in (None, "backbone.", "backbone"):
             if kwargs.get("pretrained"):
-                raise ConfigError(f"{where}: both pretrained={kwargs['pretrained']!r} and init_cfg "
-                                  f"checkpoint={entry['checkpoint']!r} are set; keep one")
+                raise ConfigError(
+                    f"{where}: both pretrained={kwargs['pretrained']!r} and init_cfg "
+                    f"checkpoint={entry['checkpoint']!r} are set; keep one"
+                )
             kwargs["pretrained"] = entry["checkpoint"]
         else:
             pending = entry
@@ -138,8 +155,10 @@ def strip_scope(type_name: Any, where: str) -> str:
     if not dot:
         return type_name
     if scope not in MM_SCOPES:
-        raise ConfigError(f"{where}: type '{type_name}' has the scope '{scope}'.{suggest(scope, MM_SCOPES)} "
-                          f"lateral reads the scopes {', '.join(MM_SCOPES)}")
+        raise ConfigError(
+            f"{where}: type '{type_name}' has the scope '{scope}'.{suggest(scope, MM_SCOPES)} "
+            f"lateral reads the scopes {', '.join(MM_SCOPES)}"
+        )
     return name
 
 
@@ -171,11 +190,14 @@ def resolve_type(table: dict[str, Any], cfg: dict, where: str) -> tuple[str, Any
     type_name = strip_scope(kwargs.pop("type"), where)
     scope = kwargs.pop("_scope_", None)
     if scope is not None and scope not in MM_SCOPES:
-        raise ConfigError(f"{where}: _scope_='{scope}' is not an OpenMMLab scope lateral reads "
-                          f"({', '.join(MM_SCOPES)}).{suggest(str(scope), MM_SCOPES)}")
+        raise ConfigError(
+            f"{where}: _scope_='{scope}' is not an OpenMMLab scope lateral reads "
+            f"({', '.join(MM_SCOPES)}).{suggest(str(scope), MM_SCOPES)}"
+        )
     if type_name not in table:
-        raise ConfigError(f"{where}: unknown type '{type_name}'.{suggest(type_name, table)} "
-                          f"Known types: {', '.join(sorted(table))}")
+        raise ConfigError(
+            f"{where}: unknown type '{type_name}'.{suggest(type_name, table)} Known types: {', '.join(sorted(table))}"
+        )
     return type_name, _resolve_entry(table[type_name]), kwargs
 
 
@@ -226,8 +248,11 @@ def _required_keys(target: Any) -> list[str]:
     """Keyword names ``target`` (a class: its own ``__init__``) needs: those without a default."""
     func = target.__init__ if inspect.isclass(target) else target
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [name for name, p in inspect.signature(func).parameters.items()
-            if name != "self" and p.kind in kinds and p.default is inspect.Parameter.empty]
+    return [
+        name
+        for name, p in inspect.signature(func).parameters.items()
+        if name != "self" and p.kind in kinds and p.default is inspect.Parameter.empty
+    ]
 
 
 def check_kwargs(target: Any, kwargs: dict[str, Any], where: str) -> None:
@@ -242,8 +267,9 @@ def check_kwargs(target: Any, kwargs: dict[str, Any], where: str) -> None:
                 )
     missing = [key for key in _required_keys(target) if key not in kwargs]
     if missing:
-        raise ConfigError(f"{where}: missing required key{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(repr(k) for k in missing)}")
+        raise ConfigError(
+            f"{where}: missing required key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}"
+        )
 
 
 def build_model(cfg: dict | str | os.PathLike, **overrides: Any):

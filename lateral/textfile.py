@@ -61,18 +61,24 @@ def read_text(path: str | os.PathLike, what: str) -> str:
     if encoding == "utf-8" and b"\x00" in data:  # no one writes NUL in a text file: UTF-16 without its mark
         offset = data.index(b"\x00")
         line = data[:offset].count(b"\n") + 1
-        raise TextFileError(f"{what} '{path}': a NUL byte at offset {offset} (line {line}); it looks like UTF-16 "
-                            f"without a byte-order mark, and {_EXPECTED}: save it as UTF-8")
+        raise TextFileError(
+            f"{what} '{path}': a NUL byte at offset {offset} (line {line}); it looks like UTF-16 "
+            f"without a byte-order mark, and {_EXPECTED}: save it as UTF-8"
+        )
     try:
         return data[start:].decode(encoding)
     except UnicodeDecodeError as err:
         offset = start + err.start
         line = data[start:offset].decode(encoding, errors="replace").count("\n") + 1
-        shown = " ".join(f"0x{b:02x}" for b in err.object[err.start:err.end][:4])
-        expected = (f"is not {encoding.upper()} although the file starts with a {encoding.upper()} byte-order mark"
-                    if start else f"is not UTF-8; {_EXPECTED}")
-        raise TextFileError(f"{what} '{path}': byte {shown} at offset {offset} (line {line}) {expected}: save it as "
-                            "UTF-8") from None
+        shown = " ".join(f"0x{b:02x}" for b in err.object[err.start : err.end][:4])
+        expected = (
+            f"is not {encoding.upper()} although the file starts with a {encoding.upper()} byte-order mark"
+            if start
+            else f"is not UTF-8; {_EXPECTED}"
+        )
+        raise TextFileError(
+            f"{what} '{path}': byte {shown} at offset {offset} (line {line}) {expected}: save it as UTF-8"
+        ) from None
 
 
 def printable(name: str) -> str:

@@ -11,8 +11,18 @@ import lateral
 PACKAGE = Path(lateral.__file__).parent
 
 # package (first component under lateral/) -> the packages it may import; docs/architecture.md explains the order
-BELOW_ENGINE = {"errors", "heap", "textfile", "config", "checkpoint", "registry", "data", "models", "inference",
-                "convert"}
+BELOW_ENGINE = {
+    "errors",
+    "heap",
+    "textfile",
+    "config",
+    "checkpoint",
+    "registry",
+    "data",
+    "models",
+    "inference",
+    "convert",
+}
 ALLOWED = {
     "errors": set(),
     "heap": set(),
@@ -87,7 +97,7 @@ def test_there_are_no_import_cycles():
         state[module] = 1
         for target in sorted(graph.get(module, ())):
             if state.get(target) == 1:
-                cycles.append(path[path.index(target):] + [target] if target in path else [module, target])
+                cycles.append(path[path.index(target) :] + [target] if target in path else [module, target])
             elif target not in state:
                 visit(target, path + [target])
         state[module] = 2

@@ -16,11 +16,14 @@ from lateral.checkpoint import (
 
 
 def small_model(num_classes=5):
-    return lateral.build_model(dict(
-        type="Recognizer3D",
-        backbone=dict(type="ResNet3dSlowOnly", depth=18, base_channels=4),
-        cls_head=dict(type="I3DHead", in_channels=32, num_classes=num_classes),
-        test_cfg=dict(average_clips="prob")))
+    return lateral.build_model(
+        dict(
+            type="Recognizer3D",
+            backbone=dict(type="ResNet3dSlowOnly", depth=18, base_channels=4),
+            cls_head=dict(type="I3DHead", in_channels=32, num_classes=num_classes),
+            test_cfg=dict(average_clips="prob"),
+        )
+    )
 
 
 def test_mmaction2_checkpoint_file_loads_strict(tmp_path):
@@ -133,9 +136,13 @@ def test_files_that_are_not_checkpoints_are_named_as_such(tmp_path):
 
 
 def test_hints_fit_the_mismatch():
-    other_architecture = lateral.build_model(dict(
-        type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=50, base_channels=4),
-        cls_head=dict(type="I3DHead", in_channels=128, num_classes=5)))
+    other_architecture = lateral.build_model(
+        dict(
+            type="Recognizer3D",
+            backbone=dict(type="ResNet3dSlowOnly", depth=50, base_channels=4),
+            cls_head=dict(type="I3DHead", in_channels=128, num_classes=5),
+        )
+    )
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(small_model(), other_architecture.state_dict())
     text = str(info.value)
@@ -166,8 +173,9 @@ def test_numpy_numbers_in_meta_load_and_code_beside_them_is_named(tmp_path, monk
     src = small_model()
     meta = {"hook_msgs": {"best_score": np.float64(0.7), "epochs": np.int64(3), "curve": np.array([0.1, 0.2])}}
     torch.save({"state_dict": src.state_dict(), "meta": meta}, tmp_path / "mmcv.pth")
-    torch.save({"state_dict": src.state_dict(), "meta": meta}, tmp_path / "legacy.pth",
-               _use_new_zipfile_serialization=False)  # the format of older model-zoo files
+    torch.save(
+        {"state_dict": src.state_dict(), "meta": meta}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False
+    )  # the format of older model-zoo files
     for name in ("mmcv.pth", "legacy.pth"):
         report = load_checkpoint(small_model(), tmp_path / name)  # as mmcv's EvalHook writes them
         assert report["meta"]["hook_msgs"]["best_score"] == 0.7
@@ -178,8 +186,11 @@ def test_numpy_numbers_in_meta_load_and_code_beside_them_is_named(tmp_path, monk
         read_state_dict(tmp_path / "evil.pth")
     assert "\x1b[" not in str(info.value)  # no terminal colour codes from torch's message
     assert "numpy" not in str(info.value).split("(")[1]  # only what is refused is named, not the numpy data
-    torch.save({"state_dict": src.state_dict(), "evil": Payload()}, tmp_path / "evil_legacy.pth",
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": src.state_dict(), "evil": Payload()},
+        tmp_path / "evil_legacy.pth",
+        _use_new_zipfile_serialization=False,
+    )
     with pytest.raises(CheckpointError, match=r"\((posix|os)\.system\), so it was not loaded"):
         read_state_dict(tmp_path / "evil_legacy.pth")
     assert not (tmp_path / "pwned_by_checkpoint").exists()
@@ -222,7 +233,6 @@ def test_a_plain_pickle_is_named_as_such(tmp_path):
 
 def test_bytes_damaged_inside_tensor_data_are_refused_naming_the_member(tmp_path):
     from checkpoint_damage import zero_tensor_bytes
-
     from lateral.checkpoint import read_checkpoint
 
     path = tmp_path / "epoch_3.pth"
@@ -232,9 +242,12 @@ def test_bytes_damaged_inside_tensor_data_are_refused_naming_the_member(tmp_path
     # torch.load itself does not check the archive's CRCs: this is what read_checkpoint must catch
     silently = torch.load(path, weights_only=True)["state_dict"]
     assert any(not torch.equal(silently[k], state[k]) for k in state)
-    with pytest.raises(CheckpointError, match=rf"epoch_3.pth is damaged: its member '{member}' \(tensor data, "
-                                              r"\d+ bytes\) fails its CRC-32 check \(CRC-32 0x[0-9a-f]{8}, stored "
-                                              r"0x[0-9a-f]{8}\).*earlier checkpoint"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"epoch_3.pth is damaged: its member '{member}' \(tensor data, "
+        r"\d+ bytes\) fails its CRC-32 check \(CRC-32 0x[0-9a-f]{8}, stored "
+        r"0x[0-9a-f]{8}\).*earlier checkpoint",
+    ):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="is damaged"):  # every reader goes through the check
         load_checkpoint(small_model(), path)
@@ -252,8 +265,11 @@ def test_a_damaged_member_header_is_named_and_unchecksummed_files_still_load(tmp
     data = bytearray(path.read_bytes())
     data[tensor.header_offset : tensor.header_offset + 4] = bytes(4)
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"latest.pth is damaged: its member '.*data/0' \(tensor data, "
-                                              r"12 bytes\) has a damaged header"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"latest.pth is damaged: its member '.*data/0' \(tensor data, "
+        r"12 bytes\) has a damaged header",
+    ):
         read_checkpoint(path)
     # torch.save(..., compute_crc32=False) stores CRC 0 everywhere: nothing to check against, so it is read
     from torch.utils.serialization import config
@@ -271,16 +287,22 @@ def test_mismatch_error_leads_with_the_diagnosis_and_the_fix():
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(small_model(8), small_model(400).state_dict(), source="k400.pth")
     first, *rest = str(info.value).splitlines()
-    assert first == ("k400.pth does not fit Recognizer3D: the checkpoint's classifier is for 400 classes and the "
-                     "model's for 8; only the classifier differs: use drop_mismatched_head=True to fine-tune to "
-                     "another class count (load_from= in a training config does this), or build the model with "
-                     "num_classes=400 to use the checkpoint as it is (--cfg-options model.cls_head.num_classes=400)")
+    assert first == (
+        "k400.pth does not fit Recognizer3D: the checkpoint's classifier is for 400 classes and the "
+        "model's for 8; only the classifier differs: use drop_mismatched_head=True to fine-tune to "
+        "another class count (load_from= in a training config does this), or build the model with "
+        "num_classes=400 to use the checkpoint as it is (--cfg-options model.cls_head.num_classes=400)"
+    )
     assert rest[0] == "  (2 shape mismatched tensors; details below)"
     assert "hint" not in str(info.value)
     # a real architecture mismatch: the diagnosis first, then lists cut to a few keys with the count of the rest
-    deeper = lateral.build_model(dict(
-        type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=50, base_channels=4),
-        cls_head=dict(type="I3DHead", in_channels=128, num_classes=5)))
+    deeper = lateral.build_model(
+        dict(
+            type="Recognizer3D",
+            backbone=dict(type="ResNet3dSlowOnly", depth=50, base_channels=4),
+            cls_head=dict(type="I3DHead", in_channels=128, num_classes=5),
+        )
+    )
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(small_model(), deeper.state_dict(), source="r50.pth")
     lines = str(info.value).splitlines()

@@ -21,12 +21,12 @@ from torch import nn
 
 import lateral
 from golden import GoldenCase
-from lateral.config import ConfigError
 from lateral.cli import main as cli_main
+from lateral.cli.export import how_to_run_fastest
+from lateral.config import ConfigError
 from lateral.inference import optimization as optimize_module
 from lateral.inference.exporters import check_export, export_onnx, export_torchscript
 from lateral.inference.optimization import OneDnnConv, PrecisionError, bf16_supported, compile_available, fold_batchnorm
-from lateral.cli.export import how_to_run_fastest
 from lateral.inference.timing import BenchmarkResult, Variant, count_macs, flop_counter_macs, parse_input_shape
 
 HERE = Path(__file__).resolve().parent
@@ -180,8 +180,9 @@ def test_residual_blocks_fuse_add_and_relu_into_the_last_conv(thin_model):
     # the children keep their names: the copy's state dict is the eager one without the BN tensors
     eager_names = {k for k in thin_model.backbone.state_dict() if ".bn." not in k and "downsample.bn" not in k}
     opt_names = set(opt.backbone.module.state_dict())
-    assert opt_names == eager_names | {k.replace(".conv.weight", ".conv.bias") for k in eager_names
-                                       if k.endswith(".conv.weight")}
+    assert opt_names == eager_names | {
+        k.replace(".conv.weight", ".conv.bias") for k in eager_names if k.endswith(".conv.weight")
+    }
     # the shortcut tensor is read, never written: a block given the same input twice answers the same
     block = fused[0]
     x = torch.randn(1, block.conv1.conv.in_channels, 2, 6, 6).contiguous(memory_format=torch.channels_last_3d)
@@ -520,8 +521,10 @@ def test_onnx_export_switches_a_training_model_to_eval(thin_model, tmp_path):
 def test_export_of_an_inference_copy_says_to_export_the_original(thin_model, tmp_path):
     from lateral.models.fpn import ResNetFPN
 
-    cases = [(lateral.optimize(thin_model), thin_input()), (lateral.optimize(ResNetFPN(depth=18).eval()),
-                                                           torch.randn(1, 3, 64, 64))]
+    cases = [
+        (lateral.optimize(thin_model), thin_input()),
+        (lateral.optimize(ResNetFPN(depth=18).eval()), torch.randn(1, 3, 64, 64)),
+    ]
     exporters = [export_torchscript] + ([export_onnx] if importlib.util.find_spec("onnx") else [])
     for opt, x in cases:
         for export in exporters:
@@ -608,16 +611,29 @@ def test_cli_export_without_input_takes_the_clips_the_config_was_tested_on(thin_
     from lateral.checkpoint import save_checkpoint
 
     # a model trained and tested on 56x56 crops: 2 clips x 3 crops of 8 frames per video
-    pipeline = [dict(type="PyAVInit"), dict(type="SampleFrames", clip_len=8, num_clips=2, test_mode=True),
-                dict(type="PyAVDecode"), dict(type="Resize", scale=(-1, 64)), dict(type="ThreeCrop", crop_size=56),
-                dict(type="FormatShape", input_format="NCTHW"), dict(type="PackActionInputs")]
+    pipeline = [
+        dict(type="PyAVInit"),
+        dict(type="SampleFrames", clip_len=8, num_clips=2, test_mode=True),
+        dict(type="PyAVDecode"),
+        dict(type="Resize", scale=(-1, 64)),
+        dict(type="ThreeCrop", crop_size=56),
+        dict(type="FormatShape", input_format="NCTHW"),
+        dict(type="PackActionInputs"),
+    ]
     checkpoint = tmp_path / "small_crops.pth"
-    save_checkpoint({"state_dict": thin_model.state_dict(),
-                     "meta": {"config": {"model": thin_config(), "test_pipeline": pipeline}}}, checkpoint)
+    save_checkpoint(
+        {
+            "state_dict": thin_model.state_dict(),
+            "meta": {"config": {"model": thin_config(), "test_pipeline": pipeline}},
+        },
+        checkpoint,
+    )
     assert cli_main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
     text = capsys.readouterr().out
-    assert ("input 6x3x8x56x56 from the config's test pipeline (clip_len 8, 56x56 frames, 2 clips x 3 crops = 6 views "
-            "of a video as the batch); --input sets another") in text
+    assert (
+        "input 6x3x8x56x56 from the config's test pipeline (clip_len 8, 56x56 frames, 2 clips x 3 crops = 6 views "
+        "of a video as the batch); --input sets another"
+    ) in text
     assert "input 6x3x8x56x56, dynamic batch" in text
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -628,8 +644,21 @@ def test_cli_export_without_input_takes_the_clips_the_config_was_tested_on(thin_
     from lateral.engine.exporting import PipelineClips, config_test_clips
 
     assert config_test_clips({"test_pipeline": fixed}) == PipelineClips(4, 40, 48, 1, 1)
-    assert cli_main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "n.pt"),
-                     "--input", "1x3x8x32x32"]) == 0
+    assert (
+        cli_main(
+            [
+                "export",
+                str(checkpoint),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "n.pt"),
+                "--input",
+                "1x3x8x32x32",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "from the config" not in text and "input 1x3x8x32x32, dynamic batch" in text
 
@@ -639,8 +668,20 @@ def test_cli_export_onnx_check(thin_files, tmp_path, capsys):
     config, checkpoint = thin_files
     out = tmp_path / "thin.onnx"
     rc = cli_main(
-        ["export", config, checkpoint, "--format", "onnx", "--out", str(out), "--check", "--input", "1x3x8x32x32",
-         "--threads", "1"]
+        [
+            "export",
+            config,
+            checkpoint,
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--check",
+            "--input",
+            "1x3x8x32x32",
+            "--threads",
+            "1",
+        ]
     )
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -650,7 +691,20 @@ def test_cli_export_onnx_check(thin_files, tmp_path, capsys):
 def test_cli_export_torchscript_check(thin_files, tmp_path, capsys):
     config, checkpoint = thin_files
     out = tmp_path / "thin.pt"
-    rc = cli_main(["export", config, checkpoint, "--format", "torchscript", "--out", str(out), "--check", "--input", "1x3x8x32x32"])
+    rc = cli_main(
+        [
+            "export",
+            config,
+            checkpoint,
+            "--format",
+            "torchscript",
+            "--out",
+            str(out),
+            "--check",
+            "--input",
+            "1x3x8x32x32",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "max abs diff" in text and "OK" in text
@@ -659,7 +713,20 @@ def test_cli_export_torchscript_check(thin_files, tmp_path, capsys):
 def test_cli_export_without_onnxruntime_names_the_extra(thin_files, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes "import onnxruntime" fail
     config, checkpoint = thin_files
-    rc = cli_main(["export", config, checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--check", "--input", "1x3x8x32x32"])
+    rc = cli_main(
+        [
+            "export",
+            config,
+            checkpoint,
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--check",
+            "--input",
+            "1x3x8x32x32",
+        ]
+    )
     assert rc == 1
     assert "lateral-vision[onnx]" in capsys.readouterr().err
 
@@ -668,8 +735,22 @@ def test_cli_bench_small(thin_files, tmp_path, capsys):
     config, checkpoint = thin_files
     report = tmp_path / "bench.json"
     rc = cli_main(
-        ["bench", config, checkpoint, "--input", "1x3x8x32x32", "--threads", "1", "--repeats", "2", "--warmup", "0",
-         "--no-peak", "--json", str(report)]
+        [
+            "bench",
+            config,
+            checkpoint,
+            "--input",
+            "1x3x8x32x32",
+            "--threads",
+            "1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--no-peak",
+            "--json",
+            str(report),
+        ]
     )
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -686,10 +767,17 @@ def test_bench_names_the_fastest_variant_per_precision_and_how_to_run_it():
     def timed(name: str, *times: float) -> Variant:
         return Variant(name, run=lambda: None, times=list(times))
 
-    variants = [timed("eager-fp32", 1.0, 1.2, 0.8), timed("fused-fp32", 0.5, 0.5), timed("openvino-fp32", 0.4, 0.45),
-                timed("fused-bf16", 0.3), timed("compiled-bf16", 0.2, 0.25), Variant("onnxruntime", run=lambda: None)]
-    result = BenchmarkResult(variants, macs=1, flop_counter_macs=1, peak_fp32=0.0, peak_bf16=None,
-                             input_shape=(1, 3, 8, 32, 32), threads=1)
+    variants = [
+        timed("eager-fp32", 1.0, 1.2, 0.8),
+        timed("fused-fp32", 0.5, 0.5),
+        timed("openvino-fp32", 0.4, 0.45),
+        timed("fused-bf16", 0.3),
+        timed("compiled-bf16", 0.2, 0.25),
+        Variant("onnxruntime", run=lambda: None),
+    ]
+    result = BenchmarkResult(
+        variants, macs=1, flop_counter_macs=1, peak_fp32=0.0, peak_bf16=None, input_shape=(1, 3, 8, 32, 32), threads=1
+    )
     assert result.fastest("fp32").name == "openvino-fp32"
     assert result.fastest("bf16").name == "compiled-bf16"
     assert result.fastest().name == "compiled-bf16"
@@ -723,8 +811,22 @@ def test_cli_bench_bf16_without_native_support(thin_files, capsys, monkeypatch):
     config, checkpoint = thin_files
     rc = cli_main(["bench", config, checkpoint, "--input", "1x3x8x32x32", "--precision", "fp32,bf16", "--threads", "1"])
     assert rc == 1 and "no native bf16" in capsys.readouterr().err
-    args = ["bench", config, "--input", "1x3x8x32x32", "--precision", "bf16", "--threads", "1", "--repeats", "1",
-            "--fallback-fp32", "--warmup", "0", "--no-peak"]
+    args = [
+        "bench",
+        config,
+        "--input",
+        "1x3x8x32x32",
+        "--precision",
+        "bf16",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--fallback-fp32",
+        "--warmup",
+        "0",
+        "--no-peak",
+    ]
     with pytest.warns(UserWarning, match="falling back"):
         assert cli_main(args) == 0
     assert "fused-fp32" in capsys.readouterr().out
@@ -777,7 +879,9 @@ def test_compiled_copy_matches_eager(thin_model):
 def test_export_without_onnx_names_the_extra(thin_files, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes "import onnx" fail
     config, checkpoint = thin_files
-    rc = cli_main(["export", config, checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--input", "1x3x8x32x32"])
+    rc = cli_main(
+        ["export", config, checkpoint, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--input", "1x3x8x32x32"]
+    )
     assert rc == 1
     assert "lateral-vision[onnx]" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
@@ -798,7 +902,10 @@ def test_openvino_backend_in_its_own_interpreter():
     """
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "openvino_backend_checks.py")],
-        capture_output=True, text=True, timeout=600, cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=HERE.parent,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     expected = "3 passed" if bf16_supported("cpu") else "2 passed, 1 skipped"

@@ -27,10 +27,22 @@ def test_gpu_benchmark_smoke_run_on_cpu(tmp_path, capsys):
     out = tmp_path / "times.json"
     threads = torch.get_num_threads()
     try:
-        code = load_script().main([
-            "--device", "cpu", "--config", str(config), "--input", "2x3x8x32x32", "--repeats", "2", "--warmup", "0",
-            "--json", str(out),
-        ])
+        code = load_script().main(
+            [
+                "--device",
+                "cpu",
+                "--config",
+                str(config),
+                "--input",
+                "2x3x8x32x32",
+                "--repeats",
+                "2",
+                "--warmup",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
@@ -39,7 +51,10 @@ def test_gpu_benchmark_smoke_run_on_cpu(tmp_path, capsys):
         assert name in printed
     report = json.loads(out.read_text())
     assert report["amp"] == "bf16" and set(report["times_s"]) == {
-        "infer-eager-fp32", "infer-cl-amp", "train-eager-fp32", "train-cl-amp"
+        "infer-eager-fp32",
+        "infer-cl-amp",
+        "train-eager-fp32",
+        "train-cl-amp",
     }
     assert all(len(times) == 2 and min(times) > 0 for times in report["times_s"].values())
 

@@ -14,8 +14,10 @@ from lateral.heap import keep_freed_memory
 applied = keep_freed_memory()
 # with M_MMAP_MAX = 0 a 64 MB block comes from the heap: mallinfo2's hblkhd (bytes in mmap'ed blocks) stays 0
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
@@ -29,7 +31,9 @@ print(applied, mapped >= 64 << 20)
 
 def run_probe(keep_heap: str) -> list[str]:
     env = {**os.environ, "LATERAL_KEEP_HEAP": keep_heap}
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
@@ -51,7 +55,10 @@ def test_inference_commands_tune_the_heap(monkeypatch):
 
     calls = []
     monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append(1) or True)
-    parser_args = {"predict": ["predict", "missing.py", "missing.pth", "missing.mp4"], "summary": ["summary", "missing.py"]}
+    parser_args = {
+        "predict": ["predict", "missing.py", "missing.pth", "missing.mp4"],
+        "summary": ["summary", "missing.py"],
+    }
     for name, argv in parser_args.items():
         calls.clear()
         assert cli.main(argv) != 0  # the files do not exist: the command fails after the tuning step

@@ -39,10 +39,18 @@ def clip(frames: int, size: int = 20, batch: int = 1, seed: int = 1) -> torch.Te
     return torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("mode,fold,stacking", [
-    ("3d", 2, None), ("3d", 4, None),
-    ("2d", 1, None), ("2d", 3, "matmul"), ("2d", 4, "matmul"), ("2d", 3, "copies"), ("2d", 4, "copies"),
-])
+@pytest.mark.parametrize(
+    "mode,fold,stacking",
+    [
+        ("3d", 2, None),
+        ("3d", 4, None),
+        ("2d", 1, None),
+        ("2d", 3, "matmul"),
+        ("2d", 4, "matmul"),
+        ("2d", 3, "copies"),
+        ("2d", 4, "copies"),
+    ],
+)
 @pytest.mark.parametrize("frames", [8, 7, 3])
 def test_folded_stem_equals_the_plain_conv(mode, fold, stacking, frames, monkeypatch):
     from lateral.inference import stem as stem_module
@@ -120,7 +128,9 @@ def test_optimize_folds_slowfast_stems_and_keeps_the_state_dict():
     assert backbone.fast_path.conv1.conv.fold == 2
     assert not opt.backbone.convert_input  # the stems read the caller's clip as it is
     stem_keys = {key for key in opt.state_dict() if ".conv1." in key and ".layer" not in key}
-    assert stem_keys == {f"backbone.module.{p}_path.conv1.conv.{n}" for p in ("slow", "fast") for n in ("weight", "bias")}
+    assert stem_keys == {
+        f"backbone.module.{p}_path.conv1.conv.{n}" for p in ("slow", "fast") for n in ("weight", "bias")
+    }
     x = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(opt(x), model(x), atol=ATOL, rtol=RTOL)

@@ -41,9 +41,14 @@ def test_bad_values_are_reported():
     with pytest.raises(ConfigError, match="invalid depth 42"):
         lateral.build_model(dict(type="ResNet3d", depth=42))
     with pytest.raises(ConfigError, match="average_clips"):
-        lateral.build_model(dict(type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=18, base_channels=4),
-                                 cls_head=dict(type="I3DHead", in_channels=32, num_classes=3),
-                                 test_cfg=dict(average_clips="mean")))
+        lateral.build_model(
+            dict(
+                type="Recognizer3D",
+                backbone=dict(type="ResNet3dSlowOnly", depth=18, base_channels=4),
+                cls_head=dict(type="I3DHead", in_channels=32, num_classes=3),
+                test_cfg=dict(average_clips="mean"),
+            )
+        )
     with pytest.raises(ConfigError, match="norm_cfg type 'BN4d'"):
         lateral.build_model(dict(type="ResNet3d", depth=18, norm_cfg=dict(type="BN4d")))
 
@@ -65,16 +70,22 @@ _TABLE = {"Resize": _Step, "Flip": _Step}
 
 
 def test_build_from_table_refuses_an_unknown_type_with_the_closest_name():
-    with pytest.raises(ConfigError, match=r"test_pipeline\[2\]: unknown type 'Resise'. Did you mean 'Resize'\? "
-                                          r"Known types: Flip, Resize"):
+    with pytest.raises(
+        ConfigError,
+        match=r"test_pipeline\[2\]: unknown type 'Resise'. Did you mean 'Resize'\? "
+        r"Known types: Flip, Resize",
+    ):
         build_from_table(_TABLE, dict(type="Resise", scale=3), "test_pipeline[2]")
     with pytest.raises(ConfigError, match=r"test_pipeline\[2\]: expected a dict with a 'type' key"):
         build_from_table(_TABLE, dict(scale=3), "test_pipeline[2]")
 
 
 def test_build_from_table_refuses_an_unknown_key_naming_where_and_the_close_match():
-    with pytest.raises(ConfigError, match=r"train_dataloader.dataset.pipeline\[3\] \(Resize\): unknown key 'scael'. "
-                                          r"Did you mean 'scale'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train_dataloader.dataset.pipeline\[3\] \(Resize\): unknown key 'scael'. "
+        r"Did you mean 'scale'\?",
+    ):
         build_from_table(_TABLE, dict(type="Resize", scael=3), "train_dataloader.dataset.pipeline[3]")
     # a misspelt required key is reported as misspelt, not as missing
     with pytest.raises(ConfigError, match="unknown key 'keep_ration'. Did you mean 'keep_ratio'"):
@@ -112,15 +123,22 @@ def test_every_table_goes_through_the_same_checks():
 
     with pytest.raises(ConfigError, match=r"val_pipeline\[1\] \(Resize\): unknown key 'scael'. Did you mean 'scale'"):
         build_pipeline([dict(type="SampleFrames", clip_len=2), dict(type="Resize", scael=(-1, 8))], "val_pipeline")
-    with pytest.raises(ConfigError, match=r"val_dataloader.dataset.pipeline\[0\]: unknown type 'SampleFrame'. "
-                                          r"Did you mean 'SampleFrames'"):
-        build_dataset(dict(type="VideoDataset", ann_file="x.txt", pipeline=[dict(type="SampleFrame")]),
-                      "val_dataloader.dataset")
+    with pytest.raises(
+        ConfigError,
+        match=r"val_dataloader.dataset.pipeline\[0\]: unknown type 'SampleFrame'. "
+        r"Did you mean 'SampleFrames'",
+    ):
+        build_dataset(
+            dict(type="VideoDataset", ann_file="x.txt", pipeline=[dict(type="SampleFrame")]), "val_dataloader.dataset"
+        )
     with pytest.raises(ConfigError, match=r"dataset: unknown type 'VideoDataSet'. Did you mean 'VideoDataset'"):
         build_dataset(dict(type="VideoDataSet", ann_file="x.txt", pipeline=[]))
     assert build_blending(dict(type="mmaction.MixupBlending", num_classes=3)).num_classes == 3
-    with pytest.raises(ConfigError, match=r"param_scheduler.0: unknown type 'CosineAnnealing'. "
-                                          r"Did you mean 'CosineAnnealingLR'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"param_scheduler.0: unknown type 'CosineAnnealing'. "
+        r"Did you mean 'CosineAnnealingLR'",
+    ):
         build_lr_factor([dict(type="CosineAnnealing")], 10, 5, 0.1)
     assert build_lr_factor([dict(type="mmengine.ConstantLR", factor=0.5, end=1)], 10, 5, 0.1)(0) == 0.5
     model = torch.nn.Linear(2, 2)

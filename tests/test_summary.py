@@ -26,9 +26,21 @@ def test_summary_totals_for_the_seed_config():
 
 def test_cli_prints_table(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "lateral", "summary", "configs/recognition/slowfast/slowonly_r50_8x8x1_kinetics400.py",
-         "--input", "1x3x8x32x32", "--depth", "2"],
-        capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-m",
+            "lateral",
+            "summary",
+            "configs/recognition/slowfast/slowonly_r50_8x8x1_kinetics400.py",
+            "--input",
+            "1x3x8x32x32",
+            "--depth",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "Total params: 32,454,096" in out.stdout
     assert "backbone.layer4" in out.stdout
 
@@ -44,8 +56,11 @@ def test_cli_reads_the_config_a_checkpoint_carries(tmp_path):
     cfg = lateral.load_config("configs/recognition/slowfast/slowonly_r50_8x8x1_kinetics400.py")
     checkpoint = tmp_path / "run.pth"
     save_checkpoint({"state_dict": {}, "meta": {"config": {"model": cfg["model"]}}}, checkpoint)
-    out = subprocess.run([sys.executable, "-m", "lateral", "summary", str(checkpoint), "--input", "1x3x8x32x32"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lateral", "summary", str(checkpoint), "--input", "1x3x8x32x32"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "Total params: 32,454,096" in out.stdout
 

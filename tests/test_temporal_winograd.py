@@ -45,8 +45,9 @@ def test_matches_conv3d(batch, frames, bias, relu, name):
     ref = F.conv3d(x, weight, b, padding=(1, 0, 0))
     ref = ref.relu() if relu else ref
     clip = x.float().permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, in_channels).contiguous()
-    out = winograd_conv3x1x1(clip, temporal_winograd_weight(weight.float(), algorithm),
-                             None if b is None else b.float(), relu, algorithm)
+    out = winograd_conv3x1x1(
+        clip, temporal_winograd_weight(weight.float(), algorithm), None if b is None else b.float(), relu, algorithm
+    )
     assert out.shape == (batch, frames, height * width, out_channels) and out.is_contiguous()
     out = out.view(batch, frames, height, width, out_channels).permute(0, 4, 1, 2, 3)
     assert relative_error(out.double(), ref) < 2e-6
@@ -157,8 +158,9 @@ def test_bf16_tiles_give_bf16_outputs_and_bf16_copies_stay_direct():
     x = torch.randn(1, 16, 4, 3, 3)
     weight = torch.randn(8, 16, 3, 1, 1) / 7
     clip = x.permute(0, 2, 3, 4, 1).reshape(1, 4, 9, 16).contiguous()
-    out = winograd_conv3x1x1(clip.bfloat16(), temporal_winograd_weight(weight, algorithm).bfloat16(),
-                             algorithm=algorithm)
+    out = winograd_conv3x1x1(
+        clip.bfloat16(), temporal_winograd_weight(weight, algorithm).bfloat16(), algorithm=algorithm
+    )
     ref = F.conv3d(x, weight, padding=(1, 0, 0)).permute(0, 2, 3, 4, 1).reshape(1, 4, 9, 8)
     assert out.dtype == torch.bfloat16 and relative_error(out.float(), ref) < 3e-2
     model = lateral.build_model("configs/recognition/slowfast/slowfast_r50_4x16x1_kinetics400.py").eval()

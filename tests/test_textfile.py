@@ -16,12 +16,18 @@ def test_utf8_and_text_with_a_byte_order_mark_read_without_the_mark(tmp_path, en
     assert read_text(tmp_path / "f.txt", "label map") == TEXT
 
 
-@pytest.mark.parametrize("encoding, message", [
-    ("latin-1", r"label map '.*f.txt': byte 0xe9 at offset 13 \(line 2\) is not UTF-8; lateral reads text files "
-                r"as UTF-8 \(or UTF-16 with a byte-order mark\): save it as UTF-8"),
-    ("cp1252", r"byte 0xe9 at offset 13 \(line 2\) is not UTF-8"),
-    ("utf-16-le", r"a NUL byte at offset 1 \(line 1\); it looks like UTF-16 without a byte-order mark"),
-])
+@pytest.mark.parametrize(
+    "encoding, message",
+    [
+        (
+            "latin-1",
+            r"label map '.*f.txt': byte 0xe9 at offset 13 \(line 2\) is not UTF-8; lateral reads text files "
+            r"as UTF-8 \(or UTF-16 with a byte-order mark\): save it as UTF-8",
+        ),
+        ("cp1252", r"byte 0xe9 at offset 13 \(line 2\) is not UTF-8"),
+        ("utf-16-le", r"a NUL byte at offset 1 \(line 1\); it looks like UTF-16 without a byte-order mark"),
+    ],
+)
 def test_other_encodings_are_refused_with_the_file_the_place_and_the_encoding_expected(tmp_path, encoding, message):
     (tmp_path / "f.txt").write_bytes(TEXT.encode(encoding))
     with pytest.raises(TextFileError, match=message):

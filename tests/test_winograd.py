@@ -36,7 +36,9 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 5, 7, 9), (2, 6, 4, 8, 8), (1, 3, 3, 1, 1), (3, 4, 6, 5, 2), (1, 5, 7, 6, 11)])
+@pytest.mark.parametrize(
+    "shape", [(1, 8, 5, 7, 9), (2, 6, 4, 8, 8), (1, 3, 3, 1, 1), (3, 4, 6, 5, 2), (1, 5, 7, 6, 11)]
+)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @ALGORITHMS
@@ -62,15 +64,23 @@ def test_many_bands_and_ragged_edges(monkeypatch, height, width, algorithm):
     torch.manual_seed(1)
     x = torch.randn(2, 8, height, width)
     weight, bias = torch.randn(6, 8, 3, 3), torch.randn(6)
-    out = winograd_conv3x3(x.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight, algorithm), bias, True,
-                           algorithm)
+    out = winograd_conv3x3(
+        x.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight, algorithm), bias, True, algorithm
+    )
     ref = F.conv2d(x, weight, bias, padding=1).relu()
     assert relative_error(out.permute(0, 3, 1, 2), ref) < TOLERANCE[algorithm.outputs]
     # with a shortcut added before the ReLU, written into the shortcut's own memory
     shortcut = torch.randn(2, height, width, 6)
     expected = (F.conv2d(x, weight, bias, padding=1) + shortcut.permute(0, 3, 1, 2)).relu()
-    result = winograd_conv3x3(x.permute(0, 2, 3, 1).contiguous(), winograd_weight(weight, algorithm), bias, True,
-                              algorithm, residual=shortcut, out=shortcut)
+    result = winograd_conv3x3(
+        x.permute(0, 2, 3, 1).contiguous(),
+        winograd_weight(weight, algorithm),
+        bias,
+        True,
+        algorithm,
+        residual=shortcut,
+        out=shortcut,
+    )
     assert result is shortcut
     assert relative_error(result.permute(0, 3, 1, 2), expected) < TOLERANCE[algorithm.outputs]
 
@@ -111,8 +121,9 @@ def test_weight_of_a_1x3x3_conv3d(algorithm):
 @ALGORITHMS
 def test_transforms_reproduce_a_1d_correlation(algorithm):
     # the defining identity: A^T [(G g) * (B^T d)] = the m outputs of correlating d (m + 2 taps) with g (3 taps)
-    input_t, weight_t, output_t = (torch.tensor(t, dtype=torch.float64) for t in
-                                   (algorithm.input_t, algorithm.weight_t, algorithm.output_t))
+    input_t, weight_t, output_t = (
+        torch.tensor(t, dtype=torch.float64) for t in (algorithm.input_t, algorithm.weight_t, algorithm.output_t)
+    )
     d, g = torch.randn(algorithm.size, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     expected = torch.stack([(d[i : i + 3] * g).sum() for i in range(algorithm.outputs)])
     torch.testing.assert_close(output_t @ ((weight_t @ g) * (input_t @ d)), expected)

@@ -17,8 +17,7 @@ from lateral.errors import LateralError
 # errors whose message says all a user needs (what failed, where, what to do): printed as one line. The OS errors
 # are about the user's paths (a missing file, --out on a folder); anything else is a bug in lateral and keeps its
 # traceback.
-USER_ERRORS = (LateralError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-               PermissionError)
+USER_ERRORS = (LateralError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 # one module per command group, each with add_cli(subparsers); its sub-parsers set ``func`` to the function that
 # runs the command. These modules import only the standard library, so that ``lateral --help`` is quick.
@@ -65,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    command = " ".join(filter(None, [args.command, getattr(args, "data_command", None),
-                                     getattr(args, "detect_command", None)]))
+    command = " ".join(
+        filter(None, [args.command, getattr(args, "data_command", None), getattr(args, "detect_command", None)])
+    )
 
     if args.command in INFERENCE_COMMANDS or getattr(args, "detect_command", None) in INFERENCE_COMMANDS:
         from lateral.heap import keep_freed_memory
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         hint = ""
         if command.endswith("train"):
-            hint = " The checkpoints written so far are kept: the same command with --resume auto continues from the last."
+            hint = (
+                " The checkpoints written so far are kept: the same command with --resume auto continues from the last."
+            )
         print(f"\nlateral {command}: interrupted.{hint}", file=sys.stderr)
         code = 130  # the shell's code for a command stopped by Ctrl-C
     from lateral.engine import distributed as dist_utils

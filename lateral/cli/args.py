@@ -20,8 +20,13 @@ def positive_int(text: str) -> int:
 
 def add_cfg_options(parser: argparse.ArgumentParser) -> None:
     """``--cfg-options KEY=VALUE ...``: overrides of config entries (``args.cfg_options``, a list)."""
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config entries, e.g. train_dataloader.batch_size=4")
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config entries, e.g. train_dataloader.batch_size=4",
+    )
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

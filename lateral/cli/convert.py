@@ -26,23 +26,31 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint to convert (Caffe2 pickles must end in .pkl)")
     parser.add_argument(
-        "--from", dest="source_format", required=True,
+        "--from",
+        dest="source_format",
+        required=True,
         choices=["pytorchvideo", "pyslowfast", "fpn-seed", "lateral"],
         help="layout of SRC ('fpn-seed': the FPN seed's own FPN50/101/152 module names)",
     )
     parser.add_argument(
-        "--to", dest="target_format", default="lateral", choices=["lateral", "pytorchvideo", "pyslowfast", "fpn-seed"],
+        "--to",
+        dest="target_format",
+        default="lateral",
+        choices=["lateral", "pytorchvideo", "pyslowfast", "fpn-seed"],
         help="layout to write (default: lateral)",
     )
     parser.add_argument("--out", required=True, help="file to write")
     parser.add_argument("--num-classes", type=positive_int, help="classes the checkpoint must have (checked)")
     parser.add_argument("--depth", type=int, choices=DEPTHS, help="ResNet depth SRC must have (checked)")
     parser.add_argument(
-        "--preset", choices=PRESETS,
+        "--preset",
+        choices=PRESETS,
         help="model-zoo sampling TxS: sets alpha, clip length and frame interval (4x16: 8/32/2, 8x8: 4/32/2, "
         "16x8: 4/64/2)",
     )
-    parser.add_argument("--alpha", type=positive_int, help="speed ratio fast/slow (not stored in the weights; default 4)")
+    parser.add_argument(
+        "--alpha", type=positive_int, help="speed ratio fast/slow (not stored in the weights; default 4)"
+    )
     parser.add_argument("--clip-len", type=positive_int, help="frames per clip fed to the fast pathway (default 32)")
     parser.add_argument("--frame-interval", type=positive_int, help="source frames between clip frames (default 2)")
     parser.set_defaults(func=run_convert)

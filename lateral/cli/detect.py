@@ -25,7 +25,11 @@ def run_train(args: argparse.Namespace) -> int:
 def run_test(args: argparse.Namespace) -> int:
     from lateral.engine import distributed as dist_utils
     from lateral.engine.detection import (
-        build_detection_dataset, check_detector_config, dataset_config, evaluate_detector, load_detector,
+        build_detection_dataset,
+        check_detector_config,
+        dataset_config,
+        evaluate_detector,
+        load_detector,
     )
     from lateral.engine.loading import load_run_config
 
@@ -64,7 +68,13 @@ def run_predict(args: argparse.Namespace) -> int:
     classes = meta.get("classes") or next((d["metainfo"]["classes"] for d in datasets if "metainfo" in d), [])
     pipeline_cfg = cfg.get("test_pipeline", next((d["pipeline"] for d in datasets if "pipeline" in d), None))
     written = predict_images(
-        model, args.images, args.out, build_pipeline(pipeline_cfg), list(classes), meta.get("cat_ids"), args.score_thr,
+        model,
+        args.images,
+        args.out,
+        build_pipeline(pipeline_cfg),
+        list(classes),
+        meta.get("cat_ids"),
+        args.score_thr,
         device=dist_utils.resolve_device(args.device),
     )
     for path in written:
@@ -80,7 +90,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a detector from a config")
     train.add_argument("config", help="detection config file (.py)")
     train.add_argument("--work-dir", help="checkpoint folder (default: the config's work_dir)")
-    train.add_argument("--resume", help="'auto' (the newest intact checkpoint in work_dir, if any) or a checkpoint path")
+    train.add_argument(
+        "--resume", help="'auto' (the newest intact checkpoint in work_dir, if any) or a checkpoint path"
+    )
     add_cfg_options(train)
     add_device(train)
     train.set_defaults(func=run_train)
@@ -88,10 +100,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     test = commands.add_parser("test", help="COCO AP, AP50, AP75, APs/APm/APl of a checkpoint")
     test.add_argument("config")
     test.add_argument("checkpoint")
-    test.add_argument("--split", default="val", choices=("val", "test", "train"),
-                      help="which *_dataloader of the config to evaluate (default val_dataloader)")
-    test.add_argument("--out", help="also write the metrics to this JSON file (null for a metric whose size range "
-                                    "has no ground truth objects)")
+    test.add_argument(
+        "--split",
+        default="val",
+        choices=("val", "test", "train"),
+        help="which *_dataloader of the config to evaluate (default val_dataloader)",
+    )
+    test.add_argument(
+        "--out",
+        help="also write the metrics to this JSON file (null for a metric whose size range "
+        "has no ground truth objects)",
+    )
     add_cfg_options(test)
     add_device(test)
     test.set_defaults(func=run_test)

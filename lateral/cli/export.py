@@ -20,8 +20,16 @@ if TYPE_CHECKING:
 # lateral.inference's EXPORT_FORMATS and VARIANTS, written out so that `lateral --help` does not import torch
 # (tests/cli/test_parser.py checks that they agree)
 EXPORT_FORMATS = ("onnx", "torchscript")
-VARIANTS = ("eager-fp32", "fused-fp32", "fused-bf16", "compiled-fp32", "compiled-bf16", "onnxruntime", "openvino-fp32",
-            "openvino-bf16")
+VARIANTS = (
+    "eager-fp32",
+    "fused-fp32",
+    "fused-bf16",
+    "compiled-fp32",
+    "compiled-bf16",
+    "onnxruntime",
+    "openvino-fp32",
+    "openvino-bf16",
+)
 
 
 def _weights_of(args: argparse.Namespace) -> str | None:
@@ -86,13 +94,19 @@ def bench_variants(precisions: list[str], compile: bool, onnx: bool, openvino: b
 # how each timed variant is asked for: flags of ``lateral predict`` (recognizers) and arguments of
 # ``lateral.optimize`` (any backbone); onnxruntime runs an exported file
 _PREDICT_FLAGS = {
-    "eager-fp32": "--eager", "fused-fp32": "--precision fp32", "fused-bf16": "--precision bf16",
-    "compiled-fp32": "--compile", "compiled-bf16": "--precision bf16 --compile",
-    "openvino-fp32": "--backend openvino", "openvino-bf16": "--backend openvino --precision bf16",
+    "eager-fp32": "--eager",
+    "fused-fp32": "--precision fp32",
+    "fused-bf16": "--precision bf16",
+    "compiled-fp32": "--compile",
+    "compiled-bf16": "--precision bf16 --compile",
+    "openvino-fp32": "--backend openvino",
+    "openvino-bf16": "--backend openvino --precision bf16",
 }
 _OPTIMIZE_CALLS = {
-    "eager-fp32": "the model itself", "fused-fp32": "lateral.optimize(model)",
-    "fused-bf16": "lateral.optimize(model, precision='bf16')", "compiled-fp32": "lateral.optimize(model, compile=True)",
+    "eager-fp32": "the model itself",
+    "fused-fp32": "lateral.optimize(model)",
+    "fused-bf16": "lateral.optimize(model, precision='bf16')",
+    "compiled-fp32": "lateral.optimize(model, compile=True)",
     "compiled-bf16": "lateral.optimize(model, precision='bf16', compile=True)",
     "openvino-fp32": "lateral.inference.exporters.OpenVinoRunner(model, x)",
     "openvino-bf16": "lateral.inference.exporters.OpenVinoRunner(model, x, precision='bf16')",
@@ -174,25 +188,44 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a recognizer or FPN backbone to ONNX or TorchScript")
     p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
     p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="onnx (needs the 'onnx' extra to check) or torchscript (trace)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=EXPORT_FORMATS,
+        help="onnx (needs the 'onnx' extra to check) or torchscript (trace)",
+    )
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
-    p.add_argument("--check", action="store_true", help="run the exported file and PyTorch on the same input and print the max difference")
-    p.add_argument("--input", help="example input NxCxTxHxW (default: the config's test pipeline, its views of one "
-                   "video x 3 x clip_len x crop size; 1x3x800x1216 for 2D)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the exported file and PyTorch on the same input and print the max difference",
+    )
+    p.add_argument(
+        "--input",
+        help="example input NxCxTxHxW (default: the config's test pipeline, its views of one "
+        "video x 3 x clip_len x crop size; 1x3x800x1216 for 2D)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads for --check")
     add_cfg_options(p)
     p.set_defaults(func=run_export)
 
-    p = subparsers.add_parser("bench", help="time eager / fused / bf16 / compiled / ONNX / OpenVINO inference, interleaved")
+    p = subparsers.add_parser(
+        "bench", help="time eager / fused / bf16 / compiled / ONNX / OpenVINO inference, interleaved"
+    )
     p.add_argument("config", help="config file (.py), or a checkpoint carrying its config")
     p.add_argument("checkpoint", nargs="?", help="checkpoint to load ('none' or omitted: random weights)")
-    p.add_argument("--input", help="input NxCxTxHxW (default: the config's test pipeline, its views of one video x 3 "
-                   "x clip_len x crop size; 1x3x800x1216 for 2D)")
+    p.add_argument(
+        "--input",
+        help="input NxCxTxHxW (default: the config's test pipeline, its views of one video x 3 "
+        "x clip_len x crop size; 1x3x800x1216 for 2D)",
+    )
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16 (default fp32)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (inductor, freezing)")
     p.add_argument("--onnx", action="store_true", help="also time onnxruntime (the 'onnx' extra)")
     p.add_argument("--openvino", action="store_true", help="also time OpenVINO (the 'openvino' extra)")
-    p.add_argument("--variants", help=f"explicit comma-separated list instead of the flags above: {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--variants", help=f"explicit comma-separated list instead of the flags above: {', '.join(VARIANTS)}"
+    )
     p.add_argument("--threads", type=positive_int, default=2, help="threads for PyTorch and the runtimes (default 2)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each variant (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each variant first (default 1)")

@@ -39,9 +39,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.config, args.cfg_options)
     if not args.config.endswith(".py"):
-        print(f"training with the config stored in {args.config}; its weights are not loaded (--resume "
-              f"{args.config} continues that run, --cfg-options load_from={args.config} starts from its weights)",
-              file=sys.stderr)
+        print(
+            f"training with the config stored in {args.config}; its weights are not loaded (--resume "
+            f"{args.config} continues that run, --cfg-options load_from={args.config} starts from its weights)",
+            file=sys.stderr,
+        )
     work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
     resume = args.resume if args.resume else ("auto" if cfg.get("resume") is True else None)
     if args.channels_last:
@@ -72,8 +74,9 @@ def run_test(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None:
         if args.config.endswith(".py"):
-            raise ConfigError("lateral test CONFIG.py needs a CHECKPOINT to test (or give one checkpoint that carries "
-                              "its config)")
+            raise ConfigError(
+                "lateral test CONFIG.py needs a CHECKPOINT to test (or give one checkpoint that carries its config)"
+            )
         args.checkpoint = args.config
     cfg = load_run_config(args.config, args.cfg_options)
     loader_cfg = dict(cfg.get("test_dataloader") or {})
@@ -102,8 +105,10 @@ def run_test(args: argparse.Namespace) -> int:
             raise InputError("no test sample could be decoded")
         metrics = classification_metrics(scores, labels)
         if metrics["num_samples"] == 0:
-            raise InputError(f"none of the {len(labels)} test samples has a label (all are -1), so there is nothing "
-                             "to score; `lateral predict` classifies unlabelled videos")
+            raise InputError(
+                f"none of the {len(labels)} test samples has a label (all are -1), so there is nothing "
+                "to score; `lateral predict` classifies unlabelled videos"
+            )
         names = read_label_names(args.labels, cfg, model.num_classes)
         out_dir = Path(args.out or Path(args.checkpoint).parent / "test")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,8 +119,10 @@ def run_test(args: argparse.Namespace) -> int:
         printable = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
         print(json.dumps(printable, indent=1))
         if metrics.get("num_unlabelled"):
-            print(f"{metrics['num_unlabelled']} unlabelled samples (label -1) were left out of the metrics",
-                  file=sys.stderr)
+            print(
+                f"{metrics['num_unlabelled']} unlabelled samples (label -1) were left out of the metrics",
+                file=sys.stderr,
+            )
         print(f"metrics{' and confusion matrix' if 'confusion_matrix' in metrics else ''} written to {out_dir}")
     dist_utils.cleanup()
     return 0
@@ -129,7 +136,10 @@ def predict_targets(paths: list[str]) -> tuple[str, str, list[Path]]:
     video files in it (sorted by name)."""
     from lateral.data.decode import VIDEO_EXTENSIONS
 
-    usage = "predict takes CONFIG CKPT VIDEO [VIDEO ...], or CKPT VIDEO [VIDEO ...] for a checkpoint that carries its config"
+    usage = (
+        "predict takes CONFIG CKPT VIDEO [VIDEO ...], or CKPT VIDEO [VIDEO ...] for a checkpoint that carries "
+        "its config"
+    )
     if paths and paths[0].endswith(".py"):
         if len(paths) < 3:
             raise ConfigError(usage)
@@ -159,6 +169,7 @@ def predict_targets(paths: list[str]) -> tuple[str, str, list[Path]]:
 def timeline_folder_names(videos: list[Path]) -> dict[Path, str]:
     """``<stem>_timeline`` per video; videos whose names would collide (a/clip.mp4, b/clip.mp4, b/clip.webm) get
     their parent folder and suffix in it, then a number, so no timeline overwrites another."""
+
     def plain(video: Path) -> str:
         return f"{video.stem}_timeline"
 
@@ -206,8 +217,9 @@ def claim_output_folder(folder: Path, overwrite: bool) -> bool:
 
 
 def _exists_message(path: str | Path) -> str:
-    return (f"{path} already exists (the output of an earlier run?); choose another --out, or add --overwrite to "
-            "replace it")
+    return (
+        f"{path} already exists (the output of an earlier run?); choose another --out, or add --overwrite to replace it"
+    )
 
 
 def timeline_folders(videos: list[Path], out: str | None) -> dict[Path, Path]:
@@ -247,8 +259,14 @@ def run_predict(args: argparse.Namespace) -> int:
                 folder.rmdir()
 
 
-def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, videos: list[Path],
-                  windows: tuple[float, float] | None, folders: dict[Path, Path]) -> int:
+def _predict_each(
+    args: argparse.Namespace,
+    config_path: str,
+    checkpoint: str,
+    videos: list[Path],
+    windows: tuple[float, float] | None,
+    folders: dict[Path, Path],
+) -> int:
     """The top-k (or, with ``windows``, the timeline into ``folders[video]``) of each video."""
     from lateral.data.decode import DecodeError
     from lateral.engine.loading import load_model, load_run_config, read_label_names
@@ -257,8 +275,16 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
 
     cfg = load_run_config(config_path, args.cfg_options)
     on_unsupported = "warn" if args.force_bf16 else ("fp32" if args.fallback_fp32 else "error")
-    model, device = load_model(cfg, checkpoint, device=args.device, eager=args.eager, precision=args.precision,
-                               compile=args.compile, backend=args.backend, on_unsupported=on_unsupported)
+    model, device = load_model(
+        cfg,
+        checkpoint,
+        device=args.device,
+        eager=args.eager,
+        precision=args.precision,
+        compile=args.compile,
+        backend=args.backend,
+        on_unsupported=on_unsupported,
+    )
     pipeline = video_pipeline(cfg)
     # a recognizer or its lateral.optimize copy (nn.Module types attributes as Tensor | Module)
     names = read_label_names(args.labels, cfg, cast(int, model.num_classes))
@@ -273,8 +299,10 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
                 paths = write_timeline(rows, names, folders[video], args.topk, overwrite=args.overwrite)
                 for row in rows:
                     best = int(row.probs.argmax())
-                    print(f"{row.start_s:7.2f}-{row.end_s:7.2f}s  {printable(names[best]):<30} "
-                          f"{float(row.probs[best]):.3f}")
+                    print(
+                        f"{row.start_s:7.2f}-{row.end_s:7.2f}s  {printable(names[best]):<30} "
+                        f"{float(row.probs[best]):.3f}"
+                    )
                 print(f"timeline written to {paths['csv']}, {paths['json']}, {paths['png']}")
                 continue
             probs = predict_video(model, pipeline, video, device)
@@ -285,8 +313,10 @@ def _predict_each(args: argparse.Namespace, config_path: str, checkpoint: str, v
             failed.append(str(video))
             continue
         top = probs.topk(min(args.topk, len(probs)))
-        result: list[dict[str, Any]] = [{"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)}
-                  for p, i in zip(top.values, top.indices)]
+        result: list[dict[str, Any]] = [
+            {"label": names[int(i)], "class": int(i), "prob": round(float(p), 6)}
+            for p, i in zip(top.values, top.indices)
+        ]
         for r in result:
             print(f"{r['prob']:.4f}  {printable(r['label'])}")  # the JSON keeps the name as written
         results.append({"video": str(video), "top": result})
@@ -321,16 +351,20 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", help="where checkpoints and logs go (default work_dirs/CONFIG_NAME)")
     p.add_argument("--resume", nargs="?", const="auto", help="'auto' (latest.pth in work dir) or a checkpoint path")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], help="mixed precision (bf16 on CPU; fp16/bf16 on GPU)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="model and clips in channels_last_3d (the config key channels_last=True); faster with --amp")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model and clips in channels_last_3d (the config key channels_last=True); faster with --amp",
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     add_cfg_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("test", help="evaluate a checkpoint: top-1/top-5, mean class accuracy, confusion matrix")
-    p.add_argument("config", help="config file (.py), or a checkpoint that carries its config (then CHECKPOINT may "
-                                  "be left out)")
+    p.add_argument(
+        "config", help="config file (.py), or a checkpoint that carries its config (then CHECKPOINT may be left out)"
+    )
     p.add_argument("checkpoint", nargs="?", help="the weights to test (default: CONFIG, when it is a checkpoint)")
     p.add_argument("--views", help="CROPSxCLIPS, e.g. 3x10 (3 crops of 10 clips)")
     p.add_argument("--out", help="folder for metrics.json and the confusion matrix (default: next to the checkpoint)")
@@ -344,35 +378,52 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_test)
 
     p = subparsers.add_parser("predict", help="top-k classes of a video, or a timeline over a long video")
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="CONFIG CKPT VIDEO [VIDEO ...], or CKPT VIDEO [VIDEO ...] (a checkpoint that carries its "
-                        "config); a folder stands for its video files")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="CONFIG CKPT VIDEO [VIDEO ...], or CKPT VIDEO [VIDEO ...] (a checkpoint that carries its "
+        "config); a folder stands for its video files",
+    )
     p.add_argument("--labels", help="label map text file, one class name per line")
     p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--window", help="window length for a timeline, e.g. 2s")
     p.add_argument("--stride", help="step between windows, e.g. 1s (default: half the window)")
-    p.add_argument("--out", help="JSON file for the top-k, a list for several videos; with --window the timeline "
-                                 f"folder (several videos: a folder per video in it; default {DEFAULT_PREDICTIONS_DIR}/)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the files of an earlier run at --out (without it an existing output is refused)")
+    p.add_argument(
+        "--out",
+        help="JSON file for the top-k, a list for several videos; with --window the timeline "
+        f"folder (several videos: a folder per video in it; default {DEFAULT_PREDICTIONS_DIR}/)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier run at --out (without it an existing output is refused)",
+    )
     p.add_argument("--precision", default="fp32", help="fp32 or bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile the inference copy")
-    p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
-                   help="what runs the backbone of the inference copy (openvino: pip install 'lateral-vision[openvino]'; "
-                        "lateral bench --openvino says which is faster here)")
-    p.add_argument("--eager", action="store_true",
-                   help="run the model as built instead of the optimised inference copy (BN folded, channels-last)")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "openvino"],
+        default="torch",
+        help="what runs the backbone of the inference copy (openvino: pip install 'lateral-vision[openvino]'; "
+        "lateral bench --openvino says which is faster here)",
+    )
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="run the model as built instead of the optimised inference copy (BN folded, channels-last)",
+    )
     p.add_argument("--fallback-fp32", action="store_true", help="without native bf16, run fp32 instead of failing")
     p.add_argument("--force-bf16", action="store_true", help="run bf16 even without native bf16 (very slow)")
     p.add_argument("--device")
     add_cfg_options(p)
     p.set_defaults(func=run_predict)
 
-    p = subparsers.add_parser("demo", help="generate motion videos, train a small SlowFast on CPU, test, predict, report")
+    p = subparsers.add_parser(
+        "demo", help="generate motion videos, train a small SlowFast on CPU, test, predict, report"
+    )
     p.add_argument("--out", default="lateral_demo", help="folder for the data, checkpoints and the report")
     p.add_argument("--epochs", type=positive_int, default=None, help="override the demo's number of epochs")
     p.add_argument("--quick", action="store_true", help="a much smaller run (seconds), for smoke tests")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_demo)
-
-

@@ -10,8 +10,8 @@ from lateral.config import ConfigError
 
 def run_summary(args: argparse.Namespace) -> int:
     from lateral.engine.loading import load_run_config
-    from lateral.registry import build_model
     from lateral.engine.summary import default_input_shape, parse_shape, screen_depth, summarize
+    from lateral.registry import build_model
 
     cfg = load_run_config(args.config, args.cfg_options)
     if "model" not in cfg:
@@ -21,8 +21,10 @@ def run_summary(args: argparse.Namespace) -> int:
     depth, deepest = (args.depth, None) if args.depth else screen_depth(model)
     print(summarize(model, shape, max_depth=depth).table())
     if deepest is not None and depth < deepest:
-        print(f"rows aggregated at depth {depth} of {deepest} to fit a screen; --depth {depth + 1} or deeper shows "
-              f"more (--depth {deepest}: every layer)")
+        print(
+            f"rows aggregated at depth {depth} of {deepest} to fit a screen; --depth {depth + 1} or deeper shows "
+            f"more (--depth {deepest}: every layer)"
+        )
     return 0
 
 
@@ -31,8 +33,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("summary", help="per-layer table and totals (params, MACs) of a config's model")
     parser.add_argument("config", help="config file (.py), or a checkpoint that carries its config")
     parser.add_argument("--input", help="input shape like 1x3x32x224x224 (default: the config's input_shape)")
-    parser.add_argument("--depth", type=positive_int, default=None,
-                        help="aggregate rows at this module depth (1 = top level; default: the deepest whose table "
-                             "fits a screen)")
+    parser.add_argument(
+        "--depth",
+        type=positive_int,
+        default=None,
+        help="aggregate rows at this module depth (1 = top level; default: the deepest whose table fits a screen)",
+    )
     add_cfg_options(parser)
     parser.set_defaults(func=run_summary)

@@ -8,12 +8,28 @@
 
 from lateral.config.loader import apply_cfg_options, load_config, merge_dicts, parse_cfg_value, write_config
 from lateral.config.validate import (
-    KNOWN_TOP_LEVEL_KEYS, ConfigError, check_bool_flags, check_keys, check_top_level, positive_int_setting,
-    positive_number_setting, suggest,
+    KNOWN_TOP_LEVEL_KEYS,
+    ConfigError,
+    check_bool_flags,
+    check_keys,
+    check_top_level,
+    positive_int_setting,
+    positive_number_setting,
+    suggest,
 )
 
 __all__ = [
-    "ConfigError", "load_config", "write_config", "merge_dicts", "apply_cfg_options", "parse_cfg_value", "suggest",
-    "check_keys", "check_top_level", "positive_int_setting", "positive_number_setting", "check_bool_flags",
+    "ConfigError",
+    "load_config",
+    "write_config",
+    "merge_dicts",
+    "apply_cfg_options",
+    "parse_cfg_value",
+    "suggest",
+    "check_keys",
+    "check_top_level",
+    "positive_int_setting",
+    "positive_number_setting",
+    "check_bool_flags",
     "KNOWN_TOP_LEVEL_KEYS",
 ]

@@ -29,7 +29,9 @@ _BINARY_OPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Pow: operator.pow,
 }
 _UNARY_OPS: dict[type[ast.unaryop], Callable[[Any], Any]] = {
-    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
 }
 # Bounds on what a config expression may build, so that a file cannot hang or exhaust the machine that reads it
 # (``10 ** 10 ** 9``, ``'a' * 10 ** 10``, ``f'{x:999999999}'``): far beyond any real setting.
@@ -154,8 +156,9 @@ class Evaluator:
         """``left <op> right`` for ``a <op> b`` and ``a <op>= b``, refused where it would build too much."""
         too_big = _too_big(op, left, right)
         if too_big:
-            raise ConfigError(f"{self.path}:{node.lineno}: this expression would build {too_big}, more than a "
-                              "config may hold")
+            raise ConfigError(
+                f"{self.path}:{node.lineno}: this expression would build {too_big}, more than a config may hold"
+            )
         try:
             return _BINARY_OPS[type(op)](left, right)
         except Exception as err:  # e.g. 'a' - 1
@@ -175,8 +178,7 @@ class Evaluator:
         if node.id in ("True", "False", "None"):
             return {"True": True, "False": False, "None": None}[node.id]
         raise ConfigError(
-            f"{self.path}:{node.lineno}: name '{node.id}' is used before it is defined."
-            + suggest(node.id, self.names)
+            f"{self.path}:{node.lineno}: name '{node.id}' is used before it is defined." + suggest(node.id, self.names)
         )
 
     def _read(self, node: ast.Name) -> Any:
@@ -188,11 +190,15 @@ class Evaluator:
         self.read_items += size
         self.file_read_items += size
         if self.file_read_items > _MAX_FILE_READS:
-            raise ConfigError(f"{self.path}:{node.lineno}: the file copies more than {_MAX_FILE_READS} items and "
-                              f"characters out of names in all, more than a config may")
+            raise ConfigError(
+                f"{self.path}:{node.lineno}: the file copies more than {_MAX_FILE_READS} items and "
+                f"characters out of names in all, more than a config may"
+            )
         if self.read_items > _MAX_ITEMS:
-            raise ConfigError(f"{self.path}:{node.lineno}: this statement copies more than {_MAX_ITEMS} items and "
-                              f"characters out of names defined earlier, more than a config may hold")
+            raise ConfigError(
+                f"{self.path}:{node.lineno}: this statement copies more than {_MAX_ITEMS} items and "
+                f"characters out of names defined earlier, more than a config may hold"
+            )
         return copy.deepcopy(value)
 
     def _dict(self, node: ast.Dict) -> dict:
@@ -212,8 +218,10 @@ class Evaluator:
             elif isinstance(value, ast.FormattedValue):
                 spec = self.eval(value.format_spec) if value.format_spec is not None else ""
                 if any(int(width) > _MAX_FORMAT_WIDTH for width in re.findall(r"\d+", str(spec))):
-                    raise ConfigError(f"{self.path}:{node.lineno}: the format '{spec}' asks for a field wider "
-                                      f"than {_MAX_FORMAT_WIDTH} characters")
+                    raise ConfigError(
+                        f"{self.path}:{node.lineno}: the format '{spec}' asks for a field wider "
+                        f"than {_MAX_FORMAT_WIDTH} characters"
+                    )
                 converted = _CONVERSIONS.get(value.conversion, lambda v: v)(self.eval(value.value))  # !r !s !a
                 parts.append(format(converted, spec))
             else:
@@ -258,8 +266,10 @@ class Evaluator:
             if any(isinstance(t, ast.Starred) for t in target.elts):
                 raise self.fail(target, "a starred assignment target ('*rest')")
             if not isinstance(value, (list, tuple, str)):
-                raise ConfigError(f"{self.path}:{target.lineno}: cannot unpack {type(value).__name__} {value!r} into "
-                                  f"{len(target.elts)} names")
+                raise ConfigError(
+                    f"{self.path}:{target.lineno}: cannot unpack {type(value).__name__} {value!r} into "
+                    f"{len(target.elts)} names"
+                )
             values = list(value)
             if len(values) != len(target.elts):
                 raise ConfigError(f"{self.path}:{target.lineno}: {len(target.elts)} names take {len(values)} values")
@@ -270,8 +280,10 @@ class Evaluator:
 
     def _check_size(self, stmt: ast.stmt, value: Any) -> None:
         if value_size(value, _MAX_ITEMS) > _MAX_ITEMS:
-            raise ConfigError(f"{self.path}:{stmt.lineno}: this value holds more than {_MAX_ITEMS} items and "
-                              "characters, more than a config may hold")
+            raise ConfigError(
+                f"{self.path}:{stmt.lineno}: this value holds more than {_MAX_ITEMS} items and "
+                "characters, more than a config may hold"
+            )
 
 
 def _too_big(op: ast.operator, left: Any, right: Any) -> str:

@@ -54,9 +54,11 @@ class _ConfigLoad:
             raise ConfigError(f"config files are Python-dict files ending in .py, got {path}")
         if len(self.chain) >= _MAX_BASE_DEPTH:
             first = " -> ".join(p.name for p in self.chain[:3])
-            raise ConfigError(f"{self.chain[0]}: its _base_ files nest more than {_MAX_BASE_DEPTH} deep ({first} -> "
-                              f"... -> {self.chain[-1].name} -> {path.name}); a config may inherit through a chain "
-                              f"of at most {_MAX_BASE_DEPTH} files")
+            raise ConfigError(
+                f"{self.chain[0]}: its _base_ files nest more than {_MAX_BASE_DEPTH} deep ({first} -> "
+                f"... -> {self.chain[-1].name} -> {path.name}); a config may inherit through a chain "
+                f"of at most {_MAX_BASE_DEPTH} files"
+            )
         self.chain.append(path)
         try:
             base_cfg, own = _parse_file(path, self)
@@ -69,8 +71,10 @@ class _ConfigLoad:
         """Count the ``count`` ``_base_`` entries of ``path`` against the load's bound."""
         self.base_entries += count
         if self.base_entries > _MAX_BASE_ENTRIES:
-            raise ConfigError(f"{path}: with its {count} _base_ entries, reading {self.chain[0]} follows more than "
-                              f"{_MAX_BASE_ENTRIES} _base_ entries in all (repeats included), more than a config may")
+            raise ConfigError(
+                f"{path}: with its {count} _base_ entries, reading {self.chain[0]} follows more than "
+                f"{_MAX_BASE_ENTRIES} _base_ entries in all (repeats included), more than a config may"
+            )
 
 
 def _parse_file(path: Path, load: _ConfigLoad) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -114,8 +118,9 @@ def _run_statements(tree: ast.Module, path: Path, load: _ConfigLoad) -> tuple[di
     return base_cfg, {k: v for k, v in names.items() if k in evaluator.own_names}
 
 
-def _run_statement(stmt: ast.stmt, evaluator: Evaluator, names: dict[str, Any], path: Path,
-                   load: _ConfigLoad) -> dict[str, Any] | None:
+def _run_statement(
+    stmt: ast.stmt, evaluator: Evaluator, names: dict[str, Any], path: Path, load: _ConfigLoad
+) -> dict[str, Any] | None:
     """Run one top-level statement of a config file; an assignment to ``_base_`` also reads the files it names.
 
     Returns:
@@ -210,8 +215,15 @@ def parse_cfg_value(text: str) -> Any:
 
 _PIPELINE_NAMES = ("train_pipeline", "val_pipeline", "test_pipeline")
 # known top-level names that only feed other settings while the file is read (mmaction2's variables)
-_FILE_VARIABLES = ("dataset_type", "data_root", "data_root_val", "ann_file_train", "ann_file_val", "ann_file_test",
-                   "file_client_args")
+_FILE_VARIABLES = (
+    "dataset_type",
+    "data_root",
+    "data_root_val",
+    "ann_file_train",
+    "ann_file_val",
+    "ann_file_test",
+    "file_client_args",
+)
 
 
 def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
@@ -236,27 +248,41 @@ def apply_cfg_options(cfg: dict, options: list[str] | dict[str, Any]) -> dict:
         copies = []
         if top in _PIPELINE_NAMES and top not in cfg and len(parts) > 1:
             loader = top.replace("_pipeline", "_dataloader")
-            raise ConfigError(f"--cfg-options {key}: the config has no top-level '{top}' (its pipeline is written "
-                              f"inside {loader}): set {loader}.dataset.pipeline.{'.'.join(parts[1:])} instead")
+            raise ConfigError(
+                f"--cfg-options {key}: the config has no top-level '{top}' (its pipeline is written "
+                f"inside {loader}): set {loader}.dataset.pipeline.{'.'.join(parts[1:])} instead"
+            )
         if top in _PIPELINE_NAMES and top in cfg:
-            copies = [loader["dataset"] for loader in cfg.values() if isinstance(loader, dict)
-                      and isinstance(loader.get("dataset"), dict) and loader["dataset"].get("pipeline") == cfg[top]]
+            copies = [
+                loader["dataset"]
+                for loader in cfg.values()
+                if isinstance(loader, dict)
+                and isinstance(loader.get("dataset"), dict)
+                and loader["dataset"].get("pipeline") == cfg[top]
+            ]
         if top not in cfg and top not in KNOWN_TOP_LEVEL_KEYS:
             # the config file has been evaluated already, so a new top-level name could change nothing: it is a
             # typo or a setting that lives deeper (max_epochs -> train_cfg.max_epochs)
             deeper = _paths_ending_in(cfg, top)
-            hint = (f" Did you mean {' or '.join(deeper[:3])}?" if deeper
-                    else suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS]))
-            raise ConfigError(f"--cfg-options {key}: the config has no top-level '{top}', and lateral reads no such "
-                              f"setting.{hint}")
+            hint = (
+                f" Did you mean {' or '.join(deeper[:3])}?" if deeper else suggest(top, [*cfg, *KNOWN_TOP_LEVEL_KEYS])
+            )
+            raise ConfigError(
+                f"--cfg-options {key}: the config has no top-level '{top}', and lateral reads no such setting.{hint}"
+            )
         deeper = _paths_ending_in(cfg, top) if len(parts) == 1 and top in cfg else []
         if len(parts) == 1 and top in cfg and (top in _FILE_VARIABLES or (deeper and top not in KNOWN_TOP_LEVEL_KEYS)):
             # a variable of the file (clip_len = 8, data_root = ...) was copied into the settings built from it when
             # the file was read: setting the variable now would leave them as they are
-            where = (f"set {', '.join(deeper[:4])}{', ...' if len(deeper) > 4 else ''} instead" if deeper
-                     else "set the settings built from it instead (e.g. the dataloaders' ann_file and data_prefix)")
-            raise ConfigError(f"--cfg-options {key}: '{top}' is a variable of the config file, already written into "
-                              f"the settings that use it, so overriding it alone would change nothing; {where}")
+            where = (
+                f"set {', '.join(deeper[:4])}{', ...' if len(deeper) > 4 else ''} instead"
+                if deeper
+                else "set the settings built from it instead (e.g. the dataloaders' ann_file and data_prefix)"
+            )
+            raise ConfigError(
+                f"--cfg-options {key}: '{top}' is a variable of the config file, already written into "
+                f"the settings that use it, so overriding it alone would change nothing; {where}"
+            )
         node = cfg
         for i, part in enumerate(parts[:-1]):
             node = _step(node, part, ".".join(parts[: i + 1]), create=True)

@@ -12,8 +12,14 @@ from typing import Any
 from lateral.errors import LateralError
 
 __all__ = [
-    "ConfigError", "suggest", "check_keys", "check_top_level", "positive_int_setting", "positive_number_setting",
-    "check_bool_flags", "KNOWN_TOP_LEVEL_KEYS",
+    "ConfigError",
+    "suggest",
+    "check_keys",
+    "check_top_level",
+    "positive_int_setting",
+    "positive_number_setting",
+    "check_bool_flags",
+    "KNOWN_TOP_LEVEL_KEYS",
 ]
 
 
@@ -44,21 +50,59 @@ def check_keys(section: Any, accepted: Iterable[str], where: str) -> dict:
     accepted = list(accepted)
     for key in section:
         if key not in accepted:
-            raise ConfigError(f"{where}: unknown key '{key}'.{suggest(str(key), accepted)} "
-                              f"Accepted keys: {', '.join(accepted)}")
+            raise ConfigError(
+                f"{where}: unknown key '{key}'.{suggest(str(key), accepted)} Accepted keys: {', '.join(accepted)}"
+            )
     return section
 
 
 # Top-level names that mmaction2 / mmengine configs and lateral's engines use. Config files may define other
 # names freely (``data_root = ...``); ``--cfg-options`` may add one only if it is not a near-miss of these.
 KNOWN_TOP_LEVEL_KEYS = (
-    "model", "train_dataloader", "val_dataloader", "test_dataloader", "train_cfg", "val_cfg", "test_cfg",
-    "optim_wrapper", "param_scheduler", "default_hooks", "randomness", "load_from", "resume", "work_dir",
-    "train_pipeline", "val_pipeline", "test_pipeline", "label_map", "sync_bn", "channels_last", "precise_bn",
-    "tensorboard", "env_cfg", "log_processor", "log_level", "visualizer", "vis_backends", "default_scope",
-    "val_evaluator", "test_evaluator", "auto_scale_lr", "custom_hooks", "launcher", "dataset_type", "data_root",
-    "data_root_val", "ann_file_train", "ann_file_val", "ann_file_test", "file_client_args",
-    "data", "schedule", "optimizer", "seed",  # detection configs
+    "model",
+    "train_dataloader",
+    "val_dataloader",
+    "test_dataloader",
+    "train_cfg",
+    "val_cfg",
+    "test_cfg",
+    "optim_wrapper",
+    "param_scheduler",
+    "default_hooks",
+    "randomness",
+    "load_from",
+    "resume",
+    "work_dir",
+    "train_pipeline",
+    "val_pipeline",
+    "test_pipeline",
+    "label_map",
+    "sync_bn",
+    "channels_last",
+    "precise_bn",
+    "tensorboard",
+    "env_cfg",
+    "log_processor",
+    "log_level",
+    "visualizer",
+    "vis_backends",
+    "default_scope",
+    "val_evaluator",
+    "test_evaluator",
+    "auto_scale_lr",
+    "custom_hooks",
+    "launcher",
+    "dataset_type",
+    "data_root",
+    "data_root_val",
+    "ann_file_train",
+    "ann_file_val",
+    "ann_file_test",
+    "file_client_args",
+    "data",
+    "schedule",
+    "optimizer",
+    "seed",  # detection configs
 )
 
 
@@ -71,8 +115,10 @@ def check_top_level(cfg: dict, where: str = "the config") -> None:
             continue
         close = difflib.get_close_matches(str(key), absent, n=1, cutoff=0.85)
         if close:
-            raise ConfigError(f"{where}: the top-level name '{key}' is not read by lateral. Did you mean "
-                              f"'{close[0]}'? (A variable of your own needs a name that is not this close.)")
+            raise ConfigError(
+                f"{where}: the top-level name '{key}' is not read by lateral. Did you mean "
+                f"'{close[0]}'? (A variable of your own needs a name that is not this close.)"
+            )
 
 
 def positive_int_setting(value: Any, key: str) -> int:

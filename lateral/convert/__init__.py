@@ -618,8 +618,9 @@ def convert_checkpoint(
     return {"model_state": apply_key_map(lateral_state, mappings, shapes, desc)}
 
 
-def convert_fpn_checkpoint(path: str | os.PathLike, source_format: str, target_format: str,
-                           depth: int | None = None) -> dict[str, Any]:
+def convert_fpn_checkpoint(
+    path: str | os.PathLike, source_format: str, target_format: str, depth: int | None = None
+) -> dict[str, Any]:
     """Convert an FPN checkpoint between the FPN seed's layout and lateral's ``ResNetFPN(style='seed')``.
 
     Returns ``{'state_dict', 'meta'}`` (meta carrying the model config, so that the file alone rebuilds the model)
@@ -634,13 +635,18 @@ def convert_fpn_checkpoint(path: str | os.PathLike, source_format: str, target_f
     elif (source_format, target_format) == ("lateral", "fpn-seed"):
         converted, found_depth = to_seed_fpn(state, str(path))
     else:
-        raise ConversionError(f"cannot convert an FPN from '{source_format}' to '{target_format}'; FPN checkpoints "
-                              f"convert between 'fpn-seed' and 'lateral'")
+        raise ConversionError(
+            f"cannot convert an FPN from '{source_format}' to '{target_format}'; FPN checkpoints "
+            f"convert between 'fpn-seed' and 'lateral'"
+        )
     if depth is not None and depth != found_depth:
         raise ConversionError(f"{path} holds an FPN{found_depth}, not the FPN{depth} asked for with --depth")
     if target_format == "fpn-seed":
         return converted
     model = dict(type="ResNetFPN", depth=found_depth, style="seed")
-    meta = {"format": META_FORMAT, "source": {"ecosystem": source_format, "file": Path(path).name,
-                                              "num_tensors": len(state)}, "config": {"model": model}}
+    meta = {
+        "format": META_FORMAT,
+        "source": {"ecosystem": source_format, "file": Path(path).name, "num_tensors": len(state)},
+        "config": {"model": model},
+    }
     return {"state_dict": converted, "meta": meta}

@@ -23,8 +23,14 @@ import torch
 
 from lateral.convert import BN_PARAMS, STAGE_BLOCKS, ConversionError, TensorMapping, apply_key_map, invert_key_map
 
-__all__ = ["SEED_FPN_DEPTHS", "seed_fpn_key_map", "infer_seed_fpn_depth", "from_seed_fpn", "to_seed_fpn",
-           "is_lateral_fpn_state"]
+__all__ = [
+    "SEED_FPN_DEPTHS",
+    "seed_fpn_key_map",
+    "infer_seed_fpn_depth",
+    "from_seed_fpn",
+    "to_seed_fpn",
+    "is_lateral_fpn_state",
+]
 
 SEED_FPN_DEPTHS = dict(STAGE_BLOCKS)  # FPN50 / FPN101 / FPN152: Bottleneck counts per stage
 

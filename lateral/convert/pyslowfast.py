@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 import numpy as np
 
 from lateral.checkpoint import extract_state_dict, read_checkpoint
-from lateral.convert import BN_PARAMS, ConversionError, ConvBN, LoadedCheckpoint
+from lateral.convert import BN_PARAMS, ConvBN, ConversionError, LoadedCheckpoint
 from lateral.convert.safe_pickle import load_numpy_pickle
 
 __all__ = ["read", "conv_bn_names", "head_names", "read_cfg_numbers", "WRITABLE_KIND"]
@@ -120,4 +121,3 @@ def head_names(num_stages: int, kind: str = WRITABLE_KIND) -> tuple[str, str]:
     if kind == "caffe2":
         return "pred_w", "pred_b"
     return "head.projection.weight", "head.projection.bias"
-

@@ -13,8 +13,9 @@ import io
 import os
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self.source} was refused: it uses persistent ids ({pid!r}), which Caffe2 never writes")
+        raise UnsafePickleError(
+            f"{self.source} was refused: it uses persistent ids ({pid!r}), which Caffe2 never writes"
+        )
 
 
 def load_numpy_pickle(path: str | os.PathLike) -> Any:

@@ -37,12 +37,15 @@ class _PairBlending(abc.ABC):
         """[B] class indices -> [B, K] one-hot float; [B, K] is returned as float."""
         if labels.dim() == 1:
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise InputError(f"{type(self).__name__}: labels must lie in 0..{self.num_classes - 1}, got "
-                                 f"{sorted(set(labels.tolist()))[:10]}")
+                raise InputError(
+                    f"{type(self).__name__}: labels must lie in 0..{self.num_classes - 1}, got "
+                    f"{sorted(set(labels.tolist()))[:10]}"
+                )
             return torch.nn.functional.one_hot(labels.long(), self.num_classes).float()
         if labels.dim() != 2 or labels.shape[1] != self.num_classes:
-            raise InputError(f"{type(self).__name__}: labels must be [B] or [B, {self.num_classes}], got "
-                             f"{list(labels.shape)}")
+            raise InputError(
+                f"{type(self).__name__}: labels must be [B] or [B, {self.num_classes}], got {list(labels.shape)}"
+            )
         return labels.float()
 
     def draw_weight(self) -> float:
@@ -98,16 +101,20 @@ class RandomBatchAugment:
         augments = [augments] if isinstance(augments, dict) else list(augments)
         if not augments:
             raise ConfigError("RandomBatchAugment needs at least one augment")
-        self.augments = [build_blending(cfg, f"data_preprocessor.blending.augments[{index}]")
-                         for index, cfg in enumerate(augments)]
+        self.augments = [
+            build_blending(cfg, f"data_preprocessor.blending.augments[{index}]") for index, cfg in enumerate(augments)
+        ]
         if probs is None:
             probs = [1.0 / len(self.augments)] * len(self.augments)
         probs = [probs] if isinstance(probs, (int, float)) else probs
         numbers = isinstance(probs, (list, tuple)) and all(
-            isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs)
+            isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs
+        )
         if not numbers or len(probs) != len(self.augments) or any(p < 0 for p in probs) or sum(probs) > 1 + 1e-6:
-            raise ConfigError(f"RandomBatchAugment: probs must be {len(self.augments)} non-negative numbers summing "
-                              f"to at most 1, got {probs}")
+            raise ConfigError(
+                f"RandomBatchAugment: probs must be {len(self.augments)} non-negative numbers summing "
+                f"to at most 1, got {probs}"
+            )
         self.probs = list(probs)
         class_counts = {augment.num_classes for augment in self.augments}
         if len(class_counts) != 1:
@@ -124,8 +131,11 @@ class RandomBatchAugment:
         return clips, self.augments[0].soft_labels(labels.to(clips.device))
 
 
-BLENDING_TYPES = {"MixupBlending": MixupBlending, "CutmixBlending": CutmixBlending,
-                  "RandomBatchAugment": RandomBatchAugment}
+BLENDING_TYPES = {
+    "MixupBlending": MixupBlending,
+    "CutmixBlending": CutmixBlending,
+    "RandomBatchAugment": RandomBatchAugment,
+}
 
 
 def build_blending(cfg: dict[str, Any], where: str = "data_preprocessor.blending") -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from lateral.errors import InputError
 from lateral.textfile import TextFileError, read_text
 
-__all__ = ["CheckResult", "check_video", "check_frame_folder", "collect_entries", "check_entries", "add_cli"]
+__all__ = ["CheckResult", "check_video", "check_frame_folder", "collect_entries", "check_entries"]
 
 
 @dataclass
@@ -45,15 +45,17 @@ def check_video(path: str | os.PathLike, min_frames: int = 1, full: bool = False
             if full:
                 errors = _decoder_errors(lambda: reader.get_frames(range(num_frames)))
                 if errors:  # damage inside the stream decodes to wrong pixels without an exception
-                    return CheckResult(str(path), num_frames, f"the decoder reported {len(errors)} error(s), first: "
-                                                              f"{errors[0]}")
+                    return CheckResult(
+                        str(path), num_frames, f"the decoder reported {len(errors)} error(s), first: {errors[0]}"
+                    )
             else:
                 reader.get_frames(sorted({0, num_frames // 2, num_frames - 1}))
     except DecodeError as err:
         return CheckResult(str(path), 0, err.reason)
     if num_frames < min_frames:
-        return CheckResult(str(path), num_frames, f"too short: {num_frames} frames, need at least {min_frames}",
-                           too_short=True)
+        return CheckResult(
+            str(path), num_frames, f"too short: {num_frames} frames, need at least {min_frames}", too_short=True
+        )
     return CheckResult(str(path), num_frames)
 
 
@@ -71,8 +73,9 @@ def _decoder_errors(decode) -> list[str]:
     return [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
 
 
-def check_frame_folder(path: str | os.PathLike, total_frames: int | None, filename_tmpl: str, start_index: int,
-                       min_frames: int = 1) -> CheckResult:
+def check_frame_folder(
+    path: str | os.PathLike, total_frames: int | None, filename_tmpl: str, start_index: int, min_frames: int = 1
+) -> CheckResult:
     """Check that a rawframe folder holds readable images ``start_index .. start_index + total_frames - 1``."""
     from lateral.data.decode import DecodeError, FrameFolderReader
 
@@ -84,8 +87,9 @@ def check_frame_folder(path: str | os.PathLike, total_frames: int | None, filena
     except DecodeError as err:
         return CheckResult(str(path), 0, err.reason)
     if num_frames < min_frames:
-        return CheckResult(str(path), num_frames, f"too short: {num_frames} frames, need at least {min_frames}",
-                           too_short=True)
+        return CheckResult(
+            str(path), num_frames, f"too short: {num_frames} frames, need at least {min_frames}", too_short=True
+        )
     return CheckResult(str(path), num_frames)
 
 
@@ -93,8 +97,9 @@ def _join(prefix: Path | None, name: str) -> Path:
     return prefix / name if prefix is not None else Path(name)
 
 
-def collect_entries(source: str | os.PathLike,
-                    data_prefix: str | os.PathLike | None = None) -> list[tuple[str, Path, int | None, str | None]]:
+def collect_entries(
+    source: str | os.PathLike, data_prefix: str | os.PathLike | None = None
+) -> list[tuple[str, Path, int | None, str | None]]:
     """What to check: ``(kind, path, total_frames, label)`` with kind ``'video'`` or ``'frames'``; ``label`` is the
     list line's last field as written (None for folders, CSVs and single videos).
 
@@ -124,8 +129,9 @@ def collect_entries(source: str | os.PathLike,
         entries: list[tuple[str, Path, int | None, str | None]] = []
         for row in rows:
             stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
-            entries.append(("video", by_stem.get(stem, by_stem.get(row["youtube_id"], root / f"{stem}.mp4")), None,
-                            None))
+            entries.append(
+                ("video", by_stem.get(stem, by_stem.get(row["youtube_id"], root / f"{stem}.mp4")), None, None)
+            )
         return entries
     try:
         text = read_text(source, "list file")
@@ -170,8 +176,15 @@ def label_problem(label: str | None, num_classes: int | None) -> str:
     return ""
 
 
-def check_entries(entries, min_frames: int = 1, full: bool = False, filename_tmpl: str = "img_{:05}.jpg",
-                  start_index: int = 1, out=None, num_classes: int | None = None) -> list[CheckResult]:
+def check_entries(
+    entries,
+    min_frames: int = 1,
+    full: bool = False,
+    filename_tmpl: str = "img_{:05}.jpg",
+    start_index: int = 1,
+    out=None,
+    num_classes: int | None = None,
+) -> list[CheckResult]:
     """Check every entry (and its label against ``num_classes``), print each bad one with its reason, and return
     all verdicts."""
     out = out or sys.stdout

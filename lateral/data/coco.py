@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -83,7 +84,9 @@ def read_coco_annotations(ann_file: str | os.PathLike) -> dict[str, Any]:
         raise CocoFormatError(f"{ann_file} is not a COCO annotation file: not valid JSON ({err})") from None
     expected = "a JSON object with 'images', 'annotations' and 'categories' lists"
     if not isinstance(data, dict):
-        raise CocoFormatError(f"{ann_file} is not a COCO annotation file: expected {expected}, got a {type(data).__name__}")
+        raise CocoFormatError(
+            f"{ann_file} is not a COCO annotation file: expected {expected}, got a {type(data).__name__}"
+        )
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
     if missing:
         raise CocoFormatError(
@@ -192,7 +195,12 @@ class CocoDetection(torch.utils.data.Dataset):
             x1, y1, x2, y2 = x, y, x + w, y + h
             width, height = size_of[image_id]
             if width is not None and height is not None:
-                clipped = (max(0.0, min(x1, width)), max(0.0, min(y1, height)), max(0.0, min(x2, width)), max(0.0, min(y2, height)))
+                clipped = (
+                    max(0.0, min(x1, width)),
+                    max(0.0, min(y1, height)),
+                    max(0.0, min(x2, width)),
+                    max(0.0, min(y2, height)),
+                )
                 if clipped != (x1, y1, x2, y2):
                     self.clipped_boxes += 1
                 x1, y1, x2, y2 = clipped

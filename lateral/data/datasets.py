@@ -26,8 +26,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,9 +153,17 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
         max_refetch: tries for ``on_error='next'``.
     """
 
-    def __init__(self, pipeline: Sequence[dict] | Any, test_mode: bool = False, multi_class: bool = False,
-                 num_classes: int | None = None, start_index: int = 0, modality: str = "RGB",
-                 on_error: str = "none", max_refetch: int = 10):
+    def __init__(
+        self,
+        pipeline: Sequence[dict] | Any,
+        test_mode: bool = False,
+        multi_class: bool = False,
+        num_classes: int | None = None,
+        start_index: int = 0,
+        modality: str = "RGB",
+        on_error: str = "none",
+        max_refetch: int = 10,
+    ):
         if on_error not in ("none", "next", "raise"):
             raise ConfigError(f"on_error must be 'none', 'next' or 'raise', got '{on_error}'")
         if multi_class and not num_classes:
@@ -197,8 +206,10 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
             labels = labels if isinstance(labels, list) else [labels]
             for label in labels:
                 if label is not None and label >= 0 and label >= self.num_classes:
-                    raise InputError(f"{sample.get('filename', sample.get('frame_dir'))}: label {label} is out of "
-                                     f"range for num_classes={self.num_classes}")
+                    raise InputError(
+                        f"{sample.get('filename', sample.get('frame_dir'))}: label {label} is out of "
+                        f"range for num_classes={self.num_classes}"
+                    )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -290,8 +301,9 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
         return item
 
 
-def check_label_range(dataset: torch.utils.data.Dataset, num_classes: int, where: str,
-                      allow_unlabelled: bool = True) -> None:
+def check_label_range(
+    dataset: torch.utils.data.Dataset, num_classes: int, where: str, allow_unlabelled: bool = True
+) -> None:
     """Raise a ConfigError if a sample of ``dataset`` has a label outside ``0 .. num_classes - 1``.
 
     Run before training or testing: such a label would otherwise stop the run only when the loss or the confusion
@@ -355,10 +367,20 @@ class VideoDataset(BaseActionDataset):
         Other arguments: see :class:`BaseActionDataset`.
     """
 
-    def __init__(self, ann_file: str | os.PathLike, pipeline: Sequence[dict], data_prefix: dict | str | None = None,
-                 test_mode: bool = False, multi_class: bool = False, num_classes: int | None = None,
-                 start_index: int = 0, modality: str = "RGB", delimiter: str = " ", on_error: str = "none",
-                 max_refetch: int = 10):
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        pipeline: Sequence[dict],
+        data_prefix: dict | str | None = None,
+        test_mode: bool = False,
+        multi_class: bool = False,
+        num_classes: int | None = None,
+        start_index: int = 0,
+        modality: str = "RGB",
+        delimiter: str = " ",
+        on_error: str = "none",
+        max_refetch: int = 10,
+    ):
         self.ann_file = _check_file(ann_file, "ann_file")
         self.data_prefix = _prefix(data_prefix, "video")
         _check_dir(self.data_prefix, "data_prefix video folder")
@@ -406,10 +428,21 @@ class RawframeDataset(BaseActionDataset):
         Other arguments: see :class:`BaseActionDataset`.
     """
 
-    def __init__(self, ann_file: str | os.PathLike, pipeline: Sequence[dict], data_prefix: dict | str | None = None,
-                 test_mode: bool = False, filename_tmpl: str = "img_{:05}.jpg", with_offset: bool = False,
-                 multi_class: bool = False, num_classes: int | None = None, start_index: int = 1,
-                 modality: str = "RGB", on_error: str = "none", max_refetch: int = 10):
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        pipeline: Sequence[dict],
+        data_prefix: dict | str | None = None,
+        test_mode: bool = False,
+        filename_tmpl: str = "img_{:05}.jpg",
+        with_offset: bool = False,
+        multi_class: bool = False,
+        num_classes: int | None = None,
+        start_index: int = 1,
+        modality: str = "RGB",
+        on_error: str = "none",
+        max_refetch: int = 10,
+    ):
         self.ann_file = _check_file(ann_file, "ann_file")
         self.data_prefix = _prefix(data_prefix, "img")
         _check_dir(self.data_prefix, "data_prefix img folder")
@@ -471,9 +504,19 @@ class KineticsCSVDataset(BaseActionDataset):
         Other arguments: see :class:`BaseActionDataset`.
     """
 
-    def __init__(self, ann_file: str | os.PathLike, pipeline: Sequence[dict], data_prefix: dict | str | None = None,
-                 label_map: str | os.PathLike | None = None, test_mode: bool = False, num_classes: int | None = None,
-                 start_index: int = 0, modality: str = "RGB", on_error: str = "none", max_refetch: int = 10):
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        pipeline: Sequence[dict],
+        data_prefix: dict | str | None = None,
+        label_map: str | os.PathLike | None = None,
+        test_mode: bool = False,
+        num_classes: int | None = None,
+        start_index: int = 0,
+        modality: str = "RGB",
+        on_error: str = "none",
+        max_refetch: int = 10,
+    ):
         self.ann_file = _check_file(ann_file, "ann_file")
         self.data_prefix = _prefix(data_prefix, "video")
         if self.data_prefix is None:
@@ -484,15 +527,19 @@ class KineticsCSVDataset(BaseActionDataset):
         super().__init__(pipeline, test_mode, False, num_classes, start_index, modality, on_error, max_refetch)
 
     def describe_source(self) -> str:
-        return (f"none of the clips of '{self.ann_file}' is under '{self.data_prefix}' "
-                f"({len(self.missing)} rows, none downloaded)")
+        return (
+            f"none of the clips of '{self.ann_file}' is under '{self.data_prefix}' "
+            f"({len(self.missing)} rows, none downloaded)"
+        )
 
     def load_samples(self) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(io.StringIO(read_text(self.ann_file, "ann_file"), newline="")))
         required = {"youtube_id", "time_start", "time_end"}
         if not rows or not required <= set(rows[0]):
-            raise InputError(f"{self.ann_file}: expected a CSV with columns label,youtube_id,time_start,time_end,"
-                             f"split; got {list(rows[0]) if rows else 'no rows'}")
+            raise InputError(
+                f"{self.ann_file}: expected a CSV with columns label,youtube_id,time_start,time_end,"
+                f"split; got {list(rows[0]) if rows else 'no rows'}"
+            )
         has_labels = "label" in rows[0]
         if self.classes is None:
             self.classes = sorted({row["label"] for row in rows}) if has_labels else []
@@ -510,13 +557,20 @@ class KineticsCSVDataset(BaseActionDataset):
             label = -1
             if has_labels and row["label"]:
                 if row["label"] not in class_index:
-                    raise InputError(f"{self.ann_file}:{number}: label '{printable(row['label'])}' is not in the "
-                                     f"label map.{suggest(row['label'], class_index)}")
+                    raise InputError(
+                        f"{self.ann_file}:{number}: label '{printable(row['label'])}' is not in the "
+                        f"label map.{suggest(row['label'], class_index)}"
+                    )
                 label = class_index[row["label"]]
             samples.append(dict(filename=filename, label=label))
         if self.missing:
-            logger.warning("%s: %d of %d clips not found under %s (left out)", self.ann_file, len(self.missing),
-                           len(rows), self.data_prefix)
+            logger.warning(
+                "%s: %d of %d clips not found under %s (left out)",
+                self.ann_file,
+                len(self.missing),
+                len(rows),
+                self.data_prefix,
+            )
         return samples
 
 
@@ -532,17 +586,29 @@ class ClassFolderDataset(BaseActionDataset):
         Other arguments: see :class:`BaseActionDataset`.
     """
 
-    def __init__(self, pipeline: Sequence[dict], data_prefix: dict | str | None = None,
-                 class_index: str | os.PathLike | None = None, ann_file: str | os.PathLike | None = None,
-                 test_mode: bool = False, num_classes: int | None = None, start_index: int = 0,
-                 modality: str = "RGB", on_error: str = "none", max_refetch: int = 10):
+    def __init__(
+        self,
+        pipeline: Sequence[dict],
+        data_prefix: dict | str | None = None,
+        class_index: str | os.PathLike | None = None,
+        ann_file: str | os.PathLike | None = None,
+        test_mode: bool = False,
+        num_classes: int | None = None,
+        start_index: int = 0,
+        modality: str = "RGB",
+        on_error: str = "none",
+        max_refetch: int = 10,
+    ):
         self.data_prefix = _prefix(data_prefix, "video")
         if self.data_prefix is None:
             raise ConfigError("ClassFolderDataset needs data_prefix=dict(video=ROOT)")
         _check_dir(self.data_prefix, "data_prefix video folder")
         self.ann_file = _check_file(ann_file, "ann_file") if ann_file is not None else None
-        self.classes = load_label_map(class_index) if class_index is not None else sorted(
-            p.name for p in self.data_prefix.iterdir() if p.is_dir())
+        self.classes = (
+            load_label_map(class_index)
+            if class_index is not None
+            else sorted(p.name for p in self.data_prefix.iterdir() if p.is_dir())
+        )
         super().__init__(pipeline, test_mode, False, num_classes, start_index, modality, on_error, max_refetch)
 
     def describe_source(self) -> str:
@@ -554,14 +620,19 @@ class ClassFolderDataset(BaseActionDataset):
         if self.ann_file is not None:
             relative = [line.split()[0] for _, line in _read_lines(self.ann_file)]
         else:
-            relative = [str(p.relative_to(self.data_prefix)) for p in find_video_files(self.data_prefix)
-                        if len(p.relative_to(self.data_prefix).parts) == 2]
+            relative = [
+                str(p.relative_to(self.data_prefix))
+                for p in find_video_files(self.data_prefix)
+                if len(p.relative_to(self.data_prefix).parts) == 2
+            ]
         samples = []
         for rel in relative:
             class_name = Path(rel).parts[0]
             if class_name not in class_index:
-                raise InputError(f"video '{printable(rel)}' is in folder '{printable(class_name)}', which is not a "
-                                 f"known class.{suggest(class_name, class_index)}")
+                raise InputError(
+                    f"video '{printable(rel)}' is in folder '{printable(class_name)}', which is not a "
+                    f"known class.{suggest(class_name, class_index)}"
+                )
             samples.append(dict(filename=str(self.data_prefix / rel), label=class_index[class_name]))
         return samples
 
@@ -575,8 +646,16 @@ DATASET_TYPES: dict[str, type] = {
 }
 
 # keys mmaction2/mmengine dataset dicts carry that do not change what lateral loads
-_IGNORED_DATASET_KEYS = {"serialize_data", "lazy_init", "metainfo", "filter_cfg", "indices", "power",
-                         "sample_by_class", "dynamic_length"}
+_IGNORED_DATASET_KEYS = {
+    "serialize_data",
+    "lazy_init",
+    "metainfo",
+    "filter_cfg",
+    "indices",
+    "power",
+    "sample_by_class",
+    "dynamic_length",
+}
 
 
 def build_dataset(cfg: dict, where: str = "dataset") -> torch.utils.data.Dataset:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,8 +43,22 @@ __all__ = [
 
 logger = logging.getLogger("lateral.data")
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts",
-                    ".m2ts", ".mts")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".avi",
+    ".webm",
+    ".mkv",
+    ".mov",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ts",
+    ".m2ts",
+    ".mts",
+)
 
 
 class DecodeError(LateralError, RuntimeError):
@@ -170,7 +185,7 @@ class _PacketIndex:
         self.error = error  # why demuxing stopped early, if it did
 
     @classmethod
-    def build(cls, container, stream, path) -> "_PacketIndex":
+    def build(cls, container, stream, path) -> _PacketIndex:
         records: list[tuple[int | None, int | None, bool]] = []
         error = None
         try:
@@ -186,7 +201,8 @@ class _PacketIndex:
         except Exception as err:  # a truncated or damaged file: keep what was read before the damage
             error = f"{type(err).__name__}: {err}"
         decode_order_stamps = (
-            bool(stream.codec_context.has_b_frames) and len(records) > 1
+            bool(stream.codec_context.has_b_frames)
+            and len(records) > 1
             and all(r[0] is not None and r[1] is not None for r in records)
             and len({r[0] - r[1] for r in records if r[0] is not None and r[1] is not None}) == 1
         )
@@ -210,13 +226,17 @@ class _PacketIndex:
             keyframe_positions = [r for r, i in enumerate(order) if records[i][2]]
             # B-frames sent after a keyframe may be shown before it (open groups): holes can lie in the last two groups
             missing_before_tail = _frames_cut_off_ahead(
-                shown, keyframe_positions[-2] if len(keyframe_positions) > 1 else 0,
-                keyframe_positions[-1] if keyframe_positions else 0, bool(stream.codec_context.has_b_frames),
+                shown,
+                keyframe_positions[-2] if len(keyframe_positions) > 1 else 0,
+                keyframe_positions[-1] if keyframe_positions else 0,
+                bool(stream.codec_context.has_b_frames),
                 _stamps_per_frame(stream),
             )
             if missing_before_tail:
-                error = (f"the stream ends inside a group of frames: its last {missing_before_tail} frame(s), whose "
-                         "preceding frames are missing, were left out")
+                error = (
+                    f"the stream ends inside a group of frames: its last {missing_before_tail} frame(s), whose "
+                    "preceding frames are missing, were left out"
+                )
                 order = order[: len(order) - missing_before_tail]
             pts = [stamps[i] for i in order]
             rank = {i: r for r, i in enumerate(order)}
@@ -236,8 +256,9 @@ def _stamps_per_frame(stream) -> float | None:
     return float(1 / (rate * stream.time_base))
 
 
-def _frames_cut_off_ahead(shown: list[int], check_from: int, last_keyframe: int, reorders: bool,
-                          nominal_step: float | None) -> int:
+def _frames_cut_off_ahead(
+    shown: list[int], check_from: int, last_keyframe: int, reorders: bool, nominal_step: float | None
+) -> int:
     """How many frames at the end of display order to leave out because the stream was cut inside its last groups.
 
     A codec with B-frames sends reference frames before the frames shown between them, so a file cut inside a
@@ -328,7 +349,7 @@ class PyAVReader:
             self._container = None
         self._reformatter = None  # frees its scaler and the scaler's threads
 
-    def __enter__(self) -> "PyAVReader":
+    def __enter__(self) -> PyAVReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -430,7 +451,7 @@ class PyAVReader:
                     ctx.skip_frame = "DEFAULT" if packet_index in wanted_set else "NONREF"
                 else:
                     ctx.skip_frame = "DEFAULT"
-                for frame in (ctx.decode(None) if ended else packet.decode()):
+                for frame in ctx.decode(None) if ended else packet.decode():
                     self.frames_decoded += 1
                     frame_index = self._frame_index(frame)
                     if frame_index <= last_out:
@@ -472,7 +493,7 @@ class PyAVReader:
         frame_index = -1
         for packet in container.demux(self._stream):
             ended = bool(packet.is_corrupt and packet.size)  # where the index ends, as in _decode_seeking
-            for frame in (self._stream.codec_context.decode(None) if ended else packet.decode()):
+            for frame in self._stream.codec_context.decode(None) if ended else packet.decode():
                 frame_index += 1
                 self.frames_decoded += 1
                 if frame_index in wanted_set:
@@ -493,8 +514,9 @@ class PyAVReader:
             from av.video.reformatter import VideoReformatter
 
             self._reformatter = VideoReformatter()
-        rgb = self._reformatter.reformat(frame, format="rgb24", width=self.width, height=self.height,
-                                         threads=self.num_threads)
+        rgb = self._reformatter.reformat(
+            frame, format="rgb24", width=self.width, height=self.height, threads=self.num_threads
+        )
         return rgb.to_ndarray()
 
 
@@ -553,7 +575,7 @@ class TorchCodecReader:
     def close(self) -> None:
         self._decoder = None
 
-    def __enter__(self) -> "TorchCodecReader":
+    def __enter__(self) -> TorchCodecReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -582,8 +604,13 @@ class FrameFolderReader:
         start_index: index of the first image (mmaction2 rawframes start at 1).
     """
 
-    def __init__(self, frame_dir: str | os.PathLike, filename_tmpl: str = "img_{:05}.jpg",
-                 num_frames: int | None = None, start_index: int = 1):
+    def __init__(
+        self,
+        frame_dir: str | os.PathLike,
+        filename_tmpl: str = "img_{:05}.jpg",
+        num_frames: int | None = None,
+        start_index: int = 1,
+    ):
         self.path = str(frame_dir)
         self.frame_dir = Path(frame_dir)
         if not self.frame_dir.is_dir():
@@ -643,7 +670,8 @@ def open_video(path: str | os.PathLike, backend: str = "pyav", num_threads: int 
         return PyAVReader(path, num_threads=num_threads)
     if backend == "torchcodec":
         if not torchcodec_available():
-            raise InputError("backend 'torchcodec' needs the torchcodec package and the system FFmpeg libraries; "
-                             "use backend='pyav'")
+            raise InputError(
+                "backend 'torchcodec' needs the torchcodec package and the system FFmpeg libraries; use backend='pyav'"
+            )
         return TorchCodecReader(path, num_threads=num_threads)
     raise InputError(f"unknown decoding backend '{backend}', expected 'pyav', 'torchcodec' or 'auto'")

@@ -17,18 +17,24 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.forkserver
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from lateral.data.sampling import seed_data_rng
 from lateral.errors import InputError, LateralError
 
-__all__ = ["collate", "build_dataloader", "DataLoaderStalled", "worker_context", "worker_start_methods",
-           "DEFAULT_STALL_TIMEOUT"]
+__all__ = [
+    "collate",
+    "build_dataloader",
+    "DataLoaderStalled",
+    "worker_context",
+    "worker_start_methods",
+    "DEFAULT_STALL_TIMEOUT",
+]
 
 # seconds a loader with workers may deliver no batch before it is called stalled: generous, since one batch of
 # long, high-resolution videos on a loaded machine can take a minute to decode
@@ -58,8 +64,9 @@ def worker_context(start_method: str | None = None) -> multiprocessing.context.B
     methods = worker_start_methods()
     method = start_method or methods[0]
     if method not in methods:
-        raise InputError(f"multiprocessing_context '{method}' is not available here; expected one of "
-                         f"{', '.join(methods)}")
+        raise InputError(
+            f"multiprocessing_context '{method}' is not available here; expected one of {', '.join(methods)}"
+        )
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         # only takes effect before this process's fork server starts; '__main__' is left out so that the server
@@ -91,9 +98,11 @@ class _StallWatchingIter(_MultiProcessingDataLoaderIter):
             try:
                 success, data = self._try_get_data(poll)
             except RuntimeError as err:  # a worker died
-                raise RuntimeError(f"{err}; if its traceback above says 'bootstrapping phase', the script that "
-                                   f"iterates the data loader needs an \"if __name__ == '__main__':\" guard "
-                                   f"(workers start from a fork server, as with 'spawn')") from None
+                raise RuntimeError(
+                    f"{err}; if its traceback above says 'bootstrapping phase', the script that "
+                    f"iterates the data loader needs an \"if __name__ == '__main__':\" guard "
+                    f"(workers start from a fork server, as with 'spawn')"
+                ) from None
             if success:
                 return data
             waited += poll
@@ -120,9 +129,11 @@ class _WatchedDataLoader(torch.utils.data.DataLoader):
         lines += [f"  {process} has been reading {source} for {seconds:.0f} s" for process, source, seconds in reads]
         if not reads:
             lines.append("  no worker is inside a sample read (stuck in collate, or a worker process is frozen)")
-        lines.append("raise the limit with the dataloader's 'timeout' setting (seconds; 0: no limit) if the files "
-                     "are just slow; a worker stuck in a decoder hangs on that file: check it with "
-                     "'lateral data check --full'")
+        lines.append(
+            "raise the limit with the dataloader's 'timeout' setting (seconds; 0: no limit) if the files "
+            "are just slow; a worker stuck in a decoder hangs on that file: check it with "
+            "'lateral data check --full'"
+        )
         return "\n".join(lines)
 
 
@@ -147,12 +158,16 @@ def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     items = [item for item in batch if item is not None]
     if not items:
         return None
-    inputs = [item["inputs"] if isinstance(item["inputs"], torch.Tensor) else torch.as_tensor(item["inputs"])
-              for item in items]
+    inputs = [
+        item["inputs"] if isinstance(item["inputs"], torch.Tensor) else torch.as_tensor(item["inputs"])
+        for item in items
+    ]
     shapes = {tuple(x.shape) for x in inputs}
     if len(shapes) != 1:
-        raise InputError(f"collate: items have different input shapes {sorted(shapes)}; use fixed-size crops "
-                         f"(e.g. CenterCrop or Resize with keep_ratio=False) before FormatShape")
+        raise InputError(
+            f"collate: items have different input shapes {sorted(shapes)}; use fixed-size crops "
+            f"(e.g. CenterCrop or Resize with keep_ratio=False) before FormatShape"
+        )
     out: dict[str, Any] = {"inputs": torch.stack(inputs)}
     if all("label" in item for item in items):
         out["label"] = _label_tensor([item["label"] for item in items])
@@ -165,10 +180,17 @@ def _seed_worker(worker_id: int) -> None:
     seed_data_rng(torch.initial_seed() % 2**32)
 
 
-def build_dataloader(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int = 0,
-                     shuffle: bool = False, sampler: torch.utils.data.Sampler | None = None,
-                     drop_last: bool = False, seed: int = 0, timeout: float = DEFAULT_STALL_TIMEOUT,
-                     start_method: str | None = None) -> torch.utils.data.DataLoader:
+def build_dataloader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    shuffle: bool = False,
+    sampler: torch.utils.data.Sampler | None = None,
+    drop_last: bool = False,
+    seed: int = 0,
+    timeout: float = DEFAULT_STALL_TIMEOUT,
+    start_method: str | None = None,
+) -> torch.utils.data.DataLoader:
     """A DataLoader with :func:`collate`, seeded shuffling and augmentation, and persistent workers started from a
     fork server (see the module docstring).
 

@@ -13,7 +13,8 @@ pipeline normalised) and ``label``. ``PackActionInputs`` (mmaction2 1.x) puts th
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +22,21 @@ import torch
 from lateral.config import ConfigError
 from lateral.data.decode import FrameFolderReader, open_video
 from lateral.data.sampling import DenseSampleFrames, SampleFrames, UniformSample
-from lateral.data.transforms import (CenterCrop, ColorJitter, Flip, FormatShape, MultiScaleCrop, Normalize,
-                                     RandomCrop, RandomFlip, RandomRescale, RandomResizedCrop, Resize, TenCrop,
-                                     ThreeCrop)
+from lateral.data.transforms import (
+    CenterCrop,
+    ColorJitter,
+    Flip,
+    FormatShape,
+    MultiScaleCrop,
+    Normalize,
+    RandomCrop,
+    RandomFlip,
+    RandomRescale,
+    RandomResizedCrop,
+    Resize,
+    TenCrop,
+    ThreeCrop,
+)
 from lateral.errors import InputError
 from lateral.registry import build_from_table
 
@@ -164,8 +177,9 @@ class RawFrameDecode:
         modality = results.get("modality", "RGB")
         if modality != "RGB":
             raise InputError(f"RawFrameDecode: modality '{modality}' is not supported (only 'RGB')")
-        reader = FrameFolderReader(results["frame_dir"], results.get("filename_tmpl", "img_{:05}.jpg"),
-                                   num_frames=results.get("total_frames"))
+        reader = FrameFolderReader(
+            results["frame_dir"], results.get("filename_tmpl", "img_{:05}.jpg"), num_frames=results.get("total_frames")
+        )
         frame_inds = np.asarray(results["frame_inds"]).reshape(-1) + int(results.get("offset", 0))
         imgs = reader.get_frames(frame_inds, absolute=True)
         results["imgs"] = imgs
@@ -195,9 +209,12 @@ class PackActionInputs:
         algorithm_keys: further keys copied into the item unchanged.
     """
 
-    def __init__(self, collect_keys: Sequence[str] | None = None,
-                 meta_keys: Sequence[str] = ("img_shape", "img_key", "video_id", "timestamp"),
-                 algorithm_keys: Sequence[str] = ()):
+    def __init__(
+        self,
+        collect_keys: Sequence[str] | None = None,
+        meta_keys: Sequence[str] = ("img_shape", "img_key", "video_id", "timestamp"),
+        algorithm_keys: Sequence[str] = (),
+    ):
         if collect_keys is not None:
             raise InputError("PackActionInputs(collect_keys=...) is not supported: lateral packs 'imgs' as inputs")
         self.meta_keys = tuple(meta_keys)
@@ -226,10 +243,21 @@ class Collect:
     Reads ``keys`` and ``meta_keys``. Returns a new dict with those.
     """
 
-    def __init__(self, keys: Sequence[str],
-                 meta_keys: Sequence[str] = ("filename", "label", "original_shape", "img_shape", "pad_shape",
-                                             "flip_direction", "img_norm_cfg"),
-                 meta_name: str = "img_metas", nested: bool = False):
+    def __init__(
+        self,
+        keys: Sequence[str],
+        meta_keys: Sequence[str] = (
+            "filename",
+            "label",
+            "original_shape",
+            "img_shape",
+            "pad_shape",
+            "flip_direction",
+            "img_norm_cfg",
+        ),
+        meta_name: str = "img_metas",
+        nested: bool = False,
+    ):
         self.keys = tuple(keys)
         self.meta_keys = tuple(meta_keys)
         self.meta_name = meta_name
@@ -356,8 +384,10 @@ def ensure_inputs(results: dict[str, Any]) -> dict[str, Any]:
     ``ToTensor``) leave the model input in ``imgs``."""
     if "inputs" not in results:
         if "imgs" not in results:
-            raise KeyError(f"the pipeline produced neither 'inputs' nor 'imgs' (keys: {sorted(results)}); end it "
-                           f"with FormatShape + PackActionInputs")
+            raise KeyError(
+                f"the pipeline produced neither 'inputs' nor 'imgs' (keys: {sorted(results)}); end it "
+                f"with FormatShape + PackActionInputs"
+            )
         results["inputs"] = _to_tensor(results.pop("imgs"))
     return results
 

@@ -42,9 +42,17 @@ def seed_data_rng(seed: int) -> None:
     _rng = np.random.default_rng(seed)
 
 
-def sample_clip_offsets(num_frames: int, ori_clip_len: float, num_clips: int, test_mode: bool,
-                        clip_len: int = 2, twice_sample: bool = False, keep_tail_frames: bool = False,
-                        floor_offsets: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
+def sample_clip_offsets(
+    num_frames: int,
+    ori_clip_len: float,
+    num_clips: int,
+    test_mode: bool,
+    clip_len: int = 2,
+    twice_sample: bool = False,
+    keep_tail_frames: bool = False,
+    floor_offsets: bool = False,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """First frame of each clip, as mmaction2's ``SampleFrames`` chooses it.
 
     Args:
@@ -112,10 +120,19 @@ def _bound(frame_inds: np.ndarray, num_frames: int, out_of_bound_opt: str) -> np
     raise InputError(f"out_of_bound_opt must be 'loop' or 'repeat_last', got '{out_of_bound_opt}'")
 
 
-def sample_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1, num_clips: int = 1,
-                         test_mode: bool = False, temporal_jitter: bool = False, twice_sample: bool = False,
-                         out_of_bound_opt: str = "loop", keep_tail_frames: bool = False,
-                         fps_scale_ratio: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+def sample_frame_indices(
+    num_frames: int,
+    clip_len: int,
+    frame_interval: int = 1,
+    num_clips: int = 1,
+    test_mode: bool = False,
+    temporal_jitter: bool = False,
+    twice_sample: bool = False,
+    out_of_bound_opt: str = "loop",
+    keep_tail_frames: bool = False,
+    fps_scale_ratio: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Frame indices of ``num_clips`` clips of ``clip_len`` frames, ``frame_interval`` apart (mmaction2's
     ``SampleFrames``).
 
@@ -144,9 +161,17 @@ def sample_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1
         ori_clip_len = (clip_len - 1) * frame_interval + 1
     else:
         ori_clip_len = clip_len * frame_interval
-    clip_offsets = sample_clip_offsets(num_frames, ori_clip_len, num_clips, test_mode, clip_len=clip_len,
-                                       twice_sample=twice_sample, keep_tail_frames=keep_tail_frames,
-                                       floor_offsets=fps_scale_ratio is not None, rng=rng)
+    clip_offsets = sample_clip_offsets(
+        num_frames,
+        ori_clip_len,
+        num_clips,
+        test_mode,
+        clip_len=clip_len,
+        twice_sample=twice_sample,
+        keep_tail_frames=keep_tail_frames,
+        floor_offsets=fps_scale_ratio is not None,
+        rng=rng,
+    )
     if fps_scale_ratio is not None:
         steps = np.linspace(0, ori_clip_len - 1, clip_len).astype(np.int64)
     else:
@@ -157,10 +182,18 @@ def sample_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1
     return _bound(frame_inds, num_frames, out_of_bound_opt)
 
 
-def dense_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1, num_clips: int = 1,
-                        sample_range: int = 64, num_sample_positions: int = 10, test_mode: bool = False,
-                        temporal_jitter: bool = False, out_of_bound_opt: str = "loop",
-                        rng: np.random.Generator | None = None) -> np.ndarray:
+def dense_frame_indices(
+    num_frames: int,
+    clip_len: int,
+    frame_interval: int = 1,
+    num_clips: int = 1,
+    sample_range: int = 64,
+    num_sample_positions: int = 10,
+    test_mode: bool = False,
+    temporal_jitter: bool = False,
+    out_of_bound_opt: str = "loop",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """mmaction2's ``DenseSampleFrames``: clips inside a window of ``sample_range`` frames; in test mode the
     window is placed at ``num_sample_positions`` evenly spaced starts.
 
@@ -185,8 +218,9 @@ def dense_frame_indices(num_frames: int, clip_len: int, frame_interval: int = 1,
     return _bound(frame_inds.astype(np.int64), num_frames, out_of_bound_opt)
 
 
-def uniform_frame_indices(num_frames: int, clip_len: int, num_clips: int = 1, test_mode: bool = False,
-                          rng: np.random.Generator | None = None) -> np.ndarray:
+def uniform_frame_indices(
+    num_frames: int, clip_len: int, num_clips: int = 1, test_mode: bool = False, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """mmaction2's ``UniformSample`` (from PySlowFast's SSv2 loader): split the video into ``clip_len`` equal
     segments and take one frame from each; random within the segment in train mode, at ``k / (num_clips + 1)``
     of it for test clip ``k``.
@@ -201,8 +235,10 @@ def uniform_frame_indices(num_frames: int, clip_len: int, num_clips: int = 1, te
         ends = [int(np.round(seg_size * (i + 1))) for i in range(clip_len)]
         return np.array([[int(rng.integers(s, e + 1)) for s, e in zip(starts, ends)]], dtype=np.int64)
     duration = seg_size / (num_clips + 1)
-    return np.array([[int(np.round(seg_size * i)) + int(duration * (k + 1)) for i in range(clip_len)]
-                     for k in range(num_clips)], dtype=np.int64)
+    return np.array(
+        [[int(np.round(seg_size * i)) + int(duration * (k + 1)) for i in range(clip_len)] for k in range(num_clips)],
+        dtype=np.int64,
+    )
 
 
 class SampleFrames:
@@ -224,14 +260,24 @@ class SampleFrames:
         target_fps: sample as if the video ran at this frame rate (needs ``avg_fps`` in the results).
     """
 
-    def __init__(self, clip_len: int, frame_interval: int = 1, num_clips: int = 1, temporal_jitter: bool = False,
-                 twice_sample: bool = False, out_of_bound_opt: str = "loop", test_mode: bool = False,
-                 keep_tail_frames: bool = False, target_fps: float | None = None):
+    def __init__(
+        self,
+        clip_len: int,
+        frame_interval: int = 1,
+        num_clips: int = 1,
+        temporal_jitter: bool = False,
+        twice_sample: bool = False,
+        out_of_bound_opt: str = "loop",
+        test_mode: bool = False,
+        keep_tail_frames: bool = False,
+        target_fps: float | None = None,
+    ):
         if out_of_bound_opt not in ("loop", "repeat_last"):
             raise InputError(f"out_of_bound_opt must be 'loop' or 'repeat_last', got '{out_of_bound_opt}'")
         if clip_len < 1 or frame_interval < 1 or num_clips < 1:
-            raise InputError(f"clip_len, frame_interval and num_clips must be >= 1, got {clip_len}, "
-                             f"{frame_interval}, {num_clips}")
+            raise InputError(
+                f"clip_len, frame_interval and num_clips must be >= 1, got {clip_len}, {frame_interval}, {num_clips}"
+            )
         self.clip_len = clip_len
         self.frame_interval = frame_interval
         self.num_clips = num_clips
@@ -248,8 +294,17 @@ class SampleFrames:
         if self.target_fps and not fps:
             fps_scale_ratio = 1.0
         frame_inds = sample_frame_indices(
-            int(results["total_frames"]), self.clip_len, self.frame_interval, self.num_clips, self.test_mode,
-            self.temporal_jitter, self.twice_sample, self.out_of_bound_opt, self.keep_tail_frames, fps_scale_ratio)
+            int(results["total_frames"]),
+            self.clip_len,
+            self.frame_interval,
+            self.num_clips,
+            self.test_mode,
+            self.temporal_jitter,
+            self.twice_sample,
+            self.out_of_bound_opt,
+            self.keep_tail_frames,
+            fps_scale_ratio,
+        )
         results["frame_inds"] = frame_inds.reshape(-1) + int(results.get("start_index", 0))
         results["clip_len"] = self.clip_len
         results["frame_interval"] = self.frame_interval
@@ -257,8 +312,10 @@ class SampleFrames:
         return results
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(clip_len={self.clip_len}, frame_interval={self.frame_interval}, "
-                f"num_clips={self.num_clips}, test_mode={self.test_mode})")
+        return (
+            f"{type(self).__name__}(clip_len={self.clip_len}, frame_interval={self.frame_interval}, "
+            f"num_clips={self.num_clips}, test_mode={self.test_mode})"
+        )
 
 
 class DenseSampleFrames(SampleFrames):
@@ -269,18 +326,40 @@ class DenseSampleFrames(SampleFrames):
     positions into the views).
     """
 
-    def __init__(self, clip_len: int, frame_interval: int = 1, num_clips: int = 1, sample_range: int = 64,
-                 num_sample_positions: int = 10, temporal_jitter: bool = False, out_of_bound_opt: str = "loop",
-                 test_mode: bool = False):
-        super().__init__(clip_len, frame_interval, num_clips, temporal_jitter=temporal_jitter,
-                         out_of_bound_opt=out_of_bound_opt, test_mode=test_mode)
+    def __init__(
+        self,
+        clip_len: int,
+        frame_interval: int = 1,
+        num_clips: int = 1,
+        sample_range: int = 64,
+        num_sample_positions: int = 10,
+        temporal_jitter: bool = False,
+        out_of_bound_opt: str = "loop",
+        test_mode: bool = False,
+    ):
+        super().__init__(
+            clip_len,
+            frame_interval,
+            num_clips,
+            temporal_jitter=temporal_jitter,
+            out_of_bound_opt=out_of_bound_opt,
+            test_mode=test_mode,
+        )
         self.sample_range = sample_range
         self.num_sample_positions = num_sample_positions
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         frame_inds = dense_frame_indices(
-            int(results["total_frames"]), self.clip_len, self.frame_interval, self.num_clips, self.sample_range,
-            self.num_sample_positions, self.test_mode, self.temporal_jitter, self.out_of_bound_opt)
+            int(results["total_frames"]),
+            self.clip_len,
+            self.frame_interval,
+            self.num_clips,
+            self.sample_range,
+            self.num_sample_positions,
+            self.test_mode,
+            self.temporal_jitter,
+            self.out_of_bound_opt,
+        )
         results["frame_inds"] = frame_inds.reshape(-1) + int(results.get("start_index", 0))
         results["clip_len"] = self.clip_len
         results["frame_interval"] = self.frame_interval
@@ -301,8 +380,7 @@ class UniformSample:
         self.test_mode = test_mode
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
-        frame_inds = uniform_frame_indices(int(results["total_frames"]), self.clip_len, self.num_clips,
-                                           self.test_mode)
+        frame_inds = uniform_frame_indices(int(results["total_frames"]), self.clip_len, self.num_clips, self.test_mode)
         results["frame_inds"] = frame_inds.reshape(-1) + int(results.get("start_index", 0))
         results["clip_len"] = self.clip_len
         results["frame_interval"] = None

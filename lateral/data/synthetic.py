@@ -91,9 +91,17 @@ def render_motion_clip(motion: str, num_frames: int, size: int, rng: np.random.G
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
-def make_motion_dataset(root: str | os.PathLike, num_train_per_class: int, num_test_per_class: int,
-                        num_frames: int = 32, size: int = 64, seed: int = 0, fps: float = 25.0,
-                        extension: str = ".mp4", progress: bool = False) -> dict:
+def make_motion_dataset(
+    root: str | os.PathLike,
+    num_train_per_class: int,
+    num_test_per_class: int,
+    num_frames: int = 32,
+    size: int = 64,
+    seed: int = 0,
+    fps: float = 25.0,
+    extension: str = ".mp4",
+    progress: bool = False,
+) -> dict:
     """Write the motion dataset: videos plus mmaction2 list files and a label map.
 
     Layout under ``root``: ``videos/<class>/<class>_<split>_<i>.mp4``, ``train_list.txt`` and ``test_list.txt``
@@ -139,6 +147,15 @@ def make_motion_dataset(root: str | os.PathLike, num_train_per_class: int, num_t
     bar.close()
     label_map = root / "label_map.txt"
     label_map.write_text("\n".join(MOTION_CLASSES) + "\n", encoding="utf-8")
-    return dict(root=str(root), data_prefix=str(root), train_list=lists["train"], test_list=lists["test"],
-                label_map=str(label_map), classes=list(MOTION_CLASSES), num_classes=len(MOTION_CLASSES),
-                num_frames=num_frames, size=size, fps=fps)
+    return dict(
+        root=str(root),
+        data_prefix=str(root),
+        train_list=lists["train"],
+        test_list=lists["test"],
+        label_map=str(label_map),
+        classes=list(MOTION_CLASSES),
+        num_classes=len(MOTION_CLASSES),
+        num_frames=num_frames,
+        size=size,
+        fps=fps,
+    )

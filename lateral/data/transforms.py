@@ -13,7 +13,8 @@ Detection items (:class:`lateral.data.coco.CocoDetection`) hold one ``image`` ``
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,8 +129,12 @@ def resize(frames, size: tuple[int, int], interpolation: str = "bilinear", antia
         return frames
     mode = _INTERPOLATION[interpolation]
     # [T, C, H, W] view of channels-last memory: torch's fast uint8 antialiased kernels work on that layout
-    out = F.resize(tensor.permute(0, 3, 1, 2), [height, width], interpolation=mode,
-                   antialias=antialias and mode != InterpolationMode.NEAREST)
+    out = F.resize(
+        tensor.permute(0, 3, 1, 2),
+        [height, width],
+        interpolation=mode,
+        antialias=antialias and mode != InterpolationMode.NEAREST,
+    )
     return _like(out.permute(0, 2, 3, 1), frames)
 
 
@@ -173,8 +178,9 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """image: [C, H, W] float -> [C, size[0], size[1]] (bilinear, antialiased when shrinking)."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    return torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
-                                           antialias=True)[0]
+    return torch.nn.functional.interpolate(
+        image[None], size=size, mode="bilinear", align_corners=False, antialias=True
+    )[0]
 
 
 def resize_boxes(boxes, scale_x: float, scale_y: float):
@@ -195,8 +201,15 @@ def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
 
 def clip_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """boxes: [K, 4] (x1, y1, x2, y2) -> clipped to [0, width] x [0, height]."""
-    return torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width),
-                        boxes[:, 3].clamp(0, height)], dim=1)
+    return torch.stack(
+        [
+            boxes[:, 0].clamp(0, width),
+            boxes[:, 1].clamp(0, height),
+            boxes[:, 2].clamp(0, width),
+            boxes[:, 3].clamp(0, height),
+        ],
+        dim=1,
+    )
 
 
 def normalize(frames, mean: Sequence[float], std: Sequence[float], to_bgr: bool = False):
@@ -221,8 +234,9 @@ def normalize(frames, mean: Sequence[float], std: Sequence[float], to_bgr: bool 
     mean_t = torch.as_tensor(mean, dtype=torch.float32)
     std_t = torch.as_tensor(std, dtype=torch.float32)
     if mean_t.numel() != tensor.shape[-1] or std_t.numel() != tensor.shape[-1]:
-        raise InputError(f"mean and std need {tensor.shape[-1]} values (one per channel), got "
-                         f"{mean_t.numel()} and {std_t.numel()}")
+        raise InputError(
+            f"mean and std need {tensor.shape[-1]} values (one per channel), got {mean_t.numel()} and {std_t.numel()}"
+        )
     out = tensor.to(torch.float32)
     if float(mean_t.abs().max()) <= 1.0 and float(std_t.max()) <= 1.0:
         out = out / 255.0
@@ -230,8 +244,14 @@ def normalize(frames, mean: Sequence[float], std: Sequence[float], to_bgr: bool 
     return _like(out, frames)
 
 
-def color_jitter(frames, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0,
-                 hue: float = 0.0, order: Sequence[int] = (0, 1, 2, 3)):
+def color_jitter(
+    frames,
+    brightness: float = 1.0,
+    contrast: float = 1.0,
+    saturation: float = 1.0,
+    hue: float = 0.0,
+    order: Sequence[int] = (0, 1, 2, 3),
+):
     """Adjust every frame by the same factors (1.0 / 0.0 leave the frames unchanged).
 
     Args:
@@ -254,9 +274,14 @@ def color_jitter(frames, brightness: float = 1.0, contrast: float = 1.0, saturat
     return _like(tensor.permute(0, 2, 3, 1), frames)
 
 
-def random_resized_crop_box(height: int, width: int, area_range: tuple[float, float] = (0.08, 1.0),
-                            aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3), max_attempts: int = 10,
-                            rng: np.random.Generator | None = None) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    max_attempts: int = 10,
+    rng: np.random.Generator | None = None,
+) -> tuple[int, int, int, int]:
     """A random box covering ``area_range`` of the frame with an aspect ratio (w/h) in ``aspect_ratio_range``,
     as mmaction2's ``RandomResizedCrop`` draws it; the central square when no attempt fits."""
     rng = rng or data_rng()
@@ -280,14 +305,29 @@ def _fixed_crop_offsets(width: int, height: int, crop_w: int, crop_h: int, num_f
     w_step, h_step = (width - crop_w) // 4, (height - crop_h) // 4
     offsets = [(0, 0), (4 * w_step, 0), (0, 4 * h_step), (4 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
     if num_fixed_crops == 13:
-        offsets += [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 4 * h_step), (2 * w_step, 0),
-                    (w_step, h_step), (3 * w_step, h_step), (w_step, 3 * h_step), (3 * w_step, 3 * h_step)]
+        offsets += [
+            (0, 2 * h_step),
+            (4 * w_step, 2 * h_step),
+            (2 * w_step, 4 * h_step),
+            (2 * w_step, 0),
+            (w_step, h_step),
+            (3 * w_step, h_step),
+            (w_step, 3 * h_step),
+            (3 * w_step, 3 * h_step),
+        ]
     return offsets
 
 
-def multi_scale_crop_box(height: int, width: int, input_size: tuple[int, int], scales: Sequence[float] = (1,),
-                         max_wh_scale_gap: int = 1, random_crop: bool = False, num_fixed_crops: int = 5,
-                         rng: np.random.Generator | None = None) -> tuple[int, int, int, int]:
+def multi_scale_crop_box(
+    height: int,
+    width: int,
+    input_size: tuple[int, int],
+    scales: Sequence[float] = (1,),
+    max_wh_scale_gap: int = 1,
+    random_crop: bool = False,
+    num_fixed_crops: int = 5,
+    rng: np.random.Generator | None = None,
+) -> tuple[int, int, int, int]:
     """mmaction2's ``MultiScaleCrop`` box: width and height are each a scale of the short edge (scales at most
     ``max_wh_scale_gap`` apart), placed at random or at one of 5 (or 13) fixed positions.
 
@@ -297,8 +337,9 @@ def multi_scale_crop_box(height: int, width: int, input_size: tuple[int, int], s
     rng = rng or data_rng()
     base_size = min(height, width)
     crop_sizes = [int(base_size * s) for s in scales]
-    candidates = [[w, h] for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes)
-                  if abs(i - j) <= max_wh_scale_gap]
+    candidates = [
+        [w, h] for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes) if abs(i - j) <= max_wh_scale_gap
+    ]
     crop_size = list(candidates[int(rng.integers(len(candidates)))])
     for i in range(2):
         if abs(crop_size[i] - input_size[i]) < 3:
@@ -323,8 +364,10 @@ def three_crop_boxes(height: int, width: int, crop_w: int, crop_h: int) -> list[
         h_step = (height - crop_h) // 2
         offsets = [(0, 0), (0, 2 * h_step), (0, h_step)]
     else:
-        raise InputError(f"ThreeCrop needs the crop ({crop_w}x{crop_h}, w x h) to span the frame's height or width "
-                         f"({width}x{height}); resize the short side to the crop size first")
+        raise InputError(
+            f"ThreeCrop needs the crop ({crop_w}x{crop_h}, w x h) to span the frame's height or width "
+            f"({width}x{height}); resize the short side to the crop size first"
+        )
     return [(x, y, x + crop_w, y + crop_h) for x, y in offsets]
 
 
@@ -337,8 +380,9 @@ def format_ncthw(imgs, num_clips: int, clip_len: int):
     """``[V' * num_clips * clip_len, H, W, C] -> [V' * num_clips, C, clip_len, H, W]`` (crop-major views)."""
     tensor = _as_tensor(imgs)
     if tensor.shape[0] % (num_clips * clip_len):
-        raise InputError(f"FormatShape: {tensor.shape[0]} frames do not split into clips of {num_clips} x "
-                         f"{clip_len} frames")
+        raise InputError(
+            f"FormatShape: {tensor.shape[0]} frames do not split into clips of {num_clips} x {clip_len} frames"
+        )
     tensor = tensor.reshape((-1, num_clips, clip_len) + tuple(tensor.shape[1:]))
     tensor = tensor.permute(0, 1, 5, 2, 3, 4)
     tensor = tensor.reshape((-1,) + tuple(tensor.shape[2:]))
@@ -402,8 +446,14 @@ class Resize:
         lazy: not supported (must be False).
     """
 
-    def __init__(self, scale: float | tuple[float, float], keep_ratio: bool = True, interpolation: str = "bilinear",
-                 ratio_range: tuple[float, float] | None = None, lazy: bool = False):
+    def __init__(
+        self,
+        scale: float | tuple[float, float],
+        keep_ratio: bool = True,
+        interpolation: str = "bilinear",
+        ratio_range: tuple[float, float] | None = None,
+        lazy: bool = False,
+    ):
         _no_lazy(lazy, "Resize")
         if isinstance(scale, (int, float)):
             if scale <= 0:
@@ -449,8 +499,10 @@ class Resize:
             old_x, old_y = results.get("scale_factor", (1.0, 1.0))
             results["scale_factor"] = (old_x * new_w / img_w, old_y * new_h / img_h)
         else:
-            raise KeyError("Resize needs 'imgs' (a clip: put a decode step such as PyAVDecode before it) or 'image' "
-                           f"in the results (have: {sorted(results)})")
+            raise KeyError(
+                "Resize needs 'imgs' (a clip: put a decode step such as PyAVDecode before it) or 'image' "
+                f"in the results (have: {sorted(results)})"
+            )
         for key in BOX_KEYS:
             if results.get(key) is not None:
                 results[key] = resize_boxes(results[key], new_w / img_w, new_h / img_h)
@@ -505,8 +557,12 @@ class RandomResizedCrop:
     Reads ``imgs``. Adds/updates ``imgs``, ``crop_bbox``, ``img_shape``.
     """
 
-    def __init__(self, area_range: tuple[float, float] = (0.08, 1.0),
-                 aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3), lazy: bool = False):
+    def __init__(
+        self,
+        area_range: tuple[float, float] = (0.08, 1.0),
+        aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+        lazy: bool = False,
+    ):
         _no_lazy(lazy, "RandomResizedCrop")
         if not 0 < area_range[0] <= area_range[1] <= 1:
             raise InputError(f"area_range must satisfy 0 < low <= high <= 1, got {area_range!r}")
@@ -535,8 +591,15 @@ class MultiScaleCrop:
         num_fixed_crops: 5 or 13 fixed positions.
     """
 
-    def __init__(self, input_size: int | tuple[int, int], scales: Sequence[float] = (1,), max_wh_scale_gap: int = 1,
-                 random_crop: bool = False, num_fixed_crops: int = 5, lazy: bool = False):
+    def __init__(
+        self,
+        input_size: int | tuple[int, int],
+        scales: Sequence[float] = (1,),
+        max_wh_scale_gap: int = 1,
+        random_crop: bool = False,
+        num_fixed_crops: int = 5,
+        lazy: bool = False,
+    ):
         _no_lazy(lazy, "MultiScaleCrop")
         if num_fixed_crops not in (5, 13):
             raise InputError(f"num_fixed_crops must be 5 or 13, got {num_fixed_crops}")
@@ -548,8 +611,15 @@ class MultiScaleCrop:
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         imgs = _get_imgs(results, "MultiScaleCrop")
-        box = multi_scale_crop_box(imgs.shape[1], imgs.shape[2], self.input_size, self.scales,
-                                   self.max_wh_scale_gap, self.random_crop, self.num_fixed_crops)
+        box = multi_scale_crop_box(
+            imgs.shape[1],
+            imgs.shape[2],
+            self.input_size,
+            self.scales,
+            self.max_wh_scale_gap,
+            self.random_crop,
+            self.num_fixed_crops,
+        )
         _crop_results(results, imgs, box)
         results["scales"] = self.scales
         return results
@@ -641,8 +711,15 @@ class Flip:
         left_kp, right_kp: keypoint pairs; accepted for config compatibility (keypoints are not handled).
     """
 
-    def __init__(self, flip_ratio: float = 0.5, direction: str = "horizontal", flip_label_map: dict | None = None,
-                 left_kp: Sequence[int] | None = None, right_kp: Sequence[int] | None = None, lazy: bool = False):
+    def __init__(
+        self,
+        flip_ratio: float = 0.5,
+        direction: str = "horizontal",
+        flip_label_map: dict | None = None,
+        left_kp: Sequence[int] | None = None,
+        right_kp: Sequence[int] | None = None,
+        lazy: bool = False,
+    ):
         _no_lazy(lazy, "Flip")
         if direction not in ("horizontal", "vertical"):
             raise InputError(f"Flip direction must be 'horizontal' or 'vertical', got '{direction}'")
@@ -706,8 +783,13 @@ class ColorJitter:
         hue: ``x`` draws a shift from ``[-x, x]`` (at most 0.5).
     """
 
-    def __init__(self, brightness: float | tuple = 0.5, contrast: float | tuple = 0.5,
-                 saturation: float | tuple = 0.5, hue: float | tuple = 0.1):
+    def __init__(
+        self,
+        brightness: float | tuple = 0.5,
+        contrast: float | tuple = 0.5,
+        saturation: float | tuple = 0.5,
+        hue: float | tuple = 0.1,
+    ):
         self.brightness = _jitter_range(brightness, 1.0, "brightness", (0.0, float("inf")))
         self.contrast = _jitter_range(contrast, 1.0, "contrast", (0.0, float("inf")))
         self.saturation = _jitter_range(saturation, 1.0, "saturation", (0.0, float("inf")))
@@ -716,9 +798,10 @@ class ColorJitter:
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         imgs = _get_imgs(results, "ColorJitter")
         rng = data_rng()
-        factors = [float(rng.uniform(*r)) if r else neutral
-                   for r, neutral in ((self.brightness, 1.0), (self.contrast, 1.0), (self.saturation, 1.0),
-                                      (self.hue, 0.0))]
+        factors = [
+            float(rng.uniform(*r)) if r else neutral
+            for r, neutral in ((self.brightness, 1.0), (self.contrast, 1.0), (self.saturation, 1.0), (self.hue, 0.0))
+        ]
         order = rng.permutation(4).tolist()
         results["imgs"] = color_jitter(imgs, *factors, order=order)
         return results
@@ -731,8 +814,9 @@ class Normalize:
     Reads ``imgs``. Adds/updates ``imgs`` (float32), ``img_norm_cfg``.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], to_bgr: bool = False,
-                 adjust_magnitude: bool = False):
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], to_bgr: bool = False, adjust_magnitude: bool = False
+    ):
         if adjust_magnitude:
             raise InputError("Normalize(adjust_magnitude=True) is for optical flow, which lateral does not handle")
         if len(mean) != len(std):
@@ -746,8 +830,9 @@ class Normalize:
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         imgs = _get_imgs(results, "Normalize")
         results["imgs"] = normalize(imgs, self.mean, self.std, self.to_bgr)
-        results["img_norm_cfg"] = dict(mean=np.array(self.mean, np.float32), std=np.array(self.std, np.float32),
-                                       to_bgr=self.to_bgr)
+        results["img_norm_cfg"] = dict(
+            mean=np.array(self.mean, np.float32), std=np.array(self.std, np.float32), to_bgr=self.to_bgr
+        )
         return results
 
 

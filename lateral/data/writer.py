@@ -32,8 +32,9 @@ def default_codec(path: str | os.PathLike) -> str:
 
     suffix = Path(path).suffix.lower()
     if suffix not in _CODEC_PREFERENCE:
-        raise InputError(f"cannot write '{path}': unknown video suffix '{suffix}', expected one of "
-                         f"{', '.join(_CODEC_PREFERENCE)}")
+        raise InputError(
+            f"cannot write '{path}': unknown video suffix '{suffix}', expected one of {', '.join(_CODEC_PREFERENCE)}"
+        )
     for codec in _CODEC_PREFERENCE[suffix]:
         if codec in av.codecs_available:
             try:
@@ -119,8 +120,11 @@ def write_video(
         if gop_size is not None:
             stream.codec_context.gop_size = gop_size
             if codec == "libx264":
-                stream.codec_context.options = {**stream.codec_context.options, "keyint_min": str(gop_size),
-                                                "sc_threshold": "0"}
+                stream.codec_context.options = {
+                    **stream.codec_context.options,
+                    "keyint_min": str(gop_size),
+                    "sc_threshold": "0",
+                }
         if bframes is not None:
             stream.codec_context.max_b_frames = bframes
         # a scaler of this call's own, with no threads: frame.reformat() would leave PyAV's per-thread cached one

@@ -57,8 +57,9 @@ def _config_sections(data_root: Path, num_classes: int, epochs: int, batch_size:
     ]
     test_pipeline = [
         dict(type="PyAVInit"),
-        dict(type="SampleFrames", clip_len=CLIP_LEN, frame_interval=FRAME_INTERVAL, num_clips=TEST_CLIPS,
-             test_mode=True),
+        dict(
+            type="SampleFrames", clip_len=CLIP_LEN, frame_interval=FRAME_INTERVAL, num_clips=TEST_CLIPS, test_mode=True
+        ),
         dict(type="PyAVDecode"),
         dict(type="Resize", scale=(-1, 64)),
         dict(type="CenterCrop", crop_size=CROP),
@@ -67,10 +68,16 @@ def _config_sections(data_root: Path, num_classes: int, epochs: int, batch_size:
     ]
 
     def loader(ann_file: str, pipeline: str, train: bool) -> dict:
-        dataset = dict(type="VideoDataset", ann_file=_Source(f"f'{{data_root}}/{ann_file}'"),
-                       data_prefix=dict(video=_Source("data_root")), pipeline=_Source(pipeline), test_mode=not train)
-        return dict(batch_size=batch_size, num_workers=1, **({"sampler": dict(shuffle=True)} if train else {}),
-                    dataset=dataset)
+        dataset = dict(
+            type="VideoDataset",
+            ann_file=_Source(f"f'{{data_root}}/{ann_file}'"),
+            data_prefix=dict(video=_Source("data_root")),
+            pipeline=_Source(pipeline),
+            test_mode=not train,
+        )
+        return dict(
+            batch_size=batch_size, num_workers=1, **({"sampler": dict(shuffle=True)} if train else {}), dataset=dataset
+        )
 
     model = dict(
         type="Recognizer3D",
@@ -79,10 +86,25 @@ def _config_sections(data_root: Path, num_classes: int, epochs: int, batch_size:
             resample_rate=4,
             speed_ratio=4,
             channel_ratio=2,  # a wide fast pathway: motion is all these classes are about
-            slow_pathway=dict(type="resnet3d", depth=18, base_channels=16, lateral=True, conv1_kernel=(1, 7, 7),
-                              conv1_stride_t=1, pool1_stride_t=1, inflate=(0, 0, 1, 1)),
-            fast_pathway=dict(type="resnet3d", depth=18, base_channels=8, lateral=False, conv1_kernel=(5, 7, 7),
-                              conv1_stride_t=1, pool1_stride_t=1),
+            slow_pathway=dict(
+                type="resnet3d",
+                depth=18,
+                base_channels=16,
+                lateral=True,
+                conv1_kernel=(1, 7, 7),
+                conv1_stride_t=1,
+                pool1_stride_t=1,
+                inflate=(0, 0, 1, 1),
+            ),
+            fast_pathway=dict(
+                type="resnet3d",
+                depth=18,
+                base_channels=8,
+                lateral=False,
+                conv1_kernel=(5, 7, 7),
+                conv1_stride_t=1,
+                pool1_stride_t=1,
+            ),
         ),
         cls_head=dict(type="SlowFastHead", in_channels=128 + 64, num_classes=num_classes, dropout_ratio=0.3),
         data_preprocessor=dict(type="ActionDataPreprocessor", mean=mean, std=std, format_shape="NCTHW"),
@@ -98,13 +120,21 @@ def _config_sections(data_root: Path, num_classes: int, epochs: int, batch_size:
         ("val_dataloader", loader("test_list.txt", "test_pipeline", train=False)),
         ("test_dataloader", loader("test_list.txt", "test_pipeline", train=False)),
         ("train_cfg", dict(max_epochs=epochs, val_interval=1, val_begin=1)),
-        ("optim_wrapper", dict(optimizer=dict(type="AdamW", lr=4e-3, weight_decay=1e-4),
-                               paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
-                               clip_grad=dict(max_norm=10, norm_type=2))),
-        ("param_scheduler", [
-            dict(type="LinearLR", start_factor=0.1, by_epoch=True, begin=0, end=1),
-            dict(type="CosineAnnealingLR", T_max=epochs, eta_min=1e-5, by_epoch=True, begin=0, end=epochs),
-        ]),
+        (
+            "optim_wrapper",
+            dict(
+                optimizer=dict(type="AdamW", lr=4e-3, weight_decay=1e-4),
+                paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
+                clip_grad=dict(max_norm=10, norm_type=2),
+            ),
+        ),
+        (
+            "param_scheduler",
+            [
+                dict(type="LinearLR", start_factor=0.1, by_epoch=True, begin=0, end=1),
+                dict(type="CosineAnnealingLR", T_max=epochs, eta_min=1e-5, by_epoch=True, begin=0, end=epochs),
+            ],
+        ),
         ("default_hooks", dict(logger=dict(interval=10), checkpoint=dict(interval=1, max_keep_ckpts=2))),
         ("randomness", dict(seed=0)),
     ]
@@ -118,10 +148,14 @@ def write_demo_config(path: str | Path, data_dir: str | Path, epochs: int, batch
     """
     data_root = Path(data_dir).resolve()
     num_classes = len([line for line in (data_root / "label_map.txt").read_text().splitlines() if line.strip()])
-    lines = ['"""The lateral demo run config (written by `lateral demo`).', "",
-             "The data paths are absolute: `lateral test` and `lateral predict` read this file from any folder.",
-             "The dataloaders use train_pipeline and test_pipeline by name: edit a pipeline here, not in a loader.",
-             '"""', ""]
+    lines = [
+        '"""The lateral demo run config (written by `lateral demo`).',
+        "",
+        "The data paths are absolute: `lateral test` and `lateral predict` read this file from any folder.",
+        "The dataloaders use train_pipeline and test_pipeline by name: edit a pipeline here, not in a loader.",
+        '"""',
+        "",
+    ]
     for name, value in _config_sections(data_root, num_classes, epochs, batch_size):
         if name == "val_dataloader":
             lines.append("# validation scores the held-out videos as the test does, after every epoch")
@@ -143,15 +177,17 @@ def format_summary(summary: dict) -> str:
     """The few lines ``lateral demo`` ends with; everything else is in the report folder's ``metrics.json``."""
     report = Path(summary["report_dir"])
     chance = 100 / len(summary["classes"])
-    return "\n".join([
-        f"lateral demo: done in {_duration(summary['seconds_total'])} (data {_duration(summary['seconds_data'])}, "
-        f"training {_duration(summary['seconds_train'])}, {_epochs(summary['epochs'])})",
-        f"  held-out test: top-1 {100 * summary['top1_acc']:.1f} %, top-5 {100 * summary['top5_acc']:.1f} % "
-        f"over {summary['test_videos']} videos x {summary['views_per_test_video']} views "
-        f"({len(summary['classes'])} classes, chance {chance:.1f} %)",
-        f"  report: {report}  (metrics.json, predictions.json, confusion_matrix.png, training_curve.png)",
-        f"  test again: lateral test {report / 'demo_config.py'} {summary['checkpoint']}",
-    ])
+    return "\n".join(
+        [
+            f"lateral demo: done in {_duration(summary['seconds_total'])} (data {_duration(summary['seconds_data'])}, "
+            f"training {_duration(summary['seconds_train'])}, {_epochs(summary['epochs'])})",
+            f"  held-out test: top-1 {100 * summary['top1_acc']:.1f} %, top-5 {100 * summary['top5_acc']:.1f} % "
+            f"over {summary['test_videos']} videos x {summary['views_per_test_video']} views "
+            f"({len(summary['classes'])} classes, chance {chance:.1f} %)",
+            f"  report: {report}  (metrics.json, predictions.json, confusion_matrix.png, training_curve.png)",
+            f"  test again: lateral test {report / 'demo_config.py'} {summary['checkpoint']}",
+        ]
+    )
 
 
 def _training_curve(history: list[dict], path: Path) -> None:
@@ -179,8 +215,9 @@ def _training_curve(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, quick: bool = False,
-             progress: bool = True) -> dict:
+def run_demo(
+    out_dir: str | Path = "lateral_demo", epochs: int | None = None, quick: bool = False, progress: bool = True
+) -> dict:
     """Run the demo end to end, saying what it does on stderr and ending with :func:`format_summary` on stdout;
     return ``{'summary': {...}, 'report_dir': ...}`` (the summary is also the report's ``metrics.json``)."""
     from lateral.checkpoint import load_checkpoint
@@ -201,16 +238,25 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     report_dir.mkdir(parents=True, exist_ok=True)
     per_class = (4, 2) if quick else (100, 15)
     print(f"writing {sum(per_class) * len(MOTION_CLASSES)} synthetic videos to {data_dir}", file=sys.stderr)
-    make_motion_dataset(data_dir, num_train_per_class=per_class[0], num_test_per_class=per_class[1],
-                        num_frames=32, size=64, seed=0, progress=progress)
+    make_motion_dataset(
+        data_dir,
+        num_train_per_class=per_class[0],
+        num_test_per_class=per_class[1],
+        num_frames=32,
+        size=64,
+        seed=0,
+        progress=progress,
+    )
     data_seconds = time.time() - started
     epochs = epochs or (1 if quick else 12)
     # the file is the source of truth: training reads it back, as `lateral train` would
     cfg = write_demo_config(report_dir / "demo_config.py", data_dir, epochs, batch_size=8)
 
     threads = torch.get_num_threads()
-    print(f"training a small SlowFast for {_epochs(epochs)} on {threads} CPU thread{'' if threads == 1 else 's'}",
-          file=sys.stderr)
+    print(
+        f"training a small SlowFast for {_epochs(epochs)} on {threads} CPU thread{'' if threads == 1 else 's'}",
+        file=sys.stderr,
+    )
     train_started = time.time()
     result = train(cfg, out_dir / "work_dir", resume="auto", progress=progress)
     train_seconds = time.time() - train_started
@@ -223,7 +269,7 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     loader = build_loader(cfg["test_dataloader"], train=False, seed=0, distributed=False, name="test_dataloader")
     scores, labels = collect_scores(model, loader, device, progress=progress)
     metrics = classification_metrics(scores, labels)
-    names = [l.strip() for l in Path(cfg["label_map"]).read_text().splitlines() if l.strip()]
+    names = [line.strip() for line in Path(cfg["label_map"]).read_text().splitlines() if line.strip()]
     save_confusion(metrics["confusion_matrix"], names, report_dir)
     _training_curve(result["history"], report_dir / "training_curve.png")
 
@@ -235,7 +281,9 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
     for class_index, rel in sorted(first_per_class.items()):
         probs = predict_video(model, cfg["test_pipeline"], data_dir / rel, device)
         top = int(probs.argmax())
-        predictions.append({"video": rel, "true": names[class_index], "predicted": names[top], "prob": round(float(probs[top]), 4)})
+        predictions.append(
+            {"video": rel, "true": names[class_index], "predicted": names[top], "prob": round(float(probs[top]), 4)}
+        )
     (report_dir / "predictions.json").write_text(json.dumps(predictions, indent=1))
 
     summary = {
@@ -255,6 +303,8 @@ def run_demo(out_dir: str | Path = "lateral_demo", epochs: int | None = None, qu
         "checkpoint": best,
         "predictions": predictions,
     }
-    (report_dir / "metrics.json").write_text(json.dumps({**summary, "confusion_matrix": metrics["confusion_matrix"]}, indent=1))
+    (report_dir / "metrics.json").write_text(
+        json.dumps({**summary, "confusion_matrix": metrics["confusion_matrix"]}, indent=1)
+    )
     print(format_summary(summary), flush=True)
     return {"summary": summary, "report_dir": str(report_dir)}

@@ -37,8 +37,9 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -78,24 +79,36 @@ _OBJECTS_OF = {"AP": "", "AP50": "", "AP75": "", "APs": "small ", "APm": "medium
 _AREA_RANGES = {"APs": (0, 32**2), "APm": (32**2, 96**2), "APl": (96**2, float("inf"))}
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
 
-DATASET_KEYS = ("type", "data_root", "ann_file", "data_prefix", "pipeline", "synthetic", "skip_crowd",
-                "labels_are_category_ids", "metainfo", "test_mode", "filter_cfg", "backend_args")
+DATASET_KEYS = (
+    "type",
+    "data_root",
+    "ann_file",
+    "data_prefix",
+    "pipeline",
+    "synthetic",
+    "skip_crowd",
+    "labels_are_category_ids",
+    "metainfo",
+    "test_mode",
+    "filter_cfg",
+    "backend_args",
+)
 EVALUATOR_KEYS = ("type", "metric", "ann_file", "format_only", "classwise", "backend_args", "outfile_prefix")
 # what lateral's first detection engine called things, and the mmengine / mmdet 3.x names that replace them
 OLD_KEYS = {
     "data": "data.train / data.val / data.test -> train_dataloader / val_dataloader / test_dataloader = dict("
-            "batch_size=..., num_workers=..., dataset=dict(ann_file=..., data_prefix=dict(img=<img_dir>), "
-            "pipeline=..., synthetic=...)); data.batch_size and data.num_workers -> each *_dataloader's batch_size "
-            "and num_workers; data.labels_are_category_ids -> dataset.labels_are_category_ids; data.classes -> "
-            "dataset.metainfo=dict(classes=...); data.test_pipeline -> test_pipeline",
+    "batch_size=..., num_workers=..., dataset=dict(ann_file=..., data_prefix=dict(img=<img_dir>), "
+    "pipeline=..., synthetic=...)); data.batch_size and data.num_workers -> each *_dataloader's batch_size "
+    "and num_workers; data.labels_are_category_ids -> dataset.labels_are_category_ids; data.classes -> "
+    "dataset.metainfo=dict(classes=...); data.test_pipeline -> test_pipeline",
     "optimizer": "optimizer=dict(lr, momentum, weight_decay, grad_clip) -> optim_wrapper=dict(optimizer=dict("
-                 "type='SGD', lr=..., momentum=..., weight_decay=...), clip_grad=dict(max_norm=<grad_clip>))",
+    "type='SGD', lr=..., momentum=..., weight_decay=...), clip_grad=dict(max_norm=<grad_clip>))",
     "schedule": "schedule.max_iters -> train_cfg=dict(type='IterBasedTrainLoop', max_iters=..., val_interval=...); "
-                "schedule.warmup_iters -> param_scheduler entry dict(type='LinearLR', start_factor=0.1, "
-                "by_epoch=False, begin=0, end=<warmup_iters>); schedule.milestones and gamma -> dict(type="
-                "'MultiStepLR', by_epoch=False, milestones=[...], gamma=...); schedule.log_interval -> "
-                "default_hooks.logger.interval; schedule.checkpoint_interval -> default_hooks.checkpoint=dict("
-                "interval=..., by_epoch=False)",
+    "schedule.warmup_iters -> param_scheduler entry dict(type='LinearLR', start_factor=0.1, "
+    "by_epoch=False, begin=0, end=<warmup_iters>); schedule.milestones and gamma -> dict(type="
+    "'MultiStepLR', by_epoch=False, milestones=[...], gamma=...); schedule.log_interval -> "
+    "default_hooks.logger.interval; schedule.checkpoint_interval -> default_hooks.checkpoint=dict("
+    "interval=..., by_epoch=False)",
     "seed": "seed -> randomness=dict(seed=...)",
 }
 
@@ -122,7 +135,9 @@ def _dataset_paths(dataset_cfg: dict) -> tuple[Path, Path]:
             raise ConfigError(f"a detection dataset needs '{key}', got keys {sorted(dataset_cfg)}")
     prefix = check_keys(dataset_cfg["data_prefix"], ("img",), "dataset.data_prefix")
     if "img" not in prefix:
-        raise ConfigError("dataset.data_prefix needs 'img': the folder of the images, e.g. data_prefix=dict(img='images')")
+        raise ConfigError(
+            "dataset.data_prefix needs 'img': the folder of the images, e.g. data_prefix=dict(img='images')"
+        )
     root = str(dataset_cfg.get("data_root") or "")
     return Path(os.path.join(root, dataset_cfg["ann_file"])), Path(os.path.join(root, prefix["img"]))
 
@@ -133,14 +148,17 @@ def build_detection_dataset(dataset_cfg: dict) -> CocoDetection:
     ``labels_are_category_ids``: the label is the COCO category id (torchvision's COCO checkpoints)."""
     check_keys(dataset_cfg, DATASET_KEYS, "dataset")
     if dataset_cfg.get("type", "CocoDataset") != "CocoDataset":
-        raise ConfigError(f"a detection dataset is type='CocoDataset' (COCO json + image folder), got "
-                          f"{dataset_cfg['type']!r}")
+        raise ConfigError(
+            f"a detection dataset is type='CocoDataset' (COCO json + image folder), got {dataset_cfg['type']!r}"
+        )
     ann_file, img_dir = _dataset_paths(dataset_cfg)
     synthetic = dataset_cfg.get("synthetic")
     if synthetic is not None:
         if ann_file.name != "annotations.json" or img_dir != ann_file.parent / "images":
-            raise ConfigError("a synthetic dataset writes DIR/annotations.json and DIR/images: set ann_file and "
-                              "data_prefix.img to those")
+            raise ConfigError(
+                "a synthetic dataset writes DIR/annotations.json and DIR/images: set ann_file and "
+                "data_prefix.img to those"
+            )
         # under torchrun rank 0 renders while the other ranks wait, then they find its files
         if not dist_utils.is_main_process():
             dist_utils.barrier()
@@ -148,8 +166,13 @@ def build_detection_dataset(dataset_cfg: dict) -> CocoDetection:
         if dist_utils.is_main_process():
             dist_utils.barrier()
     pipeline = build_pipeline(dataset_cfg.get("pipeline"))
-    return CocoDetection(ann_file, img_dir, pipeline, dataset_cfg.get("skip_crowd", True),
-                         bool(dataset_cfg.get("labels_are_category_ids")))
+    return CocoDetection(
+        ann_file,
+        img_dir,
+        pipeline,
+        dataset_cfg.get("skip_crowd", True),
+        bool(dataset_cfg.get("labels_are_category_ids")),
+    )
 
 
 def check_detector_config(cfg: dict) -> None:
@@ -158,18 +181,22 @@ def check_detector_config(cfg: dict) -> None:
     old = [key for key in OLD_KEYS if key in cfg]
     if old:
         renames = "\n  ".join(OLD_KEYS[key] for key in old)
-        raise ConfigError(f"this detection config uses the old top-level keys {', '.join(old)}; detection configs now "
-                          f"take the mmengine / mmdet 3.x names. Rename:\n  {renames}\n(see "
-                          "configs/detection/faster_rcnn_r50_fpn_shapes.py and docs/detection.md)")
+        raise ConfigError(
+            f"this detection config uses the old top-level keys {', '.join(old)}; detection configs now "
+            f"take the mmengine / mmdet 3.x names. Rename:\n  {renames}\n(see "
+            "configs/detection/faster_rcnn_r50_fpn_shapes.py and docs/detection.md)"
+        )
     if "model" not in cfg:
         raise ConfigError("the config defines no 'model'")
     if not isinstance(cfg["model"], dict):
         raise ConfigError(f"model must be a dict, got {type(cfg['model']).__name__}")
     model_type = cfg["model"].get("type")
     if model_type != "FasterRCNN":
-        raise ConfigError(f"the config's model is a {model_type}, not a detector: the detect commands take a "
-                          "FasterRCNN config (e.g. configs/detection/faster_rcnn_r18_fpn_shapes.py); recognizers run "
-                          "with lateral train / test / predict")
+        raise ConfigError(
+            f"the config's model is a {model_type}, not a detector: the detect commands take a "
+            "FasterRCNN config (e.g. configs/detection/faster_rcnn_r18_fpn_shapes.py); recognizers run "
+            "with lateral train / test / predict"
+        )
 
 
 def build_detector(cfg: dict, num_classes: int | None = None) -> nn.Module:
@@ -226,8 +253,13 @@ class DetectionTask:
         for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
             check_keys(self.cfg.get(key), LOADER_KEYS, key)
         evaluator = check_keys(self.cfg.get("val_evaluator"), EVALUATOR_KEYS, "val_evaluator")
-        if evaluator.get("type", "CocoMetric") != "CocoMetric" or evaluator.get("metric", "bbox") not in ("bbox", ["bbox"]):
-            raise ConfigError(f"val_evaluator: lateral computes dict(type='CocoMetric', metric='bbox'), got {evaluator}")
+        if evaluator.get("type", "CocoMetric") != "CocoMetric" or evaluator.get("metric", "bbox") not in (
+            "bbox",
+            ["bbox"],
+        ):
+            raise ConfigError(
+                f"val_evaluator: lateral computes dict(type='CocoMetric', metric='bbox'), got {evaluator}"
+            )
 
     def build_loader(self, split: str, seed: int, distributed: bool, resumable: bool = False):
         key = f"{split}_dataloader"
@@ -240,14 +272,21 @@ class DetectionTask:
         if split == "train":
             world_size = dist_utils.world_size()
             if len(dataset) < batch_size * world_size:
-                raise ConfigError(f"the training set has {len(dataset)} readable images, fewer than "
-                                  f"batch_size={batch_size} x {world_size} process(es)")
+                raise ConfigError(
+                    f"the training set has {len(dataset)} readable images, fewer than "
+                    f"batch_size={batch_size} x {world_size} process(es)"
+                )
             sampler_cfg = check_keys(loader_cfg.get("sampler"), SAMPLER_KEYS, f"{key}.sampler")
             sampler = EpochSampler(len(dataset), sampler_cfg.get("shuffle", True), seed, dist_utils.rank(), world_size)
         num_workers = int(loader_cfg.get("num_workers", 0))
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_images,
-                                           num_workers=num_workers,
-                                           multiprocessing_context=worker_context() if num_workers else None)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate_images,
+            num_workers=num_workers,
+            multiprocessing_context=worker_context() if num_workers else None,
+        )
 
     def build_model(self, train_loader, val_loader) -> nn.Module:
         dataset = train_loader.dataset
@@ -257,8 +296,9 @@ class DetectionTask:
     def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
         return model.to(device)
 
-    def losses(self, model: nn.Module, forward: Callable, batch: list[dict], device: torch.device,
-               autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, model: nn.Module, forward: Callable, batch: list[dict], device: torch.device, autocast: Callable[[], Any]
+    ) -> dict[str, torch.Tensor]:
         images, targets = _to_device(batch, device)
         self._images = images
         with autocast():
@@ -269,16 +309,18 @@ class DetectionTask:
             outputs = model(self._images)
         return all(bool(torch.isfinite(out["boxes"]).all() and torch.isfinite(out["scores"]).all()) for out in outputs)
 
-    def validate(self, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-                 progress: bool) -> dict:
+    def validate(
+        self, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None, progress: bool
+    ) -> dict:
         return evaluate_detector(model, loader.dataset, batch_size=loader.batch_size, log=self.log, device=device)
 
     def score(self, metrics: dict) -> float:
         return -1.0 if metrics.get("AP") is None else float(metrics["AP"])
 
     def describe_validation(self, record: dict) -> list[str]:
-        shown = [f"{name} {record[f'val_{name}']:.3f}" for name in ("AP", "AP50")
-                 if record.get(f"val_{name}") is not None]
+        shown = [
+            f"{name} {record[f'val_{name}']:.3f}" for name in ("AP", "AP50") if record.get(f"val_{name}") is not None
+        ]
         return [f"val {' '.join(shown)}"] if shown else []
 
     def after_train_epoch(self, loop: TrainingLoop) -> None:
@@ -323,8 +365,10 @@ def train_detector(
         dataset = loop.train_loader.dataset
         processes = f" on {dist_utils.world_size()} processes" if loop.distributed else ""
         length = f"{loop.settings.length} {'epochs' if loop.settings.by_epoch else 'iterations'}"
-        say(f"training {type(loop.model).__name__} on {len(dataset)} images for {length}{processes} "
-            f"({loop.device.type}) -> {work_dir}")
+        say(
+            f"training {type(loop.model).__name__} on {len(dataset)} images for {length}{processes} "
+            f"({loop.device.type}) -> {work_dir}"
+        )
         if loop.iteration:
             say(f"resumed at iteration {loop.iteration} (epoch {loop.start_epoch})")
         started, first = time.perf_counter(), loop.iteration
@@ -341,8 +385,14 @@ def train_detector(
     metrics = loop.last_val or None
     if metrics and dist_utils.is_main_process():
         (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return {"iterations": loop.iteration, "train_seconds": seconds, "checkpoint": str(checkpoint),
-            "skipped_images": skipped, "metrics": metrics, "model": loop.model.eval()}
+    return {
+        "iterations": loop.iteration,
+        "train_seconds": seconds,
+        "checkpoint": str(checkpoint),
+        "skipped_images": skipped,
+        "metrics": metrics,
+        "model": loop.model.eval(),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -399,7 +449,10 @@ def detect_dataset(
                 )
     skipped = sum(dist_utils.all_gather_objects(skipped)) + len(dataset.missing_images)
     if skipped:
-        log(f"skipped {skipped} missing or unreadable images (first: {(dataset.missing_images + dataset.unreadable_images)[:1]})")
+        log(
+            f"skipped {skipped} missing or unreadable images "
+            f"(first: {(dataset.missing_images + dataset.unreadable_images)[:1]})"
+        )
     return detections, image_ids
 
 
@@ -426,10 +479,15 @@ def coco_evaluate(
         ann.setdefault("iscrowd", 0)
     if not detections:  # pycocotools cannot load an empty result list: 0 where there is something to find
         wanted = None if image_ids is None else set(image_ids)
-        areas = [ann["area"] for ann in gt_dict["annotations"]
-                 if not ann["iscrowd"] and (wanted is None or ann["image_id"] in wanted)]
+        areas = [
+            ann["area"]
+            for ann in gt_dict["annotations"]
+            if not ann["iscrowd"] and (wanted is None or ann["image_id"] in wanted)
+        ]
         ranges = {name: _AREA_RANGES.get(name, (0, float("inf"))) for name in METRIC_NAMES}
-        return {name: 0.0 if any(low <= area <= high for area in areas) else None for name, (low, high) in ranges.items()}
+        return {
+            name: 0.0 if any(low <= area <= high for area in areas) else None for name, (low, high) in ranges.items()
+        }
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress unconditionally
         gt = COCO()
         gt.dataset = gt_dict
@@ -447,9 +505,12 @@ def coco_evaluate(
 def format_metrics(metrics: dict[str, float | None]) -> str:
     """One line of COCO metrics; a metric without ground truth objects reads e.g.
     ``APl n/a (no large objects in the ground truth)`` rather than COCOeval's -1."""
-    return "  ".join(f"{name} {value:.3f}" if value is not None
-                     else f"{name} n/a (no {_OBJECTS_OF.get(name, '')}objects in the ground truth)"
-                     for name, value in metrics.items())
+    return "  ".join(
+        f"{name} {value:.3f}"
+        if value is not None
+        else f"{name} n/a (no {_OBJECTS_OF.get(name, '')}objects in the ground truth)"
+        for name, value in metrics.items()
+    )
 
 
 def evaluate_detector(
@@ -483,7 +544,7 @@ def evaluate_detector(
 
 def draw_detections(
     image: torch.Tensor, boxes: torch.Tensor, labels: list[str], scores: torch.Tensor, class_ids: list[int]
-) -> "Image.Image":
+) -> Image.Image:
     """image: [3, H, W] in [0, 1]; boxes: [K, 4] (x1, y1, x2, y2) -> a PIL image with boxes and captions.
 
     A caption sits on the box's top edge, above it; where there is no room above (a box at the top of the image)

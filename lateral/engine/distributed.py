@@ -126,7 +126,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def _reduce_device(device: torch.device | None) -> torch.device:
     """Where a collective's tensor must live: NCCL reduces only CUDA tensors, gloo CPU ones."""
     if dist.get_backend() == "nccl":
-        return device if device is not None and device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+        return (
+            device
+            if device is not None and device.type == "cuda"
+            else torch.device("cuda", torch.cuda.current_device())
+        )
     return torch.device("cpu")
 
 

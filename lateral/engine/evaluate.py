@@ -29,9 +29,11 @@ def require_class_scores(model: nn.Module, what: str) -> None:
     """Raise a ConfigError when ``model.predict`` returns features (``test_cfg.feature_extraction``), which
     ``what`` (e.g. 'testing') cannot score."""
     if getattr(unwrap(model), "feature_extraction", False):
-        raise ConfigError(f"the model's test_cfg sets feature_extraction=True, so predict returns pooled features, "
-                          f"not class scores, and {what} needs scores: remove it from test_cfg (extract features in "
-                          "Python with model.predict)")
+        raise ConfigError(
+            f"the model's test_cfg sets feature_extraction=True, so predict returns pooled features, "
+            f"not class scores, and {what} needs scores: remove it from test_cfg (extract features in "
+            "Python with model.predict)"
+        )
 
 
 def prepare_inputs(inputs: torch.Tensor, model: nn.Module, device: torch.device) -> torch.Tensor:

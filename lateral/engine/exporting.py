@@ -17,8 +17,18 @@ from lateral.engine.loading import load_run_config
 from lateral.inference.timing import parse_input_shape
 from lateral.registry import build_model
 
-__all__ = ["build_from_files", "config_test_clips", "default_input", "example_input", "exportable_module", "how_to_run_fastest",
-           "default_input_shape", "config_clip_len", "config_input_shape", "CHECK_ATOL", "CHECK_RTOL"]
+__all__ = [
+    "build_from_files",
+    "config_test_clips",
+    "default_input",
+    "example_input",
+    "exportable_module",
+    "default_input_shape",
+    "config_clip_len",
+    "config_input_shape",
+    "CHECK_ATOL",
+    "CHECK_RTOL",
+]
 
 # parity bound of ``export --check``: |exported - eager| <= ATOL + RTOL * max|eager|
 CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-4
@@ -31,8 +41,10 @@ def exportable_module(model: nn.Module) -> tuple[nn.Module, str]:
         (module, note) where note says what was picked when it is not the whole model.
     """
     if getattr(model, "feature_extraction", False):
-        return model, ("test_cfg.feature_extraction applies to predict only: the exported model is the forward pass, "
-                       "[N, C, T, H, W] -> class scores [N, K]")
+        return model, (
+            "test_cfg.feature_extraction applies to predict only: the exported model is the forward pass, "
+            "[N, C, T, H, W] -> class scores [N, K]"
+        )
     backbone = getattr(model, "backbone", None)
     if hasattr(model, "cls_head") or not isinstance(backbone, nn.Module):
         return model, ""
@@ -61,10 +73,14 @@ def config_input_shape(cfg: dict) -> tuple[int, ...] | None:
     shape = cfg.get("input_shape")
     if shape is None:
         return None
-    if (not isinstance(shape, (list, tuple)) or len(shape) not in (4, 5)
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
-        raise ConfigError(f"input_shape must be 4 or 5 positive whole numbers ([N, C, T, H, W] or [N, C, H, W]), got "
-                          f"{shape!r}")
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) not in (4, 5)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+    ):
+        raise ConfigError(
+            f"input_shape must be 4 or 5 positive whole numbers ([N, C, T, H, W] or [N, C, H, W]), got {shape!r}"
+        )
     return tuple(shape)
 
 
@@ -138,7 +154,9 @@ def default_input(module: nn.Module, cfg: dict) -> tuple[tuple[int, ...], str]:
     if clips.height is not None:
         said.append(f"{clips.height}x{clips.width} frames")
     if clips.num_views > 1:
-        said.append(f"{clips.num_clips} clips x {clips.num_crops} crops = {clips.num_views} views of a video as the batch")
+        said.append(
+            f"{clips.num_clips} clips x {clips.num_crops} crops = {clips.num_views} views of a video as the batch"
+        )
     source = f"the config's test pipeline ({', '.join(said)})" if said else "the defaults"
     if said and (clips.clip_len is None or clips.height is None):
         source += ", the rest defaults"

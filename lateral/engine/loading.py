@@ -15,8 +15,13 @@ from lateral.engine.distributed import resolve_device
 from lateral.inference import optimize
 from lateral.registry import build_model
 
-__all__ = ["load_run_config", "config_from_checkpoint", "run_config_from_converted_meta", "read_label_names",
-           "load_model"]
+__all__ = [
+    "load_run_config",
+    "config_from_checkpoint",
+    "run_config_from_converted_meta",
+    "read_label_names",
+    "load_model",
+]
 
 
 def load_run_config(path: str, cfg_options: list[str] | None = None) -> dict:
@@ -60,8 +65,13 @@ def run_config_from_converted_meta(meta: dict) -> dict:
     crop_type = {1: "CenterCrop", 3: "ThreeCrop", 10: "TenCrop"}.get(int(sampling.get("num_crops", 1)), "CenterCrop")
     test_pipeline = [
         dict(type="PyAVInit"),
-        dict(type="SampleFrames", clip_len=sampling["clip_len"], frame_interval=sampling["frame_interval"],
-             num_clips=sampling.get("num_clips", 1), test_mode=True),
+        dict(
+            type="SampleFrames",
+            clip_len=sampling["clip_len"],
+            frame_interval=sampling["frame_interval"],
+            num_clips=sampling.get("num_clips", 1),
+            test_mode=True,
+        ),
         dict(type="PyAVDecode"),
         dict(type="Resize", scale=(-1, sampling.get("test_scale", 256))),
         dict(type=crop_type, crop_size=sampling.get("crop_size", 256)),
@@ -88,9 +98,16 @@ def read_label_names(path: str | None, cfg: dict, num_classes: int) -> list[str]
     return names
 
 
-def load_model(cfg: dict, checkpoint: str, device: str | None = None, eager: bool = False, precision: str = "fp32",
-               compile: bool = False, backend: str = "torch", on_unsupported: str = "error",
-               ) -> tuple[torch.nn.Module, torch.device]:
+def load_model(
+    cfg: dict,
+    checkpoint: str,
+    device: str | None = None,
+    eager: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
+    backend: str = "torch",
+    on_unsupported: str = "error",
+) -> tuple[torch.nn.Module, torch.device]:
     """The config's recognizer filled from ``checkpoint`` ('none': random weights) on ``device`` in eval mode: the
     model as built with ``eager``, else the inference copy of :func:`lateral.optimize` for ``precision``,
     ``compile`` and ``backend`` (``on_unsupported``: what to do where the CPU has no bf16)."""
@@ -103,12 +120,13 @@ def load_model(cfg: dict, checkpoint: str, device: str | None = None, eager: boo
         raise ConfigError(f"--precision must be fp32 or bf16, got '{precision}'")
     if eager:
         if compile or precision != "fp32" or backend != "torch":
-            raise ConfigError("--eager runs the model as built, in fp32; it cannot be combined with --compile, "
-                              "--precision bf16 or --backend openvino")
+            raise ConfigError(
+                "--eager runs the model as built, in fp32; it cannot be combined with --compile, "
+                "--precision bf16 or --backend openvino"
+            )
         return model, target
     if compile and backend != "torch":
         raise ConfigError("--compile is for --backend torch; OpenVINO compiles the model itself")
     # the inference copy (BN folded, channels-last, oneDNN convs) gives the eager logits within 1e-4, faster
-    model = optimize(model, precision=precision, compile=compile, on_unsupported=on_unsupported,
-                             backend=backend)
+    model = optimize(model, precision=precision, compile=compile, on_unsupported=on_unsupported, backend=backend)
     return model, target

@@ -59,23 +59,69 @@ TRAIN_LOOPS = ("EpochBasedTrainLoop", "IterBasedTrainLoop")
 HOOK_KEYS = {
     "runtime_info": ("type",),
     "timer": ("type",),
-    "logger": ("type", "interval", "ignore_last", "interval_exp_name", "out_dir", "out_suffix", "keep_local",
-               "file_client_args", "log_metric_by_epoch", "backend_args"),
+    "logger": (
+        "type",
+        "interval",
+        "ignore_last",
+        "interval_exp_name",
+        "out_dir",
+        "out_suffix",
+        "keep_local",
+        "file_client_args",
+        "log_metric_by_epoch",
+        "backend_args",
+    ),
     "param_scheduler": ("type",),
-    "checkpoint": ("type", "interval", "by_epoch", "save_optimizer", "save_param_scheduler", "out_dir",
-                   "max_keep_ckpts", "save_last", "save_best", "rule", "greater_keys", "less_keys",
-                   "file_client_args", "filename_tmpl", "published_keys", "save_begin", "backend_args"),
+    "checkpoint": (
+        "type",
+        "interval",
+        "by_epoch",
+        "save_optimizer",
+        "save_param_scheduler",
+        "out_dir",
+        "max_keep_ckpts",
+        "save_last",
+        "save_best",
+        "rule",
+        "greater_keys",
+        "less_keys",
+        "file_client_args",
+        "filename_tmpl",
+        "published_keys",
+        "save_begin",
+        "backend_args",
+    ),
     "sampler_seed": ("type",),
     "sync_buffers": ("type",),
     "visualization": ("type", "enable", "interval", "show", "wait_time", "out_dir"),
 }
 RANDOMNESS_KEYS = ("seed", "diff_rank_seed", "deterministic")
 SAMPLER_KEYS = ("type", "shuffle", "seed", "round_up")  # mmengine DefaultSampler's; only shuffle changes anything here
-LOADER_KEYS = ("dataset", "batch_size", "num_workers", "persistent_workers", "sampler", "pin_memory", "drop_last",
-               "collate_fn", "prefetch_factor", "batch_sampler", "timeout", "multiprocessing_context")
+LOADER_KEYS = (
+    "dataset",
+    "batch_size",
+    "num_workers",
+    "persistent_workers",
+    "sampler",
+    "pin_memory",
+    "drop_last",
+    "collate_fn",
+    "prefetch_factor",
+    "batch_sampler",
+    "timeout",
+    "multiprocessing_context",
+)
 
-__all__ = ["NoTrainingDataError", "NonFiniteLossError", "TrainingTask", "LoopSettings", "TrainingLoop",
-           "EpochSampler", "resolve_amp", "seed_setting"]
+__all__ = [
+    "NoTrainingDataError",
+    "NonFiniteLossError",
+    "TrainingTask",
+    "LoopSettings",
+    "TrainingLoop",
+    "EpochSampler",
+    "resolve_amp",
+    "seed_setting",
+]
 
 logger = logging.getLogger("lateral.train")
 
@@ -148,16 +194,18 @@ class TrainingTask(Protocol):
         that puts the model in ``channels_last_3d`` sets ``self.channels_last = True``, so that the loop swaps in
         the CPU workarounds for that layout."""
 
-    def losses(self, model: nn.Module, forward: Callable, batch: Any, device: torch.device,
-               autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, model: nn.Module, forward: Callable, batch: Any, device: torch.device, autocast: Callable[[], Any]
+    ) -> dict[str, torch.Tensor]:
         """One training forward through ``forward`` (the DDP wrapper of ``model``, or ``model``) under
         ``autocast()``; keys ``loss*`` are summed into the loss that is back-propagated, every key is logged."""
 
     def predicts_finite(self, model: nn.Module, device: torch.device, autocast: Callable[[], Any]) -> bool:
         """Whether ``model`` in eval mode predicts finite outputs for the last step's inputs."""
 
-    def validate(self, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-                 progress: bool) -> dict:
+    def validate(
+        self, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None, progress: bool
+    ) -> dict:
         """The validation metrics of ``model`` on ``loader`` (every rank gets those of the whole split)."""
 
     def score(self, metrics: dict) -> float:
@@ -210,8 +258,10 @@ class LoopSettings:
         by_epoch = loop_type == "EpochBasedTrainLoop"
         wrong = "max_iters" if by_epoch else "max_epochs"
         if wrong in train_cfg:
-            raise ConfigError(f"train_cfg: an {loop_type} counts in {'epochs' if by_epoch else 'iterations'}: "
-                              f"replace {wrong} with {'max_epochs' if by_epoch else 'max_iters'}")
+            raise ConfigError(
+                f"train_cfg: an {loop_type} counts in {'epochs' if by_epoch else 'iterations'}: "
+                f"replace {wrong} with {'max_epochs' if by_epoch else 'max_iters'}"
+            )
         settings = cls(by_epoch=by_epoch)
         if by_epoch:
             settings.max_epochs = positive_int_setting(train_cfg.get("max_epochs", 1), "train_cfg.max_epochs")
@@ -219,8 +269,9 @@ class LoopSettings:
             settings.max_iters = positive_int_setting(train_cfg.get("max_iters", 1000), "train_cfg.max_iters")
         # mmengine's defaults: every epoch, or every 1000 iterations (and at the end)
         default_interval = 1 if by_epoch else 1000
-        settings.val_interval = positive_int_setting(train_cfg.get("val_interval", default_interval),
-                                                     "train_cfg.val_interval")
+        settings.val_interval = positive_int_setting(
+            train_cfg.get("val_interval", default_interval), "train_cfg.val_interval"
+        )
         settings.val_begin = positive_int_setting(train_cfg.get("val_begin", 1), "train_cfg.val_begin")
         settings._read_hooks(cfg)
         check_bool_flags(cfg, ("sync_bn", "tensorboard"))
@@ -233,16 +284,20 @@ class LoopSettings:
         logger_hook = check_keys(hooks.get("logger"), HOOK_KEYS["logger"], "default_hooks.logger")
         self.log_interval = positive_int_setting(logger_hook.get("interval", 20), "default_hooks.logger.interval")
         ckpt_hook = check_keys(hooks.get("checkpoint"), HOOK_KEYS["checkpoint"], "default_hooks.checkpoint")
-        self.ckpt_interval = positive_int_setting(ckpt_hook.get("interval", 1 if self.by_epoch else 1000),
-                                                  "default_hooks.checkpoint.interval")
+        self.ckpt_interval = positive_int_setting(
+            ckpt_hook.get("interval", 1 if self.by_epoch else 1000), "default_hooks.checkpoint.interval"
+        )
         if ckpt_hook.get("by_epoch", self.by_epoch) != self.by_epoch:
-            raise ConfigError(f"default_hooks.checkpoint.by_epoch={ckpt_hook['by_epoch']} does not fit train_cfg "
-                              f"({'epochs' if self.by_epoch else 'iterations'}): set by_epoch={self.by_epoch} or "
-                              "leave it out")
+            raise ConfigError(
+                f"default_hooks.checkpoint.by_epoch={ckpt_hook['by_epoch']} does not fit train_cfg "
+                f"({'epochs' if self.by_epoch else 'iterations'}): set by_epoch={self.by_epoch} or "
+                "leave it out"
+            )
         max_keep = ckpt_hook.get("max_keep_ckpts", -1)
         if type(max_keep) is not int:
-            raise ConfigError(f"default_hooks.checkpoint.max_keep_ckpts must be a whole number (-1 keeps all), got "
-                              f"{max_keep!r}")
+            raise ConfigError(
+                f"default_hooks.checkpoint.max_keep_ckpts must be a whole number (-1 keeps all), got {max_keep!r}"
+            )
         self.max_keep_ckpts = max_keep
 
 
@@ -286,7 +341,12 @@ def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "python": random.getstate(),
         "data": data_rng().bit_generator.state,  # the data pipeline's own generator (crops, frame offsets)
     }
@@ -299,7 +359,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"])
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
     )
     random.setstate(_as_tuples(state["python"]))
     if "data" in state:
@@ -400,9 +466,16 @@ class TrainingLoop:
             stderr, with the progress bars, so that stdout keeps only a command's result.
     """
 
-    def __init__(self, task: TrainingTask, work_dir: str | Path, resume: str | None = None, amp: str | None = None,
-                 device: str | torch.device | None = None, progress: bool = True,
-                 say: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        task: TrainingTask,
+        work_dir: str | Path,
+        resume: str | None = None,
+        amp: str | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        say: Callable[[str], None] | None = None,
+    ):
         self.task = task
         self.cfg = cfg = task.cfg
         self.work_dir = Path(work_dir)
@@ -471,8 +544,9 @@ class TrainingLoop:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self.task.prepare_model(model, self.device)
         # the CPU kernel workarounds that bf16 autocast and channels-last need, as modules with the same state dict
-        apply_training_workarounds(self.model, amp=self.amp_dtype,
-                                   channels_last=getattr(self.task, "channels_last", False))
+        apply_training_workarounds(
+            self.model, amp=self.amp_dtype, channels_last=getattr(self.task, "channels_last", False)
+        )
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model: Any = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
@@ -506,12 +580,17 @@ class TrainingLoop:
         report = load_checkpoint(model, path, strict=False, drop_mismatched_head=True)
         own = model.state_dict()
         if not report["loaded"]:
-            raise CheckpointError(f"load_from={path}: not one tensor fits the model (checkpoint keys like "
-                                  f"{report['unexpected'][:3]}, model keys like {list(own)[:3]})")
+            raise CheckpointError(
+                f"load_from={path}: not one tensor fits the model (checkpoint keys like "
+                f"{report['unexpected'][:3]}, model keys like {list(own)[:3]})"
+            )
         missing = unfilled_keys(own, report)
         if missing:
-            warnings.warn(f"load_from={path} leaves {len(missing)} of {len(own)} model tensors initialised "
-                          f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})", stacklevel=4)
+            warnings.warn(
+                f"load_from={path} leaves {len(missing)} of {len(own)} model tensors initialised "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})",
+                stacklevel=4,
+            )
 
     # ------------------------------------------------------------ resume
 
@@ -594,10 +673,19 @@ class TrainingLoop:
             number += 1
         kept = old_log.rename(self.work_dir / f"log.jsonl.{number}")
         best = self.work_dir / "best.pth"
-        best_note = (f" {best.name} is still the earlier run's, until this run's first validation replaces it."
-                     if best.is_file() else "")
-        logger.warning("--resume auto: no checkpoint (%s) in %s; starting from scratch. The earlier run's log is "
-                       "kept as %s and this run writes a new log.jsonl.%s", kinds, self.work_dir, kept.name, best_note)
+        best_note = (
+            f" {best.name} is still the earlier run's, until this run's first validation replaces it."
+            if best.is_file()
+            else ""
+        )
+        logger.warning(
+            "--resume auto: no checkpoint (%s) in %s; starting from scratch. The earlier run's log is "
+            "kept as %s and this run writes a new log.jsonl.%s",
+            kinds,
+            self.work_dir,
+            kept.name,
+            best_note,
+        )
         self._log({"event": "start", "note": f"--resume auto found no checkpoint; the earlier log is {kept.name}"})
 
     def _newest_readable_checkpoint(self) -> tuple[Path, dict] | None:
@@ -633,15 +721,23 @@ class TrainingLoop:
                 choice = newest
                 reader.problems.append(
                     f"{latest.name} holds {_describe(latest_at)}, older than {newest[0].name} with "
-                    f"{_describe(newest_at)} (latest.pth restored from a backup or copied from another run?)")
+                    f"{_describe(newest_at)} (latest.pth restored from a backup or copied from another run?)"
+                )
         if choice is None:
-            raise CheckpointError(f"--resume auto: no checkpoint in {self.work_dir} can be read:\n  "
-                                  + "\n  ".join(reader.problems)
-                                  + "\nStart the run again without --resume (or in a new work_dir).")
+            raise CheckpointError(
+                f"--resume auto: no checkpoint in {self.work_dir} can be read:\n  "
+                + "\n  ".join(reader.problems)
+                + "\nStart the run again without --resume (or in a new work_dir)."
+            )
         path, ckpt = choice
         if reader.problems and dist_utils.is_main_process():
-            logger.warning("resuming from %s, because %s (%s holds %s)", path.name, "; ".join(reader.problems),
-                           path.name, _describe(_progress(ckpt)))
+            logger.warning(
+                "resuming from %s, because %s (%s holds %s)",
+                path.name,
+                "; ".join(reader.problems),
+                path.name,
+                _describe(_progress(ckpt)),
+            )
         return path, ckpt
 
     def _restore_rng(self, ckpt: dict) -> None:
@@ -658,9 +754,12 @@ class TrainingLoop:
             _set_rng_state(per_rank[dist_utils.rank()])
             return
         if dist_utils.is_main_process():
-            logger.warning("the checkpoint was written by %d process(es) and this run has %d: the random-number "
-                           "streams are re-seeded, so the resumed run is not bit-identical to an uninterrupted one",
-                           len(per_rank), dist_utils.world_size())
+            logger.warning(
+                "the checkpoint was written by %d process(es) and this run has %d: the random-number "
+                "streams are re-seeded, so the resumed run is not bit-identical to an uninterrupted one",
+                len(per_rank),
+                dist_utils.world_size(),
+            )
         reseed = self.seed * 100_003 + self.start_epoch * 1009 + dist_utils.rank()
         random.seed(reseed)
         np.random.seed(reseed % 2**32)
@@ -757,11 +856,16 @@ class TrainingLoop:
         """The iteration loop's terminal line: losses averaged since the last one, the learning rate, the time left."""
         count = max(self._window.pop("count", 1.0), 1.0)
         seconds = (time.time() - self._window_start) / count
-        parts = " ".join(f"{name.replace('loss_', '')} {value / count:.3f}" for name, value in self._window.items()
-                         if name.startswith("loss_"))
+        parts = " ".join(
+            f"{name.replace('loss_', '')} {value / count:.3f}"
+            for name, value in self._window.items()
+            if name.startswith("loss_")
+        )
         eta = (self.settings.max_iters - self.iteration) * seconds / 60
-        self.say(f"iter {self.iteration}/{self.settings.max_iters} loss {self._window.get('loss', 0.0) / count:.3f} "
-                 f"({parts}) lr {step['lr']:.4g} {seconds:.2f} s/iter eta {eta:.1f} min")
+        self.say(
+            f"iter {self.iteration}/{self.settings.max_iters} loss {self._window.get('loss', 0.0) / count:.3f} "
+            f"({parts}) lr {step['lr']:.4g} {seconds:.2f} s/iter eta {eta:.1f} min"
+        )
         self._window, self._window_start = {}, time.time()
 
     # ------------------------------------------------------------ one step
@@ -811,35 +915,47 @@ class TrainingLoop:
         overflows in its first layers).
         """
         failing = self.iteration + 1  # iterations are counted from 1 in the log
-        broken_stats = [name for name, buffer in self.model.named_buffers()
-                        if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all())]
+        broken_stats = [
+            name
+            for name, buffer in self.model.named_buffers()
+            if buffer.is_floating_point() and not bool(torch.isfinite(buffer).all())
+        ]
         with torch.no_grad():
             for buffer, before in zip(self.model.buffers(), buffers_before):
                 buffer.copy_(before)
         if not bool(torch.isfinite(loss)):
             what = f"the loss became {loss.item()}"
         elif broken_stats:
-            what = (f"the BatchNorm statistics became non-finite ({_names(broken_stats)}; the activations "
-                    f"overflowed) although the loss was {loss.item():.4g}")
+            what = (
+                f"the BatchNorm statistics became non-finite ({_names(broken_stats)}; the activations "
+                f"overflowed) although the loss was {loss.item():.4g}"
+            )
         else:
             what = "the loss or the BatchNorm statistics became non-finite on another rank"
         where = f"at iteration {failing} (epoch {self._epoch + 1})"
         # every tensor a resumed run would start from: weights, BatchNorm statistics and the optimizer's state
         # (the same on every rank: parameters and optimizer state are identical under DDP, buffers broadcast)
         bad = nonfinite_tensors(unwrap(self.model).state_dict()) + [
-            f"optimizer.{name}" for name in nonfinite_tensors(self.optimizer.state_dict()["state"], "state")]
+            f"optimizer.{name}" for name in nonfinite_tensors(self.optimizer.state_dict()["state"], "state")
+        ]
         if not bad:
             path = self.save(self._epoch, name=f"nonfinite_iter{failing}.pth")
             kept = f"the model before this step is saved in {path or self.work_dir / f'nonfinite_iter{failing}.pth'}"
             if not self._predicts_finite():
-                kept += (", but in eval mode it predicts non-finite scores for this step's clips (its weights had "
-                         "already diverged): it is kept for inspection, not for use")
+                kept += (
+                    ", but in eval mode it predicts non-finite scores for this step's clips (its weights had "
+                    "already diverged): it is kept for inspection, not for use"
+                )
         else:
             latest = self.work_dir / "latest.pth"
             last = f"the last finished epoch is in {latest}" if latest.exists() else "no epoch had finished yet"
-            kept = (f"the model's state was already non-finite before this step ({_names(bad)}: an earlier update "
-                    f"overflowed), so no finite state of this epoch exists and no rescue checkpoint was written; {last}")
-        advice = "Lower the learning rate" + (" (clip_grad is already on)" if self.clip_grad else " or enable clip_grad")
+            kept = (
+                f"the model's state was already non-finite before this step ({_names(bad)}: an earlier update "
+                f"overflowed), so no finite state of this epoch exists and no rescue checkpoint was written; {last}"
+            )
+        advice = "Lower the learning rate" + (
+            " (clip_grad is already on)" if self.clip_grad else " or enable clip_grad"
+        )
         raise NonFiniteLossError(f"{what} {where}; {kept}. {advice}.")
 
     def _predicts_finite(self) -> bool:
@@ -973,12 +1089,18 @@ class TrainingLoop:
         at, last = self.iteration, self.settings.max_iters
         if (at % self.settings.log_interval == 0 or at == last) and self._window:
             self._say_iterations(step or {"lr": self.optimizer.param_groups[0]["lr"]})
-        if (self.val_loader is not None and at >= self.settings.val_begin
-                and (at % self.settings.val_interval == 0 or at == last)):
+        if (
+            self.val_loader is not None
+            and at >= self.settings.val_begin
+            and (at % self.settings.val_interval == 0 or at == last)
+        ):
             metrics = self._validate_and_keep_best(at)
             self._log({"event": "val", "epoch": self._epoch + 1, "iter": at, **metrics})
-            self.say("  ".join([f"iter {at}/{last}"] + self.task.describe_validation(
-                {f"val_{k}": v for k, v in metrics.items()})))
+            self.say(
+                "  ".join(
+                    [f"iter {at}/{last}"] + self.task.describe_validation({f"val_{k}": v for k, v in metrics.items()})
+                )
+            )
         if at % self.settings.ckpt_interval == 0 or at == last:
             self.save(at)
             dist_utils.barrier()
@@ -1001,12 +1123,20 @@ class TrainingLoop:
             record["failed_samples"] = failed
             record["skipped_batches"] = tally.skipped
             if dist_utils.is_main_process():
-                logger.warning("epoch %d: %d unreadable training sample reads skipped (all ranks); %d batches "
-                               "skipped", epoch + 1, failed, tally.skipped)
+                logger.warning(
+                    "epoch %d: %d unreadable training sample reads skipped (all ranks); %d batches skipped",
+                    epoch + 1,
+                    failed,
+                    tally.skipped,
+                )
         if self.settings.by_epoch:
             self.task.after_train_epoch(self)
             settings = self.settings
-            if self.val_loader is not None and epoch + 1 >= settings.val_begin and (epoch + 1) % settings.val_interval == 0:
+            if (
+                self.val_loader is not None
+                and epoch + 1 >= settings.val_begin
+                and (epoch + 1) % settings.val_interval == 0
+            ):
                 record.update({f"val_{k}": v for k, v in self._validate_and_keep_best(epoch + 1).items()})
         self.history.append(record)
         self._log({"event": "epoch", **record})
@@ -1017,7 +1147,8 @@ class TrainingLoop:
             dist_utils.barrier()
 
     def validate(self) -> dict:
-        """The task's validation metrics, with ``failed_samples`` (over every rank's shard) when files were unreadable."""
+        """The task's validation metrics, with ``failed_samples`` (over every rank's shard) when files were
+        unreadable."""
         dist_utils.broadcast_buffers(self.model)  # score every shard with the BN statistics the checkpoint holds
         failures_before = _failures(self.val_loader)
         metrics = self.task.validate(self.model, self.val_loader, self.device, self.amp_dtype, self.progress)

@@ -9,8 +9,15 @@ import numpy as np
 
 from lateral.errors import InputError
 
-__all__ = ["top_k_accuracy", "mean_class_accuracy", "confusion_matrix", "average_precision", "mean_average_precision",
-           "classification_metrics", "save_confusion"]
+__all__ = [
+    "top_k_accuracy",
+    "mean_class_accuracy",
+    "confusion_matrix",
+    "average_precision",
+    "mean_average_precision",
+    "classification_metrics",
+    "save_confusion",
+]
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, topk: tuple[int, ...] = (1, 5)) -> dict[int, float]:
@@ -90,8 +97,10 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, topk: tuple[i
     labelled = labels >= 0
     out_of_range = sorted(set(labels[labels >= num_classes].tolist()) | set(labels[labels < -1].tolist()))
     if out_of_range:
-        raise InputError(f"labels {out_of_range[:10]} are outside 0..{num_classes - 1}: the model scores "
-                         f"{num_classes} classes (-1 marks an unlabelled sample)")
+        raise InputError(
+            f"labels {out_of_range[:10]} are outside 0..{num_classes - 1}: the model scores "
+            f"{num_classes} classes (-1 marks an unlabelled sample)"
+        )
     scores, labels = scores[labelled], labels[labelled]
     matrix = confusion_matrix(scores.argmax(axis=1), labels, num_classes)
     metrics: dict = {f"top{k}_acc": acc for k, acc in top_k_accuracy(scores, labels, topk).items()}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import copy
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -21,8 +20,15 @@ from lateral.errors import InputError
 if TYPE_CHECKING:
     from lateral.models.recognizer import Recognizer3D
 
-__all__ = ["set_test_views", "video_pipeline", "predict_video", "predict_timeline", "write_timeline", "timeline_classes",
-           "parse_seconds"]
+__all__ = [
+    "set_test_views",
+    "video_pipeline",
+    "predict_video",
+    "predict_timeline",
+    "write_timeline",
+    "timeline_classes",
+    "parse_seconds",
+]
 
 _CROP_STEPS = {"CenterCrop": 1, "ThreeCrop": 3, "TenCrop": 10}
 
@@ -80,7 +86,10 @@ def _clips_for(results: dict, steps) -> torch.Tensor:
     inputs = results.get("inputs", results.get("imgs"))
     inputs = torch.as_tensor(inputs)
     if inputs.dim() != 5:
-        raise InputError(f"the pipeline must end with clips [V, C, T, H, W] (FormatShape + PackActionInputs), got {list(inputs.shape)}")
+        raise InputError(
+            "the pipeline must end with clips [V, C, T, H, W] (FormatShape + PackActionInputs), got "
+            f"{list(inputs.shape)}"
+        )
     return inputs
 
 
@@ -177,8 +186,9 @@ def predict_timeline(
     return rows
 
 
-def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str | Path, topk: int = 5,
-                   overwrite: bool = False) -> dict:
+def write_timeline(
+    rows: list[TimelineRow], class_names: list[str], out_dir: str | Path, topk: int = 5, overwrite: bool = False
+) -> dict:
     """Write ``timeline.csv``, ``timeline.json`` and ``timeline.png`` into ``out_dir`` (created if missing).
 
     The plot draws every class that is among the ``topk`` of at least one window, so a class that leads anywhere
@@ -192,8 +202,10 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
     paths = {kind: out_dir / f"timeline.{kind}" for kind in ("csv", "json", "png")}
     existing = [str(path) for path in paths.values() if path.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist (an earlier run's timeline); write elsewhere, or "
-                              "pass overwrite=True (--overwrite) to replace them")
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist (an earlier run's timeline); write elsewhere, or "
+            "pass overwrite=True (--overwrite) to replace them"
+        )
     mode = "w" if overwrite else "x"  # 'x': a file another process created meanwhile is refused, not clobbered
     names = class_names or [str(i) for i in range(len(rows[0].probs))]
     with open(paths["csv"], mode, newline="") as handle:
@@ -201,11 +213,18 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
         writer.writerow(["start_s", "end_s", "top1", "top1_prob"] + names)
         for r in rows:
             top = int(r.probs.argmax())
-            writer.writerow([f"{r.start_s:.3f}", f"{r.end_s:.3f}", names[top], f"{float(r.probs[top]):.4f}"]
-                            + [f"{float(p):.4f}" for p in r.probs])
+            writer.writerow(
+                [f"{r.start_s:.3f}", f"{r.end_s:.3f}", names[top], f"{float(r.probs[top]):.4f}"]
+                + [f"{float(p):.4f}" for p in r.probs]
+            )
     records = [
-        {"start_s": r.start_s, "end_s": r.end_s,
-         "top": [{"label": names[int(i)], "prob": float(r.probs[i])} for i in r.probs.topk(min(topk, len(names))).indices]}
+        {
+            "start_s": r.start_s,
+            "end_s": r.end_s,
+            "top": [
+                {"label": names[int(i)], "prob": float(r.probs[i])} for i in r.probs.topk(min(topk, len(names))).indices
+            ],
+        }
         for r in rows
     ]
     with open(paths["json"], mode) as handle:
@@ -222,8 +241,15 @@ def write_timeline(rows: list[TimelineRow], class_names: list[str], out_dir: str
     fig, ax = plt.subplots(figsize=(9, 3.5))
     palette = plt.get_cmap("tab10" if len(plotted) <= 10 else "tab20")
     for i, k in enumerate(plotted):  # past 20 lines the colours repeat with another line style
-        ax.plot(centres, probs[:, k].numpy(), marker="o", markersize=3, label=names[k], color=palette(i % 20),
-                linestyle=("-", "--", ":")[i // 20 % 3])
+        ax.plot(
+            centres,
+            probs[:, k].numpy(),
+            marker="o",
+            markersize=3,
+            label=names[k],
+            color=palette(i % 20),
+            linestyle=("-", "--", ":")[i // 20 % 3],
+        )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1)

@@ -11,7 +11,7 @@ from torch import nn
 from lateral.config import ConfigError
 from lateral.engine.exporting import config_clip_len, config_input_shape
 
-__all__ = ["LayerRow", "ModelSummary", "summarize", "screen_depth", "parse_shape", "add_cli"]
+__all__ = ["LayerRow", "ModelSummary", "summarize", "screen_depth", "parse_shape"]
 
 
 @dataclass
@@ -35,12 +35,16 @@ class ModelSummary:
         name_width = max([len("Layer")] + [len(r.name) for r in self.rows])
         kind_width = max([len("Type")] + [len(r.kind) for r in self.rows])
         shape_width = max([len("Output shape")] + [len(r.output_shape) for r in self.rows])
-        header = f"{'Layer':<{name_width}}  {'Type':<{kind_width}}  {'Output shape':<{shape_width}}  {'Params':>12}  {'MACs':>14}"
+        header = (
+            f"{'Layer':<{name_width}}  {'Type':<{kind_width}}  {'Output shape':<{shape_width}}  "
+            f"{'Params':>12}  {'MACs':>14}"
+        )
         rule = "-" * len(header)
         lines = [rule, header, "=" * len(header)]
         for r in self.rows:
             lines.append(
-                f"{r.name:<{name_width}}  {r.kind:<{kind_width}}  {r.output_shape:<{shape_width}}  {r.params:>12,}  {r.macs:>14,}"
+                f"{r.name:<{name_width}}  {r.kind:<{kind_width}}  {r.output_shape:<{shape_width}}  "
+                f"{r.params:>12,}  {r.macs:>14,}"
             )
         lines += [
             "=" * len(header),

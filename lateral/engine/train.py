@@ -43,12 +43,25 @@ from lateral.engine.loop import (  # noqa: F401  (re-exported: these lived here 
 from lateral.engine.metrics import classification_metrics
 from lateral.registry import build_model
 
-__all__ = ["NoTrainingDataError", "NonFiniteLossError", "RecognitionTask", "Trainer", "train", "resolve_amp",
-           "build_loader"]
+__all__ = [
+    "NoTrainingDataError",
+    "NonFiniteLossError",
+    "RecognitionTask",
+    "Trainer",
+    "train",
+    "resolve_amp",
+    "build_loader",
+]
 
 
-def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool, name: str = "the *_dataloader config",
-                 resumable: bool = False):
+def build_loader(
+    loader_cfg: dict,
+    train: bool,
+    seed: int,
+    distributed: bool,
+    name: str = "the *_dataloader config",
+    resumable: bool = False,
+):
     """A DataLoader from an mmaction2 ``*_dataloader`` dict (``dataset``, ``batch_size``, ``num_workers``); ``name``
     (e.g. 'test_dataloader') is what error messages call it. ``resumable`` (training by iterations): the order comes
     from an :class:`~lateral.engine.loop.EpochSampler`, which a run resumed mid-epoch continues."""
@@ -61,8 +74,9 @@ def build_loader(loader_cfg: dict, train: bool, seed: int, distributed: bool, na
     sampler = None
     sampler_cfg = check_keys(loader_cfg.get("sampler"), SAMPLER_KEYS, f"{name}.sampler")
     if resumable:
-        sampler = EpochSampler(len(dataset), sampler_cfg.get("shuffle", True), seed, dist_utils.rank(),
-                               dist_utils.world_size())
+        sampler = EpochSampler(
+            len(dataset), sampler_cfg.get("shuffle", True), seed, dist_utils.rank(), dist_utils.world_size()
+        )
     elif distributed:
         if train:
             sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
@@ -89,8 +103,9 @@ def _worker_settings(loader_cfg: dict, name: str) -> dict[str, Any]:
         raise ConfigError(f"{name}.timeout must be a number of seconds >= 0 (0: no limit), got {timeout!r}")
     start_method = loader_cfg.get("multiprocessing_context")
     if start_method is not None and start_method not in worker_start_methods():
-        raise ConfigError(f"{name}.multiprocessing_context must be one of {worker_start_methods()} (or None), got "
-                          f"{start_method!r}")
+        raise ConfigError(
+            f"{name}.multiprocessing_context must be one of {worker_start_methods()} (or None), got {start_method!r}"
+        )
     return {"timeout": float(timeout), "start_method": start_method}
 
 
@@ -124,8 +139,11 @@ def precise_batchnorm(model: nn.Module, loader, device: torch.device, num_iters:
             for buffer, old in zip(bn.buffers(), saved):
                 buffer.copy_(old)
     if used == 0:
-        logger.warning("precise_bn: not one training batch could be read on rank %d; its BatchNorm statistics "
-                       "stay those of training", dist_utils.rank())
+        logger.warning(
+            "precise_bn: not one training batch could be read on rank %d; its BatchNorm statistics "
+            "stay those of training",
+            dist_utils.rank(),
+        )
     dist_utils.average_buffers(model)  # each rank saw its own batches: average the statistics
 
 
@@ -166,9 +184,11 @@ class RecognitionTask:
         if val_loader is not None:
             check_label_range(val_loader.dataset, model.num_classes, "val_dataloader")
             if count_labelled(val_loader.dataset) == 0:
-                raise ConfigError(f"val_dataloader: none of the {len(val_loader.dataset)} samples has a label "
-                                  "(all -1), so validation could score nothing; give a labelled list or drop "
-                                  "val_dataloader")
+                raise ConfigError(
+                    f"val_dataloader: none of the {len(val_loader.dataset)} samples has a label "
+                    "(all -1), so validation could score nothing; give a labelled list or drop "
+                    "val_dataloader"
+                )
         return model
 
     def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -187,12 +207,15 @@ class RecognitionTask:
             return None
         blending = build_blending(blending_cfg)
         if blending.num_classes != model.num_classes:
-            raise ConfigError(f"data_preprocessor.blending has num_classes={blending.num_classes}, but the model has "
-                              f"{model.num_classes} (model.cls_head.num_classes)")
+            raise ConfigError(
+                f"data_preprocessor.blending has num_classes={blending.num_classes}, but the model has "
+                f"{model.num_classes} (model.cls_head.num_classes)"
+            )
         return blending
 
-    def losses(self, model: nn.Module, forward: Callable, batch: dict, device: torch.device,
-               autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, model: nn.Module, forward: Callable, batch: dict, device: torch.device, autocast: Callable[[], Any]
+    ) -> dict[str, torch.Tensor]:
         inputs = prepare_inputs(batch["inputs"], model, device)
         labels = torch.as_tensor(batch["label"]).to(device)
         if self.blending is not None:  # [B, V, C, T, H, W] and [B] -> blended clips and soft labels [B, K]
@@ -213,8 +236,9 @@ class RecognitionTask:
             scores = model(self._clips)
         return bool(torch.isfinite(scores).all())
 
-    def validate(self, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-                 progress: bool) -> dict:
+    def validate(
+        self, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None, progress: bool
+    ) -> dict:
         scores, labels = collect_scores(model, loader, device, amp_dtype, progress, "val")
         if len(labels) == 0:
             if dist_utils.is_main_process():
@@ -274,8 +298,14 @@ class Trainer(TrainingLoop):
         precise_batchnorm(self.model, self.train_loader, self.device, num_iters)
 
 
-def train(cfg: dict, work_dir: str | Path, resume: str | None = None, amp: str | None = None,
-          device: str | None = None, progress: bool = True) -> dict:
+def train(
+    cfg: dict,
+    work_dir: str | Path,
+    resume: str | None = None,
+    amp: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Build a :class:`Trainer` from ``cfg`` and run it; see the class for the keys read."""
     trainer = Trainer(cfg, work_dir, resume=resume, amp=amp, device=device, progress=progress)
     try:

@@ -53,8 +53,15 @@ def uses_small_channel_path(bn: nn.Module, x: torch.Tensor) -> bool:
     return (x.numel() // x.shape[1]) % (VIRTUAL_CHANNELS // x.shape[1]) == 0
 
 
-def _eval_norm(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-               eps: float, repeat: int) -> torch.Tensor:
+def _eval_norm(
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    repeat: int,
+) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias per real channel on the [M', k*C] view (one pass)."""
     return torch.native_batch_norm(
         x2, weight.repeat(repeat), bias.repeat(repeat), mean.repeat(repeat), var.repeat(repeat), False, 0.0, eps
@@ -127,8 +134,14 @@ def batch_norm_on_view(bn: nn.BatchNorm3d, x2: torch.Tensor, repeat: int) -> tor
     bias = bn.bias if bn.bias is not None else x2.new_zeros(channels, dtype=torch.float32)
     if not bn.training:
         return torch.nn.functional.batch_norm(
-            x2, running_mean.repeat(repeat), running_var.repeat(repeat), weight.repeat(repeat),
-            bias.repeat(repeat), False, 0.0, bn.eps,
+            x2,
+            running_mean.repeat(repeat),
+            running_var.repeat(repeat),
+            weight.repeat(repeat),
+            bias.repeat(repeat),
+            False,
+            0.0,
+            bn.eps,
         )
     out2, mean, var = _SmallChannelBatchNorm.apply(x2, weight, bias, bn.eps, repeat)
     with torch.no_grad():

@@ -200,7 +200,10 @@ def load_runner(path: str | os.PathLike, fmt: str, threads: int | None = None) -
 
 
 def check_export(
-    model: nn.Module, path: str | os.PathLike, fmt: str, inputs: Sequence[torch.Tensor] | torch.Tensor,
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    inputs: Sequence[torch.Tensor] | torch.Tensor,
     threads: int | None = None,
 ) -> dict[str, float]:
     """Run the exported file and the eager PyTorch model on the same inputs.

@@ -73,8 +73,8 @@ def fold_batchnorm(model: nn.Module) -> int:
     """Fold, in place, every BatchNorm of ``model`` that directly follows a conv; ``model`` must be in eval mode.
 
     Recognised patterns: mmcv-style ``ConvModule`` (``conv`` then ``bn``; the ``bn`` slot becomes None),
-    torchvision ResNet blocks and the FPN trunk stem (``convK`` then ``bnK``) and consecutive ``conv, bn`` children of an
-    ``nn.Sequential`` (the norm becomes ``nn.Identity``). Other norms are left as they are.
+    torchvision ResNet blocks and the FPN trunk stem (``convK`` then ``bnK``) and consecutive ``conv, bn`` children of
+    an ``nn.Sequential`` (the norm becomes ``nn.Identity``). Other norms are left as they are.
 
     Returns:
         The number of norms folded.

@@ -110,8 +110,15 @@ class OneDnnConv(nn.Module):
             weight = self.weight.detach().contiguous().to_mkldnn()
             # torch's stub omits the input_size argument ATen's mkldnn_reorder_conv*d_weight takes
             packed = self._packed = (
-                key, reorder[x.dim()](weight, self.padding, self.stride, self.dilation, self.groups,  # type: ignore[call-arg]
-                                      list(key[0]))
+                key,
+                reorder[x.dim()](
+                    weight,
+                    self.padding,
+                    self.stride,
+                    self.dilation,
+                    self.groups,  # type: ignore[call-arg]
+                    list(key[0]),
+                ),
             )
         return packed[1]
 
@@ -143,7 +150,9 @@ class OneDnnConv(nn.Module):
         batch, channels, frames, height, width = x.shape
         frames_out = (frames + 2 * pad_t - kernel_t) // stride_t + 1
         gathered = torch.empty(
-            (batch, channels, frames_out * kernel_t, height, width), dtype=x.dtype, device=x.device,
+            (batch, channels, frames_out * kernel_t, height, width),
+            dtype=x.dtype,
+            device=x.device,
             memory_format=torch.channels_last_3d,
         )
         for k in range(kernel_t):
@@ -153,7 +162,9 @@ class OneDnnConv(nn.Module):
             taps[:, :, :first].zero_()
             taps[:, :, last:].zero_()
             if last > first:
-                taps[:, :, first:last].copy_(x[:, :, start + first * stride_t : start + (last - 1) * stride_t + 1 : stride_t])
+                taps[:, :, first:last].copy_(
+                    x[:, :, start + first * stride_t : start + (last - 1) * stride_t + 1 : stride_t]
+                )
         stride, padding = [kernel_t, *self.stride[1:]], [0, *self.padding[1:]]
         return torch.ops.mkldnn._convolution_pointwise(
             gathered, self.weight, self.bias, padding, stride, self.dilation, self.groups, self.unary_op, [], ""
@@ -187,12 +198,34 @@ class OneDnnConv(nn.Module):
         unary = "relu" if relu else None  # the binary variants take no unary op as None, not "none"
         if inplace:
             return torch.ops.mkldnn._convolution_pointwise_.binary(
-                other, x, self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
-                "add", 1.0, unary, [], "",
+                other,
+                x,
+                self.packed_weight(x),
+                self.bias,
+                self.padding,
+                self.stride,
+                self.dilation,
+                self.groups,
+                "add",
+                1.0,
+                unary,
+                [],
+                "",
             )
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
-            "add", 1.0, unary, [], "",
+            x,
+            other,
+            self.packed_weight(x),
+            self.bias,
+            self.padding,
+            self.stride,
+            self.dilation,
+            self.groups,
+            "add",
+            1.0,
+            unary,
+            [],
+            "",
         )
 
     def extra_repr(self) -> str:

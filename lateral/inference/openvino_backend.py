@@ -30,7 +30,9 @@ class OpenVinoRunner:
         threads: inference threads.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, precision: str = "fp32", threads: int | None = None):
+    def __init__(
+        self, model: nn.Module, example_input: torch.Tensor, precision: str = "fp32", threads: int | None = None
+    ):
         ov = require("openvino", "openvino")
         exported = inference_copy(model)
         with warnings.catch_warnings():
@@ -84,9 +86,9 @@ class OpenVinoBackend:
         sample_shape = tuple(x.shape[1:])
         runner = self._runners.get(sample_shape)
         if runner is None:
-            runner = self._runners[sample_shape] = OpenVinoRunner(self.module, x[:1].float(), self.precision,
-                                                                  self.threads)
+            runner = self._runners[sample_shape] = OpenVinoRunner(
+                self.module, x[:1].float(), self.precision, self.threads
+            )
         per_sample = [runner(sample) for sample in x.split(1)]
         outputs = [torch.cat(parts) for parts in zip(*per_sample)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
-

@@ -20,8 +20,6 @@ import copy
 import functools
 import os
 import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +116,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", on_uns
     return precision
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_available() -> tuple[bool, str]:
     """Whether torch.compile's default (inductor) backend can build a kernel here, and if not, why.
 
@@ -154,8 +152,9 @@ class FusedResidualBlock(nn.Module):
         downsample: the shortcut projection, or None for the identity.
     """
 
-    def __init__(self, body: list[tuple[str, nn.Module]], last_name: str, last: nn.Module,
-                 downsample: nn.Module | None):
+    def __init__(
+        self, body: list[tuple[str, nn.Module]], last_name: str, last: nn.Module, downsample: nn.Module | None
+    ):
         super().__init__()
         for name, module in body:
             self.add_module(name, module)
@@ -260,7 +259,9 @@ class FusedFeaturePyramid(nn.Module):
         for i in range(len(inputs) - 2, -1, -1):
             lateral_conv = _only_conv(self.inner_blocks[i])
             upsampled = F.interpolate(top_down, size=inputs[i].shape[-2:], mode="nearest")
-            top_down = lateral_conv.add(inputs[i], upsampled.contiguous(memory_format=torch.channels_last), inplace=True)
+            top_down = lateral_conv.add(
+                inputs[i], upsampled.contiguous(memory_format=torch.channels_last), inplace=True
+            )
             outputs.insert(0, self.layer_blocks[i](top_down))
         if self.extra_blocks is not None:
             outputs.extend(self.extra_blocks(outputs, inputs))
@@ -275,8 +276,10 @@ def fuse_feature_pyramids(model: nn.Module) -> int:
             if type(child) is not FeaturePyramid:
                 continue
             laterals = [_only_conv(block) for block in child.inner_blocks]
-            if all(c is not None and not c.relu and list(c.kernel_size) == [1, 1] and list(c.stride) == [1, 1]
-                   for c in laterals):
+            if all(
+                c is not None and not c.relu and list(c.kernel_size) == [1, 1] and list(c.stride) == [1, 1]
+                for c in laterals
+            ):
                 setattr(module, name, FusedFeaturePyramid(child))
                 fused += 1
     return fused
@@ -299,12 +302,9 @@ def use_onednn_convs(model: nn.Module) -> int:
     Returns:
         The number of convs replaced.
     """
+
     def convertible(conv: nn.Module) -> bool:
-        return (
-            isinstance(conv, _CONV_TYPES)
-            and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str)
-        )
+        return isinstance(conv, _CONV_TYPES) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
     replaced = 0
     for module in list(model.modules()):

@@ -25,4 +25,3 @@ def require(module_name: str, extra: str) -> Any:
         raise MissingDependencyError(
             f"{module_name} is not installed; install the optional extra: pip install 'lateral-vision[{extra}]'"
         ) from None
-

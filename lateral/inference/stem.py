@@ -35,7 +35,6 @@ from torch import nn
 
 from lateral.inference.onednn import OneDnnConv, weight_version
 from lateral.inference.scratch import scratch
-from lateral.inference.winograd import fastest_route, size_class
 from lateral.inference.stem_fold import (
     MAX_STEM_CHANNELS,
     STEM_FOLD,
@@ -44,6 +43,7 @@ from lateral.inference.stem_fold import (
     stack_stem_frames,
     unfold_stem_frames,
 )
+from lateral.inference.winograd import fastest_route, size_class
 from lateral.models.resnet3d import ResNet3d
 from lateral.models.slowfast import ResNet3dSlowFast
 
@@ -179,7 +179,10 @@ class FoldedStemConv(OneDnnConv):
                     return out
                 pool = self.pool
                 return F.max_pool3d(
-                    out, (1, *pool["kernel_size"]), (1, *pool["stride"]), (0, *pool["padding"]),
+                    out,
+                    (1, *pool["kernel_size"]),
+                    (1, *pool["stride"]),
+                    (0, *pool["padding"]),
                     ceil_mode=pool["ceil_mode"],
                 )
             return self._forward_3d(x, frames_out, fold)
@@ -189,8 +192,16 @@ class FoldedStemConv(OneDnnConv):
         weight, bias = self.folded_weight(("3d", fold))
         stride = [fold, *self.stride[1:]]
         out = torch.ops.mkldnn._convolution_pointwise(
-            x.contiguous(memory_format=torch.channels_last_3d), weight, bias, self.padding, stride, self.dilation, 1,
-            self.unary_op, [], "",
+            x.contiguous(memory_format=torch.channels_last_3d),
+            weight,
+            bias,
+            self.padding,
+            stride,
+            self.dilation,
+            1,
+            self.unary_op,
+            [],
+            "",
         )  # [N, G * C_out, T' / G, H', W'] channels-last-3d, i.e. [N * T' / G, G * C_out, H', W'] channels-last
         batch, channels, groups, height, width = out.shape
         out = self._pool2d(out.permute(0, 2, 1, 3, 4).reshape(batch * groups, channels, height, width))
@@ -204,10 +215,20 @@ class FoldedStemConv(OneDnnConv):
         # cast first: the stacking copies then move half the bytes in bf16
         stacked = stack_stem_frames(x.to(self.weight.dtype), self.kernel_size[0], self.padding[0], fold)
         out = torch.ops.mkldnn._convolution_pointwise(
-            stacked, weight, bias, self.padding[1:], self.stride[1:], self.dilation[1:], 1, self.unary_op, [], "",
+            stacked,
+            weight,
+            bias,
+            self.padding[1:],
+            self.stride[1:],
+            self.dilation[1:],
+            1,
+            self.unary_op,
+            [],
+            "",
         )  # [N * T' / G, G * C_out, H', W'] channels-last
-        return unfold_stem_frames(self._pool2d(out), x.shape[0], self.out_channels, fold, frames_out,
-                                  channels_last=True)
+        return unfold_stem_frames(
+            self._pool2d(out), x.shape[0], self.out_channels, fold, frames_out, channels_last=True
+        )
 
     def _forward_2d_grouped(self, x: torch.Tensor, frames_out: int, fold: int) -> torch.Tensor:
         """The 2D fold with every group's frames stacked by one GEMM and every group convolved by one grouped conv.
@@ -233,7 +254,16 @@ class FoldedStemConv(OneDnnConv):
         stacked = stacked.view(batch, height, width, -1).permute(0, 3, 1, 2)  # channels-last
         weight, bias = self.grouped_weight(groups, fold)
         out = torch.ops.mkldnn._convolution_pointwise(
-            stacked, weight, bias, self.padding[1:], self.stride[1:], self.dilation[1:], groups, self.unary_op, [], "",
+            stacked,
+            weight,
+            bias,
+            self.padding[1:],
+            self.stride[1:],
+            self.dilation[1:],
+            groups,
+            self.unary_op,
+            [],
+            "",
         )
         out = self._pool2d(out)  # [N, groups * G * C_out, H', W'] channels-last: memory [N, H', W', groups, G, C_out]
         out_h, out_w = out.shape[-2:]
@@ -272,8 +302,9 @@ class FoldedStemConv(OneDnnConv):
 
     def extra_repr(self) -> str:
         pool = "" if self.pool is None else f", max_pool={self.pool}"
-        chosen = ", ".join(f"{key[0]} frames of ~2^{key[1]} px: {mode} fold {fold}"
-                           for key, (mode, fold) in self.routes_chosen.items())
+        chosen = ", ".join(
+            f"{key[0]} frames of ~2^{key[1]} px: {mode} fold {fold}" for key, (mode, fold) in self.routes_chosen.items()
+        )
         return f"{super().extra_repr()}, mode={self.mode}, fold={self.fold}{pool}" + (f" ({chosen})" if chosen else "")
 
 

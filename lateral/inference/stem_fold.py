@@ -122,8 +122,9 @@ def folded_stem_conv2d(conv: nn.Conv3d, x: torch.Tensor, fold: int) -> torch.Ten
     return F.conv2d(stacked, weight, bias, conv.stride[1:], conv.padding[1:])
 
 
-def unfold_stem_frames(folded: torch.Tensor, batch: int, out_channels: int, fold: int, frames_out: int,
-                        channels_last: bool) -> torch.Tensor:
+def unfold_stem_frames(
+    folded: torch.Tensor, batch: int, out_channels: int, fold: int, frames_out: int, channels_last: bool
+) -> torch.Tensor:
     """[N * groups, G * C_out, H, W] (channels-last) -> [N, C_out, T', H, W], channels-last-3d or contiguous."""
     groups = folded.shape[0] // batch
     height, width = folded.shape[-2:]
@@ -143,4 +144,3 @@ def framewise_pool_args(pool: nn.Module | None) -> dict | None:
     if kernel[0] != 1 or stride[0] != 1 or padding[0] != 0 or dilation != (1, 1, 1):
         return None
     return {"kernel_size": kernel[1:], "stride": stride[1:], "padding": padding[1:], "ceil_mode": pool.ceil_mode}
-

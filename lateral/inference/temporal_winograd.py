@@ -15,7 +15,8 @@ fewer, 32 frames) were slower (128 -> 32 at 14x14: 1.5 ms direct, 2.1 ms F(4, 3)
 ``MIN_CHANNELS`` are not tried. Accuracy in float32 against oneDNN's direct conv on random data: 1e-6 (F(2, 3)) and
 2e-6 (F(4, 3)) of the largest output.
 
-:class:`TemporalWinogradConv` times the routes per size class like the 3x3 :class:`~lateral.inference.winograd.WinogradConv`.
+:class:`TemporalWinogradConv` times the routes per size class like the 3x3
+:class:`~lateral.inference.winograd.WinogradConv`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from lateral.inference.scratch import scratch
 from lateral.inference.winograd import F2X2, F4X4, MIN_CHANNELS, TileAlgorithm, WinogradConv, replace_convs
 
 __all__ = [
-    "TEMPORAL_ALGORITHMS", "TemporalWinogradConv", "temporal_winograd_eligible", "temporal_winograd_weight",
-    "use_temporal_winograd_convs", "winograd_conv3x1x1",
+    "TEMPORAL_ALGORITHMS",
+    "TemporalWinogradConv",
+    "temporal_winograd_eligible",
+    "temporal_winograd_weight",
+    "use_temporal_winograd_convs",
+    "winograd_conv3x1x1",
 ]
 
 # The 1D matrices of F(2x2, 3x3) and F(4x4, 3x3) are those of F(2, 3) and F(4, 3).
@@ -46,14 +51,19 @@ def temporal_winograd_weight(weight: torch.Tensor, algorithm: TileAlgorithm = F4
     return transformed.to(weight.dtype).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transform_matrices(algorithm: TileAlgorithm, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """B^T [a, a] and A^T [m, a] (small integers, exact in float32 and bfloat16)."""
     return torch.tensor(algorithm.input_t, dtype=dtype), torch.tensor(algorithm.output_t, dtype=dtype)
 
 
-def winograd_conv3x1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-                       algorithm: TileAlgorithm = F4X4) -> torch.Tensor:
+def winograd_conv3x1x1(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+    algorithm: TileAlgorithm = F4X4,
+) -> torch.Tensor:
     """Temporal convolution with kernel 3, stride 1, zero padding 1, then + bias and ReLU, as given.
 
     Args:
@@ -66,8 +76,9 @@ def winograd_conv3x1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         input frames are zeros and its extra output frames are dropped.
     """
     if x.dim() != 4 or not x.is_contiguous():
-        raise ValueError(f"x must be a contiguous [N, T, P, C_in] tensor, got shape {tuple(x.shape)} with strides "
-                         f"{x.stride()}")
+        raise ValueError(
+            f"x must be a contiguous [N, T, P, C_in] tensor, got shape {tuple(x.shape)} with strides {x.stride()}"
+        )
     batch, frames, pixels, in_channels = x.shape
     m, size = algorithm.outputs, algorithm.size
     if weight.shape[0] != size or weight.shape[1] != in_channels:
@@ -111,14 +122,22 @@ class TemporalWinogradConv(WinogradConv):
     ROUTES = ("direct", *TEMPORAL_ALGORITHMS)
     WEIGHT_TRANSFORM = staticmethod(temporal_winograd_weight)
 
-    def _forward_winograd(self, x: torch.Tensor, algorithm: str, residual: torch.Tensor | None = None,
-                          relu: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward_winograd(
+        self,
+        x: torch.Tensor,
+        algorithm: str,
+        residual: torch.Tensor | None = None,
+        relu: bool | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if residual is not None or out is not None:
             raise ValueError("TemporalWinogradConv adds no shortcut: use the direct route for conv + shortcut")
         batch, channels, frames, height, width = x.shape
         result = winograd_conv3x1x1(
             x.permute(0, 2, 3, 4, 1).view(batch, frames, height * width, channels),
-            self.transformed_weight(algorithm), self.bias, self.relu if relu is None else relu,
+            self.transformed_weight(algorithm),
+            self.bias,
+            self.relu if relu is None else relu,
             self.ALGORITHMS[algorithm],
         )
         return result.view(batch, frames, height, width, -1).permute(0, 4, 1, 2, 3)
@@ -134,9 +153,14 @@ class TemporalWinogradConv(WinogradConv):
 def temporal_winograd_eligible(conv: OneDnnConv) -> bool:
     """A plain 3x1x1 conv3d, stride 1, temporal padding 1, no dilation or groups, at least MIN_CHANNELS wide."""
     return (
-        type(conv) is OneDnnConv and len(conv.kernel_size) == 3 and list(conv.kernel_size) == [3, 1, 1]
-        and list(conv.stride) == [1, 1, 1] and list(conv.padding) == [1, 0, 0] and list(conv.dilation) == [1, 1, 1]
-        and conv.groups == 1 and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+        type(conv) is OneDnnConv
+        and len(conv.kernel_size) == 3
+        and list(conv.kernel_size) == [3, 1, 1]
+        and list(conv.stride) == [1, 1, 1]
+        and list(conv.padding) == [1, 0, 0]
+        and list(conv.dilation) == [1, 1, 1]
+        and conv.groups == 1
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
     )
 
 

@@ -105,7 +105,9 @@ def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def measure_peak(dtype: torch.dtype = torch.float32, repeats: int = 5, shape: Sequence[int] = (1, 256, 8, 28, 28)) -> float:
+def measure_peak(
+    dtype: torch.dtype = torch.float32, repeats: int = 5, shape: Sequence[int] = (1, 256, 8, 28, 28)
+) -> float:
     """GFLOP/s of a large channels-last 3x3x3 conv3d (256 -> 256 channels): the practical peak of this machine.
 
     Takes the best of ``repeats`` calls, with the current ``torch.get_num_threads()``.
@@ -156,7 +158,12 @@ def _first_output(out: Any) -> torch.Tensor:
 
 
 def build_variant(
-    name: str, model: nn.Module, x: torch.Tensor, threads: int, reference: torch.Tensor | None = None, force_bf16: bool = False
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    threads: int,
+    reference: torch.Tensor | None = None,
+    force_bf16: bool = False,
 ) -> Variant:
     """Prepare variant ``name`` of ``model`` for input ``x`` and time its one-off setup.
 
@@ -239,7 +246,10 @@ def format_table(
     """A text table: median and min-max ms, ratio to ``reference``, GFLOP/s and % of the matching peak, setup."""
     eager = next((v for v in variants if v.name == reference and v.times), None)
     eager_median = statistics.median(eager.times) if eager else None
-    header = f"{'variant':<17}{'median ms':>11}{'min-max ms':>17}{'x eager':>9}{'GFLOP/s':>9}{'% peak':>8}{'setup s':>9}{'rel diff':>11}  note"
+    header = (
+        f"{'variant':<17}{'median ms':>11}{'min-max ms':>17}{'x eager':>9}{'GFLOP/s':>9}{'% peak':>8}"
+        f"{'setup s':>9}{'rel diff':>11}  note"
+    )
     lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
     for variant in variants:
         if not variant.times:
@@ -286,8 +296,11 @@ class BenchmarkResult:
         counts as fp32) if given; None if no such variant ran."""
         timed = [v for v in self.variants if v.times]
         if precision is not None:
-            timed = [v for v in timed if v.name.rsplit("-", 1)[-1] == precision
-                     or (precision == "fp32" and v.name == "onnxruntime")]
+            timed = [
+                v
+                for v in timed
+                if v.name.rsplit("-", 1)[-1] == precision or (precision == "fp32" and v.name == "onnxruntime")
+            ]
         return min(timed, key=lambda v: statistics.median(v.times), default=None)
 
     def as_dict(self) -> dict:

@@ -32,9 +32,19 @@ from lateral.inference.onednn import OneDnnConv, weight_version
 from lateral.inference.scratch import scratch
 
 __all__ = [
-    "ALGORITHMS", "F2X2", "F4X4", "MIN_CHANNELS", "TileAlgorithm", "WinogradConv", "fastest_route", "replace_convs",
-    "route_summary", "size_class",
-    "use_winograd_convs", "winograd_conv3x3", "winograd_weight",
+    "ALGORITHMS",
+    "F2X2",
+    "F4X4",
+    "MIN_CHANNELS",
+    "TileAlgorithm",
+    "WinogradConv",
+    "fastest_route",
+    "replace_convs",
+    "route_summary",
+    "size_class",
+    "use_winograd_convs",
+    "winograd_conv3x3",
+    "winograd_weight",
 ]
 
 # Narrower convs make GEMMs too thin to win back the transforms (measured here: 64 channels 1.4x slower).
@@ -75,10 +85,22 @@ F2X2 = TileAlgorithm(
 )
 F4X4 = TileAlgorithm(
     outputs=4,
-    input_t=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
-             (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
-    weight_t=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
-              (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+    input_t=(
+        (4, 0, -5, 0, 1, 0),
+        (0, -4, -4, 1, 1, 0),
+        (0, 4, -4, -1, 1, 0),
+        (0, -2, -1, 2, 1, 0),
+        (0, 2, -1, -2, 1, 0),
+        (0, 4, 0, -5, 0, 1),
+    ),
+    weight_t=(
+        (1 / 4, 0, 0),
+        (-1 / 6, -1 / 6, -1 / 6),
+        (-1 / 6, 1 / 6, -1 / 6),
+        (1 / 24, 1 / 12, 1 / 6),
+        (1 / 24, -1 / 12, 1 / 6),
+        (0, 0, 1),
+    ),
     output_t=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
 )
 ALGORITHMS = {"f2x2": F2X2, "f4x4": F4X4}
@@ -97,14 +119,20 @@ def winograd_weight(weight: torch.Tensor, algorithm: TileAlgorithm = F2X2) -> to
     return transformed.permute(2, 3, 1, 0).reshape(taps, in_channels, out_channels).to(weight.dtype).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transform_matrices(algorithm: TileAlgorithm) -> tuple[torch.Tensor, torch.Tensor]:
     return algorithm.matrices()
 
 
-def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-                     algorithm: TileAlgorithm = F2X2, residual: torch.Tensor | None = None,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
+def winograd_conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+    algorithm: TileAlgorithm = F2X2,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """3x3 convolution, stride 1, zero padding 1, then + bias, + ``residual`` and ReLU, as given.
 
     Args:
@@ -142,7 +170,9 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if out is None:
         out = torch.empty(batch, height, width, out_channels)
     elif tuple(out.shape) != (batch, height, width, out_channels) or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {[batch, height, width, out_channels]} tensor, got {list(out.shape)}")
+        raise ValueError(
+            f"out must be a contiguous {[batch, height, width, out_channels]} tensor, got {list(out.shape)}"
+        )
     # the scratch is shared by every conv of this thread: the zero border columns are reset for each call
     padded_all[:, :, 0].zero_()
     padded_all[:, :, width + 1 :].zero_()
@@ -162,10 +192,12 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         padded[:, src_top - top : src_bottom - top, 1 : width + 1].copy_(x[:, src_top:src_bottom])
         # B^T d B of every tile as one GEMM: [a*a, a*a] @ [a*a, tiles * C_in], after gathering the taps
         gathered = gathered_all[: taps * count * in_channels]
-        gathered.view(size, size, batch, rows, tiles_w, in_channels).copy_(padded.as_strided(
-            (size, size, batch, rows, tiles_w, in_channels),
-            (stride_h, stride_w, stride_n, m * stride_h, m * stride_w, 1),
-        ))
+        gathered.view(size, size, batch, rows, tiles_w, in_channels).copy_(
+            padded.as_strided(
+                (size, size, batch, rows, tiles_w, in_channels),
+                (stride_h, stride_w, stride_n, m * stride_h, m * stride_w, 1),
+            )
+        )
         tiles = tiles_all[: taps * count * in_channels]
         torch.mm(input_transform, gathered.view(taps, -1), out=tiles.view(taps, -1))
         products = products_all[: taps * count * out_channels].view(taps, count, out_channels)
@@ -179,7 +211,8 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         band = out[:, m * first : m * first + visible]
         shortcut = None if residual is None else residual[:, m * first : m * first + visible]
         if not ragged:
-            def as_tiles(rows_view: torch.Tensor) -> torch.Tensor:  # [N, m*R, W, C] -> [m, m, N, R, W', C] view
+            # [N, m*R, W, C] -> a view [m, m, N, R, W', C]; rows bound now, as the loop moves on
+            def as_tiles(rows_view: torch.Tensor, rows: int = rows) -> torch.Tensor:
                 return rows_view.view(batch, rows, m, tiles_w, m, out_channels).permute(2, 4, 0, 1, 3, 5)
 
             target = as_tiles(band)
@@ -231,19 +264,32 @@ class WinogradConv(OneDnnConv):
         cached = self._transformed.get(algorithm)
         if cached is None or cached[0] != version:
             cached = self._transformed[algorithm] = (
-                version, self.WEIGHT_TRANSFORM(self.weight, self.ALGORITHMS[algorithm])
+                version,
+                self.WEIGHT_TRANSFORM(self.weight, self.ALGORITHMS[algorithm]),
             )
         return cached[1]
 
-    def _forward_winograd(self, x: torch.Tensor, algorithm: str, residual: torch.Tensor | None = None,
-                          relu: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward_winograd(
+        self,
+        x: torch.Tensor,
+        algorithm: str,
+        residual: torch.Tensor | None = None,
+        relu: bool | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The conv by ``algorithm`` (+ ``residual``, then ReLU: the conv's own unless ``relu`` is given), in x's
         layout, written into ``out`` if given ([N, C_out, ...] in the same layout)."""
         weight, tiles = self.transformed_weight(algorithm), self.ALGORITHMS[algorithm]
         relu = self.relu if relu is None else relu
-        result = winograd_conv3x3(_as_maps(x), weight, self.bias, relu, tiles,
-                                  residual=None if residual is None else _as_maps(residual),
-                                  out=None if out is None else _as_maps(out))
+        result = winograd_conv3x3(
+            _as_maps(x),
+            weight,
+            self.bias,
+            relu,
+            tiles,
+            residual=None if residual is None else _as_maps(residual),
+            out=None if out is None else _as_maps(out),
+        )
         if out is not None:
             return out
         batch, frames = x.shape[0], (x.shape[2] if x.dim() == 5 else None)
@@ -255,7 +301,9 @@ class WinogradConv(OneDnnConv):
         x = tensors[0]
         layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         return (
-            x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.dim() in (4, 5)
+            x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and x.dim() in (4, 5)
             and all(t.dtype == torch.float32 and t.is_contiguous(memory_format=layout) for t in tensors)
         )
 
@@ -302,8 +350,10 @@ class WinogradConv(OneDnnConv):
         return self._forward_winograd(x, route, residual=other, relu=relu, out=other if inplace else None)
 
     def extra_repr(self) -> str:
-        routes = ", ".join(f"{key[0]} maps/sample of ~2^{key[1]} px{' + shortcut' if len(key) > 2 else ''}: {route}"
-                           for key, route in self.routes.items())
+        routes = ", ".join(
+            f"{key[0]} maps/sample of ~2^{key[1]} px{' + shortcut' if len(key) > 2 else ''}: {route}"
+            for key, route in self.routes.items()
+        )
         return super().extra_repr() + f", winograd={self.mode}" + (f" ({routes})" if routes else "")
 
 
@@ -351,11 +401,13 @@ class _ConvView:
 def winograd_eligible(conv: OneDnnConv) -> bool:
     """A plain 3x3 (or 1x3x3) conv, stride 1, padding 1, no dilation or groups, at least MIN_CHANNELS wide."""
     kernel, stride, padding, dilation = (list(v) for v in (conv.kernel_size, conv.stride, conv.padding, conv.dilation))
-    spatial_ok = (kernel[-2:] == [3, 3] and stride[-2:] == [1, 1] and padding[-2:] == [1, 1]
-                  and dilation[-2:] == [1, 1])
+    spatial_ok = kernel[-2:] == [3, 3] and stride[-2:] == [1, 1] and padding[-2:] == [1, 1] and dilation[-2:] == [1, 1]
     temporal_ok = len(kernel) == 2 or (kernel[0] == 1 and stride[0] == 1 and padding[0] == 0)
     return (
-        type(conv) is OneDnnConv and spatial_ok and temporal_ok and conv.groups == 1
+        type(conv) is OneDnnConv
+        and spatial_ok
+        and temporal_ok
+        and conv.groups == 1
         and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
     )
 
@@ -375,8 +427,9 @@ def route_summary(model: torch.nn.Module) -> str:
     return "winograd routes: " + ", ".join(f"{route} {counts[route]}" for route in order if route in counts)
 
 
-def replace_convs(model: torch.nn.Module, eligible: Callable[[OneDnnConv], bool],
-                  make: Callable[[OneDnnConv], OneDnnConv]) -> int:
+def replace_convs(
+    model: torch.nn.Module, eligible: Callable[[OneDnnConv], bool], make: Callable[[OneDnnConv], OneDnnConv]
+) -> int:
     """Replace, in place, every :class:`OneDnnConv` child of ``model`` for which ``eligible`` holds by ``make(conv)``;
     return how many were replaced."""
     replaced = 0

@@ -68,8 +68,18 @@ class Fp32FallbackConv3d(nn.Conv3d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv3d) -> Fp32FallbackConv3d:
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                  conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        new = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+        )
         return _adopt(new, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,8 +206,11 @@ def use_fp32_fallback_convs(model: nn.Module) -> int:
     replaced = 0
     for module in model.modules():
         conv = getattr(module, "conv", None)
-        if isinstance(module, ConvModule) and type(conv) is nn.Conv3d and bf16_conv3d_unsafe(conv.kernel_size,
-                                                                                             conv.stride):
+        if (
+            isinstance(module, ConvModule)
+            and type(conv) is nn.Conv3d
+            and bf16_conv3d_unsafe(conv.kernel_size, conv.stride)
+        ):
             module.conv = Fp32FallbackConv3d.from_conv(conv)
             replaced += 1
     return replaced
@@ -210,15 +223,17 @@ def use_small_channel_batchnorms(model: nn.Module) -> int:
     for module in model.modules():
         bn = getattr(module, "bn", None)
         if isinstance(module, ConvModule) and type(bn) is nn.BatchNorm3d and bn.num_features in (1, 2, 4, 8):
-            new = SmallChannelBatchNorm3d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                                          device="meta")
+            new = SmallChannelBatchNorm3d(
+                bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta"
+            )
             module.bn = _adopt(new, bn)
             replaced += 1
     return replaced
 
 
-def apply_training_workarounds(model: nn.Module, amp: torch.dtype | str | None = None,
-                               channels_last: bool = False) -> dict[str, int]:
+def apply_training_workarounds(
+    model: nn.Module, amp: torch.dtype | str | None = None, channels_last: bool = False
+) -> dict[str, int]:
     """Swap, in place, the CPU workarounds that training (or evaluation) of ``model`` with ``amp`` and
     ``channels_last`` needs; nothing for a model on another device. Idempotent; the state dict is unchanged.
 

@@ -57,8 +57,9 @@ class InferenceModule(nn.Module):
         memory_format: layout the input is converted to (channels_last_3d for ``[N, C, T, H, W]`` input).
         compile: run ``module`` through ``torch.compile`` (inductor, with freezing: weights become constants and
             are pre-packed for oneDNN). Kernels are built on the first call for each input shape.
-        runner: what runs the module instead of PyTorch (an :class:`~lateral.inference.openvino_backend.OpenVinoBackend`);
-            ``module`` is then kept for its attributes and state dict.
+        runner: what runs the module instead of PyTorch (an
+            :class:`~lateral.inference.openvino_backend.OpenVinoBackend`); ``module`` is then kept for its attributes
+            and state dict.
         convert_input: convert the input to ``dtype`` and ``memory_format`` before ``module``; False when the module's
             first convs read any layout and cast themselves (:mod:`lateral.inference.stem`).
     """
@@ -135,7 +136,7 @@ class InferenceModule(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"dtype={self.dtype}, memory_format={self.memory_format}, compiled={self.compiled}, backend={self.backend}, "
+            f"dtype={self.dtype}, memory_format={self.memory_format}, compiled={self.compiled}, "
+            f"backend={self.backend}, "
             f"convert_input={self.convert_input}"
         )
-

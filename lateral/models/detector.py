@@ -9,7 +9,8 @@ levels from the backbone's strides); it has no parameters, so checkpoints are un
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn

@@ -17,7 +17,8 @@ multiples of 32 work.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +217,7 @@ class ResNetFPN(nn.Module):
         """Name -> :class:`FeatureSpec` of every output, finest level first."""
         return {spec.name: spec for spec in self.feature_info}
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """x: [N, 3, H, W] -> ordered dict name -> [N, out_channels, ceil(H / stride), ceil(W / stride)]."""
         features = list(self.body(x).values())
         levels = self.fpn(features)

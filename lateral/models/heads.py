@@ -63,7 +63,9 @@ class BCELossWithLogits(nn.Module):
     def forward(self, cls_score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """cls_score: [N, K] logits; label: [N, K] -> scalar loss."""
         if label.shape != cls_score.shape:
-            raise InputError(f"multi-label targets must match the scores {list(cls_score.shape)}, got {list(label.shape)}")
+            raise InputError(
+                f"multi-label targets must match the scores {list(cls_score.shape)}, got {list(label.shape)}"
+            )
         weight = None if self.class_weight is None else self.class_weight.to(cls_score)
         loss = F.binary_cross_entropy_with_logits(cls_score, label.to(cls_score.dtype), weight=weight)
         return loss * self.loss_weight
@@ -84,7 +86,9 @@ def build_loss(loss_cfg: dict | nn.Module) -> nn.Module:
     return build_model(loss_cfg)
 
 
-def average_clips(cls_scores: torch.Tensor, num_views: int, mode: str | None, multi_class: bool = False) -> torch.Tensor:
+def average_clips(
+    cls_scores: torch.Tensor, num_views: int, mode: str | None, multi_class: bool = False
+) -> torch.Tensor:
     """Average per-view scores of each sample.
 
     Args:
@@ -147,7 +151,9 @@ class BaseHead(nn.Module):
         labels = torch.as_tensor(labels, device=cls_scores.device)
         if labels.dim() == 0:
             labels = labels.unsqueeze(0)
-        elif labels.dim() == 1 and labels.shape[0] == self.num_classes and cls_scores.shape[0] == 1 and self.multi_class:
+        elif (
+            labels.dim() == 1 and labels.shape[0] == self.num_classes and cls_scores.shape[0] == 1 and self.multi_class
+        ):
             labels = labels.unsqueeze(0)
         losses: dict[str, torch.Tensor] = {}
         if cls_scores.shape != labels.shape:

@@ -55,9 +55,11 @@ def check_input_layout(x: torch.Tensor, in_channels: int, where: str, video: boo
 def check_float_input(x: torch.Tensor, where: str) -> None:
     """Raise a ValueError for integer pixels: raw frames (uint8) must be normalised to float before a model."""
     if not x.is_floating_point():
-        raise InputError(f"{where}: expected float input, got {x.dtype}; raw frames must be normalised first "
-                         "((x.float() - mean) / std, as lateral.engine.evaluate.prepare_inputs does with the "
-                         "model's data_preprocessor)")
+        raise InputError(
+            f"{where}: expected float input, got {x.dtype}; raw frames must be normalised first "
+            "((x.float() - mean) / std, as lateral.engine.evaluate.prepare_inputs does with the "
+            "model's data_preprocessor)"
+        )
 
 
 _NORM_TYPES = {"BN3d", "BN", "SyncBN", "BN2d"}

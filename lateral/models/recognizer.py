@@ -33,21 +33,32 @@ def check_data_preprocessor(cfg: dict | None, in_channels: int) -> dict:
     if kind != "ActionDataPreprocessor":
         from lateral.config import suggest
 
-        raise ConfigError(f"data_preprocessor: unknown type '{kind}'.{suggest(str(kind), ['ActionDataPreprocessor'])} "
-                          "A 3D recognizer takes 'ActionDataPreprocessor'")
+        raise ConfigError(
+            f"data_preprocessor: unknown type '{kind}'.{suggest(str(kind), ['ActionDataPreprocessor'])} "
+            "A 3D recognizer takes 'ActionDataPreprocessor'"
+        )
     if cfg.get("format_shape", "NCTHW") != "NCTHW":
-        raise ConfigError(f"data_preprocessor.format_shape='{cfg['format_shape']}': Recognizer3D takes clips as NCTHW "
-                          "(NCHW is the layout of 2D recognizers such as TSN)")
+        raise ConfigError(
+            f"data_preprocessor.format_shape='{cfg['format_shape']}': Recognizer3D takes clips as NCTHW "
+            "(NCHW is the layout of 2D recognizers such as TSN)"
+        )
     for key in ("mean", "std"):
         values = cfg.get(key)
         if values is None:
             continue
-        if (not isinstance(values, (list, tuple)) or len(values) != in_channels
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-            raise ConfigError(f"data_preprocessor.{key} must be {in_channels} numbers (one per channel), got {values!r}")
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != in_channels
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ):
+            raise ConfigError(
+                f"data_preprocessor.{key} must be {in_channels} numbers (one per channel), got {values!r}"
+            )
     if (cfg.get("mean") is None) != (cfg.get("std") is None):
-        raise ConfigError("data_preprocessor: give both mean and std, or neither (as mmaction2 requires); with only "
-                          "one the frames would not be normalised")
+        raise ConfigError(
+            "data_preprocessor: give both mean and std, or neither (as mmaction2 requires); with only "
+            "one the frames would not be normalised"
+        )
     check_bool_flags(cfg, ("to_rgb", "to_float32"), "data_preprocessor.")
     if cfg.get("std") is not None and any(v == 0 for v in cfg["std"]):
         raise ConfigError(f"data_preprocessor.std must not contain 0, got {cfg['std']!r}")
@@ -96,11 +107,15 @@ class Recognizer3D(nn.Module):
         self.cls_head: BaseHead = build_model(cls_head) if isinstance(cls_head, dict) else cls_head
         self.train_cfg = dict(train_cfg or {})
         if "blending" in self.train_cfg:
-            raise ConfigError("model.train_cfg.blending is where mmaction2 0.x kept mixup/cutmix; mmaction2 1.x and "
-                              "lateral read it from data_preprocessor=dict(..., blending=...): move it there")
+            raise ConfigError(
+                "model.train_cfg.blending is where mmaction2 0.x kept mixup/cutmix; mmaction2 1.x and "
+                "lateral read it from data_preprocessor=dict(..., blending=...): move it there"
+            )
         if self.train_cfg:
-            raise ConfigError(f"model.train_cfg: unknown keys {sorted(self.train_cfg)} (a Recognizer3D reads none; "
-                              "training settings go in the top-level train_cfg)")
+            raise ConfigError(
+                f"model.train_cfg: unknown keys {sorted(self.train_cfg)} (a Recognizer3D reads none; "
+                "training settings go in the top-level train_cfg)"
+            )
         self.test_cfg = dict(test_cfg or {})
         unknown = set(self.test_cfg) - _TEST_CFG_KEYS
         if unknown:
@@ -147,7 +162,8 @@ class Recognizer3D(nn.Module):
         """x: [N, C, T, H, W] -> logits [N, num_classes]."""
         if isinstance(x, torch.Tensor) and x.dim() == 6:
             raise InputError(
-                f"Recognizer3D.forward takes [N, C, T, H, W]; got 6-D {[int(d) for d in x.shape]}: use model.predict() for "
+                f"Recognizer3D.forward takes [N, C, T, H, W]; got 6-D {[int(d) for d in x.shape]}: "
+                "use model.predict() for "
                 "multi-view input [N, V, C, T, H, W]"
             )
         return self.cls_head(self.extract_feat(x))

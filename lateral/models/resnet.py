@@ -9,8 +9,8 @@ torchvision's layer freezing.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -125,7 +125,7 @@ class ResNetTrunk(nn.Module):
             if not name.startswith(tuple(trainable)):
                 param.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """x: [N, 3, H, W] -> ordered dict name -> [N, C_k, ceil(H / stride_k), ceil(W / stride_k)]."""
         check_input_layout(x, self.conv1.in_channels, type(self).__name__, video=False)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -57,8 +57,17 @@ class ResidualBlock3d(nn.Module):
     expansion = 1
     relu: nn.Module
 
-    def __init__(self, inplanes: int, planes: int, spatial_stride: int, temporal_stride: int, dilation: int,
-                 style: str, inflate: bool, with_cp: bool):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        spatial_stride: int,
+        temporal_stride: int,
+        dilation: int,
+        style: str,
+        inflate: bool,
+        with_cp: bool,
+    ):
         super().__init__()
         if style not in ("pytorch", "caffe"):
             raise ConfigError(f"style must be 'pytorch' or 'caffe', got '{style}'")
@@ -72,7 +81,8 @@ class ResidualBlock3d(nn.Module):
         self.with_cp = with_cp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, C, T, H, W] -> [N, expansion * planes, T / temporal_stride, H / spatial_stride, W / spatial_stride]."""
+        """x: [N, C, T, H, W] -> [N, expansion * planes, T / temporal_stride, H / spatial_stride,
+        W / spatial_stride]."""
         if self.with_cp and x.requires_grad:
             out = activation_checkpoint.checkpoint(self._residual, x, use_reentrant=False)
         else:
@@ -543,29 +553,45 @@ class ResNet3d(nn.Module):
         prefix = _backbone_prefix(state)
         if not self.pretrained2d:
             if any(k.startswith(f"{prefix or ''}slow_path.") for k in state):
-                raise CheckpointError(f"{name}.pretrained={path} holds a whole SlowFast backbone (slow_path.*, "
-                                      "fast_path.*): set it as the ResNet3dSlowFast's pretrained, not a pathway's")
+                raise CheckpointError(
+                    f"{name}.pretrained={path} holds a whole SlowFast backbone (slow_path.*, "
+                    "fast_path.*): set it as the ResNet3dSlowFast's pretrained, not a pathway's"
+                )
             conv1 = state.get(f"{prefix or ''}conv1.weight")
             if conv1 is not None and conv1.dim() == 4:
-                raise CheckpointError(f"{name}.pretrained={path} holds a 2D ResNet (conv1.weight "
-                                      f"{list(conv1.shape)}), but pretrained2d=False: set pretrained2d=True to inflate it")
+                raise CheckpointError(
+                    f"{name}.pretrained={path} holds a 2D ResNet (conv1.weight "
+                    f"{list(conv1.shape)}), but pretrained2d=False: set pretrained2d=True to inflate it"
+                )
             load_pretrained(self, path, f"{name}.pretrained (pretrained2d=False)", prefix=prefix, state=state)
             return None
-        state_2d = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
+        state_2d = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
         report = self.inflate_weights(state_2d)
         if not [k for k in report["loaded"] if not k.endswith("num_batches_tracked")]:  # counters are no weights
-            misfits = [reason for reason in report["skipped"]
-                       if "does not fit" in reason or "channels" in reason or "has shape" in reason]
-            why = (f"none of its tensors fits this network ({misfits[0]})" if misfits else
-                   f"it holds no torchvision-layout 2D ResNet keys (conv1.weight, layer1.0.conv1.weight, ...); its "
-                   f"first keys: {list(state_2d)[:4]}")
-            raise CheckpointError(f"{name}.pretrained={path}: nothing could be inflated, because {why}. A 3D "
-                                  "checkpoint of this network needs pretrained2d=False.")
+            misfits = [
+                reason
+                for reason in report["skipped"]
+                if "does not fit" in reason or "channels" in reason or "has shape" in reason
+            ]
+            why = (
+                f"none of its tensors fits this network ({misfits[0]})"
+                if misfits
+                else f"it holds no torchvision-layout 2D ResNet keys (conv1.weight, layer1.0.conv1.weight, ...); its "
+                f"first keys: {list(state_2d)[:4]}"
+            )
+            raise CheckpointError(
+                f"{name}.pretrained={path}: nothing could be inflated, because {why}. A 3D "
+                "checkpoint of this network needs pretrained2d=False."
+            )
         if report["skipped"]:
-            warnings.warn(f"{name}: inflated {len(report['loaded'])} tensors from {path}; {len(report['skipped'])} "
-                          f"modules keep their initialisation ({'; '.join(report['skipped'][:3])})", stacklevel=2)
-        logger.info("inflated %d tensors from %s; %d 2D tensors unused", len(report["loaded"]), path,
-                    len(report["unused"]))
+            warnings.warn(
+                f"{name}: inflated {len(report['loaded'])} tensors from {path}; {len(report['skipped'])} "
+                f"modules keep their initialisation ({'; '.join(report['skipped'][:3])})",
+                stacklevel=2,
+            )
+        logger.info(
+            "inflated %d tensors from %s; %d 2D tensors unused", len(report["loaded"]), path, len(report["unused"])
+        )
         return report
 
     # ---------------------------------------------------------------- train / forward

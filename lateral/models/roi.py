@@ -6,7 +6,7 @@ each level, the latter from the backbone's feature contract (strides) rather tha
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -125,9 +125,10 @@ class MultiScaleRoIPool(nn.Module):
         pooled = maps[0].new_zeros((len(rois), maps[0].shape[1], *self.output_size))
         if len(rois) == 0:
             return pooled
-        levels = roi_levels(
-            all_boxes, self.canonical_level, self.canonical_size, self.min_level, self.max_level
-        ) - self.min_level
+        levels = (
+            roi_levels(all_boxes, self.canonical_level, self.canonical_size, self.min_level, self.max_level)
+            - self.min_level
+        )
         for index, (feature, stride) in enumerate(zip(maps, self.strides)):
             selected = torch.where(levels == index)[0]
             if len(selected) == 0:

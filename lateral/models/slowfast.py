@@ -253,8 +253,9 @@ class ResNet3dSlowFast(nn.Module):
         if pathway_type not in ("resnet3d", "ResNet3dPathway"):
             raise ConfigError(f"{where}: unknown pathway type '{pathway_type}'; the known one is 'resnet3d'")
         if take_init_cfg(kwargs, ResNet3dPathway, where) is not None:  # a prefix other than 'backbone.'
-            raise ConfigError(f"{where}.init_cfg: a pathway loads its Pretrained checkpoint as 'pretrained' does; "
-                              "drop 'prefix'")
+            raise ConfigError(
+                f"{where}.init_cfg: a pathway loads its Pretrained checkpoint as 'pretrained' does; drop 'prefix'"
+            )
         check_kwargs(ResNet3dPathway, kwargs, where)
         return ResNet3dPathway(**kwargs)
 
@@ -271,9 +272,11 @@ class ResNet3dSlowFast(nn.Module):
         state = read_state_dict(path)
         conv1 = state.get("conv1.weight", state.get("backbone.conv1.weight"))
         if conv1 is not None and conv1.dim() == 4:
-            raise CheckpointError(f"{type(self).__name__}.pretrained={path} holds a 2D ResNet (conv1.weight "
-                                  f"{list(conv1.shape)}): a 2D network is inflated into a pathway, so set it as "
-                                  "slow_pathway=dict(..., pretrained=..., pretrained2d=True)")
+            raise CheckpointError(
+                f"{type(self).__name__}.pretrained={path} holds a 2D ResNet (conv1.weight "
+                f"{list(conv1.shape)}): a 2D network is inflated into a pathway, so set it as "
+                "slow_pathway=dict(..., pretrained=..., pretrained2d=True)"
+            )
         load_checkpoint(self, state, strict=True, strip_prefix="backbone.", source=str(path))
         return None
 
@@ -309,6 +312,10 @@ class ResNet3dSlowFast(nn.Module):
             x_slow = getattr(self.slow_path, layer_name)(x_slow)
             x_fast = getattr(self.fast_path, layer_name)(x_fast)
             lateral_name = f"{layer_name}_lateral"
-            if self.slow_path.lateral and i != len(self.slow_path.res_layers) - 1 and hasattr(self.slow_path, lateral_name):
+            if (
+                self.slow_path.lateral
+                and i != len(self.slow_path.res_layers) - 1
+                and hasattr(self.slow_path, lateral_name)
+            ):
                 x_slow = torch.cat((x_slow, getattr(self.slow_path, lateral_name)(x_fast)), dim=1)
         return x_slow, x_fast

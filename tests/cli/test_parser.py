@@ -13,8 +13,10 @@ PACKAGE = Path(lateral.__file__).parent
 
 
 def test_help_imports_no_torch_and_lists_every_command():
-    code = ("import sys; from lateral.cli import build_parser; text = build_parser().format_help(); "
-            "print('torch' in sys.modules); print(text)")
+    code = (
+        "import sys; from lateral.cli import build_parser; text = build_parser().format_help(); "
+        "print('torch' in sys.modules); print(text)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     torch_loaded, help_text = done.stdout.split("\n", 1)
     assert torch_loaded == "False"
@@ -90,6 +92,7 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, cap
     def fails_with(error):
         def run(args):
             raise error
+
         return run
 
     def parse_with(error):

@@ -13,8 +13,17 @@ def write(tmp_path, name, text):
 
 
 def test_base_inheritance_merges_dicts_and_reads_base_names(tmp_path):
-    write(tmp_path, "base.py", "dataset_type = 'VideoDataset'\nmodel = dict(type='R', backbone=dict(depth=50, lateral=True), head=dict(n=400))\n")
-    child = write(tmp_path, "child.py", "_base_ = ['base.py']\nmodel = dict(backbone=dict(depth=101))\ndata = dict(type=dataset_type)\n")
+    write(
+        tmp_path,
+        "base.py",
+        "dataset_type = 'VideoDataset'\n"
+        "model = dict(type='R', backbone=dict(depth=50, lateral=True), head=dict(n=400))\n",
+    )
+    child = write(
+        tmp_path,
+        "child.py",
+        "_base_ = ['base.py']\nmodel = dict(backbone=dict(depth=101))\ndata = dict(type=dataset_type)\n",
+    )
     cfg = load_config(child)
     assert cfg["model"] == {"type": "R", "backbone": {"depth": 101, "lateral": True}, "head": {"n": 400}}
     assert cfg["data"] == {"type": "VideoDataset"}
@@ -37,9 +46,16 @@ def test_missing_file_and_base_cycle(tmp_path):
 
 
 def test_cfg_options_override_nested_keys_and_list_items():
-    cfg = {"model": {"cls_head": {"num_classes": 400}}, "pipeline": [{"type": "A"}, {"type": "B", "n": 1}],
-           "lr": 0.1, "name": "run0", "sizes": (3,)}
-    out = apply_cfg_options(cfg, ["model.cls_head.num_classes=10", "pipeline.1.n=8", "lr=0.01", "name=run1", "sizes=1,2"])
+    cfg = {
+        "model": {"cls_head": {"num_classes": 400}},
+        "pipeline": [{"type": "A"}, {"type": "B", "n": 1}],
+        "lr": 0.1,
+        "name": "run0",
+        "sizes": (3,),
+    }
+    out = apply_cfg_options(
+        cfg, ["model.cls_head.num_classes=10", "pipeline.1.n=8", "lr=0.01", "name=run1", "sizes=1,2"]
+    )
     assert out["model"]["cls_head"]["num_classes"] == 10 and out["pipeline"][1]["n"] == 8
     assert out["lr"] == 0.01 and out["name"] == "run1" and out["sizes"] == (1, 2)
     assert cfg["model"]["cls_head"]["num_classes"] == 400  # the input is not modified
@@ -106,9 +122,11 @@ def test_cfg_options_cannot_set_a_key_inside_a_number():
 
 def test_cfg_options_on_a_named_pipeline_reach_the_dataloaders_that_use_it():
     pipeline = [{"type": "SampleFrames", "clip_len": 8}, {"type": "Resize"}]
-    cfg = {"train_pipeline": pipeline,
-           "train_dataloader": {"dataset": {"type": "VideoDataset", "pipeline": list(pipeline)}},
-           "val_dataloader": {"dataset": {"type": "VideoDataset", "pipeline": [{"type": "Other"}]}}}
+    cfg = {
+        "train_pipeline": pipeline,
+        "train_dataloader": {"dataset": {"type": "VideoDataset", "pipeline": list(pipeline)}},
+        "val_dataloader": {"dataset": {"type": "VideoDataset", "pipeline": [{"type": "Other"}]}},
+    }
     out = apply_cfg_options(cfg, ["train_pipeline.0.clip_len=16"])
     assert out["train_pipeline"][0]["clip_len"] == 16
     assert out["train_dataloader"]["dataset"]["pipeline"][0]["clip_len"] == 16
@@ -118,11 +136,16 @@ def test_cfg_options_on_a_named_pipeline_reach_the_dataloaders_that_use_it():
 
 def test_cfg_options_on_an_absent_pipeline_point_to_the_dataloader_pipeline():
     cfg = {"train_dataloader": {"dataset": {"pipeline": [{"type": "A"}, {"type": "SampleFrames", "clip_len": 8}]}}}
-    with pytest.raises(ConfigError, match="no top-level 'train_pipeline'.*set train_dataloader.dataset.pipeline.1."
-                                          "clip_len instead"):
+    with pytest.raises(
+        ConfigError, match="no top-level 'train_pipeline'.*set train_dataloader.dataset.pipeline.1.clip_len instead"
+    ):
         apply_cfg_options(cfg, ["train_pipeline.1.clip_len=4"])
-    assert apply_cfg_options(cfg, ["train_dataloader.dataset.pipeline.1.clip_len=4"])[
-        "train_dataloader"]["dataset"]["pipeline"][1]["clip_len"] == 4
+    assert (
+        apply_cfg_options(cfg, ["train_dataloader.dataset.pipeline.1.clip_len=4"])["train_dataloader"]["dataset"][
+            "pipeline"
+        ][1]["clip_len"]
+        == 4
+    )
 
 
 def test_cfg_option_words_true_false_none_in_any_case():
@@ -138,17 +161,26 @@ def test_overriding_a_file_variable_that_was_copied_into_settings_points_to_them
         "train_dataloader = dict(dataset=dict(pipeline=train_pipeline))\n"
     )
     cfg = load_config(tmp_path / "a.py")
-    with pytest.raises(ConfigError, match="'clip_len' is a variable of the config file.*set train_pipeline.0.clip_len, "
-                                          "train_dataloader.dataset.pipeline.0.clip_len instead"):
+    with pytest.raises(
+        ConfigError,
+        match="'clip_len' is a variable of the config file.*set train_pipeline.0.clip_len, "
+        "train_dataloader.dataset.pipeline.0.clip_len instead",
+    ):
         apply_cfg_options(cfg, ["clip_len=4"])
-    assert apply_cfg_options(cfg, ["train_pipeline.0.clip_len=4"])["train_dataloader"]["dataset"]["pipeline"][0][
-        "clip_len"] == 4
+    assert (
+        apply_cfg_options(cfg, ["train_pipeline.0.clip_len=4"])["train_dataloader"]["dataset"]["pipeline"][0][
+            "clip_len"
+        ]
+        == 4
+    )
     assert apply_cfg_options(cfg, ["other=5"])["other"] == 5  # copied nowhere under its own name: taken as given
 
 
 def test_overriding_a_variable_the_file_built_settings_from_is_refused(tmp_path):
-    (tmp_path / "a.py").write_text("data_root = 'data/x'\nann_file_train = f'{data_root}/train.txt'\n"
-                                   "train_dataloader = dict(dataset=dict(ann_file=ann_file_train))\n")
+    (tmp_path / "a.py").write_text(
+        "data_root = 'data/x'\nann_file_train = f'{data_root}/train.txt'\n"
+        "train_dataloader = dict(dataset=dict(ann_file=ann_file_train))\n"
+    )
     cfg = load_config(tmp_path / "a.py")
     for option in ("data_root=/elsewhere", "ann_file_train=/x.txt"):
         with pytest.raises(ConfigError, match="is a variable of the config file.*ann_file and data_prefix"):
@@ -177,8 +209,11 @@ def test_base_fan_out_is_bounded_and_refused_at_once(tmp_path):
         write(tmp_path, f"c{i}.py", f"# fan-out\n_base_ = ['./c{i + 1}.py'] * 1000\n")
     write(tmp_path, "c4.py", '"""the end"""\n')
     started = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"c1.py: with its 1000 _base_ entries, reading .*c0.py follows more than "
-                                          r"1000 _base_ entries in all \(repeats included\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"c1.py: with its 1000 _base_ entries, reading .*c0.py follows more than "
+        r"1000 _base_ entries in all \(repeats included\)",
+    ):
         load_config(tmp_path / "c0.py")
     assert time.perf_counter() - started < 2
 
@@ -202,9 +237,12 @@ def test_repeated_and_shared_bases_with_settings_are_refused_as_mmengine_does(tm
 def test_a_long_base_chain_is_refused_with_its_depth_not_as_a_nested_expression(tmp_path):
     for i in range(199):
         write(tmp_path, f"c{i}.py", f"_base_ = 'c{i + 1}.py'\n" if i < 198 else "x = 1\n")
-    with pytest.raises(ConfigError, match=r"c0.py: its _base_ files nest more than 32 deep \(c0.py -> c1.py -> c2.py "
-                                          r"-> \.\.\. -> c31.py -> c32.py\); a config may inherit through a chain of "
-                                          r"at most 32 files"):
+    with pytest.raises(
+        ConfigError,
+        match=r"c0.py: its _base_ files nest more than 32 deep \(c0.py -> c1.py -> c2.py "
+        r"-> \.\.\. -> c31.py -> c32.py\); a config may inherit through a chain of "
+        r"at most 32 files",
+    ):
         load_config(tmp_path / "c0.py")
     assert load_config(tmp_path / "c167.py") == {"x": 1}  # 32 files: the limit itself
 
@@ -218,6 +256,9 @@ def test_configs_with_a_byte_order_mark_are_read(tmp_path, encoding):
 
 def test_a_config_in_another_encoding_is_refused_naming_the_file_and_the_place(tmp_path):
     (tmp_path / "c.py").write_bytes("x = 1\nname = 'café'\n".encode("cp1252"))
-    with pytest.raises(ConfigError, match=r"config file '.*c.py': byte 0xe9 at offset 17 \(line 2\) is not UTF-8; "
-                                          r"lateral reads text files as UTF-8 \(or UTF-16 with a byte-order mark\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config file '.*c.py': byte 0xe9 at offset 17 \(line 2\) is not UTF-8; "
+        r"lateral reads text files as UTF-8 \(or UTF-16 with a byte-order mark\)",
+    ):
         load_config(tmp_path / "c.py")

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from golden import synth_tensor
 
+from golden import synth_tensor
 from lateral.convert import SlowFastArch, arch_shapes, build_key_map
 
 # a SlowFast R50 a quarter as wide (slow stem 16, fast stem 2): every name of R50, ~16x fewer weights

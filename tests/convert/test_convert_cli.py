@@ -9,8 +9,7 @@ from convert_testing import SMALL_ARCH, assert_same_state, synth_source_state
 import lateral
 from lateral import cli
 from lateral.checkpoint import load_checkpoint, save_checkpoint
-from lateral.convert import config_from_meta
-from lateral.convert import pytorchvideo
+from lateral.convert import config_from_meta, pytorchvideo
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +28,23 @@ def test_cli_converts_to_lateral_and_back(tmp_path, capsys):
     save_checkpoint({"model_state": state}, src)
     out = tmp_path / "converted" / "slowfast_lateral.pth"
 
-    assert main(["convert", str(src), "--from", "pytorchvideo", "--out", str(out), "--preset", "4x16",
-                 "--num-classes", "10"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(src),
+                "--from",
+                "pytorchvideo",
+                "--out",
+                str(out),
+                "--preset",
+                "4x16",
+                "--num-classes",
+                "10",
+            ]
+        )
+        == 0
+    )
     assert "SlowFast R50 (alpha=8" in capsys.readouterr().out
     checkpoint = torch.load(out, weights_only=True)  # what 'lateral predict' reads: tensors and plain data only
     assert set(checkpoint) == {"state_dict", "meta"}

@@ -21,14 +21,20 @@ class SeedBlock(nn.Module):
         super().__init__()
         out_channels = width * 4
         self.bottleneck = nn.Sequential(
-            nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
         )
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                            nn.BatchNorm2d(out_channels))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -76,8 +82,11 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if tensor.dtype.is_floating_point:
-                values = torch.rand(tensor.shape, generator=gen) * 0.5 + 0.75 if "running_var" in name else \
-                    torch.randn(tensor.shape, generator=gen) * 0.05
+                values = (
+                    torch.rand(tensor.shape, generator=gen) * 0.5 + 0.75
+                    if "running_var" in name
+                    else torch.randn(tensor.shape, generator=gen) * 0.05
+                )
                 tensor.copy_(values)
     return model.eval()
 
@@ -152,16 +161,37 @@ def test_cli_writes_a_checkpoint_that_rebuilds_its_model(seed_model, tmp_path):
     lateral.load_checkpoint(model, out, strict=True)
 
     back = tmp_path / "back.pth"
-    cmd = [sys.executable, "-m", "lateral", "convert", str(out), "--from", "lateral", "--to", "fpn-seed",
-           "--out", str(back)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lateral",
+        "convert",
+        str(out),
+        "--from",
+        "lateral",
+        "--to",
+        "fpn-seed",
+        "--out",
+        str(back),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     restored = SeedLayoutFPN()
     restored.load_state_dict(torch.load(back, weights_only=True), strict=True)
 
-    cmd = [sys.executable, "-m", "lateral", "convert", str(source), "--from", "fpn-seed", "--depth", "101",
-           "--out", str(tmp_path / "never.pth")]
-    done = subprocess.run(cmd,
-                          capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lateral",
+        "convert",
+        str(source),
+        "--from",
+        "fpn-seed",
+        "--depth",
+        "101",
+        "--out",
+        str(tmp_path / "never.pth"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "holds an FPN50, not the FPN101" in done.stderr

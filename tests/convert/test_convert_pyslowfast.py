@@ -14,12 +14,12 @@ from lateral.checkpoint import load_checkpoint, save_checkpoint
 from lateral.convert import (
     ConversionError,
     SlowFastArch,
+    arch_shapes,
     build_key_map,
     config_from_meta,
     convert_checkpoint,
-    arch_shapes,
+    pyslowfast,
 )
-from lateral.convert import pyslowfast
 
 # upstream names (PySlowFast's model and its Caffe2 name conversion) -> where lateral keeps them
 KNOWN_NAMES = {
@@ -102,8 +102,12 @@ def test_pyth_converts_and_loads_strict(tmp_path):
     assert meta["sampling"]["clip_len"] == 32 and meta["sampling"]["slow_frames"] == 4
     model = _load_strict(converted)
     loaded = model.state_dict()
-    assert torch.equal(loaded["backbone.fast_path.layer2.1.conv2.conv.weight"], state["s3.pathway1_res1.branch2.b.weight"])
-    assert torch.equal(loaded["backbone.slow_path.conv1.bn.num_batches_tracked"], state["s1.pathway0_stem.bn.num_batches_tracked"])
+    assert torch.equal(
+        loaded["backbone.fast_path.layer2.1.conv2.conv.weight"], state["s3.pathway1_res1.branch2.b.weight"]
+    )
+    assert torch.equal(
+        loaded["backbone.slow_path.conv1.bn.num_batches_tracked"], state["s1.pathway0_stem.bn.num_batches_tracked"]
+    )
     # an explicit alpha wins over the cfg
     assert convert_checkpoint(path, "pyslowfast", speed_ratio=4)["meta"]["arch"]["speed_ratio"] == 4
 
@@ -121,10 +125,14 @@ def test_caffe2_pkl_converts_and_loads_strict(tmp_path, protocol):
     assert converted["meta"]["source"]["layout"] == "caffe2"
     model = _load_strict(converted)
     loaded = model.state_dict()
-    assert torch.equal(loaded["backbone.slow_path.layer3_lateral.conv.weight"],
-                       torch.from_numpy(weights["t_res4_5_branch2c_bn_subsample_w"]))
-    assert torch.equal(loaded["backbone.fast_path.layer1.0.downsample.bn.running_var"],
-                       torch.from_numpy(weights["t_res2_0_branch1_bn_riv"]))
+    assert torch.equal(
+        loaded["backbone.slow_path.layer3_lateral.conv.weight"],
+        torch.from_numpy(weights["t_res4_5_branch2c_bn_subsample_w"]),
+    )
+    assert torch.equal(
+        loaded["backbone.fast_path.layer1.0.downsample.bn.running_var"],
+        torch.from_numpy(weights["t_res2_0_branch1_bn_riv"]),
+    )
     assert int(loaded["backbone.fast_path.conv1.bn.num_batches_tracked"]) == 0
 
 

@@ -1,21 +1,22 @@
-"""PyTorchVideo -> lateral: golden parity with PyTorchVideo 0.1.5, bit-identical round trip, errors that name tensors."""
+"""PyTorchVideo -> lateral: golden parity with PyTorchVideo 0.1.5, bit-identical round trip, errors that name
+tensors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from convert_testing import SMALL_ARCH, assert_same_state, synth_source_state
-from golden import GoldenCase
 
 import lateral
+from golden import GoldenCase
 from lateral.checkpoint import load_checkpoint, save_checkpoint
 from lateral.convert import (
     ConversionError,
     build_key_map,
     config_from_meta,
     convert_checkpoint,
+    pytorchvideo,
 )
-from lateral.convert import pytorchvideo
 from lateral.models.slowfast import slow_frame_indices
 
 

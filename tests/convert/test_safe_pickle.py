@@ -39,7 +39,9 @@ def test_malicious_pkl_is_refused_and_executes_nothing(tmp_path, payload):
     blobs = {"conv1_w": np.zeros((2, 3, 1, 7, 7), np.float32), "evil": payload(str(marker))}
     path.write_bytes(pickle.dumps({"blobs": blobs}, protocol=2))
 
-    with pytest.raises(UnsafePickleError, match="refused: it asks to call '(io.open|builtins.open|posix.system|os.system)'"):
+    with pytest.raises(
+        UnsafePickleError, match="refused: it asks to call '(io.open|builtins.open|posix.system|os.system)'"
+    ):
         load_numpy_pickle(path)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="Nothing from the file was executed"):

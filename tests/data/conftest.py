@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from data_helpers import numbered_frames
+
 from lateral.data import write_video
 
 

@@ -50,10 +50,16 @@ def test_random_batch_augment_and_bad_configs():
     none_chosen = RandomBatchAugment([dict(type="MixupBlending", num_classes=5)], probs=[0.0])
     same, soft = none_chosen(clips, labels)
     assert torch.equal(same, clips) and torch.equal(soft, torch.nn.functional.one_hot(labels, 5).float())
-    both = build_blending(dict(type="RandomBatchAugment", augments=[dict(type="MixupBlending", num_classes=5),
-                                                                    dict(type="CutmixBlending", num_classes=5)]))
+    both = build_blending(
+        dict(
+            type="RandomBatchAugment",
+            augments=[dict(type="MixupBlending", num_classes=5), dict(type="CutmixBlending", num_classes=5)],
+        )
+    )
     assert both.probs == [0.5, 0.5]
-    with pytest.raises(ConfigError, match="data_preprocessor.blending: unknown type 'MixUpBlending'. Did you mean 'MixupBlending'"):
+    with pytest.raises(
+        ConfigError, match="data_preprocessor.blending: unknown type 'MixUpBlending'. Did you mean 'MixupBlending'"
+    ):
         build_blending(dict(type="MixUpBlending", num_classes=5))
     with pytest.raises(ConfigError, match=r"data_preprocessor.blending \(MixupBlending\): unknown key 'alpah'"):
         build_blending(dict(type="MixupBlending", num_classes=5, alpah=0.2))

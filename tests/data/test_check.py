@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from lateral.cli import main
 from data_helpers import blocky_noise, numbered_frames
+
+from lateral.cli import main
 from lateral.data import write_video
 
 

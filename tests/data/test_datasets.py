@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from data_helpers import numbered_frames
 from PIL import Image
 
-from data_helpers import numbered_frames
 from lateral.config import ConfigError
 from lateral.data import build_dataloader, build_dataset, collate, load_label_map, write_video
 
@@ -34,8 +34,13 @@ def video_list(tmp_path):
 
 
 def video_cfg(root, ann, **kwargs):
-    return dict(type="VideoDataset", ann_file=str(ann), data_prefix=dict(video=str(root / "videos")),
-                pipeline=PIPELINE, **kwargs)
+    return dict(
+        type="VideoDataset",
+        ann_file=str(ann),
+        data_prefix=dict(video=str(root / "videos")),
+        pipeline=PIPELINE,
+        **kwargs,
+    )
 
 
 def test_video_dataset_items(video_list):
@@ -63,10 +68,12 @@ def test_multi_class_labels_become_one_hot(tmp_path, video_list):
 
 def test_zero_x_pipeline_exposes_float_inputs(video_list):
     root, ann = video_list
-    pipeline = PIPELINE[:5] + [dict(type="Normalize", mean=[0.45] * 3, std=[0.225] * 3),
-                               dict(type="FormatShape", input_format="NCTHW"),
-                               dict(type="Collect", keys=["imgs", "label"], meta_keys=[]),
-                               dict(type="ToTensor", keys=["imgs", "label"])]
+    pipeline = PIPELINE[:5] + [
+        dict(type="Normalize", mean=[0.45] * 3, std=[0.225] * 3),
+        dict(type="FormatShape", input_format="NCTHW"),
+        dict(type="Collect", keys=["imgs", "label"], meta_keys=[]),
+        dict(type="ToTensor", keys=["imgs", "label"]),
+    ]
     dataset = build_dataset(dict(video_cfg(root, ann), pipeline=pipeline))
     item = dataset[0]
     assert item["inputs"].dtype == torch.float32 and item["inputs"].shape == (1, 3, 4, 16, 16)
@@ -133,10 +140,16 @@ def test_dataloader_with_workers_drops_failures_and_counts_them(video_list):
 
 def test_shuffling_and_augmentation_repeat_under_a_seed(video_list):
     root, ann = video_list
-    pipeline = [PIPELINE[0], dict(type="SampleFrames", clip_len=4, frame_interval=1, num_clips=1), PIPELINE[2],
-                dict(type="RandomResizedCrop"), dict(type="Resize", scale=(8, 8), keep_ratio=False),
-                dict(type="Flip", flip_ratio=0.5), dict(type="FormatShape", input_format="NCTHW"),
-                dict(type="PackActionInputs")]
+    pipeline = [
+        PIPELINE[0],
+        dict(type="SampleFrames", clip_len=4, frame_interval=1, num_clips=1),
+        PIPELINE[2],
+        dict(type="RandomResizedCrop"),
+        dict(type="Resize", scale=(8, 8), keep_ratio=False),
+        dict(type="Flip", flip_ratio=0.5),
+        dict(type="FormatShape", input_format="NCTHW"),
+        dict(type="PackActionInputs"),
+    ]
     dataset = build_dataset(dict(video_cfg(root, ann), pipeline=pipeline))
 
     def run(seed):
@@ -178,12 +191,21 @@ def test_rawframe_dataset(tmp_path):
             Image.fromarray(frames[i]).save(folder / f"img_{i + 1:05}.png")
     ann = tmp_path / "rawframes.txt"
     ann.write_text("clip_a 12 3\nclip_b 10 1\nclip_gone 10 0\n")
-    pipeline = [dict(type="SampleFrames", clip_len=3, frame_interval=3, num_clips=1, test_mode=True),
-                dict(type="RawFrameDecode"), dict(type="FormatShape", input_format="NCTHW"),
-                dict(type="PackActionInputs")]
-    dataset = build_dataset(dict(type="RawframeDataset", ann_file=str(ann),
-                                 data_prefix=dict(img=str(tmp_path / "rawframes")),
-                                 pipeline=pipeline, filename_tmpl="img_{:05}.png"))
+    pipeline = [
+        dict(type="SampleFrames", clip_len=3, frame_interval=3, num_clips=1, test_mode=True),
+        dict(type="RawFrameDecode"),
+        dict(type="FormatShape", input_format="NCTHW"),
+        dict(type="PackActionInputs"),
+    ]
+    dataset = build_dataset(
+        dict(
+            type="RawframeDataset",
+            ann_file=str(ann),
+            data_prefix=dict(img=str(tmp_path / "rawframes")),
+            pipeline=pipeline,
+            filename_tmpl="img_{:05}.png",
+        )
+    )
     item = dataset[0]
     assert item["label"] == 3 and item["inputs"].shape == (1, 3, 3, 16, 16)
     # 12 frames, clip of 3 x 3 spans 7: offset 2 -> frames 2, 5, 8 (images img_00003, ...)
@@ -196,12 +218,21 @@ def test_kinetics_csv_dataset(tmp_path):
     for label, ytid in (("abseiling", "aaa"), ("air drumming", "bbb")):
         write_video(tmp_path / "k400" / label / f"{ytid}_000010_000020.mp4", numbered_frames(12))
     csv_file = tmp_path / "train.csv"
-    csv_file.write_text("label,youtube_id,time_start,time_end,split\nabseiling,aaa,10,20,train\n"
-                        "air drumming,bbb,10,20,train\nabseiling,ccc,0,10,train\n")
+    csv_file.write_text(
+        "label,youtube_id,time_start,time_end,split\nabseiling,aaa,10,20,train\n"
+        "air drumming,bbb,10,20,train\nabseiling,ccc,0,10,train\n"
+    )
     label_map = tmp_path / "labels.txt"
     label_map.write_text("air drumming\nabseiling\n")
-    dataset = build_dataset(dict(type="KineticsCSVDataset", ann_file=str(csv_file), label_map=str(label_map),
-                                 data_prefix=dict(video=str(tmp_path / "k400")), pipeline=PIPELINE))
+    dataset = build_dataset(
+        dict(
+            type="KineticsCSVDataset",
+            ann_file=str(csv_file),
+            label_map=str(label_map),
+            data_prefix=dict(video=str(tmp_path / "k400")),
+            pipeline=PIPELINE,
+        )
+    )
     assert len(dataset) == 2 and dataset.missing == ["ccc_000000_000010"]
     assert [dataset[i]["label"] for i in range(2)] == [1, 0]
 
@@ -215,11 +246,21 @@ def test_class_folder_dataset_with_class_index_and_split(tmp_path):
     class_ind.write_text("1 ApplyEyeMakeup\n2 Archery\n")
     split = tmp_path / "trainlist01.txt"
     split.write_text("Archery/v_Archery_g01_c01.avi 2\nApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi 1\n")
-    full = build_dataset(dict(type="ClassFolderDataset", data_prefix=dict(video=str(root)), pipeline=PIPELINE,
-                              class_index=str(class_ind)))
+    full = build_dataset(
+        dict(
+            type="ClassFolderDataset", data_prefix=dict(video=str(root)), pipeline=PIPELINE, class_index=str(class_ind)
+        )
+    )
     assert len(full) == 4 and [s["label"] for s in full.samples] == [0, 0, 1, 1]
-    part = build_dataset(dict(type="ClassFolderDataset", data_prefix=dict(video=str(root)), pipeline=PIPELINE,
-                              class_index=str(class_ind), ann_file=str(split)))
+    part = build_dataset(
+        dict(
+            type="ClassFolderDataset",
+            data_prefix=dict(video=str(root)),
+            pipeline=PIPELINE,
+            class_index=str(class_ind),
+            ann_file=str(split),
+        )
+    )
     assert [part[i]["label"] for i in range(2)] == [1, 0]
 
 
@@ -238,9 +279,11 @@ def test_label_map_formats(tmp_path):
     shuffled = tmp_path / "shuffled.txt"
     shuffled.write_text("2 walk\n0 run\n1 jump\n")  # 'index name' lines in any order
     assert load_label_map(shuffled) == ["run", "jump", "walk"]
-    for name, text, message in [("gap.csv", "id,name\n0,a\n1,b\n3,c\n", "leave gaps"),
-                                ("dup.csv", "id,name\n0,a\n1,b\n1,c\n", r"ids \[1\] appear more than once"),
-                                ("short.csv", "id,name\n0\n", "line 2: expected 'id,name'")]:
+    for name, text, message in [
+        ("gap.csv", "id,name\n0,a\n1,b\n3,c\n", "leave gaps"),
+        ("dup.csv", "id,name\n0,a\n1,b\n1,c\n", r"ids \[1\] appear more than once"),
+        ("short.csv", "id,name\n0\n", "line 2: expected 'id,name'"),
+    ]:
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=message):  # names would land on other classes
             load_label_map(tmp_path / name)
@@ -256,9 +299,12 @@ def test_label_maps_with_a_byte_order_mark_read_as_written(tmp_path, encoding):
 @pytest.mark.parametrize("encoding", ["latin-1", "cp1252"])
 def test_a_label_map_in_another_encoding_is_refused_naming_the_file_and_the_line(tmp_path, encoding):
     (tmp_path / "labels.txt").write_bytes("run\ncafé dancing\n".encode(encoding))
-    with pytest.raises(ValueError, match=r"label map '.*labels.txt': byte 0xe9 at offset 7 \(line 2\) is not "
-                                         r"UTF-8; lateral reads text files as UTF-8 \(or UTF-16 with a byte-order "
-                                         r"mark\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"label map '.*labels.txt': byte 0xe9 at offset 7 \(line 2\) is not "
+        r"UTF-8; lateral reads text files as UTF-8 \(or UTF-16 with a byte-order "
+        r"mark\)",
+    ):
         load_label_map(tmp_path / "labels.txt")
 
 
@@ -274,8 +320,14 @@ def test_ann_files_in_utf16_and_with_a_mark_are_read(tmp_path, video_list):
     write_video(tmp_path / "k400" / "run" / "aaa_000010_000020.mp4", numbered_frames(12))
     csv_file = tmp_path / "train.csv"  # as Excel saves 'CSV UTF-8': a mark before the 'label' column's name
     csv_file.write_bytes("label,youtube_id,time_start,time_end,split\nrun,aaa,10,20,train\n".encode("utf-8-sig"))
-    dataset = build_dataset(dict(type="KineticsCSVDataset", ann_file=str(csv_file),
-                                 data_prefix=dict(video=str(tmp_path / "k400")), pipeline=PIPELINE))
+    dataset = build_dataset(
+        dict(
+            type="KineticsCSVDataset",
+            ann_file=str(csv_file),
+            data_prefix=dict(video=str(tmp_path / "k400")),
+            pipeline=PIPELINE,
+        )
+    )
     assert dataset.classes == ["run"] and dataset.samples[0]["label"] == 0
 
 

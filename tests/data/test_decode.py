@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from data_helpers import MEDIA, blocky_noise, frame_numbers, numbered_frames
+
 from lateral.data import DecodeError, PyAVReader, build_pipeline, probe_video, write_video
 
 
@@ -62,8 +62,9 @@ def test_a_seek_that_lands_before_the_keyframe_asked_for_decodes_forward(tmp_pat
     with PyAVReader(path, num_threads=1) as reader:
         full = reader.decode_all()
     seek = av.container.InputContainer.seek
-    monkeypatch.setattr(av.container.InputContainer, "seek",
-                        lambda self, offset, **kwargs: seek(self, 0, **kwargs))  # every seek lands at frame 0
+    monkeypatch.setattr(
+        av.container.InputContainer, "seek", lambda self, offset, **kwargs: seek(self, 0, **kwargs)
+    )  # every seek lands at frame 0
     with PyAVReader(path, num_threads=1) as reader:
         for wanted in (np.array([60]), np.arange(40, 56, 3), np.array([50, 5, 33, 63])):
             np.testing.assert_array_equal(reader.get_frames(wanted), full[wanted])
@@ -84,8 +85,13 @@ def test_seek_matches_full_decode_on_a_real_h264_file():
 def test_decode_steps_of_all_three_mmaction2_names(make_video):
     path = make_video("clip.mp4", num_frames=24)
     for init, decode in (("DecordInit", "DecordDecode"), ("PyAVInit", "PyAVDecode"), ("OpenCVInit", "OpenCVDecode")):
-        pipeline = build_pipeline([dict(type=init), dict(type="SampleFrames", clip_len=4, frame_interval=3,
-                                                         num_clips=2, test_mode=True), dict(type=decode)])
+        pipeline = build_pipeline(
+            [
+                dict(type=init),
+                dict(type="SampleFrames", clip_len=4, frame_interval=3, num_clips=2, test_mode=True),
+                dict(type=decode),
+            ]
+        )
         results = pipeline(dict(filename=str(path), start_index=0))
         assert results["total_frames"] == 24
         assert "video_reader" not in results
@@ -152,8 +158,9 @@ def test_one_init_serves_several_decodes(make_video):
     # sliding-window prediction opens a video once and decodes many windows from copies of the results
     path = make_video("clip.mp4", num_frames=30)
     init = build_pipeline([dict(type="PyAVInit")])
-    rest = build_pipeline([dict(type="SampleFrames", clip_len=3, frame_interval=2, test_mode=True),
-                           dict(type="PyAVDecode")])
+    rest = build_pipeline(
+        [dict(type="SampleFrames", clip_len=3, frame_interval=2, test_mode=True), dict(type="PyAVDecode")]
+    )
     base = init(dict(filename=str(path), start_index=0))
     for start in (0, 10, 20):
         results = rest(dict(base, total_frames=10, start_index=start))
@@ -166,8 +173,9 @@ def test_a_missing_relative_path_names_where_it_was_looked_for(tmp_path, monkeyp
         PyAVReader("missing.mp4")
 
 
-def _write_with_pyav(path, frames, codec: str, container_format: str | None = None, gop_size: int = 6,
-                     bframes: int = 0) -> None:
+def _write_with_pyav(
+    path, frames, codec: str, container_format: str | None = None, gop_size: int = 6, bframes: int = 0
+) -> None:
     import av
 
     with av.open(str(path), "w", format=container_format) as container:

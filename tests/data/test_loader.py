@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from data_helpers import numbered_frames
+
 from lateral.data import build_dataloader, build_dataset, write_video
 from lateral.data.loader import DataLoaderStalled, worker_start_methods
 from lateral.data.pipeline import build_pipeline
@@ -34,8 +34,9 @@ def two_videos(tmp_path):
 
 
 def dataset_of(root, ann, pipeline=PIPELINE):
-    return build_dataset(dict(type="VideoDataset", ann_file=str(ann), data_prefix=dict(video=str(root / "videos")),
-                              pipeline=pipeline))
+    return build_dataset(
+        dict(type="VideoDataset", ann_file=str(ann), data_prefix=dict(video=str(root / "videos")), pipeline=pipeline)
+    )
 
 
 def convert_a_frame_as_user_code_does(path) -> None:
@@ -129,14 +130,26 @@ def test_dataloader_config_takes_timeout_and_start_method(two_videos):
     from lateral.engine.train import build_loader
 
     root, ann = two_videos
-    dataset_cfg = dict(type="VideoDataset", ann_file=str(ann), data_prefix=dict(video=str(root / "videos")),
-                       pipeline=PIPELINE)
-    loader = build_loader(dict(dataset=dataset_cfg, num_workers=1, timeout=7, multiprocessing_context="spawn"),
-                          train=False, seed=0, distributed=False, name="val_dataloader")
+    dataset_cfg = dict(
+        type="VideoDataset", ann_file=str(ann), data_prefix=dict(video=str(root / "videos")), pipeline=PIPELINE
+    )
+    loader = build_loader(
+        dict(dataset=dataset_cfg, num_workers=1, timeout=7, multiprocessing_context="spawn"),
+        train=False,
+        seed=0,
+        distributed=False,
+        name="val_dataloader",
+    )
     assert loader.stall_timeout == 7.0 and loader.multiprocessing_context.get_start_method() == "spawn"
     with pytest.raises(ConfigError, match=r"val_dataloader.timeout must be a number of seconds >= 0"):
-        build_loader(dict(dataset=dataset_cfg, timeout="1m"), train=False, seed=0, distributed=False,
-                     name="val_dataloader")
+        build_loader(
+            dict(dataset=dataset_cfg, timeout="1m"), train=False, seed=0, distributed=False, name="val_dataloader"
+        )
     with pytest.raises(ConfigError, match=r"val_dataloader.multiprocessing_context must be one of"):
-        build_loader(dict(dataset=dataset_cfg, multiprocessing_context="thread"), train=False, seed=0,
-                     distributed=False, name="val_dataloader")
+        build_loader(
+            dict(dataset=dataset_cfg, multiprocessing_context="thread"),
+            train=False,
+            seed=0,
+            distributed=False,
+            name="val_dataloader",
+        )

@@ -14,15 +14,28 @@ from lateral.data.sampling import sample_frame_indices
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "sampleframes_test_mode.json"
 
 
-@pytest.mark.parametrize("case", json.loads(GOLDEN.read_text()), ids=lambda c: (
-    f"T{c['total_frames']}-{c['clip_len']}x{c['frame_interval']}x{c['num_clips']}-{c['out_of_bound_opt']}"))
+@pytest.mark.parametrize(
+    "case",
+    json.loads(GOLDEN.read_text()),
+    ids=lambda c: (
+        f"T{c['total_frames']}-{c['clip_len']}x{c['frame_interval']}x{c['num_clips']}-{c['out_of_bound_opt']}"
+    ),
+)
 def test_test_mode_indices_equal_mmaction2(case):
-    step = SampleFrames(case["clip_len"], case["frame_interval"], case["num_clips"],
-                        out_of_bound_opt=case["out_of_bound_opt"], test_mode=case["test_mode"])
+    step = SampleFrames(
+        case["clip_len"],
+        case["frame_interval"],
+        case["num_clips"],
+        out_of_bound_opt=case["out_of_bound_opt"],
+        test_mode=case["test_mode"],
+    )
     results = step(dict(total_frames=case["total_frames"], start_index=0))
     assert results["frame_inds"].tolist() == case["frame_inds"]
     assert (results["clip_len"], results["frame_interval"], results["num_clips"]) == (
-        case["clip_len"], case["frame_interval"], case["num_clips"])
+        case["clip_len"],
+        case["frame_interval"],
+        case["num_clips"],
+    )
 
 
 def test_start_index_is_added():
@@ -63,8 +76,9 @@ def test_short_video_repeat_last_and_loop():
 
 
 def test_dense_sample_frames_test_mode():
-    results = DenseSampleFrames(clip_len=4, frame_interval=2, num_clips=2, sample_range=32,
-                                num_sample_positions=3, test_mode=True)(dict(total_frames=100, start_index=0))
+    results = DenseSampleFrames(
+        clip_len=4, frame_interval=2, num_clips=2, sample_range=32, num_sample_positions=3, test_mode=True
+    )(dict(total_frames=100, start_index=0))
     clips = results["frame_inds"].reshape(-1, 4)
     # starts 0, 34, 68 (linspace over 100 - 32 + 1 positions), clips 16 apart inside the window
     assert clips[:, 0].tolist() == [0, 16, 34, 50, 68, 84]

@@ -32,12 +32,20 @@ def test_files_lists_and_determinism(tmp_path):
             decoded[name] = reader.get_frames(list(range(16))).astype(np.int16)
     assert np.abs(decoded["a"] - again).mean() < 8.0  # crf 18 on frames with sensor noise: about 5.5
     assert np.abs(decoded["a"] - decoded["c"]).mean() > 10.0  # another seed, another clip
-    dataset = build_dataset(dict(type="VideoDataset", ann_file=first["test_list"],
-                                 data_prefix=dict(video=first["data_prefix"]),
-                                 pipeline=[dict(type="PyAVInit"), dict(type="SampleFrames", clip_len=8,
-                                                                       frame_interval=2, test_mode=True),
-                                           dict(type="PyAVDecode"), dict(type="FormatShape", input_format="NCTHW"),
-                                           dict(type="PackActionInputs")]))
+    dataset = build_dataset(
+        dict(
+            type="VideoDataset",
+            ann_file=first["test_list"],
+            data_prefix=dict(video=first["data_prefix"]),
+            pipeline=[
+                dict(type="PyAVInit"),
+                dict(type="SampleFrames", clip_len=8, frame_interval=2, test_mode=True),
+                dict(type="PyAVDecode"),
+                dict(type="FormatShape", input_format="NCTHW"),
+                dict(type="PackActionInputs"),
+            ],
+        )
+    )
     assert len(dataset) == 8 and dataset[7]["label"] == 7 and dataset[7]["inputs"].shape == (1, 3, 8, 32, 32)
 
 
@@ -70,7 +78,8 @@ def test_motion_decides_the_class_not_the_first_frame():
 def test_progress_bar_over_the_videos_written_only_when_asked(tmp_path, capsys):
     make_motion_dataset(tmp_path / "quiet", num_train_per_class=1, num_test_per_class=0, num_frames=4, size=16)
     assert capsys.readouterr().err == ""
-    make_motion_dataset(tmp_path / "shown", num_train_per_class=1, num_test_per_class=1, num_frames=4, size=16,
-                        progress=True)
+    make_motion_dataset(
+        tmp_path / "shown", num_train_per_class=1, num_test_per_class=1, num_frames=4, size=16, progress=True
+    )
     err = capsys.readouterr().err
     assert "writing videos" in err and f"/{2 * len(MOTION_CLASSES)}" in err

@@ -6,8 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from lateral.data import (CenterCrop, ColorJitter, Flip, FormatShape, MultiScaleCrop, Normalize, RandomResizedCrop,
-                          Resize, TenCrop, ThreeCrop, build_pipeline, seed_data_rng)
+from lateral.data import (
+    CenterCrop,
+    ColorJitter,
+    Flip,
+    FormatShape,
+    MultiScaleCrop,
+    Normalize,
+    RandomResizedCrop,
+    Resize,
+    TenCrop,
+    ThreeCrop,
+    build_pipeline,
+    seed_data_rng,
+)
 from lateral.data.transforms import normalize, rescale_size, resize_short_side
 
 
@@ -77,8 +89,9 @@ def test_flip_mirrors_columns_and_maps_labels():
 def test_normalize_both_conventions():
     frames = np.full((1, 2, 2, 3), 255, np.uint8)
     mm = normalize(frames, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
-    np.testing.assert_allclose(mm[0, 0, 0], (255 - np.array([123.675, 116.28, 103.53])) / [58.395, 57.12, 57.375],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        mm[0, 0, 0], (255 - np.array([123.675, 116.28, 103.53])) / [58.395, 57.12, 57.375], rtol=1e-6
+    )
     unit = Normalize(mean=[0.45] * 3, std=[0.225] * 3)(dict(imgs=frames))["imgs"]
     assert unit.dtype == np.float32
     np.testing.assert_allclose(unit, (1.0 - 0.45) / 0.225, rtol=1e-6)
@@ -124,9 +137,16 @@ def test_color_jitter_keeps_shape_and_changes_values():
 
 
 def test_full_train_pipeline_shapes_without_video():
-    pipeline = build_pipeline([dict(type="Resize", scale=(-1, 32)), dict(type="RandomResizedCrop"),
-                               dict(type="Resize", scale=(24, 24), keep_ratio=False), dict(type="Flip"),
-                               dict(type="FormatShape", input_format="NCTHW"), dict(type="PackActionInputs")])
+    pipeline = build_pipeline(
+        [
+            dict(type="Resize", scale=(-1, 32)),
+            dict(type="RandomResizedCrop"),
+            dict(type="Resize", scale=(24, 24), keep_ratio=False),
+            dict(type="Flip"),
+            dict(type="FormatShape", input_format="NCTHW"),
+            dict(type="PackActionInputs"),
+        ]
+    )
     out = pipeline(dict(imgs=np.zeros((8, 48, 64, 3), np.uint8), num_clips=1, clip_len=8, label=2))
     assert out["inputs"].shape == (1, 3, 8, 24, 24) and out["inputs"].dtype == torch.uint8 and out["label"] == 2
 
@@ -160,8 +180,9 @@ def test_resize_serves_detection_items_and_mmdet_scales():
     item = {"image": image, "boxes": torch.tensor([[4.0, 2.0, 10.0, 6.0]]), "scale_factor": (1.0, 1.0)}
     # mmdet writes (long cap, short side); lateral's detection configs wrote (short side, long cap): the same size
     for scale in [(100, 40), (40, 100)]:
-        results = build_pipeline([dict(type="mmdet.Resize", scale=scale, keep_ratio=True)],
-                                 "test_dataloader.dataset.pipeline")(dict(item))
+        results = build_pipeline(
+            [dict(type="mmdet.Resize", scale=scale, keep_ratio=True)], "test_dataloader.dataset.pipeline"
+        )(dict(item))
         assert results["image"].shape == (3, 40, 80) and results["img_shape"] == (40, 80)
         assert results["scale_factor"] == (2.0, 2.0)  # a tuple, as mmdet and the detection engine keep it
         assert results["boxes"].tolist() == [[8.0, 4.0, 20.0, 12.0]]
@@ -170,8 +191,11 @@ def test_resize_serves_detection_items_and_mmdet_scales():
     assert capped["image"].shape == (3, 133, 1333)  # the long side caps it before the short side reaches 800
     with pytest.raises(KeyError, match="Resize needs 'imgs'.*or 'image'"):
         Resize(scale=(-1, 8))({"boxes": torch.zeros(0, 4)})
-    with pytest.raises(Exception, match=r"pipeline\[0\] \(Resize\): unknown key 'ratio_rang'. "
-                                        r"Did you mean 'ratio_range'"):
+    with pytest.raises(
+        Exception,
+        match=r"pipeline\[0\] \(Resize\): unknown key 'ratio_rang'. "
+        r"Did you mean 'ratio_range'",
+    ):
         build_pipeline([dict(type="Resize", scale=(40, 100), ratio_rang=(0.5, 1.0))])
     with pytest.raises(Exception, match=r"pipeline\[0\] \(Resize\): missing required key 'scale'"):
         build_pipeline([dict(type="Resize")])

@@ -38,30 +38,49 @@ def tiny_run_config(data: Path, epochs: int = 2, lr: float = 0.01, ann_train: st
     ]
 
     def dataset(ann, pipeline, test):
-        return dict(type="VideoDataset", ann_file=str(data / ann), data_prefix=dict(video=str(data)), pipeline=pipeline,
-                    test_mode=test)
+        return dict(
+            type="VideoDataset",
+            ann_file=str(data / ann),
+            data_prefix=dict(video=str(data)),
+            pipeline=pipeline,
+            test_mode=test,
+        )
 
     return dict(
         model=dict(
             type="Recognizer3D",
             backbone=dict(
-                type="ResNet3dSlowFast", resample_rate=4, speed_ratio=4, channel_ratio=4,
-                slow_pathway=dict(type="resnet3d", depth=18, base_channels=4, lateral=True, conv1_kernel=(1, 7, 7),
-                                  inflate=(0, 0, 1, 1)),
-                fast_pathway=dict(type="resnet3d", depth=18, base_channels=1, lateral=False, conv1_kernel=(5, 7, 7))),
+                type="ResNet3dSlowFast",
+                resample_rate=4,
+                speed_ratio=4,
+                channel_ratio=4,
+                slow_pathway=dict(
+                    type="resnet3d",
+                    depth=18,
+                    base_channels=4,
+                    lateral=True,
+                    conv1_kernel=(1, 7, 7),
+                    inflate=(0, 0, 1, 1),
+                ),
+                fast_pathway=dict(type="resnet3d", depth=18, base_channels=1, lateral=False, conv1_kernel=(5, 7, 7)),
+            ),
             cls_head=dict(type="SlowFastHead", in_channels=32 + 8, num_classes=num_classes, dropout_ratio=0.0),
             data_preprocessor=dict(type="ActionDataPreprocessor", mean=[127.5] * 3, std=[64.0] * 3),
-            test_cfg=dict(average_clips="prob")),
+            test_cfg=dict(average_clips="prob"),
+        ),
         label_map=str(data / "label_map.txt"),
         test_pipeline=test_pipeline,
         train_dataloader=dict(batch_size=4, num_workers=0, dataset=dataset(ann_train, train_pipeline, False)),
         val_dataloader=dict(batch_size=4, num_workers=0, dataset=dataset("test_list.txt", test_pipeline, True)),
         test_dataloader=dict(batch_size=4, num_workers=0, dataset=dataset("test_list.txt", test_pipeline, True)),
         train_cfg=dict(max_epochs=epochs, val_interval=1),
-        optim_wrapper=dict(optimizer=dict(type="SGD", lr=lr, momentum=0.9, weight_decay=1e-4),
-                           clip_grad=dict(max_norm=10)),
-        param_scheduler=[dict(type="LinearLR", start_factor=0.5, begin=0, end=1),
-                         dict(type="CosineAnnealingLR", T_max=epochs, begin=0, end=epochs)],
+        optim_wrapper=dict(
+            optimizer=dict(type="SGD", lr=lr, momentum=0.9, weight_decay=1e-4), clip_grad=dict(max_norm=10)
+        ),
+        param_scheduler=[
+            dict(type="LinearLR", start_factor=0.5, begin=0, end=1),
+            dict(type="CosineAnnealingLR", T_max=epochs, begin=0, end=epochs),
+        ],
         default_hooks=dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=5)),
         randomness=dict(seed=0),
     )

@@ -21,8 +21,12 @@ def main(config_path: str, out_dir: str) -> None:
     torch.save(trainer.model.state_dict(), out / f"rank{rank}.pt")
     scores, labels = collect_scores(trainer.ddp_model, trainer.val_loader, trainer.device, progress=False)
     if rank == 0:
-        info = {"world_size": dist_utils.world_size(), "num_scores": len(scores), "labels": labels.tolist(),
-                "val_size": len(trainer.val_loader.dataset)}
+        info = {
+            "world_size": dist_utils.world_size(),
+            "num_scores": len(scores),
+            "labels": labels.tolist(),
+            "val_size": len(trainer.val_loader.dataset),
+        }
         (out / "result.json").write_text(json.dumps(info))
     trainer.close()
     del trainer

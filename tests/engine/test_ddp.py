@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lateral.config import write_config
-
 from conftest import tiny_run_config
+from lateral.config import write_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -26,8 +25,9 @@ def free_port() -> int:
 
 def run_torchrun(cmd: list[str], out_dir: Path, timeout: int = 600) -> None:
     # its own process group, so that a hung run (a deadlock between ranks) is killed with its workers
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parents[1],
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parents[1], start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -45,8 +45,20 @@ def test_two_rank_gloo_training_keeps_weights_identical(tmp_path, motion_data):
     cfg = tiny_run_config(motion_data, epochs=1)
     cfg["train_cfg"] = dict(max_epochs=1, val_interval=5)
     write_config(cfg, tmp_path / "cfg.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(HERE / "ddp_worker.py"), str(tmp_path / "cfg.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        str(HERE / "ddp_worker.py"),
+        str(tmp_path / "cfg.py"),
+        str(tmp_path),
+    ]
     run_torchrun(cmd, tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -59,7 +71,9 @@ def test_two_rank_gloo_training_keeps_weights_identical(tmp_path, motion_data):
     # per-rank unless sync_bn is set; checkpoints hold rank 0's)
     for key in params:
         assert torch.equal(rank0[key], rank1[key]), key
-    epoch = [json.loads(l) for l in (tmp_path / "work" / "log.jsonl").read_text().splitlines() if '"epoch"' in l][-1]
+    epoch = [
+        json.loads(line) for line in (tmp_path / "work" / "log.jsonl").read_text().splitlines() if '"epoch"' in line
+    ][-1]
     assert epoch["iters"] == 2  # 16 training videos split over 2 ranks, batches of 4
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
@@ -73,8 +87,20 @@ def test_two_rank_detection_training_and_sharded_evaluation(tmp_path):
     from test_detection import _tiny_config
 
     config = _tiny_config(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(HERE / "ddp_detect_worker.py"), str(config), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        str(HERE / "ddp_detect_worker.py"),
+        str(config),
+        str(tmp_path),
+    ]
     run_torchrun(cmd, tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -133,9 +159,21 @@ def test_two_ranks_survive_unreadable_batches_on_one_rank_and_resume_bit_identic
     cfg["model"]["cls_head"]["dropout_ratio"] = 0.5  # a consumer of each rank's torch random stream
     write_config(cfg, tmp_path / "cfg.py")
     for mode in ("straight", "resumed"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), str(HERE / "ddp_resume_worker.py"), str(tmp_path / "cfg.py"),
-               str(tmp_path), mode]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+            str(HERE / "ddp_resume_worker.py"),
+            str(tmp_path / "cfg.py"),
+            str(tmp_path),
+            mode,
+        ]
         run_torchrun(cmd, tmp_path, timeout=300)
     records = [json.loads(line) for line in (tmp_path / "work_straight" / "log.jsonl").read_text().splitlines()]
     first_epoch = [r for r in records if r["event"] == "epoch"][0]
@@ -150,8 +188,10 @@ def test_two_ranks_survive_unreadable_batches_on_one_rank_and_resume_bit_identic
 
 def test_exit_worker_flushes_and_keeps_the_exit_code():
     # what `lateral` does at the end of a torchrun worker: no interpreter teardown, but nothing printed is lost
-    code = ("import logging, sys; from lateral.engine import distributed as d; "
-            "assert not d.joined_process_group(); logging.basicConfig(stream=sys.stderr); "
-            "print('result', end=''); logging.getLogger('x').warning('logged'); d.exit_worker(3)")
+    code = (
+        "import logging, sys; from lateral.engine import distributed as d; "
+        "assert not d.joined_process_group(); logging.basicConfig(stream=sys.stderr); "
+        "print('result', end=''); logging.getLogger('x').warning('logged'); d.exit_worker(3)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3 and done.stdout == "result" and "logged" in done.stderr

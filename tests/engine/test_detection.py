@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 import lateral
+from lateral.cli.detect import add_cli
 from lateral.config import ConfigError
 from lateral.data.coco import CocoDetection, CocoFormatError, RandomFlip, Resize, collate_detection, hflip_boxes
 from lateral.data.shapes import ensure_shapes_dataset, render_shapes
-from lateral.cli.detect import add_cli
 from lateral.engine.detection import (
     coco_evaluate,
     detect_dataset,
@@ -135,7 +135,9 @@ def test_boxes_outside_the_image_are_clipped_and_empty_ones_dropped(tmp_path):
         (json.dumps({"images": [], "annotations": []}), "'categories' missing"),
         (json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}), "images\\[0\\] needs"),
         (
-            json.dumps({"images": [], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2]}], "categories": []}),
+            json.dumps(
+                {"images": [], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2]}], "categories": []}
+            ),
             "must be \\[x, y, width, height\\]",
         ),
     ],
@@ -210,7 +212,10 @@ def _ground_truth() -> dict:
 
 def test_coco_ap_is_one_for_perfect_predictions_and_low_for_shuffled_ones():
     gt = _ground_truth()
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in gt["annotations"]]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+    ]
     metrics = coco_evaluate(gt, perfect)
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
@@ -225,8 +230,10 @@ def test_metrics_without_objects_of_a_size_say_so_and_are_null_in_json(monkeypat
 
     gt = _ground_truth()  # boxes of 20-80 pixels a side: small and medium objects, no large ones (> 96^2 pixels)
     assert not any(a["bbox"][2] * a["bbox"][3] > 96**2 for a in gt["annotations"])
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-               for a in gt["annotations"]]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+    ]
     metrics = coco_evaluate(gt, perfect)
     assert metrics["APl"] is None and metrics["APm"] == pytest.approx(1.0)
     assert json.loads(json.dumps(metrics))["APl"] is None  # null in --out and work_dir/metrics.json, not -1
@@ -325,7 +332,22 @@ def test_train_resume_test_and_predict_end_to_end(tmp_path, capsys):
     assert "AP75" in capsys.readouterr().out
 
     image = tmp_path / "shapes" / "val" / "images" / "000000.png"
-    assert run_cli(["detect", "predict", str(config), str(checkpoint), str(image), "--out", str(tmp_path / "out"), "--score-thr", "0"]) == 0
+    assert (
+        run_cli(
+            [
+                "detect",
+                "predict",
+                str(config),
+                str(checkpoint),
+                str(image),
+                "--out",
+                str(tmp_path / "out"),
+                "--score-thr",
+                "0",
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "out" / "000000.json").read_text())
     assert record["width"] == 48 and isinstance(record["detections"], list)
     for detection in record["detections"]:
@@ -341,8 +363,9 @@ def _drawn(box: list[float], caption_class: str = "square", class_id: int = 2, w
     grey = torch.full((3, height, width), 0.5)
     score = torch.tensor([0.81])
     pixels = np.asarray(draw_detections(grey, torch.tensor([box]), [caption_class], score, [class_id]))
-    in_the_open = np.asarray(draw_detections(grey, torch.tensor([[20.0, 30.0, 100.0, 55.0]]), [caption_class], score,
-                                             [class_id]))
+    in_the_open = np.asarray(
+        draw_detections(grey, torch.tensor([[20.0, 30.0, 100.0, 55.0]]), [caption_class], score, [class_id])
+    )
     return pixels, np.array(_PALETTE[class_id % len(_PALETTE)]), int((in_the_open >= 200).all(axis=2).sum())
 
 
@@ -379,12 +402,15 @@ def test_a_recognition_config_is_refused_by_the_detect_commands(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-@pytest.mark.parametrize("section, key, message", [
-    ("train_cfg", "max_iter", "train_cfg: unknown key 'max_iter'. Did you mean 'max_iters'"),
-    ("default_hooks", "checkpiont", "default_hooks: unknown key 'checkpiont'. Did you mean 'checkpoint'"),
-    ("train_dataloader", "batch_sise", "train_dataloader: unknown key 'batch_sise'. Did you mean 'batch_size'"),
-    ("val_evaluator", "metrik", "val_evaluator: unknown key 'metrik'. Did you mean 'metric'"),
-])
+@pytest.mark.parametrize(
+    "section, key, message",
+    [
+        ("train_cfg", "max_iter", "train_cfg: unknown key 'max_iter'. Did you mean 'max_iters'"),
+        ("default_hooks", "checkpiont", "default_hooks: unknown key 'checkpiont'. Did you mean 'checkpoint'"),
+        ("train_dataloader", "batch_sise", "train_dataloader: unknown key 'batch_sise'. Did you mean 'batch_size'"),
+        ("val_evaluator", "metrik", "val_evaluator: unknown key 'metrik'. Did you mean 'metric'"),
+    ],
+)
 def test_misspelt_detection_keys_stop_before_any_work(tmp_path, section, key, message):
     cfg = lateral.load_config(SHAPES_CONFIG)
     cfg.setdefault(section, {})[key] = 2
@@ -395,24 +421,28 @@ def test_misspelt_detection_keys_stop_before_any_work(tmp_path, section, key, me
 
 def test_an_old_style_detection_config_is_refused_with_what_to_rename(tmp_path):
     old = tmp_path / "old.py"
-    old.write_text("model = dict(type='FasterRCNN', backbone=dict(type='ResNetFPN', depth=18), num_classes=4)\n"
-                   "data = dict(train=dict(ann_file='a.json', img_dir='images'), batch_size=2)\n"
-                   "optimizer = dict(lr=0.01, grad_clip=10.0)\n"
-                   "schedule = dict(max_iters=100, warmup_iters=10, milestones=(80,))\n"
-                   "seed = 0\n")
+    old.write_text(
+        "model = dict(type='FasterRCNN', backbone=dict(type='ResNetFPN', depth=18), num_classes=4)\n"
+        "data = dict(train=dict(ann_file='a.json', img_dir='images'), batch_size=2)\n"
+        "optimizer = dict(lr=0.01, grad_clip=10.0)\n"
+        "schedule = dict(max_iters=100, warmup_iters=10, milestones=(80,))\n"
+        "seed = 0\n"
+    )
     cfg = lateral.load_config(old)
     with pytest.raises(ConfigError) as info:
         train_detector(cfg, work_dir=tmp_path / "never")
     message = str(info.value)
     assert "old top-level keys data, optimizer, schedule, seed" in message
-    for advice in ("data.train / data.val / data.test -> train_dataloader / val_dataloader / test_dataloader",
-                   "data_prefix=dict(img=<img_dir>)",
-                   "optim_wrapper=dict(optimizer=dict(type='SGD', lr=..., momentum=..., weight_decay=...), "
-                   "clip_grad=dict(max_norm=<grad_clip>))",
-                   "schedule.max_iters -> train_cfg=dict(type='IterBasedTrainLoop', max_iters=...",
-                   "dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=<warmup_iters>)",
-                   "schedule.checkpoint_interval -> default_hooks.checkpoint=dict(interval=..., by_epoch=False)",
-                   "seed -> randomness=dict(seed=...)"):
+    for advice in (
+        "data.train / data.val / data.test -> train_dataloader / val_dataloader / test_dataloader",
+        "data_prefix=dict(img=<img_dir>)",
+        "optim_wrapper=dict(optimizer=dict(type='SGD', lr=..., momentum=..., weight_decay=...), "
+        "clip_grad=dict(max_norm=<grad_clip>))",
+        "schedule.max_iters -> train_cfg=dict(type='IterBasedTrainLoop', max_iters=...",
+        "dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=<warmup_iters>)",
+        "schedule.checkpoint_interval -> default_hooks.checkpoint=dict(interval=..., by_epoch=False)",
+        "seed -> randomness=dict(seed=...)",
+    ):
         assert advice in message, advice
     assert not (tmp_path / "never").exists()
     # the test and predict commands read the same configs and refuse them the same way
@@ -442,5 +472,16 @@ def test_detection_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_pa
 
 def test_score_threshold_outside_zero_one_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="--score-thr is a detection score between 0 and 1, got 5.0"):
-        run_cli(["detect", "predict", str(SHAPES_CONFIG), str(tmp_path / "x.pth"), str(tmp_path / "a.png"),
-                 "--score-thr", "5", "--out", str(tmp_path / "out")])
+        run_cli(
+            [
+                "detect",
+                "predict",
+                str(SHAPES_CONFIG),
+                str(tmp_path / "x.pth"),
+                str(tmp_path / "a.png"),
+                "--score-thr",
+                "5",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )

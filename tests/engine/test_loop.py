@@ -1,6 +1,7 @@
 """The shared training loop with a toy task: the adapter protocol, the iteration loop, mid-epoch resume."""
 
 import json
+
 import pytest
 import torch
 from torch import nn
@@ -143,16 +144,18 @@ def test_a_run_resumed_mid_epoch_ends_bit_identical_to_a_straight_one(tmp_path):
     straight.run()
     with pytest.raises(Killed):
         TrainingLoop(KilledAtStep6(config()), tmp_path / "resumed", progress=False, say=lambda line: None).run()
-    resumed = TrainingLoop(RegressionTask(config()), tmp_path / "resumed", resume="auto", progress=False,
-                           say=lambda line: None)
+    resumed = TrainingLoop(
+        RegressionTask(config()), tmp_path / "resumed", resume="auto", progress=False, say=lambda line: None
+    )
     assert (resumed.start_epoch, resumed.iteration) == (1, 4)  # one batch into the second epoch of 3 batches
     resumed.run()
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     steps = [r for r in records(tmp_path / "resumed") if r["event"] == "train"]
     assert [r["iter"] for r in steps] == [1, 2, 3, 4, 5, 5, 6, 7]  # 5 logged before the kill, and again
-    assert [r["loss"] for r in steps[:4] + steps[5:]] == [r["loss"] for r in records(tmp_path / "straight")
-                                                          if r["event"] == "train"]
+    assert [r["loss"] for r in steps[:4] + steps[5:]] == [
+        r["loss"] for r in records(tmp_path / "straight") if r["event"] == "train"
+    ]
 
 
 def test_unreadable_samples_are_counted_and_the_epoch_loop_calls_the_task_hook(tmp_path):
@@ -167,13 +170,23 @@ def test_unreadable_samples_are_counted_and_the_epoch_loop_calls_the_task_hook(t
     assert sorted(p.name for p in (tmp_path / "work").glob("*_*.pth")) == ["epoch_1.pth", "epoch_2.pth"]
 
 
-@pytest.mark.parametrize("train_cfg, hooks, message", [
-    (dict(type="IterBasedTrainLoop", max_epochs=3), {}, "an IterBasedTrainLoop counts in iterations: replace "
-                                                        "max_epochs with max_iters"),
-    (dict(type="EpochBasedTrainLoop", max_iters=3), {}, "replace max_iters with max_epochs"),
-    (dict(type="IterLoop"), {}, "train_cfg.type must be one of"),
-    (dict(max_iters=3), dict(checkpoint=dict(by_epoch=True)), "by_epoch=True does not fit train_cfg \\(iterations\\)"),
-])
+@pytest.mark.parametrize(
+    "train_cfg, hooks, message",
+    [
+        (
+            dict(type="IterBasedTrainLoop", max_epochs=3),
+            {},
+            "an IterBasedTrainLoop counts in iterations: replace max_epochs with max_iters",
+        ),
+        (dict(type="EpochBasedTrainLoop", max_iters=3), {}, "replace max_iters with max_epochs"),
+        (dict(type="IterLoop"), {}, "train_cfg.type must be one of"),
+        (
+            dict(max_iters=3),
+            dict(checkpoint=dict(by_epoch=True)),
+            "by_epoch=True does not fit train_cfg \\(iterations\\)",
+        ),
+    ],
+)
 def test_loop_settings_say_what_does_not_fit(train_cfg, hooks, message):
     with pytest.raises(ConfigError, match=message):
         LoopSettings.from_config(dict(train_cfg=train_cfg, default_hooks=hooks))

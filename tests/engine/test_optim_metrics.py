@@ -13,19 +13,30 @@ from lateral.engine.optim import build_lr_factor, build_optimizer
 
 
 def tiny():
-    return lateral.build_model(dict(
-        type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=18, base_channels=4, frozen_stages=1),
-        cls_head=dict(type="I3DHead", in_channels=32, num_classes=3)))
+    return lateral.build_model(
+        dict(
+            type="Recognizer3D",
+            backbone=dict(type="ResNet3dSlowOnly", depth=18, base_channels=4, frozen_stages=1),
+            cls_head=dict(type="I3DHead", in_channels=32, num_classes=3),
+        )
+    )
 
 
 def test_norm_and_bias_excluded_from_weight_decay_and_frozen_params_left_out():
     model = tiny()
-    opt = build_optimizer(model, dict(optimizer=dict(type="SGD", lr=0.1, momentum=0.9, weight_decay=1e-4),
-                                      paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0)))
+    opt = build_optimizer(
+        model,
+        dict(
+            optimizer=dict(type="SGD", lr=0.1, momentum=0.9, weight_decay=1e-4),
+            paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
+        ),
+    )
     decay = {g["weight_decay"]: sum(p.numel() for p in g["params"]) for g in opt.param_groups}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(decay.values()) == trainable < sum(p.numel() for p in model.parameters())
-    bn_and_bias = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and (".bn." in n or n.endswith("bias")))
+    bn_and_bias = sum(
+        p.numel() for n, p in model.named_parameters() if p.requires_grad and (".bn." in n or n.endswith("bias"))
+    )
     assert decay[0.0] == bn_and_bias
 
 
@@ -37,10 +48,15 @@ def test_unknown_optimizer_and_scheduler_are_reported():
 
 
 def test_linear_warmup_then_cosine_matches_closed_form():
-    factor = build_lr_factor([
-        dict(type="LinearLR", start_factor=0.1, by_epoch=True, begin=0, end=2),
-        dict(type="CosineAnnealingLR", T_max=10, eta_min=0, by_epoch=True, begin=0, end=10),
-    ], iters_per_epoch=5, max_epochs=10, base_lr=0.1)
+    factor = build_lr_factor(
+        [
+            dict(type="LinearLR", start_factor=0.1, by_epoch=True, begin=0, end=2),
+            dict(type="CosineAnnealingLR", T_max=10, eta_min=0, by_epoch=True, begin=0, end=10),
+        ],
+        iters_per_epoch=5,
+        max_epochs=10,
+        base_lr=0.1,
+    )
     assert factor(0) == pytest.approx(0.1)
     cos = lambda e: (1 + math.cos(math.pi * e / 10)) / 2  # noqa: E731
     assert factor(5) == pytest.approx((0.1 + 0.9 * 0.5) * cos(1))  # epoch 1: half-way through warm-up

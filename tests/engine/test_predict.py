@@ -22,15 +22,17 @@ def _two_folders_of_same_named_videos(root: Path, motion_data: Path) -> tuple[Pa
     return folders
 
 
-def test_a_second_run_into_the_same_folder_is_refused_and_leaves_the_first_runs_timelines(tmp_path, config_file,
-                                                                                           motion_data, capsys):
+def test_a_second_run_into_the_same_folder_is_refused_and_leaves_the_first_runs_timelines(
+    tmp_path, config_file, motion_data, capsys
+):
     first, second = _two_folders_of_same_named_videos(tmp_path, motion_data)
     out = tmp_path / "timelines"
     command = ["predict", str(config_file), "none", "--window", "0.32s", "--out", str(out)]
     assert main(command[:3] + [str(first)] + command[3:]) == 0
     written = {path: path.read_bytes() for path in sorted(out.rglob("timeline.*"))}
     assert [p.relative_to(out).as_posix() for p in written] == [
-        f"{name}_timeline/timeline.{kind}" for name in ("clip", "other") for kind in ("csv", "json", "png")]
+        f"{name}_timeline/timeline.{kind}" for name in ("clip", "other") for kind in ("csv", "json", "png")
+    ]
     capsys.readouterr()
 
     assert main(command[:3] + [str(second)] + command[3:]) == 1
@@ -53,8 +55,9 @@ def test_a_top_k_file_of_an_earlier_run_is_refused_without_overwrite(tmp_path, c
     assert len(json.loads(target.read_text())["top"]) == 5
 
 
-def test_a_timeline_goes_to_a_named_predictions_folder_not_the_current_one(tmp_path, config_file, motion_data,
-                                                                           monkeypatch, capsys):
+def test_a_timeline_goes_to_a_named_predictions_folder_not_the_current_one(
+    tmp_path, config_file, motion_data, monkeypatch, capsys
+):
     video = sorted((motion_data / "videos").rglob("*test*.mp4"))[0]
     work = tmp_path / "work"
     work.mkdir()
@@ -117,9 +120,15 @@ def _legend_of_timeline_plot(tmp_path, monkeypatch, probs: list[list[float]], to
 
 
 def test_the_timeline_plot_draws_every_class_that_leads_a_window(tmp_path, monkeypatch):
-    probs = [[0.90, 0.08, 0.01, 0.01],  # walk, then run
-             [0.05, 0.80, 0.10, 0.05],  # run, then jump
-             [0.30, 0.05, 0.25, 0.40]]  # wave leads here, though its peak is lower than walk's and run's
-    assert sorted(_legend_of_timeline_plot(tmp_path / "top2", monkeypatch, probs, topk=2)) == \
-        ["jump", "run", "walk", "wave"]
+    probs = [
+        [0.90, 0.08, 0.01, 0.01],  # walk, then run
+        [0.05, 0.80, 0.10, 0.05],  # run, then jump
+        [0.30, 0.05, 0.25, 0.40],
+    ]  # wave leads here, though its peak is lower than walk's and run's
+    assert sorted(_legend_of_timeline_plot(tmp_path / "top2", monkeypatch, probs, topk=2)) == [
+        "jump",
+        "run",
+        "walk",
+        "wave",
+    ]
     assert _legend_of_timeline_plot(tmp_path / "top1", monkeypatch, probs, topk=1) == ["walk", "run", "wave"]

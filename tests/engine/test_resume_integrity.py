@@ -10,11 +10,10 @@ import torch
 
 import lateral
 import lateral.engine.loop
-from lateral.checkpoint import read_checkpoint
-from lateral.engine.train import NonFiniteLossError, Trainer, train
-
 from checkpoint_damage import zero_tensor_bytes
 from conftest import tiny_run_config
+from lateral.checkpoint import read_checkpoint
+from lateral.engine.train import NonFiniteLossError, Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -60,24 +59,29 @@ def test_resume_auto_prefers_a_newer_epoch_checkpoint_to_a_stale_latest(tmp_path
     with caplog.at_level("WARNING", logger="lateral.train"):
         trainer = Trainer(run_config, work, resume="auto", progress=False)
     assert trainer.start_epoch == 2 and trainer.iteration == epoch_2_iter
-    assert (f"resuming from epoch_2.pth, because latest.pth holds epoch 1, iteration {epoch_1_iter}, older than "
-            f"epoch_2.pth with epoch 2, iteration {epoch_2_iter}") in caplog.text
+    assert (
+        f"resuming from epoch_2.pth, because latest.pth holds epoch 1, iteration {epoch_1_iter}, older than "
+        f"epoch_2.pth with epoch 2, iteration {epoch_2_iter}"
+    ) in caplog.text
 
 
-def test_resume_auto_reads_a_hard_linked_latest_once_and_says_nothing(tmp_path, two_epoch_run, run_config, caplog,
-                                                                         monkeypatch):
+def test_resume_auto_reads_a_hard_linked_latest_once_and_says_nothing(
+    tmp_path, two_epoch_run, run_config, caplog, monkeypatch
+):
     work = copy_run(two_epoch_run, tmp_path / "work")
     reads = []
     original = lateral.engine.loop.read_checkpoint  # the shared training loop reads the checkpoints
-    monkeypatch.setattr(lateral.engine.loop, "read_checkpoint", lambda path, **kw: reads.append(path.name)
-                        or original(path, **kw))
+    monkeypatch.setattr(
+        lateral.engine.loop, "read_checkpoint", lambda path, **kw: reads.append(path.name) or original(path, **kw)
+    )
     with caplog.at_level("WARNING", logger="lateral.train"):
         trainer = Trainer(run_config, work, resume="auto", progress=False)
     assert trainer.start_epoch == 2 and reads == ["latest.pth"] and "resuming from" not in caplog.text
 
 
-def test_resume_auto_without_any_checkpoint_says_so_and_keeps_the_old_log_apart(tmp_path, two_epoch_run,
-                                                                                 run_config, caplog):
+def test_resume_auto_without_any_checkpoint_says_so_and_keeps_the_old_log_apart(
+    tmp_path, two_epoch_run, run_config, caplog
+):
     work = copy_run(two_epoch_run, tmp_path / "work")
     old_log = (work / "log.jsonl").read_text()
     for path in work.glob("*.pth"):
@@ -86,11 +90,14 @@ def test_resume_auto_without_any_checkpoint_says_so_and_keeps_the_old_log_apart(
     with caplog.at_level("WARNING", logger="lateral.train"):
         trainer = Trainer(run_config, work, resume="auto", progress=False)
     assert trainer.start_epoch == 0
-    assert (f"--resume auto: no checkpoint (latest.pth, epoch_N.pth) in {work}; starting from scratch. The earlier "
-            "run's log is kept as log.jsonl.1 and this run writes a new log.jsonl.") in caplog.text
+    assert (
+        f"--resume auto: no checkpoint (latest.pth, epoch_N.pth) in {work}; starting from scratch. The earlier "
+        "run's log is kept as log.jsonl.1 and this run writes a new log.jsonl."
+    ) in caplog.text
     has_best = (work / "best.pth").exists()
-    assert ("best.pth is still the earlier run's, until this run's first validation replaces it" in caplog.text) \
-        == has_best
+    assert (
+        "best.pth is still the earlier run's, until this run's first validation replaces it" in caplog.text
+    ) == has_best
     assert (work / "log.jsonl.1").read_text() == old_log
     records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records] == ["start"] and "log.jsonl.1" in records[0]["note"]
@@ -131,13 +138,16 @@ def test_nan_rescue_checkpoint_is_finite_in_every_tensor_and_says_whether_it_pre
     is the state before that step, finite in every tensor, and the message says plainly that its diverged weights
     still predict non-finite scores."""
     trainer = Trainer(huge_lr_config(motion_data), tmp_path / "nan", progress=False)
-    with pytest.raises(NonFiniteLossError, match=r"the BatchNorm statistics became non-finite \(.*running_var.*; "
-                                                 r"the activations overflowed\) although the loss was .* at iteration "
-                                                 r"\d+ .*; the model before this step is saved in .*nonfinite_iter\d+"
-                                                 r"\.pth, but in eval mode it predicts non-finite scores for this "
-                                                 r"step's clips \(its weights had already diverged\): it is kept for "
-                                                 r"inspection, not for use\. Lower the learning rate or enable "
-                                                 r"clip_grad\.") as info:
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the BatchNorm statistics became non-finite \(.*running_var.*; "
+        r"the activations overflowed\) although the loss was .* at iteration "
+        r"\d+ .*; the model before this step is saved in .*nonfinite_iter\d+"
+        r"\.pth, but in eval mode it predicts non-finite scores for this "
+        r"step's clips \(its weights had already diverged\): it is kept for "
+        r"inspection, not for use\. Lower the learning rate or enable "
+        r"clip_grad\.",
+    ) as info:
         trainer.run()
     [rescue] = (tmp_path / "nan").glob("nonfinite_iter*.pth")
     assert rescue.name in str(info.value)
@@ -172,23 +182,28 @@ def test_nan_stop_with_a_non_finite_statistic_already_there_writes_no_rescue(tmp
     name, buffer = next((n, b) for n, b in trainer.model.named_buffers() if n.endswith("running_var"))
     with torch.no_grad():
         buffer[0] = float("inf")
-    with pytest.raises(NonFiniteLossError, match=rf"at iteration 1 .*the model's state was already non-finite before "
-                                                 rf"this step \({name}: an earlier update overflowed\), so no finite "
-                                                 r"state of this epoch exists and no rescue checkpoint was written; no "
-                                                 r"epoch had finished yet\."):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=rf"at iteration 1 .*the model's state was already non-finite before "
+        rf"this step \({name}: an earlier update overflowed\), so no finite "
+        r"state of this epoch exists and no rescue checkpoint was written; no "
+        r"epoch had finished yet\.",
+    ):
         trainer.run()
     assert not list((tmp_path / "nan").glob("nonfinite_*.pth"))
 
 
 def test_an_epoch_that_ends_with_non_finite_weights_does_not_replace_latest(tmp_path, run_config):
-    trainer = Trainer(dict(run_config, train_cfg=dict(max_epochs=2, val_interval=5)), tmp_path / "run",
-                      progress=False)
+    trainer = Trainer(dict(run_config, train_cfg=dict(max_epochs=2, val_interval=5)), tmp_path / "run", progress=False)
     trainer.max_epochs = 1
     trainer.run()
     before = (tmp_path / "run" / "latest.pth").read_bytes()
     with torch.no_grad():
         trainer.model.cls_head.fc_cls.weight[0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"the model became non-finite in the last update before saving "
-                                                 r"epoch_2\.pth \(cls_head\.fc_cls\.weight\), so it was not saved"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the model became non-finite in the last update before saving "
+        r"epoch_2\.pth \(cls_head\.fc_cls\.weight\), so it was not saved",
+    ):
         trainer.save(2)
     assert (tmp_path / "run" / "latest.pth").read_bytes() == before and not (tmp_path / "run" / "epoch_2.pth").exists()

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 import lateral
+from conftest import tiny_run_config
 from lateral.checkpoint import read_checkpoint
 from lateral.config import ConfigError, write_config
 from lateral.engine.train import NonFiniteLossError, NoTrainingDataError, Trainer, train
-
-from conftest import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,12 +26,14 @@ def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config, ca
     result = train(run_config, tmp_path / "run", progress=False)
     said = capsys.readouterr()
     # one terminal line per epoch, even without progress bars; on stderr, so that stdout keeps a command's result
-    assert re.findall(r"^epoch (\d)/2  loss [\d.]+ \(\d+ s\)  val top-1 [\d.]+ %, top-5 [\d.]+ %$", said.err,
-                      re.M) == ["1", "2"], said.err
+    assert re.findall(r"^epoch (\d)/2  loss [\d.]+ \(\d+ s\)  val top-1 [\d.]+ %, top-5 [\d.]+ %$", said.err, re.M) == [
+        "1",
+        "2",
+    ], said.err
     assert said.out == ""
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"epoch_1.pth", "epoch_2.pth", "latest.pth", "best.pth", "log.jsonl"} <= names
-    records = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["event"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     assert all(0.0 <= r["val_top1_acc"] <= 1.0 and r["loss"] > 0 for r in epochs)
@@ -78,7 +79,7 @@ def test_sigkill_then_resume_auto(tmp_path, run_config):
     (work / ".latest.pth.killed.tmp").write_bytes(b"partial")
     done = subprocess.run(cmd + ["--resume", "auto"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    records = [json.loads(l) for l in (work / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     resume = [r for r in records if r["event"] == "resume"]
     assert resume and resume[-1]["epoch"] == finished
     assert read_checkpoint(work / "latest.pth")["meta"]["epoch"] == 12
@@ -90,7 +91,9 @@ def test_bf16_autocast_training_with_alpha_8_laterals_stays_finite(tmp_path, run
     weights and validation scores stay finite and the checkpoint holds fp32 weights. (The channel counts here are
     too small to hit oneDNN's bf16 bug itself; tests/models/test_layers.py covers that.)"""
     backbone = dict(run_config["model"]["backbone"], resample_rate=8, speed_ratio=8)
-    cfg = dict(run_config, model=dict(run_config["model"], backbone=backbone), train_cfg=dict(max_epochs=1, val_interval=1))
+    cfg = dict(
+        run_config, model=dict(run_config["model"], backbone=backbone), train_cfg=dict(max_epochs=1, val_interval=1)
+    )
     result = train(cfg, tmp_path / "amp", amp="bf16", progress=False)
     epoch = result["history"][-1]
     assert torch.isfinite(torch.tensor(epoch["loss"])) and epoch["loss"] > 0
@@ -131,8 +134,11 @@ def test_nan_loss_from_non_finite_weights_writes_no_useless_rescue(tmp_path, run
     trainer = Trainer(run_config, tmp_path / "nan", progress=False)
     with torch.no_grad():
         trainer.model.cls_head.fc_cls.bias[0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"iteration 1 .*already non-finite.*no epoch had finished yet\. "
-                                                 r"Lower the learning rate \(clip_grad is already on\)"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"iteration 1 .*already non-finite.*no epoch had finished yet\. "
+        r"Lower the learning rate \(clip_grad is already on\)",
+    ):
         trainer.run()
     assert not list((tmp_path / "nan").glob("nonfinite_*.pth"))
 
@@ -167,8 +173,25 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     train(run_config, tmp_path / "run", progress=False)
     ckpt = tmp_path / "run" / "latest.pth"
     env = dict(os.environ)
-    out = subprocess.run([sys.executable, "-m", "lateral", "test", str(config_file), str(ckpt), "--views", "1x3",
-                          "--out", str(tmp_path / "test"), "--no-progress"], cwd=REPO, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lateral",
+            "test",
+            str(config_file),
+            str(ckpt),
+            "--views",
+            "1x3",
+            "--out",
+            str(tmp_path / "test"),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert metrics["num_samples"] == 8 and 0 <= metrics["top1_acc"] <= 1
@@ -178,11 +201,15 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     assert main(["test", str(ckpt), "--views", "1x3", "--out", str(tmp_path / "test_ckpt"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "test_ckpt" / "metrics.json").read_text())["top1_acc"] == metrics["top1_acc"]
     video = sorted((motion_data / "videos").rglob("*test*.mp4"))[0]  # the same file whatever the listing order
-    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video), "--topk", "3"],
-                         cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video), "--topk", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 3 and all(float(l.split()[0]) <= 1 for l in lines)
+    assert len(lines) == 3 and all(float(line.split()[0]) <= 1 for line in lines)
     names = (motion_data / "label_map.txt").read_text().split()
     assert lines[0].split()[1] in names
     # the default runs the fused inference copy; --eager the model as built; --backend openvino (when installed)
@@ -194,9 +221,25 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
         modes["openvino"] = ["--backend", "openvino"]
     tops = {}
     for mode, extra in modes.items():
-        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video),
-                              "--topk", "8", "--out", str(tmp_path / f"{mode}.json"), *extra],
-                             cwd=REPO, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lateral",
+                "predict",
+                str(config_file),
+                str(ckpt),
+                str(video),
+                "--topk",
+                "8",
+                "--out",
+                str(tmp_path / f"{mode}.json"),
+                *extra,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
         tops[mode] = json.loads((tmp_path / f"{mode}.json").read_text())["top"]
     for mode in modes:
@@ -206,35 +249,84 @@ def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     from lateral.inference import bf16_supported
 
     if not bf16_supported():
-        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video),
-                              "--precision", "bf16"], cwd=REPO, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lateral",
+                "predict",
+                str(config_file),
+                str(ckpt),
+                str(video),
+                "--precision",
+                "bf16",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode != 0 and "bf16" in out.stderr and "Traceback" not in out.stderr
-        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), str(ckpt), str(video),
-                              "--precision", "bf16", "--fallback-fp32", "--topk", "8"], cwd=REPO, capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lateral",
+                "predict",
+                str(config_file),
+                str(ckpt),
+                str(video),
+                "--precision",
+                "bf16",
+                "--fallback-fp32",
+                "--topk",
+                "8",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
-        assert [float(l.split()[0]) for l in out.stdout.split("\n") if l.strip()] == \
-            pytest.approx([t["prob"] for t in tops["eager"]], abs=1e-4)
+        assert [float(line.split()[0]) for line in out.stdout.split("\n") if line.strip()] == pytest.approx(
+            [t["prob"] for t in tops["eager"]], abs=1e-4
+        )
     # a checkpoint written by training carries its config: CKPT VIDEO is enough
-    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(ckpt), str(video), "--window", "0.32s",
-                          "--stride", "0.16s", "--out", str(tmp_path / "timeline")], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lateral",
+            "predict",
+            str(ckpt),
+            str(video),
+            "--window",
+            "0.32s",
+            "--stride",
+            "0.16s",
+            "--out",
+            str(tmp_path / "timeline"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     rows = json.loads((tmp_path / "timeline" / "timeline.json").read_text())
     assert len(rows) >= 2 and rows[0]["start_s"] == 0.0
     assert (tmp_path / "timeline" / "timeline.png").exists()
 
 
-def test_cli_test_leaves_unlabelled_samples_out_and_refuses_a_list_without_labels(tmp_path, run_config, config_file,
-                                                                                    motion_data, capsys):
+def test_cli_test_leaves_unlabelled_samples_out_and_refuses_a_list_without_labels(
+    tmp_path, run_config, config_file, motion_data, capsys
+):
     from lateral.cli import main
 
     ckpt = tmp_path / "random.pth"
     torch.save({"state_dict": lateral.build_model(run_config["model"]).state_dict()}, ckpt)
     lines = (motion_data / "test_list.txt").read_text().splitlines()
     half = tmp_path / "half_labelled.txt"
-    half.write_text("".join(f"{l.rsplit(' ', 1)[0]} -1\n" if i % 2 else f"{l}\n" for i, l in enumerate(lines)))
+    half.write_text("".join(f"{line.rsplit(' ', 1)[0]} -1\n" if i % 2 else f"{line}\n" for i, line in enumerate(lines)))
     none = tmp_path / "unlabelled.txt"
-    none.write_text("".join(f"{l.rsplit(' ', 1)[0]}\n" for l in lines))  # test lists may omit the labels
+    none.write_text("".join(f"{line.rsplit(' ', 1)[0]}\n" for line in lines))  # test lists may omit the labels
     args = ["test", str(config_file), str(ckpt), "--no-progress", "--out", str(tmp_path / "out"), "--cfg-options"]
     assert main(args + [f"test_dataloader.dataset.ann_file={half}"]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -249,13 +341,18 @@ def test_cli_test_leaves_unlabelled_samples_out_and_refuses_a_list_without_label
 
 def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, motion_data):
     lines = (motion_data / "train_list.txt").read_text().splitlines()
-    chosen = [next(l for l in lines if l.endswith(f" {label}")) for label in (2, 5)]
+    chosen = [next(line for line in lines if line.endswith(f" {label}")) for label in (2, 5)]
     ann = tmp_path / "two_videos.txt"
     ann.write_text("\n".join(chosen) + "\n")
     cfg = tiny_run_config(motion_data, epochs=30, lr=0.05, ann_train=str(ann))
-    fixed = [dict(type="PyAVInit"), dict(type="SampleFrames", clip_len=8, frame_interval=2, num_clips=1, test_mode=True),
-             dict(type="PyAVDecode"), dict(type="Resize", scale=(32, 32), keep_ratio=False),
-             dict(type="FormatShape", input_format="NCTHW"), dict(type="PackActionInputs")]
+    fixed = [
+        dict(type="PyAVInit"),
+        dict(type="SampleFrames", clip_len=8, frame_interval=2, num_clips=1, test_mode=True),
+        dict(type="PyAVDecode"),
+        dict(type="Resize", scale=(32, 32), keep_ratio=False),
+        dict(type="FormatShape", input_format="NCTHW"),
+        dict(type="PackActionInputs"),
+    ]
     cfg["train_dataloader"]["dataset"]["pipeline"] = fixed
     cfg["train_dataloader"]["batch_size"] = 2
     cfg["param_scheduler"] = None
@@ -264,15 +361,33 @@ def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, 
     names = (motion_data / "label_map.txt").read_text().split()
     for line in chosen:
         rel, label = line.rsplit(" ", 1)
-        out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(tmp_path / "overfit" / "latest.pth"),
-                              str(motion_data / rel), "--topk", "1"], cwd=REPO, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lateral",
+                "predict",
+                str(tmp_path / "overfit" / "latest.pth"),
+                str(motion_data / rel),
+                "--topk",
+                "1",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split()[1] == names[int(label)], out.stdout
 
 
 def test_demo_quick_writes_a_full_report(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "lateral", "demo", "--quick", "--out", str(tmp_path / "demo"),
-                          "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "lateral", "demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = tmp_path / "demo" / "report"
     metrics = json.loads((report / "metrics.json").read_text())
@@ -282,8 +397,9 @@ def test_demo_quick_writes_a_full_report(tmp_path):
         assert (report / name).stat().st_size > 0, name
     assert lateral.load_config(report / "demo_config.py")["model"]["type"] == "Recognizer3D"
     # the terminal: validation accuracy after every epoch, then a short summary naming the report folder
-    assert re.search(r"^epoch 1/1  loss [\d.]+ \(\d+ s\)  val top-1 [\d.]+ %, top-5 [\d.]+ %$", out.stderr, re.M), \
+    assert re.search(r"^epoch 1/1  loss [\d.]+ \(\d+ s\)  val top-1 [\d.]+ %, top-5 [\d.]+ %$", out.stderr, re.M), (
         out.stderr[-2000:]
+    )
     assert "writing videos" not in out.stderr  # --no-progress: no progress bar
     assert f"top-1 {100 * metrics['top1_acc']:.1f} %" in out.stdout
     assert "over 16 videos x 3 views" in out.stdout and f"report: {report.resolve()}" in out.stdout
@@ -356,11 +472,14 @@ def test_channels_last_training_matches_the_default_layout(tmp_path, run_config)
     assert len(moved) > 10  # both runs really trained, so the agreement above means something
 
 
-@pytest.mark.parametrize("section, key, message", [
-    ("train_cfg", "max_epoch", "train_cfg: unknown key 'max_epoch'. Did you mean 'max_epochs'"),
-    ("randomness", "sed", "randomness: unknown key 'sed'. Did you mean 'seed'"),
-    ("test_dataloader", "batch_sise", "test_dataloader: unknown key 'batch_sise'. Did you mean 'batch_size'"),
-])
+@pytest.mark.parametrize(
+    "section, key, message",
+    [
+        ("train_cfg", "max_epoch", "train_cfg: unknown key 'max_epoch'. Did you mean 'max_epochs'"),
+        ("randomness", "sed", "randomness: unknown key 'sed'. Did you mean 'seed'"),
+        ("test_dataloader", "batch_sise", "test_dataloader: unknown key 'batch_sise'. Did you mean 'batch_size'"),
+    ],
+)
 def test_misspelt_runtime_keys_stop_training_before_any_work(tmp_path, run_config, section, key, message):
     cfg = json.loads(json.dumps(run_config))
     cfg[section][key] = 3
@@ -373,22 +492,34 @@ def test_misspelt_runtime_keys_stop_training_before_any_work(tmp_path, run_confi
     assert not (tmp_path / "never").exists()
 
 
-@pytest.mark.parametrize("option, message", [
-    ("param_scheduler.0.ned=1", r"param_scheduler.0 \(LinearLR\): unknown key 'ned'. Did you mean 'end'"),
-    ("optim_wrapper.clip_grad.max_nrm=3", "optim_wrapper.clip_grad: unknown key 'max_nrm'. Did you mean 'max_norm'"),
-    ("train_dataloader.sampler.shufle=False", "train_dataloader.sampler: unknown key 'shufle'. Did you mean 'shuffle'"),
-    ("precise_bn.num_iter=2", "precise_bn: unknown key 'num_iter'. Did you mean 'num_iters'"),
-    ("optim_wrapper.optimizer.lrr=0.1", r"optim_wrapper.optimizer \(SGD\): unknown key 'lrr'. Did you mean 'lr'"),
-    ("default_hooks.checkpoint.max_keep_ckpts=abc", "max_keep_ckpts must be a whole number"),
-    ("channels_last=0", "channels_last must be True or False"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("param_scheduler.0.ned=1", r"param_scheduler.0 \(LinearLR\): unknown key 'ned'. Did you mean 'end'"),
+        (
+            "optim_wrapper.clip_grad.max_nrm=3",
+            "optim_wrapper.clip_grad: unknown key 'max_nrm'. Did you mean 'max_norm'",
+        ),
+        (
+            "train_dataloader.sampler.shufle=False",
+            "train_dataloader.sampler: unknown key 'shufle'. Did you mean 'shuffle'",
+        ),
+        ("precise_bn.num_iter=2", "precise_bn: unknown key 'num_iter'. Did you mean 'num_iters'"),
+        ("optim_wrapper.optimizer.lrr=0.1", r"optim_wrapper.optimizer \(SGD\): unknown key 'lrr'. Did you mean 'lr'"),
+        ("default_hooks.checkpoint.max_keep_ckpts=abc", "max_keep_ckpts must be a whole number"),
+        ("channels_last=0", "channels_last must be True or False"),
+    ],
+)
 def test_misspelt_keys_of_schedules_optimizers_samplers_and_flags_are_refused(tmp_path, run_config, option, message):
     from lateral.config import apply_cfg_options
 
-    cfg = dict(run_config, param_scheduler=[dict(type="LinearLR", start_factor=0.5, by_epoch=True, begin=0, end=1)],
-               optim_wrapper=dict(run_config["optim_wrapper"], clip_grad=dict(max_norm=40)),
-               train_dataloader=dict(run_config["train_dataloader"], sampler=dict(type="DefaultSampler", shuffle=True)),
-               precise_bn=dict(num_iters=2))
+    cfg = dict(
+        run_config,
+        param_scheduler=[dict(type="LinearLR", start_factor=0.5, by_epoch=True, begin=0, end=1)],
+        optim_wrapper=dict(run_config["optim_wrapper"], clip_grad=dict(max_norm=40)),
+        train_dataloader=dict(run_config["train_dataloader"], sampler=dict(type="DefaultSampler", shuffle=True)),
+        precise_bn=dict(num_iters=2),
+    )
     Trainer(cfg, tmp_path / "fine", progress=False).close()  # the spelled-right config trains
     with pytest.raises(ConfigError, match=message):
         Trainer(apply_cfg_options(cfg, [option]), tmp_path / "never", progress=False)
@@ -400,8 +531,11 @@ def test_an_epoch_without_one_readable_sample_fails_and_saves_nothing(tmp_path, 
     ann = tmp_path / "all_missing.txt"
     ann.write_text("".join(f"{tmp_path / 'gone'}_{i}.mp4 {line.split()[-1]}\n" for i, line in enumerate(lines)))
     cfg = tiny_run_config(motion_data, epochs=2, ann_train=str(ann))
-    with pytest.raises(NoTrainingDataError, match=f"epoch 1: not one training batch could be read from the "
-                                                  f"{len(lines)} samples; nothing was trained or saved") as caught:
+    with pytest.raises(
+        NoTrainingDataError,
+        match=f"epoch 1: not one training batch could be read from the "
+        f"{len(lines)} samples; nothing was trained or saved",
+    ) as caught:
         train(cfg, tmp_path / "run", progress=False)
     assert not list((tmp_path / "run").glob("*.pth"))
     assert f"{len(lines)} sample reads failed" in str(caught.value)  # each sample read once, not once per batch
@@ -417,22 +551,46 @@ def test_predict_takes_several_videos_and_folders_and_skips_undecodable_ones(tmp
     (folder / "sub").mkdir()
     (folder / "sub" / "deeper.mp4").write_bytes(videos[0].read_bytes())  # subfolders are searched, as data check does
     (folder / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")  # a broken link: counted, not dropped
-    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none", str(videos[1]),
-                          str(folder), "--topk", "2", "--out", str(tmp_path / "top.json")],
-                         cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lateral",
+            "predict",
+            str(config_file),
+            "none",
+            str(videos[1]),
+            str(folder),
+            "--topk",
+            "2",
+            "--out",
+            str(tmp_path / "top.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1, out.stderr  # two videos could not be read
     assert "Traceback" not in out.stderr
     assert f"2 of 5 videos could not be decoded: {folder / 'broken.mp4'}, {folder / 'gone.mp4'}" in out.stderr
     results = json.loads((tmp_path / "top.json").read_text())
-    assert [r["video"] for r in results] == [str(videos[1]), str(folder / videos[0].name),
-                                             str(folder / "sub" / "deeper.mp4")]
+    assert [r["video"] for r in results] == [
+        str(videos[1]),
+        str(folder / videos[0].name),
+        str(folder / "sub" / "deeper.mp4"),
+    ]
     assert all(len(r["top"]) == 2 for r in results)
     # one undecodable video on its own: the error line, no traceback
-    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none", str(folder / "broken.mp4")],
-                         cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lateral", "predict", str(config_file), "none", str(folder / "broken.mp4")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and "lateral predict: error:" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "lateral", "predict", str(config_file), "none"], cwd=REPO,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lateral", "predict", str(config_file), "none"], cwd=REPO, capture_output=True, text=True
+    )
     assert out.returncode == 1 and "predict takes CONFIG CKPT VIDEO [VIDEO ...]" in out.stderr
 
 
@@ -454,8 +612,11 @@ def test_timeline_folders_of_same_named_videos_do_not_collide_and_durations_are_
 def test_label_names_read_every_documented_label_map_layout(tmp_path):
     from lateral.engine.loading import read_label_names
 
-    layouts = {"plain.txt": "run\nwalk\njump\n", "indexed.txt": "1 run\n2 walk\n3 jump\n",
-               "map.csv": "id,name\n0,run\n1,walk\n2,jump\n"}
+    layouts = {
+        "plain.txt": "run\nwalk\njump\n",
+        "indexed.txt": "1 run\n2 walk\n3 jump\n",
+        "map.csv": "id,name\n0,run\n1,walk\n2,jump\n",
+    }
     for name, text in layouts.items():
         (tmp_path / name).write_text(text)
         assert read_label_names(str(tmp_path / name), {}, 3) == ["run", "walk", "jump"], name
@@ -464,8 +625,11 @@ def test_label_names_read_every_documented_label_map_layout(tmp_path):
 def test_three_crop_views_span_the_short_side_the_pipeline_resizes_to():
     from lateral.engine.predict import set_test_views
 
-    pipeline = [dict(type="SampleFrames", clip_len=8), dict(type="Resize", scale=(-1, 64)),
-                dict(type="CenterCrop", crop_size=56)]
+    pipeline = [
+        dict(type="SampleFrames", clip_len=8),
+        dict(type="Resize", scale=(-1, 64)),
+        dict(type="CenterCrop", crop_size=56),
+    ]
     three = set_test_views(pipeline, 3, 2)
     assert three[2] == dict(type="ThreeCrop", crop_size=64) and three[0]["num_clips"] == 2
     assert set_test_views(pipeline, 10, 1)[2] == dict(type="TenCrop", crop_size=56)
@@ -501,8 +665,9 @@ def test_bad_counts_devices_and_learning_rates_are_named(tmp_path, run_config):
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any_work(tmp_path, run_config,
-                                                                                       motion_data):
+def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any_work(
+    tmp_path, run_config, motion_data
+):
     lines = (motion_data / "test_list.txt").read_text().splitlines()
     ann = tmp_path / "val_oor.txt"
     ann.write_text("\n".join(lines[:-1] + [lines[-1].rsplit(" ", 1)[0] + " 99"]) + "\n")
@@ -519,7 +684,7 @@ def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any
     with pytest.raises(ConfigError, match=r"(?s)train_dataloader: 1 sample.*\(-1, unlabelled, is allowed in test"):
         Trainer(cfg, tmp_path / "never", progress=False)
     none = tmp_path / "val_unlabelled.txt"
-    none.write_text("".join(f"{l.rsplit(' ', 1)[0]}\n" for l in lines))
+    none.write_text("".join(f"{line.rsplit(' ', 1)[0]}\n" for line in lines))
     cfg = json.loads(json.dumps(run_config))
     cfg["val_dataloader"]["dataset"]["ann_file"] = str(none)
     with pytest.raises(ConfigError, match="val_dataloader: none of the 8 samples has a label"):
@@ -533,12 +698,21 @@ def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any
 
 def test_mixup_blending_from_the_data_preprocessor_trains_on_soft_labels(tmp_path, run_config):
     num_classes = run_config["model"]["cls_head"]["num_classes"]
-    preprocessor = dict(run_config["model"]["data_preprocessor"],
-                        blending=dict(type="RandomBatchAugment", augments=[
-                            dict(type="MixupBlending", num_classes=num_classes, alpha=0.2),
-                            dict(type="CutmixBlending", num_classes=num_classes, alpha=0.2)]))
-    cfg = dict(run_config, model=dict(run_config["model"], data_preprocessor=preprocessor),
-               train_cfg=dict(max_epochs=1, val_interval=5))
+    preprocessor = dict(
+        run_config["model"]["data_preprocessor"],
+        blending=dict(
+            type="RandomBatchAugment",
+            augments=[
+                dict(type="MixupBlending", num_classes=num_classes, alpha=0.2),
+                dict(type="CutmixBlending", num_classes=num_classes, alpha=0.2),
+            ],
+        ),
+    )
+    cfg = dict(
+        run_config,
+        model=dict(run_config["model"], data_preprocessor=preprocessor),
+        train_cfg=dict(max_epochs=1, val_interval=5),
+    )
     trainer = Trainer(cfg, tmp_path / "mix", progress=False)
     seen = []
     loss = trainer.model.cls_head.loss
@@ -547,7 +721,9 @@ def test_mixup_blending_from_the_data_preprocessor_trains_on_soft_labels(tmp_pat
     assert seen and all(labels.shape[1] == num_classes and labels.dtype == torch.float32 for labels in seen)
     assert any((labels > 0).sum(dim=1).max() == 2 for labels in seen)  # some labels are mixes of two classes
     wrong = dict(preprocessor, blending=dict(type="MixupBlending", num_classes=num_classes + 1))
-    with pytest.raises(ConfigError, match=f"blending has num_classes={num_classes + 1}, but the model has {num_classes}"):
+    with pytest.raises(
+        ConfigError, match=f"blending has num_classes={num_classes + 1}, but the model has {num_classes}"
+    ):
         Trainer(dict(cfg, model=dict(cfg["model"], data_preprocessor=wrong)), tmp_path / "never", progress=False)
 
 
@@ -598,7 +774,9 @@ def test_a_skipped_batch_still_advances_the_learning_rate_schedule(tmp_path, run
 def test_logged_lr_is_the_one_each_step_used(tmp_path, run_config):
     cfg = dict(run_config, train_cfg=dict(max_epochs=1, val_interval=5))
     train(cfg, tmp_path / "run", progress=False)
-    steps = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"train"' in l]
+    steps = [
+        json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"train"' in line
+    ]
     # LinearLR(start_factor=0.5) over the first epoch: the first step runs at half the base rate of 0.01
     assert steps[0]["iter"] == 1 and steps[0]["lr"] == pytest.approx(0.005)
     assert steps[1]["lr"] > steps[0]["lr"]
@@ -633,10 +811,12 @@ def test_resume_refuses_weights_only_files_and_another_optimizer_with_the_way_ou
         Trainer(run_config, zoo.parent, resume="auto", progress=False)
     optimizer = dict(run_config["optim_wrapper"]["optimizer"])
     other_type = "AdamW" if optimizer["type"] != "AdamW" else "SGD"
-    changed = dict(run_config,
-                   optim_wrapper=dict(run_config["optim_wrapper"], optimizer=dict(type=other_type, lr=0.01)))
-    with pytest.raises(lateral.checkpoint.CheckpointError,
-                       match=f"started with optimizer {optimizer['type']} .* {other_type}"):
+    changed = dict(
+        run_config, optim_wrapper=dict(run_config["optim_wrapper"], optimizer=dict(type=other_type, lr=0.01))
+    )
+    with pytest.raises(
+        lateral.checkpoint.CheckpointError, match=f"started with optimizer {optimizer['type']} .* {other_type}"
+    ):
         Trainer(changed, work, resume="auto", progress=False)
 
 
@@ -660,8 +840,10 @@ def test_ctrl_c_during_training_names_resume_auto(monkeypatch, capsys, config_fi
 
     monkeypatch.setattr(train_module, "train", interrupted)
     assert main(["train", str(config_file), "--no-progress"]) == 130
-    assert "interrupted. The checkpoints written so far are kept: the same command with --resume auto" in \
-        capsys.readouterr().err
+    assert (
+        "interrupted. The checkpoints written so far are kept: the same command with --resume auto"
+        in capsys.readouterr().err
+    )
 
 
 def test_timeline_with_a_stride_longer_than_the_video_has_one_window(motion_data, run_config):

@@ -73,9 +73,14 @@ def test_torchvision_style_matches_golden_vectors():
     "options, tv_options",
     [
         (dict(), dict()),
-        (dict(returned_layers=[2, 3, 4], extra_blocks="p6p7", trainable_layers=5),
-         dict(returned_layers=[2, 3, 4], extra_blocks=TvLastLevelP6P7(256, 256), trainable_layers=5)),
-        (dict(extra_blocks="p6p7_c5", trainable_layers=0), dict(extra_blocks=TvLastLevelP6P7(512, 256), trainable_layers=0)),
+        (
+            dict(returned_layers=[2, 3, 4], extra_blocks="p6p7", trainable_layers=5),
+            dict(returned_layers=[2, 3, 4], extra_blocks=TvLastLevelP6P7(256, 256), trainable_layers=5),
+        ),
+        (
+            dict(extra_blocks="p6p7_c5", trainable_layers=0),
+            dict(extra_blocks=TvLastLevelP6P7(512, 256), trainable_layers=0),
+        ),
         (dict(returned_layers=[1, 3]), dict(returned_layers=[1, 3])),
     ],
 )
@@ -152,10 +157,16 @@ def test_seed_config_file_builds_the_seed_network():
     assert model.style == "seed" and num_params(model) == 26_262_336
 
 
-@pytest.mark.parametrize("shape, message", [
-    ((1, 3, 8, 32, 32), r"expected a 4-D image batch \[N, C, H, W\], got shape \[1, 3, 8, 32, 32\] \(a 2D backbone"),
-    ((1, 32, 32, 3), r"expected 3 channels in dim 1 of \[N, C, H, W\], got shape \[1, 32, 32, 3\]"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        (
+            (1, 3, 8, 32, 32),
+            r"expected a 4-D image batch \[N, C, H, W\], got shape \[1, 3, 8, 32, 32\] \(a 2D backbone",
+        ),
+        ((1, 32, 32, 3), r"expected 3 channels in dim 1 of \[N, C, H, W\], got shape \[1, 32, 32, 3\]"),
+    ],
+)
 def test_wrong_input_layout_is_named(shape, message):
     model = ResNetFPN(depth=18, style="seed").eval()
     with pytest.raises(ValueError, match=message):

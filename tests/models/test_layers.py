@@ -186,8 +186,9 @@ def test_stem_block_in_the_folded_layout_matches_conv_norm_relu_pool(channels_la
     (expected * grad).sum().backward()
     (got * grad).sum().backward()
     for name in ("conv.weight", "bn.weight", "bn.bias"):
-        torch.testing.assert_close(stem.get_parameter(name).grad, reference.get_parameter(name).grad,
-                                   atol=1e-4, rtol=1e-4, msg=name)
+        torch.testing.assert_close(
+            stem.get_parameter(name).grad, reference.get_parameter(name).grad, atol=1e-4, rtol=1e-4, msg=name
+        )
     torch.testing.assert_close(stem.bn.running_mean, reference.bn.running_mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(stem.bn.running_var, reference.bn.running_var, atol=1e-5, rtol=1e-5)
 
@@ -195,8 +196,11 @@ def test_stem_block_in_the_folded_layout_matches_conv_norm_relu_pool(channels_la
 def test_stem_block_runs_folded_only_under_cpu_bf16_and_when_it_qualifies(monkeypatch):
     calls = []
     original = FoldedStemConvModule.forward_folded
-    monkeypatch.setattr(FoldedStemConvModule, "forward_folded",
-                        lambda self, x, fold=4: calls.append(x.shape[2]) or original(self, x, fold))
+    monkeypatch.setattr(
+        FoldedStemConvModule,
+        "forward_folded",
+        lambda self, x, fold=4: calls.append(x.shape[2]) or original(self, x, fold),
+    )
     stem = FoldedStemConvModule(_stem_module(), _pool())
     x = torch.randn(1, 3, 8, 16, 16)
     stem(x)

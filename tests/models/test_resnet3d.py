@@ -13,15 +13,33 @@ def tiny_slowfast(**backbone_overrides) -> dict:
         resample_rate=4,
         speed_ratio=4,
         channel_ratio=4,
-        slow_pathway=dict(type="resnet3d", depth=18, base_channels=8, lateral=True, conv1_kernel=(1, 7, 7),
-                          conv1_stride_t=1, pool1_stride_t=1, inflate=(0, 0, 1, 1)),
-        fast_pathway=dict(type="resnet3d", depth=18, base_channels=2, lateral=False, conv1_kernel=(5, 7, 7),
-                          conv1_stride_t=1, pool1_stride_t=1),
+        slow_pathway=dict(
+            type="resnet3d",
+            depth=18,
+            base_channels=8,
+            lateral=True,
+            conv1_kernel=(1, 7, 7),
+            conv1_stride_t=1,
+            pool1_stride_t=1,
+            inflate=(0, 0, 1, 1),
+        ),
+        fast_pathway=dict(
+            type="resnet3d",
+            depth=18,
+            base_channels=2,
+            lateral=False,
+            conv1_kernel=(5, 7, 7),
+            conv1_stride_t=1,
+            pool1_stride_t=1,
+        ),
     )
     backbone.update(backbone_overrides)
-    return dict(type="Recognizer3D", backbone=backbone,
-                cls_head=dict(type="SlowFastHead", in_channels=64 + 16, num_classes=5, dropout_ratio=0.0),
-                test_cfg=dict(average_clips="prob"))
+    return dict(
+        type="Recognizer3D",
+        backbone=backbone,
+        cls_head=dict(type="SlowFastHead", in_channels=64 + 16, num_classes=5, dropout_ratio=0.0),
+        test_cfg=dict(average_clips="prob"),
+    )
 
 
 @pytest.mark.parametrize("depth,channels", [(18, 512), (34, 512), (50, 2048)])
@@ -58,9 +76,19 @@ def test_caffe_style_strides_the_first_conv():
 
 
 def test_frozen_stages_freeze_params_and_keep_bn_statistics():
-    model = lateral.build_model(tiny_slowfast(slow_pathway=dict(
-        type="resnet3d", depth=18, base_channels=8, lateral=True, frozen_stages=1, conv1_kernel=(1, 7, 7),
-        inflate=(0, 0, 1, 1))))
+    model = lateral.build_model(
+        tiny_slowfast(
+            slow_pathway=dict(
+                type="resnet3d",
+                depth=18,
+                base_channels=8,
+                lateral=True,
+                frozen_stages=1,
+                conv1_kernel=(1, 7, 7),
+                inflate=(0, 0, 1, 1),
+            )
+        )
+    )
     slow = model.backbone.slow_path
     assert not any(p.requires_grad for p in slow.conv1.parameters())
     assert not any(p.requires_grad for p in slow.layer1.parameters())

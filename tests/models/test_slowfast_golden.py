@@ -131,8 +131,11 @@ def test_inflated_kernel_is_2d_kernel_spread_over_time(tmp_path):
 
 
 def _slowonly(**backbone):
-    return dict(type="Recognizer3D", backbone=dict(type="ResNet3dSlowOnly", depth=50, **backbone),
-                cls_head=dict(type="I3DHead", in_channels=2048, num_classes=5))
+    return dict(
+        type="Recognizer3D",
+        backbone=dict(type="ResNet3dSlowOnly", depth=50, **backbone),
+        cls_head=dict(type="I3DHead", in_channels=2048, num_classes=5),
+    )
 
 
 def test_pretrained_2d_checkpoints_load_through_every_mmaction2_spelling(tmp_path):
@@ -143,9 +146,11 @@ def test_pretrained_2d_checkpoints_load_through_every_mmaction2_spelling(tmp_pat
     torch.save(resnet2d, tmp_path / "r50.pth")
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in resnet2d.items()}}, tmp_path / "tsn.pth")
     expected = resnet2d["layer2.0.conv1.weight"]
-    for backbone in (dict(pretrained=str(tmp_path / "r50.pth")),
-                     dict(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "r50.pth"))),
-                     dict(pretrained=str(tmp_path / "tsn.pth"))):
+    for backbone in (
+        dict(pretrained=str(tmp_path / "r50.pth")),
+        dict(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "r50.pth"))),
+        dict(pretrained=str(tmp_path / "tsn.pth")),
+    ):
         model = lateral.build_model(_slowonly(**backbone))
         torch.testing.assert_close(model.backbone.layer2[0].conv1.conv.weight[:, :, 0], expected, msg=str(backbone))
 
@@ -171,13 +176,20 @@ def test_pretrained_files_that_fill_nothing_are_errors_not_silence(tmp_path):
 def test_whole_model_init_cfg_loads_a_recognizer_checkpoint_and_warns_about_gaps(tmp_path):
     source = lateral.build_model(_slowonly())
     torch.save({"state_dict": source.state_dict()}, tmp_path / "full.pth")
-    model = lateral.build_model(dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth"))))
+    model = lateral.build_model(
+        dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth")))
+    )
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in source.state_dict().items())
     backbone_only = {k: v for k, v in source.state_dict().items() if k.startswith("backbone.")}
     torch.save(backbone_only, tmp_path / "backbone.pth")
-    with pytest.warns(UserWarning, match=r"filled \d+ of \d+ tensors of Recognizer3D; 2 keep their initialisation "
-                                         r"\(cls_head.fc_cls.weight, cls_head.fc_cls.bias\)"):
-        lateral.build_model(dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "backbone.pth"))))
+    with pytest.warns(
+        UserWarning,
+        match=r"filled \d+ of \d+ tensors of Recognizer3D; 2 keep their initialisation "
+        r"\(cls_head.fc_cls.weight, cls_head.fc_cls.bias\)",
+    ):
+        lateral.build_model(
+            dict(_slowonly(), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "backbone.pth")))
+        )
 
 
 def test_a_child_init_cfg_checkpoint_survives_the_recognizer_initialisation(tmp_path):
@@ -187,12 +199,17 @@ def test_a_child_init_cfg_checkpoint_survives_the_recognizer_initialisation(tmp_
     torch.save({"state_dict": source.state_dict()}, tmp_path / "full.pth")
     torch.save({f"model.{k}": v for k, v in source.state_dict().items()}, tmp_path / "wrapped.pth")
     for prefix in ("cls_head.", "cls_head"):  # mmengine adds the missing dot
-        head = dict(type="I3DHead", in_channels=2048, num_classes=5,
-                    init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth"), prefix=prefix))
+        head = dict(
+            type="I3DHead",
+            in_channels=2048,
+            num_classes=5,
+            init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.pth"), prefix=prefix),
+        )
         model = lateral.build_model(dict(_slowonly(), cls_head=head))
         assert torch.equal(model.cls_head.fc_cls.weight, source.cls_head.fc_cls.weight)
-    model = lateral.build_model(_slowonly(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "wrapped.pth"),
-                                                        prefix="model.backbone.")))
+    model = lateral.build_model(
+        _slowonly(init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "wrapped.pth"), prefix="model.backbone."))
+    )
     assert all(torch.equal(v, source.backbone.state_dict()[k]) for k, v in model.backbone.state_dict().items())
 
 
