@@ -78,8 +78,8 @@ def test_shipped_detection_configs_load_and_build():
     import lateral
 
     r18 = load_config("configs/detection/faster_rcnn_r18_fpn_shapes.py")
-    assert r18["model"]["backbone"]["depth"] == 18 and r18["schedule"]["max_iters"] == 800
-    assert r18["data"]["train"]["synthetic"]["seed"] == 0  # inherited from the R50 recipe
+    assert r18["model"]["backbone"]["depth"] == 18 and r18["train_cfg"]["max_iters"] == 800
+    assert r18["train_dataloader"]["dataset"]["synthetic"]["seed"] == 0  # inherited from the R50 recipe
     model = lateral.build_model(r18["model"])
     assert model.backbone.out_channels == 128
 
