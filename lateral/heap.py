@@ -2,8 +2,8 @@
 
 glibc serves each allocation above its mmap threshold (which grows with use, to at most 32 MB) with fresh pages from
 the kernel and hands them back on free, so every such tensor pays a page fault per 4 KB page when it is first
-written. FPN-50 at 800x1216 allocates many 62 MB maps per image: on a 2-core Xeon VM the eager forward took 2465 ms
-with glibc's defaults and 1838 ms with freed memory kept in the heap (lateral's fused fp32 copy: 1421 -> 1302 ms).
+written. FPN-50 at 800x1216 allocates many 62 MB maps per image, and its forward ran up to a quarter faster with
+freed memory kept in the heap (figures: benchmarks/README.md, 'Measurements behind the code').
 Clip-sized SlowFast tensors (at most 13 MB) are below the threshold and see no change.
 
 ``keep_freed_memory()`` sets glibc's ``M_MMAP_MAX`` to 0 (every allocation comes from the heap) and

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from inference.test_export import thin_config
 from lateral.config import write_config
-from test_export import thin_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

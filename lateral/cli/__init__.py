@@ -24,8 +24,8 @@ USER_ERRORS = (LateralError, FileNotFoundError, FileExistsError, IsADirectoryErr
 COMMAND_MODULES = (summary, recognition, data, detect, convert, export)
 
 
-# commands that run a trained model over many inputs: they keep freed memory in the heap (lateral.heap), which made
-# FPN-50 at 800x1216 8-25 % faster; `bench` does not, so that its eager reference runs with the stock allocator
+# commands that run a trained model over many inputs: they keep freed memory in the heap (lateral.heap), which makes
+# large-map models faster; `bench` does not, so that its eager reference runs with the stock allocator
 INFERENCE_COMMANDS = ("predict", "test")
 
 

@@ -340,7 +340,8 @@ def lateral_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor of the lateral model ``config``, read off the model itself."""
     from lateral.registry import build_model
 
-    # a CPU build (~1 s for R50) beats the meta device, whose first use imports and traces Python decompositions
+    # a CPU build (about a second for R50) beats the meta device, whose first use imports and traces Python
+    # decompositions
     model = build_model(copy.deepcopy(config))
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lateral.checkpoint import load_checkpoint
 from lateral.config import ConfigError
-from lateral.engine.loading import load_run_config
+from lateral.engine.loading import load_model, load_run_config
 from lateral.inference.timing import parse_input_shape
-from lateral.registry import build_model
 
 __all__ = [
     "build_from_files",
@@ -174,10 +172,8 @@ def build_from_files(config: str, checkpoint: str | None, cfg_options: list[str]
     cfg = load_run_config(config, cfg_options)
     if "model" not in cfg:
         raise ConfigError(f"{config} defines no 'model'")
-    model = build_model(cfg["model"])
-    if checkpoint and checkpoint.lower() != "none":
-        load_checkpoint(model, checkpoint, strict=True)
-    return model.eval(), cfg
+    model, _ = load_model(cfg, checkpoint or "none", device="cpu", eager=True)  # exported and timed on the CPU
+    return model, cfg
 
 
 def example_input(input_shape: str | None, module: nn.Module, cfg: dict) -> torch.Tensor:

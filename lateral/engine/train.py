@@ -152,8 +152,7 @@ class RecognitionTask:
 
     Config keys read here (mmaction2 1.x names): ``model``, ``train_dataloader``, ``val_dataloader``, and
     lateral's own ``precise_bn`` (``dict(num_iters=...)``) and ``channels_last`` (bool: model and training clips in
-    ``channels_last_3d``, which oneDNN runs faster; with bf16 autocast a SlowFast-R50 step took 1.62 s against 3.53 s
-    for the fp32 default-layout step on a 2-core AMX CPU).
+    ``channels_last_3d``, which oneDNN runs faster, above all with bf16 autocast: see benchmarks/README.md).
     """
 
     best_meta_key = "best_top1"

@@ -1,8 +1,8 @@
 """BatchNorm3d for channels-last-3d tensors with few channels (SlowFast's fast pathway: 8), on the CPU.
 
 PyTorch's CPU BatchNorm kernel for channels-last input vectorises over the channels, and with 8 of them it falls
-back to a slow path: on a 2-core AMX Xeon, forward + backward of the fast stem's norm ([2, 8, 32, 112, 112], bf16)
-took 81 ms, against 5 ms for the same tensor in the contiguous layout. Converting layouts costs more than it saves.
+back to a slow path, over ten times slower than the same tensor in the contiguous layout (figures:
+benchmarks/README.md, 'Measurements behind the code'). Converting layouts costs more than it saves.
 
 Here the channels-last memory ``[N, T, H, W, C]`` is viewed, without a copy, as a 2-D ``[N*T*H*W / k, k*C]``
 tensor with ``k*C = 32`` "virtual" channels, on which PyTorch's kernels are fast. Virtual channel ``j*C + c`` holds
@@ -158,7 +158,7 @@ class SmallChannelBatchNorm3d(nn.BatchNorm3d):
     on the inputs where the stock CPU kernel is slow (:func:`uses_small_channel_path`), and the stock kernel elsewhere.
 
     Workaround for a slow kernel, seen with torch 2.14.1: CPU BatchNorm on channels-last-3d input with 8 channels
-    took 81 ms forward + backward where the contiguous layout took 5 ms (see the module docstring).
+    was over ten times slower than in the contiguous layout (see the module docstring).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ class OneDnnConv(nn.Module):
         """The weight reordered once into the blocked layout oneDNN picks for ``x``'s shape (fp32 / bf16 2D/3D convs).
 
         Passing the plain weight makes oneDNN reorder it on every call, which costs a third of the time of a 1x1x1
-        fp32 conv on a batch-1 clip (packing made the bf16 seed SlowFast 9-15 % faster on an AMX CPU). The packed
+        fp32 conv on a batch-1 clip (packing made the bf16 seed SlowFast about a tenth faster on an AMX CPU). The packed
         copy is kept for the last input shape seen and redone when that or the weight changes (``load_state_dict``
         writes into the weight in place, which bumps its version). 1D convs get the plain weight.
         """

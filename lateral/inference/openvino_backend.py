@@ -54,10 +54,10 @@ class OpenVinoRunner:
 class OpenVinoBackend:
     """Runs a module through OpenVINO and returns what the module would: ``backend(x)`` -> a tensor or a tuple.
 
-    The module is converted and compiled in memory for one sample the first time each per-sample shape is seen
-    (10-15 s for an R50 SlowFast at 32x256x256), then reused; a batch runs sample by sample. Converting at the batch
-    size instead made the first call grow with it (33 s at batch 3, over 5 minutes for 30 test views). Used by
-    ``lateral.optimize(..., backend='openvino')`` for a recognizer's backbone.
+    The module is converted and compiled in memory for one sample the first time each per-sample shape is seen (seconds
+    for an R50 SlowFast), then reused; a batch runs sample by sample. Converting at the batch size instead made the
+    first call grow with it (minutes for 30 test views; figures: benchmarks/README.md, 'Measurements behind the code').
+    Used by ``lateral.optimize(..., backend='openvino')`` for a recognizer's backbone.
 
     Args:
         module: the eval-mode module (a recognizer backbone returning a tensor or a tuple of tensors).

@@ -2,29 +2,28 @@
 
 A video stem has too few channels for oneDNN's vector kernels. SlowFast's fast pathway stem maps 3 channels to 8
 with a 5x7x7 kernel: 8 output channels fill half an AVX-512 register in fp32, and 3 input channels leave AMX tiles
-almost empty in bf16. On a 2-core AMX Xeon, for a 1x3x32x224x224 clip, that one conv took 48 ms in fp32 (94 GFLOP/s,
-12 % of the fused fp32 SlowFast) and 106 ms in bf16 (slower than fp32, 39 % of the fused bf16 SlowFast).
+almost empty in bf16: on an AMX CPU that one conv took an eighth of the fused fp32 SlowFast's time and, slower in
+bf16 than in fp32, over a third of the fused bf16 one (figures: benchmarks/README.md, 'Measurements behind the code').
 
 Folding ``G`` consecutive output frames into the output channels gives oneDNN a shape it handles well, at the cost
 of ``(kt + G - 1) / kt`` times the multiply-adds (the folded kernel is zero where an input frame lies outside an
 output frame's window):
 
 - **fp32, 3D fold**: one conv3d with kernel ``(kt + G - 1, kh, kw)``, temporal stride ``G`` and ``G * C_out``
-  output channels. With G = 2 the fast stem took 31-36 ms instead of 45-48 ms.
+  output channels. With G = 2 the fast stem took about a third less time.
 - **bf16, 2D fold**: the ``kt + G - 1`` input frames of each group of ``G`` output frames are stacked into channels,
   ``[N * T / G, C_in * (kt + G - 1), H, W]``, and one conv2d computes ``G * C_out`` channels. With G = 4 the fast
-  stem took 18 ms plus 4 ms to stack the frames. The stacking also casts to bf16 and reads any input layout, so the
-  inference wrapper hands the stem the caller's float32 clip as it is (saving the 6 ms layout conversion). Clips
+  stem, stacking included, took about a fifth of its plain bf16 time. The stacking also casts to bf16 and reads any
+  input layout, so the inference wrapper hands the stem the caller's float32 clip as it is (no layout conversion). Clips
   of up to 256 channel planes are stacked by one selection GEMM instead of copies, and all groups then run as one
   grouped conv2d (:meth:`FoldedStemConv._forward_2d_grouped`).
 
 A stem whose temporal kernel is 1 (the slow pathway's 1x7x7) becomes a plain conv2d over ``[N * T, C_in, H, W]``
 in bf16 (G = 1) and stays a plain conv3d in fp32. Outputs equal the plain conv's to float rounding.
 
-Which fold is faster depends on the CPU, so a stem with a temporal kernel tries both (:func:`stem_routes_for`) on
-the first clip of each size and keeps the faster, as the Winograd convs do. On a 2-core AVX-512 BF16 AMD EPYC
-(Zen 4, no AMX) the bf16 fast stem took 25 ms with the 3D fold against 30-31 ms with the 2D fold; on the AMX Xeon
-the 2D fold was the faster one (numbers above).
+Which fold is faster depends on the CPU, so a stem with a temporal kernel tries both (:func:`stem_routes_for`) on the
+first clip of each size and keeps the faster, as the Winograd convs do: on an AVX-512 BF16 CPU without AMX (Zen 4) the
+3D fold won in bf16, on an AMX CPU the 2D fold (figures: benchmarks/README.md, 'Measurements behind the code').
 """
 
 from __future__ import annotations
@@ -120,7 +119,7 @@ class FoldedStemConv(OneDnnConv):
         """Take over ``pool`` (which follows this conv) if it pools each frame on its own; return whether it did.
 
         Pooling the folded output, whose ``G * C_out`` channels fill a vector register, and unfolding a quarter as
-        many pixels afterwards took 2.5 ms instead of 8 ms for the bf16 fast stem's 3x3 pool.
+        many pixels afterwards took under a third of the time of the bf16 fast stem's plain 3x3 pool.
         """
         pool_args = framewise_pool_args(pool)
         if pool_args is None:
@@ -239,8 +238,8 @@ class FoldedStemConv(OneDnnConv):
         with 1 plus zeros, so the stack is exact; but a NaN or inf anywhere in a pixel's frames spreads to all of
         that pixel's groups (0 * inf is NaN). The result, [N, H, W, groups * C * window], is channels-last for a
         conv2d with ``groups`` groups, which computes [N, groups * G * C_out, H', W'] in one call. For the bf16
-        fast stem of SlowFast (1x3x32x224x224) the stack took 3 ms instead of 13 ms in isolation, the grouped conv
-        about as long as the batched one, and the whole stem 25 instead of 30 ms (interleaved, in the model).
+        fast stem of SlowFast the stack took a quarter of the time of copying planes, and the whole stem a sixth
+        less (figures: benchmarks/README.md, 'Measurements behind the code').
         """
         batch, channels, frames, height, width = x.shape
         groups = -(-frames_out // fold)

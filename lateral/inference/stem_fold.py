@@ -82,7 +82,7 @@ def stack_stem_frames(x: torch.Tensor, kernel_t: int, pad_t: int, fold: int) -> 
 
     The frames are first moved innermost ([N, H, W, C, T], one transposing copy), so that gathering each group's
     window copies runs of ``window`` contiguous values. Against stacking [C, H, W] planes and converting them to
-    channels-last, the bf16 fast stem of SlowFast (training, batch 2, forward + backward) went from 181 to 138 ms.
+    channels-last, the bf16 fast stem of SlowFast (training, forward + backward) took a quarter less time.
     """
     batch, channels, frames, height, width = x.shape
     frames_out = frames + 2 * pad_t - kernel_t + 1
@@ -98,10 +98,10 @@ def stack_stem_frames(x: torch.Tensor, kernel_t: int, pad_t: int, fold: int) -> 
 def folded_stem_conv3d(conv: nn.Conv3d, x: torch.Tensor, fold: int = STEM_FOLD) -> torch.Tensor:
     """``conv(x)`` for a stem (:func:`is_foldable_stem`) as one conv2d over stacked frames; differentiable.
 
-    oneDNN's bf16 conv3d is slow for a stem's 3 input and 8 output channels: SlowFast's fast stem took 18 % of a
-    bf16 training step on an AMX CPU. Here the ``kt + G - 1`` input frames that ``G`` consecutive output frames read
-    are stacked into channels and a conv2d with :func:`fold_stem_weight` computes the G frames' ``G * C_out``
-    channels together, at ``(kt + G - 1) / kt`` times the multiply-adds. The result equals ``conv(x)`` to rounding.
+    oneDNN's bf16 conv3d is slow for a stem's 3 input and 8 output channels: SlowFast's fast stem took almost a fifth of
+    a bf16 training step on an AMX CPU. Here the ``kt + G - 1`` input frames that ``G`` consecutive output frames read
+    are stacked into channels and a conv2d with :func:`fold_stem_weight` computes the G frames' ``G * C_out`` channels
+    together, at ``(kt + G - 1) / kt`` times the multiply-adds. The result equals ``conv(x)`` to rounding.
 
     x: [N, C_in, T, H, W] -> [N, C_out, T', H', W'] in x's memory format (channels-last-3d or contiguous).
     """

@@ -8,12 +8,10 @@ by its transformed weight ``G g`` (one batched GEMM over all pixels), and ``A^T`
 That is ``(m + 2) / m`` GEMMs per output frame instead of 3: 2 for F(2, 3), 1.5 for F(4, 3), so 2x fewer
 multiply-adds with F(4, 3). The transforms are GEMMs with 4-6 rows over whole frames, i.e. memory passes.
 
-Measured on the 2-core AVX-512 VM (fp32, 2 threads, medians of 9 interleaved calls, 4 frames): 1024 -> 256
-channels at 14x14 took 7.6 ms direct and 4.6 ms with F(4, 3); 2048 -> 512 at 7x7 7.5 / 4.2 ms; 1280 -> 512 at
-14x14 13.0 / 8.6 ms; 640 -> 256 at 28x28 13.6 / 10.7 ms. The fast pathway's thin convs (64 output channels or
-fewer, 32 frames) were slower (128 -> 32 at 14x14: 1.5 ms direct, 2.1 ms F(4, 3)), so convs narrower than
-``MIN_CHANNELS`` are not tried. Accuracy in float32 against oneDNN's direct conv on random data: 1e-6 (F(2, 3)) and
-2e-6 (F(4, 3)) of the largest output.
+On an AVX-512 CPU F(4, 3) beat oneDNN's direct conv on the slow pathway's wide convs, and lost on the fast pathway's
+thin ones (64 output channels or fewer, 32 frames), so convs narrower than ``MIN_CHANNELS`` are not tried (figures:
+benchmarks/README.md, 'Measurements behind the code'). Accuracy in float32 against oneDNN's direct conv on random data:
+1e-6 (F(2, 3)) and 2e-6 (F(4, 3)) of the largest output.
 
 :class:`TemporalWinogradConv` times the routes per size class like the 3x3
 :class:`~lateral.inference.winograd.WinogradConv`.

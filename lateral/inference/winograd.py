@@ -13,10 +13,9 @@ golden SlowFast logits stay within 4e-6, and the trained FPN-50 golden levels wi
 relative), as with the direct convs.
 
 Whether a route beats oneDNN's direct convolution depends on the CPU (it needs a fast fp32 GEMM) and on the shape, so
-:class:`WinogradConv` times all three on the first input of each shape and keeps the fastest. On the 2-core AVX-512
-VM of ``benchmarks/README.md`` (fp32, 2 threads): FPN-50's P2 smoothing conv (256 channels, 200x304) took 290 ms
-direct, 196 ms F(2x2), 121 ms F(4x4); 128 channels at 100x152 20.7 / 18.2 / 12.8 ms; 512 channels at 25x38 21.7 /
-13.0 / 13.3 ms; 64 channels at 200x304 17.5 / 29.0 / 19.6 ms, so convs narrower than 128 channels are not tried.
+:class:`WinogradConv` times all three on the first input of each shape and keeps the fastest. On an AVX-512 CPU
+the Winograd routes won on FPN-50's convs of 128 channels and more and lost at 64 channels, so narrower convs are
+not tried (figures: benchmarks/README.md, 'Measurements behind the code').
 """
 
 from __future__ import annotations

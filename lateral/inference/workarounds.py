@@ -97,13 +97,14 @@ class FoldedStemConvModule(ConvModule):
     that, when it runs in bf16 on the CPU, computes several output frames per conv2d call.
 
     Workaround for a slow kernel seen with torch 2.14.1 on an AMX CPU: oneDNN's bf16 conv3d for SlowFast's fast stem
-    (3 -> 8 channels, 5x7x7) took 18 % of a bf16 training step. :func:`~lateral.inference.stem_fold.folded_stem_conv3d`
-    stacks the input frames of 4 output frames into channels instead. When the norm is a plain BatchNorm3d (or
-    none), the activation a ReLU (or none) and the output frames a multiple of 4, the norm, the ReLU and the pool
-    also run in that folded layout ([N * T / 4, H, W, 4 * C_out], 32 channels for the fast stem, which fill a vector
-    register; the norm's statistics are still per channel, :func:`~lateral.inference.batchnorm.batch_norm_on_view`)
-    and frames are unfolded after the pool, at a quarter of the size. Same outputs, gradients and running statistics
-    to rounding. The children (``conv``, ``bn``, ``activate``) are the stem's own; a pool has no state.
+    (3 -> 8 channels, 5x7x7) took almost a fifth of a bf16 training step.
+    :func:`~lateral.inference.stem_fold.folded_stem_conv3d` stacks the input frames of 4 output frames into channels
+    instead. When the norm is a plain BatchNorm3d (or none), the activation a ReLU (or none) and the output frames a
+    multiple of 4, the norm, the ReLU and the pool also run in that folded layout ([N * T / 4, H, W, 4 * C_out], 32
+    channels for the fast stem, which fill a vector register; the norm's statistics are still per channel,
+    :func:`~lateral.inference.batchnorm.batch_norm_on_view`) and frames are unfolded after the pool, at a quarter of the
+    size. Same outputs, gradients and running statistics to rounding. The children (``conv``, ``bn``, ``activate``) are
+    the stem's own; a pool has no state.
 
     Args:
         stem: the ``ConvModule`` whose conv is a foldable stem (:func:`~lateral.inference.stem_fold.is_foldable_stem`).

@@ -94,30 +94,13 @@ def build_faster_rcnn(
         ``torchvision.models.detection.FasterRCNN``; ``model(images)`` in eval mode gives a list of
         ``{'boxes': [K, 4], 'labels': [K], 'scores': [K]}`` in the input images' pixels.
     """
-    if isinstance(backbone, dict):
-        from lateral.registry import build_model  # the config boundary: dicts become modules only there
-
-        backbone = build_model(backbone)
-    has_contract = hasattr(backbone, "out_channels") and hasattr(backbone, "feature_info")
-    if not isinstance(backbone, nn.Module) or not has_contract:
-        raise ConfigError(
-            f"the Faster R-CNN backbone must be a module with 'out_channels' and 'feature_info' (e.g. ResNetFPN), "
-            f"got {type(backbone).__name__}"
-        )
+    backbone = _pyramid_backbone(backbone)
     if num_classes < 2:
         raise ConfigError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
     # the backbone's feature contract, checked above (nn.Module types attributes as Tensor | Module)
     outputs = cast("list[FeatureSpec]", backbone.feature_info)
     out_channels = cast(int, backbone.out_channels)
-    if anchor_sizes is None:
-        anchor_sizes = [(8 * spec.stride,) for spec in outputs]
-    anchor_sizes = tuple(tuple(int(s) for s in sizes) for sizes in anchor_sizes)
-    if len(anchor_sizes) != len(outputs):
-        raise ConfigError(
-            f"anchor_sizes has {len(anchor_sizes)} entries but the backbone returns {len(outputs)} maps "
-            f"({', '.join(spec.name for spec in outputs)}): give one tuple of sizes per map"
-        )
-    anchor_generator = AnchorGenerator(anchor_sizes, (tuple(float(r) for r in aspect_ratios),) * len(anchor_sizes))
+    anchor_generator = _anchor_generator(outputs, anchor_sizes, aspect_ratios)
     pyramid = getattr(backbone, "pyramid_info", outputs)
     box_roi_pool = MultiScaleRoIPool(
         [spec.name for spec in pyramid], [spec.stride for spec in pyramid], roi_output_size, sampling_ratio
@@ -148,3 +131,34 @@ def build_faster_rcnn(
     if min_size is None:
         model.transform = PipelineResizedTransform(1, max_size, list(image_mean), list(image_std))
     return model
+
+
+def _pyramid_backbone(backbone: dict | nn.Module) -> nn.Module:
+    """``backbone`` built from its config dict if need be, checked to carry the feature contract Faster R-CNN
+    reads (``out_channels``, ``feature_info``)."""
+    if isinstance(backbone, dict):
+        from lateral.registry import build_model  # the config boundary: dicts become modules only there
+
+        backbone = build_model(backbone)
+    has_contract = hasattr(backbone, "out_channels") and hasattr(backbone, "feature_info")
+    if not isinstance(backbone, nn.Module) or not has_contract:
+        raise ConfigError(
+            f"the Faster R-CNN backbone must be a module with 'out_channels' and 'feature_info' (e.g. ResNetFPN), "
+            f"got {type(backbone).__name__}"
+        )
+    return backbone
+
+
+def _anchor_generator(
+    outputs: list[FeatureSpec], anchor_sizes: Sequence[Sequence[int]] | None, aspect_ratios: Sequence[float]
+) -> AnchorGenerator:
+    """Anchors of ``anchor_sizes`` (default 8 x each output's stride) and ``aspect_ratios`` on every output map."""
+    if anchor_sizes is None:
+        anchor_sizes = [(8 * spec.stride,) for spec in outputs]
+    sizes = tuple(tuple(int(s) for s in per_map) for per_map in anchor_sizes)
+    if len(sizes) != len(outputs):
+        raise ConfigError(
+            f"anchor_sizes has {len(sizes)} entries but the backbone returns {len(outputs)} maps "
+            f"({', '.join(spec.name for spec in outputs)}): give one tuple of sizes per map"
+        )
+    return AnchorGenerator(sizes, (tuple(float(r) for r in aspect_ratios),) * len(sizes))

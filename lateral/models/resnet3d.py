@@ -294,11 +294,16 @@ class ResNet3d(nn.Module):
         lateral_inplanes: Sequence[int] = (0, 0, 0, 0),
     ):
         super().__init__()
-        if depth not in self.arch_settings:
-            raise ConfigError(f"invalid depth {depth} for ResNet3d; choose one of {sorted(self.arch_settings)}")
-        if not 1 <= num_stages <= 4:
-            raise ConfigError(f"num_stages must be 1..4, got {num_stages}")
         check_conv_cfg(conv_cfg)
+        self._check_stage_settings(
+            depth,
+            num_stages,
+            out_indices,
+            spatial_strides=spatial_strides,
+            temporal_strides=temporal_strides,
+            dilations=dilations,
+            inflate=inflate,
+        )
         self.depth = depth
         self.pretrained = pretrained
         self.pretrained2d = pretrained2d
@@ -306,16 +311,6 @@ class ResNet3d(nn.Module):
         self.base_channels = base_channels
         self.num_stages = num_stages
         self.out_indices = tuple(out_indices)
-        if max(self.out_indices) >= num_stages:
-            raise ConfigError(f"out_indices {self.out_indices} name a stage beyond num_stages={num_stages}")
-        for name, values in (
-            ("spatial_strides", spatial_strides),
-            ("temporal_strides", temporal_strides),
-            ("dilations", dilations),
-            ("inflate", inflate),
-        ):
-            if len(values) < num_stages:
-                raise ConfigError(f"{name} has {len(values)} entries, fewer than num_stages={num_stages}")
         self.spatial_strides = tuple(spatial_strides)
         self.temporal_strides = tuple(temporal_strides)
         self.dilations = tuple(dilations)
@@ -342,25 +337,50 @@ class ResNet3d(nn.Module):
         if len(self.stage_blocks) != num_stages:
             raise ConfigError(f"stage_blocks {self.stage_blocks} must have num_stages={num_stages} entries")
         lateral_inplanes = tuple(lateral_inplanes) + (0,) * (num_stages - len(lateral_inplanes))
+        self._make_stem()
+        self.res_layers: list[str] = []
+        self._make_stages(lateral_inplanes)
+        self.feat_dim = self.block.expansion * base_channels * 2 ** (len(self.stage_blocks) - 1)
 
+    def _check_stage_settings(
+        self, depth: int, num_stages: int, out_indices: Sequence[int], **per_stage: Sequence[object]
+    ) -> None:
+        """Refuse a depth without an architecture, a stage count outside 1..4, an out index past the last stage
+        and per-stage settings (strides, dilations, inflate) with fewer entries than stages."""
+        if depth not in self.arch_settings:
+            raise ConfigError(f"invalid depth {depth} for ResNet3d; choose one of {sorted(self.arch_settings)}")
+        if not 1 <= num_stages <= 4:
+            raise ConfigError(f"num_stages must be 1..4, got {num_stages}")
+        if max(out_indices) >= num_stages:
+            raise ConfigError(f"out_indices {tuple(out_indices)} name a stage beyond num_stages={num_stages}")
+        for name, values in per_stage.items():
+            if len(values) < num_stages:
+                raise ConfigError(f"{name} has {len(values)} entries, fewer than num_stages={num_stages}")
+
+    def _make_stem(self) -> None:
+        """``conv1`` (the stem conv), ``maxpool`` after it and ``pool2`` (temporal, after the first stage)."""
         self.conv1 = ConvModule(
-            in_channels,
-            base_channels,
+            self.in_channels,
+            self.base_channels,
             self.conv1_kernel,
-            stride=(conv1_stride_t, conv1_stride_s, conv1_stride_s),
+            stride=(self.conv1_stride_t, self.conv1_stride_s, self.conv1_stride_s),
             padding=triple([(k - 1) // 2 for k in self.conv1_kernel]),
-            norm_cfg=norm_cfg,
-            act_cfg=act_cfg,
+            norm_cfg=self.norm_cfg,
+            act_cfg=self.act_cfg,
         )
         self.maxpool = nn.MaxPool3d(
-            kernel_size=(1, 3, 3), stride=(pool1_stride_t, pool1_stride_s, pool1_stride_s), padding=(0, 1, 1)
+            kernel_size=(1, 3, 3),
+            stride=(self.pool1_stride_t, self.pool1_stride_s, self.pool1_stride_s),
+            padding=(0, 1, 1),
         )
         self.pool2 = nn.MaxPool3d(kernel_size=(2, 1, 1), stride=(2, 1, 1))
 
-        self.res_layers: list[str] = []
-        inplanes = base_channels
+    def _make_stages(self, lateral_inplanes: Sequence[int]) -> None:
+        """``layer1`` .. ``layerN``; stage i has ``base_channels * 2**i`` planes and takes ``lateral_inplanes[i]``
+        extra input channels (SlowFast's fused fast pathway)."""
+        inplanes = self.base_channels
         for i, num_blocks in enumerate(self.stage_blocks):
-            planes = base_channels * 2**i
+            planes = self.base_channels * 2**i
             res_layer = self.make_res_layer(
                 self.block,
                 inplanes + lateral_inplanes[i],
@@ -369,17 +389,16 @@ class ResNet3d(nn.Module):
                 spatial_stride=self.spatial_strides[i],
                 temporal_stride=self.temporal_strides[i],
                 dilation=self.dilations[i],
-                style=style,
+                style=self.style,
                 inflate=self.stage_inflations[i],
-                inflate_style=inflate_style,
-                norm_cfg=norm_cfg,
-                act_cfg=act_cfg,
-                with_cp=with_cp,
+                inflate_style=self.inflate_style,
+                norm_cfg=self.norm_cfg,
+                act_cfg=self.act_cfg,
+                with_cp=self.with_cp,
             )
             inplanes = planes * self.block.expansion
             self.add_module(f"layer{i + 1}", res_layer)
             self.res_layers.append(f"layer{i + 1}")
-        self.feat_dim = self.block.expansion * base_channels * 2 ** (len(self.stage_blocks) - 1)
 
     @staticmethod
     def make_res_layer(

@@ -219,7 +219,7 @@ def test_training_workarounds_take_over_the_stems_and_keep_outputs_grads_and_sta
     import copy
 
     import lateral
-    from test_export import thin_config
+    from inference.test_export import thin_config
 
     torch.manual_seed(0)
     plain = lateral.build_model(thin_config()).backbone.train()

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_export import ATOL, RTOL, golden_model
 
 import lateral
 from lateral.inference.exporters import inference_copy
 from lateral.inference.optimization import bf16_supported
-from test_export import ATOL, RTOL, golden_model
 
 
 def test_openvino_backend_golden_parity_views_and_shapes():
