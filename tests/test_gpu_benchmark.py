@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from inference.test_export import thin_config
@@ -21,6 +22,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_smoke_run_on_cpu(tmp_path, capsys):
     config = tmp_path / "thin.py"
     write_config({"model": thin_config()}, config)

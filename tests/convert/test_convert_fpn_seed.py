@@ -145,6 +145,7 @@ def test_errors_name_the_offending_tensor(seed_model):
         from_seed_fpn({"backbone.conv1.weight": torch.zeros(1)})
 
 
+@pytest.mark.slow
 def test_cli_writes_a_checkpoint_that_rebuilds_its_model(seed_model, tmp_path):
     source = tmp_path / "fpn50_seed.pth"
     torch.save({"model": seed_model.state_dict(), "epoch": 3}, source)

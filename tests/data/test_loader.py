@@ -93,6 +93,7 @@ class ExitOn(SleepOn):
         return self.pipeline(results)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_stalled_loader_names_the_worker_and_its_file(two_videos):
     root, ann = two_videos

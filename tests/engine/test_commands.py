@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_predict_prints_control_characters_of_class_names_escaped_and_stores_them_as_written(
     tmp_path, config_file, motion_data
 ):

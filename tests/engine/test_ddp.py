@@ -40,6 +40,7 @@ def run_torchrun(cmd: list[str], out_dir: Path, timeout: int = 600) -> None:
     assert done.returncode == 0, f"files written: {written}\n" + done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_two_rank_gloo_training_keeps_weights_identical(tmp_path, motion_data):
     cfg = tiny_run_config(motion_data, epochs=1)
@@ -82,6 +83,7 @@ def test_two_rank_gloo_training_keeps_weights_identical(tmp_path, motion_data):
     assert (tmp_path / "work" / "epoch_1.pth").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_two_rank_detection_training_and_sharded_evaluation(tmp_path):
     from test_detection import _tiny_config
@@ -145,6 +147,7 @@ def _list_with_bad_files_in_rank0_shard(data: Path, out: Path, positions: list[i
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_two_ranks_survive_unreadable_batches_on_one_rank_and_resume_bit_identically(tmp_path, motion_data):
     """Unreadable files in only one rank's shard (a rank skipping a step alone left the other in the gradient

@@ -22,6 +22,7 @@ def _two_folders_of_same_named_videos(root: Path, motion_data: Path) -> tuple[Pa
     return folders
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_folder_is_refused_and_leaves_the_first_runs_timelines(
     tmp_path, config_file, motion_data, capsys
 ):

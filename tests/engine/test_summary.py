@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from lateral.engine.summary import default_input_shape, parse_shape, summarize
 
 
@@ -24,6 +26,7 @@ def test_summary_totals_for_the_seed_config():
     assert default_input_shape(cfg) == (1, 3, 32, 224, 224)
 
 
+@pytest.mark.slow
 def test_cli_prints_table(tmp_path):
     out = subprocess.run(
         [
@@ -49,6 +52,7 @@ def test_parse_shape():
     assert parse_shape("1x3x32x224x224") == (1, 3, 32, 224, 224)
 
 
+@pytest.mark.slow
 def test_cli_reads_the_config_a_checkpoint_carries(tmp_path):
     import lateral
     from lateral.checkpoint import save_checkpoint

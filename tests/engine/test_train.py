@@ -22,6 +22,7 @@ from lateral.engine.train import NonFiniteLossError, NoTrainingDataError, Traine
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config, capsys):
     result = train(run_config, tmp_path / "run", progress=False)
     said = capsys.readouterr()
@@ -44,6 +45,7 @@ def test_training_writes_checkpoints_logs_and_validates(tmp_path, run_config, ca
     assert result["history"][-1]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(tmp_path, run_config):
     train(run_config, tmp_path / "straight", progress=False)
     one_epoch = dict(run_config, train_cfg=dict(max_epochs=2, val_interval=1))
@@ -59,6 +61,7 @@ def test_resume_continues_to_the_same_weights(tmp_path, run_config):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_auto(tmp_path, run_config):
     # enough epochs that the run cannot finish between the first checkpoint and the kill on a fast machine
     cfg = dict(run_config, train_cfg=dict(max_epochs=12, val_interval=20))
@@ -86,6 +89,7 @@ def test_sigkill_then_resume_auto(tmp_path, run_config):
     assert [p.name for p in work.glob("*.tmp")] == []
 
 
+@pytest.mark.slow
 def test_bf16_autocast_training_with_alpha_8_laterals_stays_finite(tmp_path, run_config):
     """--amp bf16 on the CPU with alpha = 8 laterals (kernel 5, stride 8, as in the 4x16 model) trains: loss,
     weights and validation scores stay finite and the checkpoint holds fp32 weights. (The channel counts here are
@@ -151,6 +155,7 @@ def test_missing_dataset_fails_before_any_work(tmp_path, run_config):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_videos_are_skipped_and_counted(tmp_path, motion_data):
     bad = tmp_path / "bad.mp4"
     good = (motion_data / "videos").rglob("*.mp4").__next__()
@@ -169,6 +174,7 @@ def test_corrupt_videos_are_skipped_and_counted(tmp_path, motion_data):
     assert [epoch["val_failed_samples"] for epoch in result["history"]] == [1, 1]
 
 
+@pytest.mark.slow
 def test_cli_test_and_predict(tmp_path, run_config, config_file, motion_data):
     train(run_config, tmp_path / "run", progress=False)
     ckpt = tmp_path / "run" / "latest.pth"
@@ -339,6 +345,7 @@ def test_cli_test_leaves_unlabelled_samples_out_and_refuses_a_list_without_label
     assert "needs a CHECKPOINT to test" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, motion_data):
     lines = (motion_data / "train_list.txt").read_text().splitlines()
     chosen = [next(line for line in lines if line.endswith(f" {label}")) for label in (2, 5)]
@@ -380,6 +387,7 @@ def test_predict_prints_the_class_of_a_video_the_model_was_overfit_on(tmp_path, 
         assert out.stdout.split()[1] == names[int(label)], out.stdout
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_a_full_report(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "lateral", "demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"],
@@ -452,6 +460,7 @@ def test_amp_bf16_without_native_bf16_warns_and_fp16_needs_a_gpu(monkeypatch):
         resolve_amp("int8", cpu)
 
 
+@pytest.mark.slow
 def test_channels_last_training_matches_the_default_layout(tmp_path, run_config):
     cfg = dict(run_config, train_cfg=dict(max_epochs=1, val_interval=1))
     trainer = Trainer(dict(cfg, channels_last=True), tmp_path / "cl", progress=False)
@@ -541,6 +550,7 @@ def test_an_epoch_without_one_readable_sample_fails_and_saves_nothing(tmp_path, 
     assert f"{len(lines)} sample reads failed" in str(caught.value)  # each sample read once, not once per batch
 
 
+@pytest.mark.slow
 def test_predict_takes_several_videos_and_folders_and_skips_undecodable_ones(tmp_path, config_file, motion_data):
     videos = sorted((motion_data / "videos").rglob("*test*.mp4"))[:2]
     folder = tmp_path / "clips"
@@ -696,6 +706,7 @@ def test_labels_beyond_the_model_classes_and_a_bad_seed_stop_training_before_any
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_mixup_blending_from_the_data_preprocessor_trains_on_soft_labels(tmp_path, run_config):
     num_classes = run_config["model"]["cls_head"]["num_classes"]
     preprocessor = dict(

@@ -892,6 +892,7 @@ def test_export_without_onnx_names_the_extra(thin_files, tmp_path, capsys, monke
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None  # not imported here: see below
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed (pip install 'lateral-vision[openvino]')")
 def test_openvino_backend_in_its_own_interpreter():
     """tests/openvino_backend_checks.py (golden parity, views, shapes, bf16 top-1) in a fresh pytest process.

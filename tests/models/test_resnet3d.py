@@ -75,6 +75,7 @@ def test_caffe_style_strides_the_first_conv():
     assert model.layer2[0].conv2.conv.stride == (1, 1, 1)
 
 
+@pytest.mark.slow
 def test_frozen_stages_freeze_params_and_keep_bn_statistics():
     model = lateral.build_model(
         tiny_slowfast(
@@ -185,6 +186,7 @@ def test_six_dim_input_to_forward_points_to_predict():
         model(torch.randn(1, 2, 3, 8, 32, 32))
 
 
+@pytest.mark.slow
 def test_loss_returns_named_scalars_and_decreases_with_sgd():
     torch.manual_seed(0)
     model = lateral.build_model(tiny_slowfast()).train()

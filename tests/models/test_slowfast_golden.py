@@ -17,6 +17,7 @@ def _model(case: GoldenCase) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["slowfast_r50_4x16_seed", "slowfast_r50_8x8"])
 def test_slowfast_features_and_logits_match_mmaction2(name):
     case = GoldenCase(name)
