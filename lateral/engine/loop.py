@@ -665,8 +665,8 @@ class TrainingLoop:
             return
         old_log = self.work_dir / "log.jsonl"
         kinds = f"latest.pth, {self.settings.unit}_N.pth"
-        if not old_log.is_file():
-            logger.warning("--resume auto: no checkpoint (%s) in %s; starting from scratch", kinds, self.work_dir)
+        if not old_log.is_file():  # a new work dir (the demo's first run): nothing to warn about
+            logger.info("--resume auto: no checkpoint (%s) in %s; starting from scratch", kinds, self.work_dir)
             return
         number = 1
         while (self.work_dir / f"log.jsonl.{number}").exists():

@@ -409,6 +409,7 @@ def test_demo_quick_writes_a_full_report(tmp_path):
         out.stderr[-2000:]
     )
     assert "writing videos" not in out.stderr  # --no-progress: no progress bar
+    assert "--resume auto" not in out.stderr  # a first run in a new folder has no checkpoint to miss
     assert f"top-1 {100 * metrics['top1_acc']:.1f} %" in out.stdout
     assert "over 16 videos x 3 views" in out.stdout and f"report: {report.resolve()}" in out.stdout
     assert len(out.stdout.splitlines()) <= 6 and "{" not in out.stdout  # the JSON is in the report, not printed
