@@ -232,7 +232,9 @@ def _accepted_keys(target: Any) -> list[str] | None:
     """Keyword names ``target`` accepts; for a class whose ``__init__`` passes ``**kwargs`` to its parent, the
     parent's too. None if anything is accepted."""
     accepted: list[str] = []
-    chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    chain = (
+        [vars(c)["__init__"] for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    )
     for func in chain:
         params = inspect.signature(func).parameters
         for name, p in params.items():

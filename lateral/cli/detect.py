@@ -65,7 +65,9 @@ def run_predict(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.cfg_options)
     model, meta = load_detector(cfg, args.checkpoint)
     datasets = [(cfg.get(f"{split}_dataloader") or {}).get("dataset") or {} for split in ("test", "val")]
-    classes = meta.get("classes") or next((d["metainfo"]["classes"] for d in datasets if "metainfo" in d), [])
+    classes: list[str] = meta.get("classes") or next(
+        (d["metainfo"]["classes"] for d in datasets if "metainfo" in d), []
+    )
     pipeline_cfg = cfg.get("test_pipeline", next((d["pipeline"] for d in datasets if "pipeline" in d), None))
     written = predict_images(
         model,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self,
         ann_file: str | os.PathLike,
         img_dir: str | os.PathLike,
-        pipeline: Sequence[Callable[[dict], dict]] | None = None,
+        pipeline: Iterable[Callable[[dict], dict]] | None = None,
         skip_crowd: bool = True,
         category_ids_as_labels: bool = False,
     ):
@@ -264,7 +264,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def coco_ground_truth(self) -> dict[str, Any]:
         """The cleaned annotations (present images only, clipped boxes, original ids) as a COCO dict for
         pycocotools."""
-        annotations = []
+        annotations: list[dict[str, Any]] = []
         for info in self.images:
             for (x1, y1, x2, y2), cat_id, crowd in zip(
                 self.boxes_of[info["id"]], self.cats_of[info["id"]], self.crowd_of[info["id"]]

@@ -93,8 +93,8 @@ def load_label_map(path: str | os.PathLike) -> list[str]:
                 raise InputError(f"label map '{path}', line {line_number}: expected 'id,name', got {','.join(row)!r}")
             pairs.append((int(row[0]), row[1].strip()))
         return _names_by_index(pairs, path)
-    numbered = [re.match(r"^(\d+)[\s,]+(.+)$", line) for line in lines]
-    if all(numbered):
+    numbered = [m for line in lines if (m := re.match(r"^(\d+)[\s,]+(.+)$", line))]
+    if len(numbered) == len(lines):
         pairs = [(int(m.group(1)), m.group(2).strip()) for m in numbered]
         if sorted(i for i, _ in pairs) in (list(range(len(pairs))), list(range(1, len(pairs) + 1))):
             return [name for _, name in sorted(pairs)]  # 'index name' lines, in any order
@@ -120,7 +120,7 @@ def _prefix(data_prefix: str | os.PathLike | dict | None, key: str) -> Path | No
         if value is None:
             others = [k for k in data_prefix]
             raise ConfigError(f"data_prefix has no '{key}' entry (has {others}); expected dict({key}=FOLDER)")
-        data_prefix = value
+        return Path(value)
     return Path(data_prefix)
 
 
@@ -218,6 +218,7 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
         """The results dict the pipeline starts from for sample ``index``."""
         results = dict(self.samples[index])
         if self.multi_class:
+            assert self.num_classes is not None  # __init__ requires it with multi_class
             onehot = np.zeros(self.num_classes, dtype=np.float32)
             onehot[results["label"]] = 1.0
             results["label"] = onehot
@@ -249,7 +250,7 @@ class BaseActionDataset(torch.utils.data.Dataset, abc.ABC):
         if not count:
             return f"all {len(self)} samples readable"
         lines = [f"{count} sample reads failed (of {len(self)} samples; each bad file is logged once)"]
-        seen = {}
+        seen: dict[str, str] = {}
         for path, reason in self.failures:
             seen.setdefault(path, reason)
         lines += [f"  {path}: {reason}" for path, reason in list(seen.items())[:20]]
@@ -394,7 +395,7 @@ class VideoDataset(BaseActionDataset):
         return str(self.data_prefix / name) if self.data_prefix is not None else name
 
     def load_samples(self) -> list[dict[str, Any]]:
-        samples = []
+        samples: list[dict[str, Any]] = []
         for number, line in _read_lines(self.ann_file):
             where = f"{self.ann_file}:{number}"
             if self.multi_class:
@@ -518,9 +519,10 @@ class KineticsCSVDataset(BaseActionDataset):
         max_refetch: int = 10,
     ):
         self.ann_file = _check_file(ann_file, "ann_file")
-        self.data_prefix = _prefix(data_prefix, "video")
-        if self.data_prefix is None:
+        video_root = _prefix(data_prefix, "video")
+        if video_root is None:
             raise ConfigError("KineticsCSVDataset needs data_prefix=dict(video=FOLDER)")
+        self.data_prefix = video_root
         _check_dir(self.data_prefix, "data_prefix video folder")
         self.classes = load_label_map(label_map) if label_map is not None else None
         self.missing: list[str] = []
@@ -599,9 +601,10 @@ class ClassFolderDataset(BaseActionDataset):
         on_error: str = "none",
         max_refetch: int = 10,
     ):
-        self.data_prefix = _prefix(data_prefix, "video")
-        if self.data_prefix is None:
+        video_root = _prefix(data_prefix, "video")
+        if video_root is None:
             raise ConfigError("ClassFolderDataset needs data_prefix=dict(video=ROOT)")
+        self.data_prefix = video_root
         _check_dir(self.data_prefix, "data_prefix video folder")
         self.ann_file = _check_file(ann_file, "ann_file") if ann_file is not None else None
         self.classes = (
@@ -658,7 +661,7 @@ _IGNORED_DATASET_KEYS = {
 }
 
 
-def build_dataset(cfg: dict, where: str = "dataset") -> torch.utils.data.Dataset:
+def build_dataset(cfg: dict, where: str = "dataset") -> BaseActionDataset:
     """Build a dataset from an mmaction2 dataset dict (see the module docstring for the types).
 
     Args:

@@ -332,9 +332,10 @@ class Compose:
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any] | None:
         for step in self.steps:
-            results = step(results)
-            if results is None:
+            stepped = step(results)
+            if stepped is None:
                 return None
+            results = stepped
         return results
 
     def __iter__(self):

@@ -459,14 +459,15 @@ class Resize:
             if scale <= 0:
                 raise InputError(f"Resize scale must be positive, got {scale}")
         else:
-            scale = tuple(scale)
-            if len(scale) != 2:
-                raise InputError(f"Resize scale must be a number or a pair, got {scale!r}")
-            if min(scale) == -1:
+            pair = tuple(scale)
+            if len(pair) != 2:
+                raise InputError(f"Resize scale must be a number or a pair, got {pair!r}")
+            if min(pair) == -1:
                 # -1 means "no bound": the short edge decides
-                scale = (float("inf"), max(scale))
-            elif not keep_ratio and min(scale) <= 0:
-                raise InputError(f"Resize(keep_ratio=False) needs a positive (w, h), got {scale!r}")
+                pair = (float("inf"), max(pair))
+            elif not keep_ratio and min(pair) <= 0:
+                raise InputError(f"Resize(keep_ratio=False) needs a positive (w, h), got {pair!r}")
+            scale = pair
         if ratio_range is not None and (len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]):
             raise InputError(f"Resize ratio_range must be (low, high) with 0 < low <= high, got {ratio_range!r}")
         self.scale = scale
@@ -568,8 +569,10 @@ class RandomResizedCrop:
             raise InputError(f"area_range must satisfy 0 < low <= high <= 1, got {area_range!r}")
         if not 0 < aspect_ratio_range[0] <= aspect_ratio_range[1]:
             raise InputError(f"aspect_ratio_range must satisfy 0 < low <= high, got {aspect_ratio_range!r}")
-        self.area_range = tuple(area_range)
-        self.aspect_ratio_range = tuple(aspect_ratio_range)
+        min_area, max_area = area_range  # a list from a config becomes a tuple
+        min_ratio, max_ratio = aspect_ratio_range
+        self.area_range = (min_area, max_area)
+        self.aspect_ratio_range = (min_ratio, max_ratio)
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         imgs = _get_imgs(results, "RandomResizedCrop")
@@ -798,12 +801,12 @@ class ColorJitter:
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         imgs = _get_imgs(results, "ColorJitter")
         rng = data_rng()
-        factors = [
+        brightness, contrast, saturation, hue = (
             float(rng.uniform(*r)) if r else neutral
             for r, neutral in ((self.brightness, 1.0), (self.contrast, 1.0), (self.saturation, 1.0), (self.hue, 0.0))
-        ]
+        )
         order = rng.permutation(4).tolist()
-        results["imgs"] = color_jitter(imgs, *factors, order=order)
+        results["imgs"] = color_jitter(imgs, brightness, contrast, saturation, hue, order=order)
         return results
 
 

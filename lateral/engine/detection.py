@@ -37,7 +37,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -575,7 +575,7 @@ def predict_images(
     model: nn.Module,
     image_paths: list[str | Path],
     out_dir: str | Path,
-    pipeline: list[Callable[[dict], dict]],
+    pipeline: Iterable[Callable[[dict], dict]],
     classes: list[str],
     cat_ids: list[int] | None = None,
     score_thr: float = 0.5,
@@ -596,7 +596,7 @@ def predict_images(
         image = load_image(path)
         if image is None:
             raise FileNotFoundError(f"cannot read image {path} (missing, or not an image file)")
-        results = {"image": image, "boxes": torch.zeros(0, 4), "scale_factor": (1.0, 1.0)}
+        results: dict[str, Any] = {"image": image, "boxes": torch.zeros(0, 4), "scale_factor": (1.0, 1.0)}
         for transform in pipeline:
             if type(transform).__name__ != "RandomFlip":  # no test-time randomness
                 results = transform(results)

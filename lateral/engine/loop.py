@@ -15,9 +15,11 @@ one step's losses, and its validation metrics. Everything else is here, once, in
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import operator
 import os
 import random
 import sys
@@ -338,7 +340,9 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy_state = np.random.get_state()
+    assert isinstance(legacy_state, tuple)  # legacy=True, the default: MT19937's (kind, keys, pos, ...) tuple
+    kind, keys, pos, has_gauss, cached = legacy_state
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {
@@ -884,7 +888,10 @@ class TrainingLoop:
         # the forward updates BatchNorm statistics; a rescue checkpoint after a non-finite loss must not hold those
         buffers_before = [b.detach().clone() for b in self.model.buffers()]
         losses = self.task.losses(self.model, self.ddp_model, batch, self.device, self._autocast)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        loss_terms = [v for k, v in losses.items() if k.startswith("loss")]
+        if not loss_terms:
+            raise LateralError(f"the task's losses have no 'loss*' entry to optimise, only {sorted(losses)}")
+        loss = functools.reduce(operator.add, loss_terms)  # sum(), without its int start
         # The forward's BatchNorm statistics are checked too: activations that overflow make a running_var
         # infinite while the normalised output (x / sqrt(inf) = 0) still gives a finite loss, and an infinite
         # running statistic never comes back (the model predicts NaN in eval mode from then on).
@@ -977,9 +984,9 @@ class TrainingLoop:
         statistically, not bitwise, the same.) In the iteration loop a run resumed mid-epoch continues from the
         random state of its checkpoint, not from a fresh seed.
         """
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(getattr(self.train_loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
         generator = getattr(self.train_loader, "generator", None)
         if generator is not None:
             generator.manual_seed(self.seed * 100_003 + epoch)
@@ -1169,7 +1176,7 @@ class TrainingLoop:
     def run(self) -> dict:
         """Train to ``max_epochs`` / ``max_iters``; return a summary with the last validation metrics and the
         checkpoint paths."""
-        self.last_val: dict = {}
+        self.last_val = {}
         epoch = self.start_epoch
         if self._finished(epoch):
             self._log({"event": "done", "note": f"already trained to max_{self.settings.unit}s"})

@@ -118,7 +118,7 @@ def _schedule_factor(cfg: dict, t: float, base_lr: float, max_t: float) -> float
 
 
 def build_lr_factor(
-    param_scheduler: list[dict] | dict | None, iters_per_epoch: int, max_epochs: int, base_lr: float
+    param_scheduler: list[dict] | dict | None, iters_per_epoch: int, max_epochs: float, base_lr: float
 ) -> Callable[[int], float]:
     """Turn mmengine ``param_scheduler`` entries into ``factor(iteration)`` for ``LambdaLR``.
 

@@ -169,6 +169,8 @@ def predict_timeline(
     init = build_pipeline(init_steps)
     rest_steps = build_pipeline(rest)
     base = init({"filename": str(video), "start_index": 0, "modality": "RGB", "label": -1})
+    if base is None:  # a step that returns None ends a pipeline with nothing
+        raise InputError(f"the pipeline's init steps returned nothing for {video}")
     total = int(base["total_frames"])
     fps = float(base.get("avg_fps") or base.get("fps") or 30.0)
     window = max(1, round(window_s * fps))

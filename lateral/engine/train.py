@@ -41,6 +41,7 @@ from lateral.engine.loop import (  # noqa: F401  (re-exported: these lived here 
     seed_setting,
 )
 from lateral.engine.metrics import classification_metrics
+from lateral.models.heads import BaseHead
 from lateral.registry import build_model
 
 __all__ = [
@@ -71,7 +72,7 @@ def build_loader(
     dataset = build_dataset(loader_cfg["dataset"], where=f"{name}.dataset")
     if len(dataset) == 0:
         raise ConfigError(f"the dataset of {loader_cfg['dataset'].get('ann_file', 'the config')} is empty")
-    sampler = None
+    sampler: torch.utils.data.Sampler | None = None
     sampler_cfg = check_keys(loader_cfg.get("sampler"), SAMPLER_KEYS, f"{name}.sampler")
     if resumable:
         sampler = EpochSampler(
@@ -228,7 +229,9 @@ class RecognitionTask:
         self._clips = clips
         with autocast():
             scores = forward(clips)  # through DDP so that gradients are all-reduced
-        return model.cls_head.loss(scores.float(), labels)
+        head = model.cls_head
+        assert isinstance(head, BaseHead)  # a recognizer's head (SlowFastHead, I3DHead)
+        return head.loss(scores.float(), labels)
 
     def predicts_finite(self, model: nn.Module, device: torch.device, autocast: Callable[[], Any]) -> bool:
         with autocast():

@@ -39,7 +39,10 @@ class OpenVinoRunner:
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.trace's deprecation, inside OpenVINO
             ov_model = ov.convert_model(exported, example_input=(example_input,))
-        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, str | int] = {
+            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = ov.Core().compile_model(ov_model, "CPU", config)

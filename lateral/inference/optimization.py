@@ -20,6 +20,7 @@ import copy
 import functools
 import os
 import warnings
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -245,7 +246,7 @@ class FusedFeaturePyramid(nn.Module):
     pyramid's own ``inner_blocks``, ``layer_blocks`` and ``extra_blocks``, so the state dict is unchanged.
     """
 
-    def __init__(self, pyramid: nn.Module):
+    def __init__(self, pyramid: FeaturePyramid):
         super().__init__()
         self.inner_blocks = pyramid.inner_blocks
         self.layer_blocks = pyramid.layer_blocks
@@ -258,6 +259,7 @@ class FusedFeaturePyramid(nn.Module):
         outputs = [top]
         for i in range(len(inputs) - 2, -1, -1):
             lateral_conv = _only_conv(self.inner_blocks[i])
+            assert lateral_conv is not None  # fuse_feature_pyramids fuses only pyramids whose laterals are OneDnnConvs
             upsampled = F.interpolate(top_down, size=inputs[i].shape[-2:], mode="nearest")
             top_down = lateral_conv.add(
                 inputs[i], upsampled.contiguous(memory_format=torch.channels_last), inplace=True
@@ -303,7 +305,7 @@ def use_onednn_convs(model: nn.Module) -> int:
         The number of convs replaced.
     """
 
-    def convertible(conv: nn.Module) -> bool:
+    def convertible(conv: nn.Module) -> TypeGuard[nn.Conv1d | nn.Conv2d | nn.Conv3d]:
         return isinstance(conv, _CONV_TYPES) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
     replaced = 0
@@ -422,15 +424,16 @@ def optimize(
         param.requires_grad_(False)
     fold_batchnorm(opt)
     if backend == "openvino":
-        runner = OpenVinoBackend(opt.backbone, precision, threads=torch.get_num_threads())
-        opt.backbone = InferenceModule(opt.backbone, runner=runner)  # fp32 in and out; OpenVINO picks bf16 inside
+        backbone = opt.get_submodule("backbone")
+        runner = OpenVinoBackend(backbone, precision, threads=torch.get_num_threads())
+        opt.backbone = InferenceModule(backbone, runner=runner)  # fp32 in and out; OpenVINO picks bf16 inside
     elif is_recognizer:
-        opt.backbone = _prepare(opt.backbone, dtype, compile)
+        opt.backbone = _prepare(opt.get_submodule("backbone"), dtype, compile)
     if not is_recognizer:
         opt = _prepare(opt, dtype, compile)
     for module in opt.modules():
         if not isinstance(module, InferenceModule):  # which refuses training itself
             # an instance attribute, so copies and pickles keep it: train() on the copy or on any part of it (a
             # head with dropout) is refused before a flag changes
-            module.train = functools.partial(refuse_training, module)
+            module.train = functools.partial(refuse_training, module)  # type: ignore[method-assign]  # on purpose, see above
     return opt

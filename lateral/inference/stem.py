@@ -102,7 +102,8 @@ class FoldedStemConv(OneDnnConv):
 
     def __init__(self, conv: OneDnnConv, mode: str, fold: int, routes: list[tuple[str, int]] | None = None):
         super().__init__(conv, relu=conv.relu)
-        self.routes = [(mode, fold)] if not routes else [tuple(route) for route in routes]
+        # a route may arrive as a list (a JSON config): unpacked, as a tuple it keys routes_chosen and the caches
+        self.routes = [(mode, fold)] if not routes else [(route_mode, route_fold) for route_mode, route_fold in routes]
         for route_mode, route_fold in self.routes:
             if route_mode not in ("2d", "3d"):
                 raise ValueError(f"mode must be '2d' or '3d', got {route_mode!r}")
@@ -325,9 +326,9 @@ def use_folded_stems(module: nn.Module, dtype: torch.dtype) -> bool:
         routes = stem_routes_for(conv, dtype)
         if not routes:
             continue
-        stem.conv = FoldedStemConv(conv, *routes[0], routes=routes)
+        stem.conv = folded = FoldedStemConv(conv, *routes[0], routes=routes)
         pool = getattr(pathway, "maxpool", None)
-        if pathway.with_pool1 and isinstance(pool, nn.MaxPool3d) and stem.conv.fuse_pool(pool):
+        if pathway.with_pool1 and isinstance(pool, nn.MaxPool3d) and folded.fuse_pool(pool):
             pathway.maxpool = nn.Identity()
     raw_input_ok = isinstance(module, ResNet3dSlowFast) or (
         isinstance(module, ResNet3d) and type(module).forward is ResNet3d.forward

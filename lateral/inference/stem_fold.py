@@ -25,6 +25,7 @@ __all__ = [
     "is_foldable_stem",
     "runs_bf16_on_cpu",
     "stack_stem_frames",
+    "stem_padding",
     "unfold_stem_frames",
 ]
 
@@ -54,6 +55,12 @@ def is_foldable_stem(conv: nn.Module) -> bool:
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
     )
+
+
+def stem_padding(conv: nn.Conv3d) -> tuple[int, ...]:
+    """A stem conv's padding: a tuple, as :func:`is_foldable_stem` refuses ``padding='same'`` or ``'valid'``."""
+    assert not isinstance(conv.padding, str), f"a folded stem needs numeric padding, got {conv.padding!r}"
+    return conv.padding
 
 
 def fold_stem_weight(weight: torch.Tensor, fold: int) -> torch.Tensor:
@@ -105,7 +112,7 @@ def folded_stem_conv3d(conv: nn.Conv3d, x: torch.Tensor, fold: int = STEM_FOLD) 
 
     x: [N, C_in, T, H, W] -> [N, C_out, T', H', W'] in x's memory format (channels-last-3d or contiguous).
     """
-    frames_out = x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1
+    frames_out = x.shape[2] + 2 * stem_padding(conv)[0] - conv.kernel_size[0] + 1
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     folded = folded_stem_conv2d(conv, x, fold)
     return unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
@@ -116,10 +123,11 @@ def folded_stem_conv2d(conv: nn.Conv3d, x: torch.Tensor, fold: int) -> torch.Ten
     ``j * C_out + o`` of group g is output channel o at frame ``g * G + j``."""
     if runs_bf16_on_cpu(x) and x.dtype == torch.float32:
         x = x.to(torch.bfloat16)  # the conv2d would cast anyway; stacking bf16 frames moves half the bytes
-    stacked = stack_stem_frames(x, conv.kernel_size[0], conv.padding[0], fold)
+    padding = stem_padding(conv)
+    stacked = stack_stem_frames(x, conv.kernel_size[0], padding[0], fold)
     weight = fold_stem_weight(conv.weight, fold).contiguous(memory_format=torch.channels_last)  # NHWC output
     bias = None if conv.bias is None else conv.bias.repeat(fold)
-    return F.conv2d(stacked, weight, bias, conv.stride[1:], conv.padding[1:])
+    return F.conv2d(stacked, weight, bias, conv.stride[1:], padding[1:])
 
 
 def unfold_stem_frames(

@@ -72,11 +72,11 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     """
     total = 0
 
-    def conv_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+    def conv_hook(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, inputs: Any, output: torch.Tensor) -> None:
         nonlocal total
         total += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
 
-    def linear_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+    def linear_hook(module: nn.Linear, inputs: Any, output: torch.Tensor) -> None:
         nonlocal total
         total += output.numel() * module.in_features
 
@@ -199,12 +199,12 @@ def build_variant(
 
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(model, f"{tmp}/model.onnx", x)
-            runner = OnnxRuntimeRunner(path, threads=threads)
-        run = lambda: runner(x)  # noqa: E731
+            onnx_runner = OnnxRuntimeRunner(path, threads=threads)
+        run = lambda: onnx_runner(x)  # noqa: E731
     else:
-        runner = OpenVinoRunner(model, x, precision=name.rsplit("-", 1)[1], threads=threads)
-        note = f"ran as {runner.inference_precision}"
-        run = lambda: runner(x)  # noqa: E731
+        openvino_runner = OpenVinoRunner(model, x, precision=name.rsplit("-", 1)[1], threads=threads)
+        note = f"ran as {openvino_runner.inference_precision}"
+        run = lambda: openvino_runner(x)  # noqa: E731
     out = run()  # the first call: where torch.compile compiles, and the fp32 copy times its Winograd routes
     setup = time.perf_counter() - start
     if name.startswith("fused"):

@@ -24,6 +24,7 @@ import functools
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -54,6 +55,8 @@ _BAND_FLOATS = 1 << 20
 # (alternately, best time kept) on the first input of a size class.
 _MIN_GAIN = 1.05
 _MEASURE_ROUNDS = 3
+
+_RouteT = TypeVar("_RouteT", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ def winograd_conv3x3(
             target = as_tiles(band)
             shortcut = None if shortcut is None else as_tiles(shortcut)
         else:  # tiles that overhang the map: rearrange whole tiles into scratch, crop on the way out
+            assert crop_all is not None  # allocated when ragged
             full = crop_all[: m * m * count * out_channels].view(batch, m * rows, m * tiles_w, out_channels)
             full.view(batch, rows, m, tiles_w, m, out_channels).permute(2, 4, 0, 1, 3, 5).copy_(corners)
             corners, target = full[:, :visible, :width], band
@@ -356,7 +360,7 @@ class WinogradConv(OneDnnConv):
         return super().extra_repr() + f", winograd={self.mode}" + (f" ({routes})" if routes else "")
 
 
-def fastest_route(routes: Sequence[Hashable], run: Callable[[Hashable], object]) -> Hashable:
+def fastest_route(routes: Sequence[_RouteT], run: Callable[[_RouteT], object]) -> _RouteT:
     """The route for which ``run(route)`` took least time (best of ``_MEASURE_ROUNDS`` calls each, in turn, so load
     changes hit every route alike); the first route, the default, unless another is ``_MIN_GAIN`` times faster."""
     best = dict.fromkeys(routes, float("inf"))

@@ -18,6 +18,8 @@ input (fp32, another device, another layout) each module runs its parent's forwa
 
 from __future__ import annotations
 
+from typing import TypeGuard, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,7 @@ from lateral.inference.stem_fold import (
     framewise_pool_args,
     is_foldable_stem,
     runs_bf16_on_cpu,
+    stem_padding,
     unfold_stem_frames,
 )
 from lateral.models.layers import ConvModule
@@ -47,7 +50,16 @@ __all__ = [
 ]
 
 
-def _adopt(new: nn.Module, old: nn.Module) -> nn.Module:
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
+
+def _three(size: tuple[int, ...]) -> tuple[int, int, int]:
+    """An ``nn.Conv3d`` size: three ints (torch types the attribute as its ``_ConvNd`` base's tuple[int, ...])."""
+    t, h, w = size
+    return t, h, w
+
+
+def _adopt(new: _ModuleT, old: nn.Module) -> _ModuleT:
     """Give ``new`` (built on the meta device) ``old``'s own parameters, buffers and mode: the same tensors, so an
     optimizer built before or after the swap, and the state dict, see no change."""
     for name, param in old.named_parameters(recurse=False):
@@ -71,10 +83,10 @@ class Fp32FallbackConv3d(nn.Conv3d):
         new = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            _three(conv.kernel_size),
+            _three(conv.stride),
+            conv.padding if isinstance(conv.padding, str) else _three(conv.padding),
+            _three(conv.dilation),
             conv.groups,
             conv.bias is not None,
             conv.padding_mode,
@@ -111,8 +123,11 @@ class FoldedStemConvModule(ConvModule):
         pool: the max-pool that always follows the stem, taken over (the caller replaces it by ``nn.Identity``).
     """
 
+    conv: nn.Conv3d  # a foldable stem (use_folded_stem_conv_modules only wraps those)
+
     def __init__(self, stem: ConvModule, pool: nn.Module | None = None):
         nn.Module.__init__(self)  # not ConvModule.__init__: the stem's modules are kept, not rebuilt from configs
+        assert isinstance(stem.conv, nn.Conv3d), f"a stem's conv is an nn.Conv3d, got {type(stem.conv).__name__}"
         self.conv, self.bn, self.activate = stem.conv, stem.bn, stem.activate
         self.pool = pool
         self.train(stem.training)
@@ -125,7 +140,7 @@ class FoldedStemConvModule(ConvModule):
             return False
         if self.activate is not None and type(self.activate) is not nn.ReLU:
             return False
-        frames_out = x.shape[2] + 2 * self.conv.padding[0] - self.conv.kernel_size[0] + 1
+        frames_out = x.shape[2] + 2 * stem_padding(self.conv)[0] - self.conv.kernel_size[0] + 1
         return frames_out % STEM_FOLD == 0  # otherwise padded groups would enter the norm's statistics
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,27 +161,31 @@ class FoldedStemConvModule(ConvModule):
         """The whole block in the folded layout, in any dtype (:meth:`folds_block` must hold; T' divisible by
         ``fold``): x [N, C_in, T, H, W] -> [N, C_out, T', H'', W''] in x's memory format."""
         conv = self.conv
-        frames_out = x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0] + 1
+        frames_out = x.shape[2] + 2 * stem_padding(conv)[0] - conv.kernel_size[0] + 1
         channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
         folded = folded_stem_conv2d(conv, x, fold)  # [N * T' / G, G * C_out, H', W'] channels-last
         groups, folded_channels, height, width = folded.shape
         if self.bn is not None:
+            assert isinstance(self.bn, nn.BatchNorm3d)  # a plain BatchNorm3d (folds_block)
             rows = folded.permute(0, 2, 3, 1).reshape(-1, folded_channels)  # view: column j * C_out + o
             folded = batch_norm_on_view(self.bn, rows, fold)
             folded = folded.view(groups, height, width, folded_channels).permute(0, 3, 1, 2)
         if self.activate is not None:
             folded = torch.relu(folded)
         if self.pool is not None:
-            folded = F.max_pool2d(folded, **framewise_pool_args(self.pool))
+            pool_args = framewise_pool_args(self.pool)
+            assert pool_args is not None  # a frame-wise pool (folds_block)
+            folded = F.max_pool2d(folded, **pool_args)
         return unfold_stem_frames(folded, x.shape[0], conv.out_channels, fold, frames_out, channels_last)
 
 
-def _stem_qualifies(stem: nn.Module) -> bool:
-    conv = getattr(stem, "conv", None)
+def _stem_qualifies(stem: object) -> TypeGuard[ConvModule]:
+    if type(stem) is not ConvModule:
+        return False
+    conv = stem.conv
     return (
-        type(stem) is ConvModule
+        type(conv) is nn.Conv3d
         and is_foldable_stem(conv)
-        and type(conv) is nn.Conv3d
         and not bf16_conv3d_unsafe(conv.kernel_size, conv.stride)  # those get Fp32FallbackConv3d
     )
 

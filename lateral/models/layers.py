@@ -138,6 +138,12 @@ class ConvModule(nn.Module):
     Submodule names (``conv``, ``bn``, ``activate``) equal mmcv's so mmaction2 checkpoints load unchanged.
     """
 
+    # conv is declared as any module: lateral.inference swaps in its own (OneDnnConv, Fp32FallbackConv3d, a folded
+    # stem); the norm may become a SmallChannelBatchNorm3d, or None once folded into the conv
+    conv: nn.Module
+    bn: _BatchNorm | None
+    activate: nn.Module | None
+
     def __init__(
         self,
         in_channels: int,

@@ -260,6 +260,8 @@ class ResNet3d(nn.Module):
         101: (Bottleneck3d, (3, 4, 23, 3)),
         152: (Bottleneck3d, (3, 8, 36, 3)),
     }
+    # an nn.MaxPool3d; nn.Identity once a folded stem has taken the pool over (lateral.inference)
+    maxpool: nn.Module
 
     def __init__(
         self,

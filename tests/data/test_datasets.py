@@ -279,6 +279,9 @@ def test_label_map_formats(tmp_path):
     shuffled = tmp_path / "shuffled.txt"
     shuffled.write_text("2 walk\n0 run\n1 jump\n")  # 'index name' lines in any order
     assert load_label_map(shuffled) == ["run", "jump", "walk"]
+    partly_numbered = tmp_path / "partly.txt"
+    partly_numbered.write_text("1 one_leg_jump\nwalk\n")  # not every line numbered: names as written
+    assert load_label_map(partly_numbered) == ["1 one_leg_jump", "walk"]
     for name, text, message in [
         ("gap.csv", "id,name\n0,a\n1,b\n3,c\n", "leave gaps"),
         ("dup.csv", "id,name\n0,a\n1,b\n1,c\n", r"ids \[1\] appear more than once"),

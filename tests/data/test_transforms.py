@@ -20,7 +20,7 @@ from lateral.data import (
     build_pipeline,
     seed_data_rng,
 )
-from lateral.data.transforms import normalize, rescale_size, resize_short_side
+from lateral.data.transforms import color_jitter, normalize, rescale_size, resize_short_side
 
 
 def position_frames(num_frames: int = 2, height: int = 12, width: int = 20) -> np.ndarray:
@@ -134,6 +134,14 @@ def test_color_jitter_keeps_shape_and_changes_values():
     frames = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
     out = ColorJitter()(dict(imgs=frames))["imgs"]
     assert out.shape == frames.shape and out.dtype == np.uint8 and not np.array_equal(out, frames)
+
+
+def test_color_jitter_passes_each_factor_to_its_adjustment():
+    frames = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    off = dict(brightness=0, contrast=0, saturation=0, hue=0)  # 0: that adjustment is skipped
+    for name, factor in [("brightness", 1.5), ("contrast", 0.5), ("saturation", 0.25), ("hue", 0.2)]:
+        out = ColorJitter(**{**off, name: (factor, factor)})(dict(imgs=frames))["imgs"]  # a one-point range
+        np.testing.assert_array_equal(out, color_jitter(frames, **{name: factor}))
 
 
 def test_full_train_pipeline_shapes_without_video():

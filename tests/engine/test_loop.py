@@ -9,6 +9,7 @@ from torch import nn
 from lateral.checkpoint import read_checkpoint
 from lateral.config import ConfigError
 from lateral.engine.loop import EpochSampler, LoopSettings, TrainingLoop
+from lateral.errors import LateralError
 
 
 class Points(torch.utils.data.Dataset):
@@ -125,6 +126,17 @@ def test_a_task_adapter_trains_by_iterations_across_epochs(tmp_path):
     assert lines[0].startswith("iter 1/7 loss ") and "iter 7/7  val mse" in lines[-1]
     # the hook after a training epoch belongs to the epoch loop
     assert task.calls == ["check_config", "build_model"]
+
+
+class NoLossTerm(RegressionTask):
+    def losses(self, model, forward, batch, device, autocast):
+        return {"mse": super().losses(model, forward, batch, device, autocast)["loss_mse"]}
+
+
+def test_a_task_whose_losses_name_no_loss_term_is_told_so(tmp_path):
+    loop = TrainingLoop(NoLossTerm(config()), tmp_path / "work", progress=False, say=lambda line: None)
+    with pytest.raises(LateralError, match=r"no 'loss\*' entry to optimise, only \['mse'\]"):
+        loop.run()
 
 
 class Killed(Exception):
