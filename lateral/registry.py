@@ -1,7 +1,6 @@
 """From a config's ``type`` string to the object it builds: one lookup, used by every table.
 
 Each part of lateral keeps its own table as a plain dict from type name to class (or builder function):
-
 ==============================  ==========================================
 :data:`MODEL_TYPES`             models (here)
 ``lateral.data.pipeline``       ``PIPELINE_STEPS``: recognition and detection pipeline steps
@@ -26,6 +25,7 @@ import logging
 import os
 from typing import Any
 
+from lateral.checkpoint import load_pretrained
 from lateral.config import ConfigError, check_keys, load_config, suggest
 
 __all__ = [
@@ -123,7 +123,6 @@ def apply_pretrained_init(module: Any, entry: dict, where: str) -> None:
     The entry stays on the module as ``pretrained_init``: a parent that re-initialises its children (a recognizer's
     ``init_weights``) loads it again afterwards, so the checkpoint is what the child ends up with.
     """
-    from lateral.checkpoint import load_pretrained
 
     load_pretrained(module, entry["checkpoint"], f"{where}.init_cfg.checkpoint", prefix=entry.get("prefix"))
     module.pretrained_init = (entry, where)

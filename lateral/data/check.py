@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lateral.data.datasets import find_video_files
+from lateral.data.decode import VIDEO_EXTENSIONS, DecodeError, FrameFolderReader, PyAVReader
 from lateral.errors import InputError
 from lateral.textfile import TextFileError, read_text
 
@@ -37,7 +39,6 @@ class CheckResult:
 
 def check_video(path: str | os.PathLike, min_frames: int = 1, full: bool = False) -> CheckResult:
     """Open ``path``, count its frames and decode a few (``full``: all) of them."""
-    from lateral.data.decode import DecodeError, PyAVReader
 
     try:
         with PyAVReader(path, num_threads=1) as reader:
@@ -77,7 +78,6 @@ def check_frame_folder(
     path: str | os.PathLike, total_frames: int | None, filename_tmpl: str, start_index: int, min_frames: int = 1
 ) -> CheckResult:
     """Check that a rawframe folder holds readable images ``start_index .. start_index + total_frames - 1``."""
-    from lateral.data.decode import DecodeError, FrameFolderReader
 
     try:
         reader = FrameFolderReader(path, filename_tmpl, num_frames=total_frames, start_index=start_index)
@@ -106,7 +106,6 @@ def collect_entries(
     Raises:
         FileNotFoundError: ``source`` (or ``data_prefix``) does not exist.
     """
-    from lateral.data.datasets import find_video_files
 
     source = Path(source)
     prefix = Path(data_prefix) if data_prefix else None
@@ -116,7 +115,6 @@ def collect_entries(
         return [("video", path, None, None) for path in find_video_files(source)]
     if not source.is_file():
         raise FileNotFoundError(f"'{source}' is neither a folder nor a list file")
-    from lateral.data.decode import VIDEO_EXTENSIONS
 
     if source.name.lower().endswith(VIDEO_EXTENSIONS):  # one video: check that file
         return [("video", source, None, None)]

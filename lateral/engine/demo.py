@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
+from lateral.checkpoint import load_checkpoint
 from lateral.config import load_config
+from lateral.data.synthetic import MOTION_CLASSES, make_motion_dataset
+from lateral.engine.evaluate import collect_scores
+from lateral.engine.metrics import classification_metrics, save_confusion
+from lateral.engine.predict import predict_video
+from lateral.engine.train import build_loader, train
+from lateral.registry import build_model
 
 __all__ = ["write_demo_config", "format_summary", "run_demo"]
 
@@ -220,13 +227,6 @@ def run_demo(
 ) -> dict:
     """Run the demo end to end, saying what it does on stderr and ending with :func:`format_summary` on stdout;
     return ``{'summary': {...}, 'report_dir': ...}`` (the summary is also the report's ``metrics.json``)."""
-    from lateral.checkpoint import load_checkpoint
-    from lateral.data.synthetic import MOTION_CLASSES, make_motion_dataset
-    from lateral.engine.evaluate import collect_scores
-    from lateral.engine.metrics import classification_metrics, save_confusion
-    from lateral.engine.predict import predict_video
-    from lateral.engine.train import build_loader, train
-    from lateral.registry import build_model
 
     started = time.time()
     # one core decodes (a DataLoader worker), the others compute: more threads than cores makes OpenMP spin

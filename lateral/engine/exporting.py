@@ -13,6 +13,7 @@ from torch import nn
 
 from lateral.config import ConfigError
 from lateral.engine.loading import load_model, load_run_config
+from lateral.engine.predict import video_pipeline
 from lateral.inference.timing import parse_input_shape
 
 __all__ = [
@@ -52,7 +53,6 @@ def exportable_module(model: nn.Module) -> tuple[nn.Module, str]:
 def config_clip_len(cfg: dict) -> int | None:
     """Frames per clip the config feeds its model: a top-level ``clip_len``, else that of the test (or val)
     pipeline's frame sampler; None if neither says."""
-    from lateral.engine.predict import video_pipeline
 
     if "clip_len" in cfg:
         return int(cfg["clip_len"])
@@ -107,7 +107,6 @@ def config_test_clips(cfg: dict) -> PipelineClips:
     """The clip length, frame size and views of the config's test (or val) pipeline: the size of its last crop
     (``CenterCrop``/``ThreeCrop``/``TenCrop``) or fixed-size ``Resize(keep_ratio=False)``, the ``num_clips`` of its
     frame sampler and the crops of its crop step."""
-    from lateral.engine.predict import video_pipeline
 
     try:
         pipeline = [step for step in video_pipeline(cfg) if isinstance(step, dict)]

@@ -2,7 +2,6 @@
 
 A task (recognition, detection) plugs in through :class:`TrainingTask`: how to build its data loaders and model,
 one step's losses, and its validation metrics. Everything else is here, once, in :class:`TrainingLoop`:
-
 * ``train_cfg``: ``EpochBasedTrainLoop`` (``max_epochs``) or ``IterBasedTrainLoop`` (``max_iters``); validation
   every ``val_interval`` epochs or iterations (the iteration loop also validates at the end, as mmengine does);
 * checkpoints in ``work_dir``: ``epoch_N.pth`` / ``iter_N.pth`` and ``latest.pth`` (written atomically, the former a
@@ -51,6 +50,7 @@ from lateral.engine import distributed as dist_utils
 from lateral.engine.evaluate import unwrap
 from lateral.engine.optim import build_lr_factor, build_optimizer, clip_gradients
 from lateral.errors import LateralError
+from lateral.inference.optional import require
 from lateral.inference.workarounds import apply_training_workarounds
 
 # Keys the runtime sections of an mmaction2 / mmdet / mmengine config may hold. Those lateral does not act on (e.g.
@@ -570,7 +570,6 @@ class TrainingLoop:
     def _tensorboard(self):
         if not (self.cfg.get("tensorboard") and dist_utils.is_main_process()):
             return None
-        from lateral.inference.exporters import require  # tensorboard is an optional dependency
 
         require("tensorboard", "tensorboard")  # names the extra to install if it is missing
         from torch.utils.tensorboard import SummaryWriter

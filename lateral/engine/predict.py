@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lateral.config import ConfigError
+from lateral.data import build_pipeline
 from lateral.engine.evaluate import prepare_inputs, require_class_scores
 from lateral.errors import InputError
 
@@ -117,7 +118,6 @@ def predict_video(
 
     ``model`` may be a recognizer or its :func:`lateral.optimize` copy (fused, bf16, compiled).
     """
-    from lateral.data import build_pipeline
 
     device = device or torch.device("cpu")
     if not Path(video).is_file():
@@ -158,7 +158,6 @@ def predict_timeline(
     device: torch.device | None = None,
 ) -> list[TimelineRow]:
     """Probabilities for windows of ``window_s`` seconds every ``stride_s`` seconds over a long video."""
-    from lateral.data import build_pipeline
 
     if window_s <= 0 or stride_s <= 0:
         raise ConfigError("--window and --stride must be positive")

@@ -21,6 +21,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from lateral.config import ConfigError
 from lateral.models.roi import MultiScaleRoIPool
+from lateral.registry import build_model
 
 if TYPE_CHECKING:
     from lateral.models.resnet import FeatureSpec
@@ -137,8 +138,6 @@ def _pyramid_backbone(backbone: dict | nn.Module) -> nn.Module:
     """``backbone`` built from its config dict if need be, checked to carry the feature contract Faster R-CNN
     reads (``out_channels``, ``feature_info``)."""
     if isinstance(backbone, dict):
-        from lateral.registry import build_model  # the config boundary: dicts become modules only there
-
         backbone = build_model(backbone)
     has_contract = hasattr(backbone, "out_channels") and hasattr(backbone, "feature_info")
     if not isinstance(backbone, nn.Module) or not has_contract:

@@ -10,6 +10,7 @@ from torch import nn
 
 from lateral.config import ConfigError
 from lateral.errors import InputError
+from lateral.registry import build_model
 
 __all__ = ["CrossEntropyLoss", "BCELossWithLogits", "BaseHead", "SlowFastHead", "I3DHead", "build_loss"]
 
@@ -78,7 +79,6 @@ def build_loss(loss_cfg: dict | nn.Module) -> nn.Module:
     """``dict(type='CrossEntropyLoss', loss_weight=1.0)`` -> the loss module."""
     if isinstance(loss_cfg, nn.Module):
         return loss_cfg
-    from lateral.registry import build_model
 
     loss_type = loss_cfg.get("type")
     if loss_type not in _LOSSES:

@@ -8,9 +8,11 @@ from typing import cast
 import torch
 from torch import nn
 
-from lateral.config import ConfigError, check_bool_flags, check_keys
+from lateral.config import ConfigError, check_bool_flags, check_keys, suggest
+from lateral.data.blending import build_blending
 from lateral.errors import InputError
 from lateral.models.heads import BaseHead, average_clips
+from lateral.registry import build_model, reapply_pretrained_inits
 
 __all__ = ["Recognizer3D", "check_data_preprocessor"]
 
@@ -31,8 +33,6 @@ def check_data_preprocessor(cfg: dict | None, in_channels: int) -> dict:
     cfg = dict(check_keys(cfg, _PREPROCESSOR_KEYS, "data_preprocessor"))
     kind = cfg.get("type", "ActionDataPreprocessor")
     if kind != "ActionDataPreprocessor":
-        from lateral.config import suggest
-
         raise ConfigError(
             f"data_preprocessor: unknown type '{kind}'.{suggest(str(kind), ['ActionDataPreprocessor'])} "
             "A 3D recognizer takes 'ActionDataPreprocessor'"
@@ -63,8 +63,6 @@ def check_data_preprocessor(cfg: dict | None, in_channels: int) -> dict:
     if cfg.get("std") is not None and any(v == 0 for v in cfg["std"]):
         raise ConfigError(f"data_preprocessor.std must not contain 0, got {cfg['std']!r}")
     if cfg.get("blending") is not None:
-        from lateral.data.blending import build_blending
-
         build_blending(cfg["blending"])  # a typo in the blending fails when the model is built
     return cfg
 
@@ -97,7 +95,6 @@ class Recognizer3D(nn.Module):
         data_preprocessor: dict | None = None,
     ):
         super().__init__()
-        from lateral.registry import build_model
 
         if neck is not None:
             raise ConfigError("Recognizer3D: necks are not supported; remove 'neck' from the config")
@@ -145,7 +142,6 @@ class Recognizer3D(nn.Module):
 
     def init_weights(self) -> dict | None:
         """Initialise backbone and head as mmaction2 does (loading/inflating ``pretrained`` files if set)."""
-        from lateral.registry import reapply_pretrained_inits
 
         init_backbone = getattr(self.backbone, "init_weights", None)
         report = init_backbone() if init_backbone is not None else None

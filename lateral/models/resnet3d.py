@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils import checkpoint as activation_checkpoint
 
+from lateral.checkpoint import CheckpointError, load_pretrained, local_checkpoint_path, read_state_dict
 from lateral.config import ConfigError
 from lateral.models.layers import (
     ConvModule,
@@ -566,7 +567,6 @@ class ResNet3d(nn.Module):
         self._freeze_stages()
         if self.pretrained is None:
             return None
-        from lateral.checkpoint import CheckpointError, load_pretrained, local_checkpoint_path, read_state_dict
 
         name = type(self).__name__
         path = local_checkpoint_path(self.pretrained, f"{name}.pretrained")

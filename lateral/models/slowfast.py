@@ -13,10 +13,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lateral.checkpoint import CheckpointError, load_checkpoint, local_checkpoint_path, read_state_dict
 from lateral.config import ConfigError
 from lateral.errors import InputError
 from lateral.models.layers import ConvModule, kaiming_init
 from lateral.models.resnet3d import ResNet3d, check_video_input
+from lateral.registry import check_kwargs, take_init_cfg
 
 __all__ = ["ResNet3dPathway", "ResNet3dSlowOnly", "ResNet3dSlowFast", "slow_frame_indices"]
 
@@ -247,8 +249,6 @@ class ResNet3dSlowFast(nn.Module):
 
     @staticmethod
     def _build_pathway(kwargs: dict, where: str) -> ResNet3dPathway:
-        from lateral.registry import check_kwargs, take_init_cfg
-
         pathway_type = kwargs.pop("type", "resnet3d")
         if pathway_type not in ("resnet3d", "ResNet3dPathway"):
             raise ConfigError(f"{where}: unknown pathway type '{pathway_type}'; the known one is 'resnet3d'")
@@ -266,7 +266,6 @@ class ResNet3dSlowFast(nn.Module):
         if self.pretrained is None:
             fast_report = self.fast_path.init_weights()  # fast first: the order draws of the random init
             return {"slow_path": self.slow_path.init_weights(), "fast_path": fast_report}
-        from lateral.checkpoint import CheckpointError, load_checkpoint, local_checkpoint_path, read_state_dict
 
         path = local_checkpoint_path(self.pretrained, f"{type(self).__name__}.pretrained")
         state = read_state_dict(path)
