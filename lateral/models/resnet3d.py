@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -57,6 +57,7 @@ class ResidualBlock3d(nn.Module):
 
     expansion = 1
     relu: nn.Module
+    _residual: Callable[[torch.Tensor], torch.Tensor]  # each block's convs plus its shortcut
 
     def __init__(
         self,
@@ -89,9 +90,6 @@ class ResidualBlock3d(nn.Module):
         else:
             out = self._residual(x)
         return self.relu(out)
-
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
 
 class BasicBlock3d(ResidualBlock3d):
