@@ -1,8 +1,8 @@
 """Faster R-CNN on a ResNet-18 FPN, on the built-in synthetic shapes: the shapes recipe with a lighter trunk.
 
-From scratch on 2 CPU cores this reaches AP 0.65 / AP50 0.92 in about 5 minutes of training (800 iterations of
-4 images, ~11 images/s; measured with benchmarks/detection_train.py and the detection loop that came before the
-shared training loop), where the ResNet-50 trunk needs several times longer for the same schedule.
+From scratch on 2 CPU cores this reaches AP 0.64 / AP50 0.91 in 3-5 minutes of training (800 iterations of 4
+images; measured with benchmarks/detection_train.py, see docs/detection.md), where the ResNet-50 trunk needs several
+times longer for the same schedule.
 """
 
 _base_ = ["faster_rcnn_r50_fpn_shapes.py"]

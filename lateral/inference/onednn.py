@@ -196,37 +196,11 @@ class OneDnnConv(nn.Module):
             out = self._forward_gathered(x) + other
             return out.relu_() if relu else out
         unary = "relu" if relu else None  # the binary variants take no unary op as None, not "none"
-        if inplace:
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
-                other,
-                x,
-                self.packed_weight(x),
-                self.bias,
-                self.padding,
-                self.stride,
-                self.dilation,
-                self.groups,
-                "add",
-                1.0,
-                unary,
-                [],
-                "",
-            )
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x,
-            other,
-            self.packed_weight(x),
-            self.bias,
-            self.padding,
-            self.stride,
-            self.dilation,
-            self.groups,
-            "add",
-            1.0,
-            unary,
-            [],
-            "",
-        )
+        # the in-place variant writes into its first argument, ``other``; the other one takes ``x`` first
+        operator = torch.ops.mkldnn._convolution_pointwise_ if inplace else torch.ops.mkldnn._convolution_pointwise
+        first, second = (other, x) if inplace else (x, other)
+        conv_args = (self.packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups)
+        return operator.binary(first, second, *conv_args, "add", 1.0, unary, [], "")
 
     def extra_repr(self) -> str:
         return (
