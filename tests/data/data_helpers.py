@@ -8,6 +8,17 @@ import numpy as np
 
 MEDIA = Path(__file__).resolve().parents[2] / ".." / "shared" / "media"
 
+# decode, sample 4 frames 2 apart, resize and crop to 16x16: a clip [1, 3, 4, 16, 16] per item
+TINY_CLIP_PIPELINE = [
+    dict(type="DecordInit"),
+    dict(type="SampleFrames", clip_len=4, frame_interval=2, num_clips=1, test_mode=True),
+    dict(type="DecordDecode"),
+    dict(type="Resize", scale=(-1, 16)),
+    dict(type="CenterCrop", crop_size=16),
+    dict(type="FormatShape", input_format="NCTHW"),
+    dict(type="PackActionInputs"),
+]
+
 
 def numbered_frames(num_frames: int, height: int = 32, width: int = 48, step: int = 5) -> np.ndarray:
     """Frame ``t`` is the flat grey level ``(t * step) % 250``, so its intensity identifies it (within codec error):

@@ -5,21 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from data_helpers import TINY_CLIP_PIPELINE as PIPELINE
 from data_helpers import numbered_frames
 from PIL import Image
 
 from lateral.config import ConfigError
 from lateral.data import build_dataloader, build_dataset, collate, load_label_map, write_video
-
-PIPELINE = [
-    dict(type="DecordInit"),
-    dict(type="SampleFrames", clip_len=4, frame_interval=2, num_clips=1, test_mode=True),
-    dict(type="DecordDecode"),
-    dict(type="Resize", scale=(-1, 16)),
-    dict(type="CenterCrop", crop_size=16),
-    dict(type="FormatShape", input_format="NCTHW"),
-    dict(type="PackActionInputs"),
-]
 
 
 @pytest.fixture

@@ -7,21 +7,12 @@ import time
 
 import numpy as np
 import pytest
+from data_helpers import TINY_CLIP_PIPELINE as PIPELINE
 from data_helpers import numbered_frames
 
 from lateral.data import build_dataloader, build_dataset, write_video
 from lateral.data.loader import DataLoaderStalled, worker_start_methods
 from lateral.data.pipeline import build_pipeline
-
-PIPELINE = [
-    dict(type="DecordInit"),
-    dict(type="SampleFrames", clip_len=4, frame_interval=2, num_clips=1, test_mode=True),
-    dict(type="DecordDecode"),
-    dict(type="Resize", scale=(-1, 16)),
-    dict(type="CenterCrop", crop_size=16),
-    dict(type="FormatShape", input_format="NCTHW"),
-    dict(type="PackActionInputs"),
-]
 
 
 @pytest.fixture
